@@ -1,0 +1,308 @@
+//! One-pass metrics over a prediction dump (loss, rank, entropy, Brier, calibration bins), and
+//! the two-dump comparison. Sums are mergeable, so chunks, shards and processes combine.
+
+use crate::error::{Error, Result};
+use crate::parallel;
+use crate::rows::{Rows, Want};
+use crate::tensor::{check_target_shape, IntView, View};
+use rayon::prelude::*;
+use std::ops::Range;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Logits,
+    LogProbs,
+    Probs,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Result<Kind> {
+        match s {
+            "logits" => Ok(Kind::Logits),
+            "log_probs" => Ok(Kind::LogProbs),
+            "probs" => Ok(Kind::Probs),
+            _ => Err(Error::Value(format!(
+                "kind must be 'logits', 'log_probs' or 'probs', got {s:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub kind: Kind,
+    pub ignore_index: i64,
+    pub top_k: Vec<usize>,
+    pub n_bins: usize,
+}
+
+/// Mergeable sums of the metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EvalSums {
+    pub n: u64,
+    pub n_ignored: u64,
+    pub sum_nll: f64,
+    pub sum_nll_sq: f64,
+    pub sum_entropy: f64,
+    pub sum_brier: f64,
+    pub topk_correct: Vec<u64>,
+    pub bin_count: Vec<u64>,
+    pub bin_conf_sum: Vec<f64>,
+    pub bin_correct: Vec<u64>,
+}
+
+impl EvalSums {
+    fn new(opt: &EvalOptions) -> Self {
+        EvalSums {
+            topk_correct: vec![0; opt.top_k.len()],
+            bin_count: vec![0; opt.n_bins],
+            bin_conf_sum: vec![0.0; opt.n_bins],
+            bin_correct: vec![0; opt.n_bins],
+            ..Default::default()
+        }
+    }
+
+    pub fn merge(&mut self, o: &EvalSums) {
+        self.n += o.n;
+        self.n_ignored += o.n_ignored;
+        self.sum_nll += o.sum_nll;
+        self.sum_nll_sq += o.sum_nll_sq;
+        self.sum_entropy += o.sum_entropy;
+        self.sum_brier += o.sum_brier;
+        let add = |a: &mut Vec<u64>, b: &Vec<u64>| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        add(&mut self.topk_correct, &o.topk_correct);
+        add(&mut self.bin_count, &o.bin_count);
+        add(&mut self.bin_correct, &o.bin_correct);
+        for (x, y) in self.bin_conf_sum.iter_mut().zip(&o.bin_conf_sum) {
+            *x += y;
+        }
+    }
+}
+
+/// What one scored row contributes.
+struct RowMetrics {
+    nll: f64,
+    rank: u64,
+    entropy: f64,
+    brier: f64,
+    conf: f64,
+}
+
+fn class_of(t: &IntView, x: &View, i: usize, ignore: i64) -> Result<Option<usize>> {
+    let v = t.get(i);
+    if v == ignore as i128 {
+        return Ok(None);
+    }
+    let c = x.cols();
+    if v < 0 || v >= c as i128 {
+        return Err(Error::TargetOutOfRange {
+            value: v,
+            position: x.position(i),
+            classes: c,
+        });
+    }
+    Ok(Some(v as usize))
+}
+
+fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
+    let xt = rw.value(i, k);
+    if kind == Kind::Probs {
+        let (mut pmax, mut sq, mut plogp, mut gt) = (f64::NEG_INFINITY, 0.0, 0.0, 0u64);
+        for j in 0..rw.cols() {
+            let p = rw.value(i, j);
+            pmax = pmax.max(p);
+            sq += p * p;
+            if p > 0.0 {
+                plogp += p * p.ln();
+            }
+            gt += (p > xt) as u64;
+        }
+        return RowMetrics {
+            nll: -xt.ln(),
+            rank: gt,
+            entropy: -plogp,
+            brier: sq - 2.0 * xt + 1.0,
+            conf: pmax,
+        };
+    }
+    let rs = rw.stats(
+        i,
+        xt,
+        Want {
+            eval: true,
+            sumx: false,
+        },
+    );
+    let l = if kind == Kind::Logits { rs.lse() } else { 0.0 };
+    let st = rs.st;
+    // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L).
+    let kappa = (rs.m - l).exp();
+    RowMetrics {
+        nll: l - xt,
+        rank: st.gt,
+        entropy: -kappa * (st.t + (rs.m - l) * st.s),
+        brier: kappa * kappa * st.q - 2.0 * (xt - l).exp() + 1.0,
+        conf: kappa,
+    }
+}
+
+/// Metrics of `x` `[..., C]` against `t` `[...]`; per-row NLL and rank optionally written
+/// (NaN and -1 for ignored rows). Both outputs or neither.
+pub fn evaluate(
+    x: &View,
+    t: &IntView,
+    opt: &EvalOptions,
+    per_row: Option<(&mut [f64], &mut [i64])>,
+) -> Result<EvalSums> {
+    check_target_shape(x, t.shape(), "target")?;
+    if opt.n_bins == 0 {
+        return Err(Error::Value("n_bins must be at least 1".into()));
+    }
+    if let Some(&k) = opt.top_k.iter().find(|&&k| k == 0) {
+        return Err(Error::Value(format!("top_k values must be >= 1, got {k}")));
+    }
+    let nb = opt.n_bins;
+    let chunk = |r: Range<usize>, mut o: Option<(&mut [f64], &mut [i64])>| -> Result<EvalSums> {
+        let mut rw = Rows::new(x);
+        let mut acc = EvalSums::new(opt);
+        for (idx, i) in r.enumerate() {
+            let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
+                acc.n_ignored += 1;
+                if let Some((nll, rank)) = o.as_mut() {
+                    nll[idx] = f64::NAN;
+                    rank[idx] = -1;
+                }
+                continue;
+            };
+            let m = row_metrics(&mut rw, i, k, opt.kind);
+            acc.n += 1;
+            acc.sum_nll += m.nll;
+            acc.sum_nll_sq += m.nll * m.nll;
+            acc.sum_entropy += m.entropy;
+            acc.sum_brier += m.brier;
+            for (c, &kk) in acc.topk_correct.iter_mut().zip(&opt.top_k) {
+                *c += (m.rank < kk as u64) as u64;
+            }
+            let b = if m.conf.is_nan() {
+                0
+            } else {
+                ((m.conf * nb as f64) as usize).min(nb - 1)
+            };
+            acc.bin_count[b] += 1;
+            acc.bin_conf_sum[b] += m.conf;
+            acc.bin_correct[b] += (m.rank == 0) as u64;
+            if let Some((nll, rank)) = o.as_mut() {
+                nll[idx] = m.nll;
+                rank[idx] = m.rank as i64;
+            }
+        }
+        Ok(acc)
+    };
+    let n = x.rows();
+    let per = parallel::chunk_rows(x.cols() * x.dtype.size());
+    let parts: Vec<Result<EvalSums>> = match per_row {
+        Some((nll, rank)) => {
+            if nll.len() != n || rank.len() != n {
+                return Err(Error::Shape(format!(
+                    "per-row outputs must have {n} elements"
+                )));
+            }
+            parallel::install(|| {
+                nll.par_chunks_mut(per)
+                    .zip(rank.par_chunks_mut(per))
+                    .enumerate()
+                    .map(|(k, (a, b))| chunk(k * per..k * per + a.len(), Some((a, b))))
+                    .collect()
+            })
+        }
+        None => parallel::map_chunks(n, per, |r| chunk(r, None)),
+    };
+    let mut total = EvalSums::new(opt);
+    for p in parts {
+        total.merge(&p?);
+    }
+    Ok(total)
+}
+
+/// Mergeable sums of a two-dump comparison.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompareSums {
+    pub n: u64,
+    pub n_ignored: u64,
+    /// Σ KL(p_base || p_new)
+    pub sum_kl: f64,
+    /// Σ (nll_new - nll_base) and its square
+    pub sum_dnll: f64,
+    pub sum_dnll_sq: f64,
+    /// Rows whose argmax (first maximal index) agrees.
+    pub top1_agree: u64,
+}
+
+/// KL(base || new), NLL difference and top-1 agreement, reading each dump once.
+pub fn compare(
+    base: &View,
+    new: &View,
+    t: &IntView,
+    kind: Kind,
+    ignore_index: i64,
+) -> Result<CompareSums> {
+    if base.shape() != new.shape() {
+        return Err(Error::Shape(format!(
+            "the two dumps differ in shape: {:?} and {:?}",
+            base.shape(),
+            new.shape()
+        )));
+    }
+    check_target_shape(base, t.shape(), "target")?;
+    let c = base.cols();
+    let chunk = |r: Range<usize>| -> Result<CompareSums> {
+        let (mut ra, mut rb) = (Rows::new(base), Rows::new(new));
+        let mut acc = CompareSums::default();
+        for i in r {
+            let Some(k) = class_of(t, base, i, ignore_index)? else {
+                acc.n_ignored += 1;
+                continue;
+            };
+            let norm = |rw: &mut Rows| match kind {
+                Kind::Logits => rw.stats(i, 0.0, Want::default()).lse(),
+                _ => 0.0,
+            };
+            let (la, lb) = (norm(&mut ra), norm(&mut rb));
+            let logp = |v: f64, l: f64| if kind == Kind::Probs { v.ln() } else { v - l };
+            let (mut kl, mut am, mut bm) = (0.0, (f64::NEG_INFINITY, 0), (f64::NEG_INFINITY, 0));
+            for j in 0..c {
+                let (va, vb) = (ra.value(i, j), rb.value(i, j));
+                let (lpa, lpb) = (logp(va, la), logp(vb, lb));
+                let pa = lpa.exp();
+                if pa > 0.0 {
+                    kl += pa * (lpa - lpb);
+                }
+                if va > am.0 {
+                    am = (va, j);
+                }
+                if vb > bm.0 {
+                    bm = (vb, j);
+                }
+            }
+            let d = logp(ra.value(i, k), la) - logp(rb.value(i, k), lb);
+            acc.n += 1;
+            acc.sum_kl += kl;
+            acc.sum_dnll += d;
+            acc.sum_dnll_sq += d * d;
+            acc.top1_agree += (am.1 == bm.1) as u64;
+        }
+        Ok(acc)
+    };
+    let per = parallel::chunk_rows(c * base.dtype.size());
+    let mut total = CompareSums::default();
+    for p in parallel::map_chunks(base.rows(), per, chunk) {
+        let p = p?;
+        total.n += p.n;
+        total.n_ignored += p.n_ignored;
+        total.sum_kl += p.sum_kl;
+        total.sum_dnll += p.sum_dnll;
+        total.sum_dnll_sq += p.sum_dnll_sq;
+        total.top1_agree += p.top1_agree;
+    }
+    Ok(total)
+}

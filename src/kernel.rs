@@ -1,0 +1,377 @@
+//! Row kernels, written once over [`Isa`] and [`Elem`] and instantiated per instruction set.
+//!
+//! One read of a row: the row is cut into L1-sized blocks; each block's max is taken, then the
+//! block is swept again while it is still in L1 (exp-sums and whatever else the caller asked
+//! for). When a later block raises the max, the running sums are rescaled. The running sums are
+//! f32 lanes within a block and f64 across blocks.
+
+use crate::simd::{self, expc, Elem, Isa, Path};
+
+/// Elements per block: 16 KiB of f32, comfortably inside L1 with its sweep.
+pub(crate) const BLOCK: usize = 4096;
+
+/// Statistics of a row or of a segment of one, relative to the shift `m`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    /// Max over the non-NaN values (-inf if none).
+    pub m: f32,
+    /// Σ exp(x - m)
+    pub s: f64,
+    /// Σ exp(x - m) * max(x - m, LO) (only with EVAL)
+    pub t: f64,
+    /// Σ exp(x - m)^2 (only with EVAL)
+    pub q: f64,
+    /// Σ x (only with SUMX)
+    pub sx: f64,
+    /// Number of x > xt (only with EVAL)
+    pub gt: u64,
+    /// A NaN was seen where the sums could not carry it (rows whose max is infinite).
+    pub nan: bool,
+}
+
+impl Stats {
+    pub const EMPTY: Stats = Stats {
+        m: f32::NEG_INFINITY,
+        s: 0.0,
+        t: 0.0,
+        q: 0.0,
+        sx: 0.0,
+        gt: 0,
+        nan: false,
+    };
+
+    /// Moves the shift to `m_new >= self.m`.
+    #[inline]
+    fn rescale(&mut self, m_new: f32) {
+        if self.m == f32::NEG_INFINITY {
+            self.m = m_new;
+            return;
+        }
+        let d = self.m as f64 - m_new as f64; // <= 0
+        let r = d.exp();
+        self.t = r * (self.t + d.max(expc::LO as f64) * self.s);
+        self.s *= r;
+        self.q *= r * r;
+        self.m = m_new;
+    }
+
+    /// Combines the statistics of two segments (in order, for reproducible sums).
+    pub fn merge(mut self, mut o: Stats) -> Stats {
+        let m = self.m.max(o.m);
+        if m.is_finite() {
+            self.rescale(m);
+            o.rescale(m);
+        }
+        Stats {
+            m,
+            s: self.s + o.s,
+            t: self.t + o.t,
+            q: self.q + o.q,
+            sx: self.sx + o.sx,
+            gt: self.gt + o.gt,
+            nan: self.nan || o.nan,
+        }
+    }
+
+    /// log Σ exp(x), with the policy: NaN anywhere -> NaN; +inf -> +inf; all -inf -> -inf.
+    pub fn lse(&self) -> f64 {
+        if self.nan || self.s.is_nan() {
+            f64::NAN
+        } else if self.m == f32::INFINITY {
+            f64::INFINITY
+        } else if self.m == f32::NEG_INFINITY {
+            f64::NEG_INFINITY
+        } else {
+            self.m as f64 + self.s.ln()
+        }
+    }
+}
+
+/// Copies a partial vector into a buffer padded with -inf, so full-width code handles tails.
+#[inline(always)]
+unsafe fn tail_buf<E: Elem>(tail: &[E]) -> [E; 16] {
+    let mut buf = [E::NEG_INF; 16];
+    buf[..tail.len()].copy_from_slice(tail);
+    buf
+}
+
+#[inline(always)]
+unsafe fn block_max<I: Isa, E: Elem>(x: &[E]) -> f32 {
+    let n = x.len();
+    let p = x.as_ptr();
+    let w = I::W;
+    let ninf = I::splat(f32::NEG_INFINITY);
+    let (mut a0, mut a1, mut a2, mut a3) = (ninf, ninf, ninf, ninf);
+    let mut i = 0;
+    while i + 4 * w <= n {
+        a0 = I::max_ignore_nan(a0, E::load::<I>(p.add(i)));
+        a1 = I::max_ignore_nan(a1, E::load::<I>(p.add(i + w)));
+        a2 = I::max_ignore_nan(a2, E::load::<I>(p.add(i + 2 * w)));
+        a3 = I::max_ignore_nan(a3, E::load::<I>(p.add(i + 3 * w)));
+        i += 4 * w;
+    }
+    while i + w <= n {
+        a0 = I::max_ignore_nan(a0, E::load::<I>(p.add(i)));
+        i += w;
+    }
+    if i < n {
+        let buf = tail_buf(&x[i..]);
+        a1 = I::max_ignore_nan(a1, E::load::<I>(buf.as_ptr()));
+    }
+    let a = I::max_ignore_nan(I::max_ignore_nan(a0, a1), I::max_ignore_nan(a2, a3));
+    I::hmax(a)
+}
+
+/// One vector's contribution to the sweep.
+#[inline(always)]
+unsafe fn sweep_vec<I: Isa, const EVAL: bool>(
+    x: I::V,
+    vm: I::V,
+    vxt: I::V,
+    acc: &mut [I::V; 3],
+    gt: &mut u32,
+) {
+    let y = I::sub(x, vm);
+    let e = I::exp_le0(y);
+    acc[0] = I::add(acc[0], e);
+    if EVAL {
+        let yc = I::max_keep_nan(I::splat(expc::LO), y);
+        acc[1] = I::fma(e, yc, acc[1]);
+        acc[2] = I::fma(e, e, acc[2]);
+        *gt += I::count_gt(x, vxt);
+    }
+}
+
+/// Statistics of `x` (a row or a segment). `xt` is the target's value for the rank count.
+#[inline(always)]
+pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
+    x: &[E],
+    xt: f32,
+) -> Stats {
+    let mut st = Stats::EMPTY;
+    let w = I::W;
+    let vxt = I::splat(xt);
+    for blk in x.chunks(BLOCK) {
+        let bm = block_max::<I, E>(blk);
+        if bm > st.m {
+            if bm == f32::INFINITY {
+                return stats_nonfinite(x, xt, EVAL, SUMX);
+            }
+            st.rescale(bm);
+        }
+        if SUMX {
+            let mut vsx = I::splat(0.0);
+            let mut i = 0;
+            while i + w <= blk.len() {
+                vsx = I::add(vsx, E::load::<I>(blk.as_ptr().add(i)));
+                i += w;
+            }
+            let mut tail = 0.0f64;
+            for v in &blk[i..] {
+                tail += v.to_f32() as f64;
+            }
+            st.sx += I::hsum(vsx) as f64 + tail;
+        }
+        if st.m == f32::NEG_INFINITY {
+            continue; // all -inf (or NaN) so far: nothing to add
+        }
+        let vm = I::splat(st.m);
+        let zero = I::splat(0.0);
+        let mut acc = [zero; 3];
+        let mut gt = 0u32;
+        let p = blk.as_ptr();
+        let mut i = 0;
+        while i + w <= blk.len() {
+            sweep_vec::<I, EVAL>(E::load::<I>(p.add(i)), vm, vxt, &mut acc, &mut gt);
+            i += w;
+        }
+        if i < blk.len() {
+            let buf = tail_buf(&blk[i..]);
+            sweep_vec::<I, EVAL>(E::load::<I>(buf.as_ptr()), vm, vxt, &mut acc, &mut gt);
+        }
+        st.s += I::hsum(acc[0]) as f64;
+        if EVAL {
+            st.t += I::hsum(acc[1]) as f64;
+            st.q += I::hsum(acc[2]) as f64;
+            st.gt += gt as u64;
+        }
+    }
+    if st.m == f32::NEG_INFINITY {
+        st.nan = x.iter().any(|v| v.to_f32().is_nan());
+    }
+    st
+}
+
+/// The rare rows holding +inf: exact scalar statistics (the +inf entries share the mass).
+#[cold]
+fn stats_nonfinite<E: Elem>(x: &[E], xt: f32, eval: bool, sumx: bool) -> Stats {
+    let mut st = Stats {
+        m: f32::INFINITY,
+        ..Stats::EMPTY
+    };
+    for v in x.iter().map(|v| v.to_f32()) {
+        st.nan |= v.is_nan();
+        if v == f32::INFINITY {
+            st.s += 1.0;
+            st.q += 1.0;
+        }
+        if eval && v > xt {
+            st.gt += 1;
+        }
+        if sumx {
+            st.sx += v as f64;
+        }
+    }
+    st
+}
+
+/// Writes log_softmax (`LOG`) or softmax of a finite-max row into `out`, given its shift `m`
+/// and `ln_s` = ln Σ exp(x - m).
+#[inline(always)]
+pub(crate) unsafe fn write_row<I: Isa, E: Elem, const LOG: bool>(
+    x: &[E],
+    m: f32,
+    ln_s: f32,
+    out: &mut [f32],
+) {
+    let w = I::W;
+    let vm = I::splat(m);
+    let vl = I::splat(ln_s);
+    let n = x.len();
+    let mut i = 0;
+    let f = |v: I::V| {
+        let y = I::sub(I::sub(v, vm), vl);
+        if LOG {
+            y
+        } else {
+            I::exp_le0(y)
+        }
+    };
+    while i + w <= n {
+        I::store(out.as_mut_ptr().add(i), f(E::load::<I>(x.as_ptr().add(i))));
+        i += w;
+    }
+    if i < n {
+        let buf = tail_buf(&x[i..]);
+        let mut o = [0.0f32; 16];
+        I::store(o.as_mut_ptr(), f(E::load::<I>(buf.as_ptr())));
+        out[i..].copy_from_slice(&o[..n - i]);
+    }
+}
+
+/// Σ x over a row, read-only: the roofline the benchmarks compare against.
+#[inline(always)]
+pub(crate) unsafe fn sum<I: Isa, E: Elem>(x: &[E]) -> f64 {
+    let w = I::W;
+    let z = I::splat(0.0);
+    let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+    let p = x.as_ptr();
+    let n = x.len();
+    let mut i = 0;
+    while i + 4 * w <= n {
+        a0 = I::add(a0, E::load::<I>(p.add(i)));
+        a1 = I::add(a1, E::load::<I>(p.add(i + w)));
+        a2 = I::add(a2, E::load::<I>(p.add(i + 2 * w)));
+        a3 = I::add(a3, E::load::<I>(p.add(i + 3 * w)));
+        i += 4 * w;
+    }
+    let tail: f64 = x[i..].iter().map(|v| v.to_f32() as f64).sum();
+    I::hsum(I::add(I::add(a0, a1), I::add(a2, a3))) as f64 + tail
+}
+
+/// Instantiates a generic kernel for every path behind one safe, dispatching function.
+macro_rules! dispatch {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident<$E:ident $(, const $C:ident: $CT:ty)*>($($arg:ident: $ty:ty),*) -> $ret:ty
+        => $kernel:ident
+    ) => {
+        $(#[$meta])*
+        #[inline]
+        $vis fn $name<$E: Elem $(, const $C: $CT)*>(path: Path, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2<$E: Elem $(, const $C: $CT)*>($($arg: $ty),*) -> $ret {
+                $kernel::<simd::avx2::Avx2, $E $(, $C)*>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+            unsafe fn avx512<$E: Elem $(, const $C: $CT)*>($($arg: $ty),*) -> $ret {
+                $kernel::<simd::avx512::Avx512, $E $(, $C)*>($($arg),*)
+            }
+            match path {
+                // SAFETY: a Path other than Scalar is only ever selected after
+                // `Path::available` confirmed the CPU has its features.
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx512 => unsafe { avx512::<$E $(, $C)*>($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx2 => unsafe { avx2::<$E $(, $C)*>($($arg),*) },
+                // SAFETY: the scalar path needs no CPU feature.
+                _ => unsafe { $kernel::<simd::scalar::Scalar, $E $(, $C)*>($($arg),*) },
+            }
+        }
+    };
+}
+
+dispatch! {
+    /// Row statistics on the given path.
+    pub(crate) fn row_stats<E, const EVAL: bool, const SUMX: bool>(x: &[E], xt: f32) -> Stats
+    => stats
+}
+
+dispatch! {
+    /// log_softmax / softmax of a row with finite max.
+    pub(crate) fn row_write<E, const LOG: bool>(x: &[E], m: f32, ln_s: f32, out: &mut [f32]) -> ()
+    => write_row
+}
+
+dispatch! {
+    /// Read-only sum of a row.
+    pub(crate) fn row_sum<E>(x: &[E]) -> f64
+    => sum
+}
+
+/// Scalar-f64 statistics for float64 rows (exact libm exp; speed is not the point of f64).
+pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool, sumx: bool) -> (f64, Stats) {
+    let mut m = f64::NEG_INFINITY;
+    let mut nan = false;
+    for &v in x {
+        if v > m {
+            m = v;
+        }
+        nan |= v.is_nan();
+    }
+    let mut st = Stats {
+        nan,
+        ..Stats::EMPTY
+    };
+    if sumx {
+        st.sx = x.iter().sum();
+    }
+    if m == f64::INFINITY {
+        // Rare: the +inf entries share the mass, as in `stats_nonfinite`.
+        for &v in x {
+            if v == f64::INFINITY {
+                st.s += 1.0;
+                st.q += 1.0;
+            }
+            st.gt += (eval && v > xt) as u64;
+        }
+    }
+    if m.is_finite() {
+        for &v in x {
+            let y = v - m;
+            let e = y.exp();
+            st.s += e;
+            if eval {
+                if e > 0.0 {
+                    st.t += e * y;
+                }
+                st.q += e * e;
+                st.gt += (v > xt) as u64;
+            }
+        }
+    }
+    st.m = m as f32;
+    (m, st)
+}

@@ -1,0 +1,336 @@
+//! Loss semantics (PyTorch's) on top of the row statistics.
+//!
+//! Every function returns the pair (Σ loss, Σ weight) over the rows, summed in fixed chunk
+//! order, and optionally writes the per-row losses. `mean` is `sum / weight`, which gives NaN
+//! for an empty or all-ignored batch, as PyTorch does.
+
+use crate::error::{Error, Result};
+use crate::parallel;
+use crate::rows::{Rows, Want};
+use crate::tensor::{check_target_shape, IntView, View};
+use std::ops::Range;
+
+/// Above this a gathered value cannot be a log-probability (room for rounding only).
+pub const NLL_TOLERANCE: f64 = 1e-5;
+
+/// Σ loss and Σ weight (the denominator of `mean`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Total {
+    pub sum: f64,
+    pub weight: f64,
+}
+
+impl Total {
+    pub fn mean(&self) -> f64 {
+        self.sum / self.weight
+    }
+}
+
+/// A per-row output element (f32 for 16/32-bit inputs, f64 for f64).
+pub trait Out: Copy + Send + Sync + Default {
+    fn from_f64(v: f64) -> Self;
+}
+impl Out for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+impl Out for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Options of the class-index losses.
+#[derive(Clone, Copy, Debug)]
+pub struct ClassOptions<'a> {
+    pub weight: Option<&'a [f64]>,
+    pub ignore_index: i64,
+    pub label_smoothing: f64,
+}
+
+impl Default for ClassOptions<'_> {
+    fn default() -> Self {
+        ClassOptions {
+            weight: None,
+            ignore_index: -100,
+            label_smoothing: 0.0,
+        }
+    }
+}
+
+impl ClassOptions<'_> {
+    fn check(&self, classes: usize) -> Result<()> {
+        if let Some(w) = self.weight {
+            if w.len() != classes {
+                return Err(Error::Value(format!(
+                    "weight has {} elements but the input has {classes} classes",
+                    w.len()
+                )));
+            }
+        }
+        let ls = self.label_smoothing;
+        if !(0.0..=1.0).contains(&ls) {
+            return Err(Error::Value(format!(
+                "label_smoothing must be in [0, 1], got {ls}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `row` over all rows in chunks, with or without a per-row output, and adds up.
+fn drive<O: Out>(
+    rows: usize,
+    per: usize,
+    out: Option<&mut [O]>,
+    row: impl Fn(&mut Rows, usize) -> Result<(f64, f64)> + Sync + Send,
+    view: &View,
+) -> Result<Total> {
+    let chunk = |r: Range<usize>, mut o: Option<&mut [O]>| -> Result<Total> {
+        let mut rw = Rows::new(view);
+        let mut t = Total::default();
+        for (k, i) in r.clone().enumerate() {
+            let (loss, w) = row(&mut rw, i)?;
+            if let Some(o) = o.as_deref_mut() {
+                o[k] = O::from_f64(loss);
+            }
+            t.sum += loss;
+            t.weight += w;
+        }
+        Ok(t)
+    };
+    let parts = match out {
+        Some(o) => {
+            if o.len() != rows {
+                return Err(Error::Shape(format!(
+                    "output has {} elements, expected {rows}",
+                    o.len()
+                )));
+            }
+            parallel::map_chunks_out(o, 1, per, |r, o| chunk(r, Some(o)))
+        }
+        None => parallel::map_chunks(rows, per, |r| chunk(r, None)),
+    };
+    let mut total = Total::default();
+    for p in parts {
+        let p = p?;
+        total.sum += p.sum;
+        total.weight += p.weight;
+    }
+    Ok(total)
+}
+
+/// The class index of row `i`, or None when ignored; errors name value, position and C.
+#[inline]
+fn class_of(t: &IntView, x: &View, i: usize, ignore: i64) -> Result<Option<usize>> {
+    let v = t.get(i);
+    if v == ignore as i128 {
+        return Ok(None);
+    }
+    let c = x.cols();
+    if v < 0 || v >= c as i128 {
+        return Err(Error::TargetOutOfRange {
+            value: v,
+            position: x.position(i),
+            classes: c,
+        });
+    }
+    Ok(Some(v as usize))
+}
+
+fn chunk_per(x: &View) -> usize {
+    parallel::chunk_rows(x.cols() * x.dtype.size())
+}
+
+/// Cross-entropy of logits `[..., C]` against class indices `[...]`.
+///
+/// loss_i = (1-ε)·w[t]·(lse_i - x_it) + ε/C · Σ_c w_c·(lse_i - x_ic); Σ weight = Σ w[t] over
+/// non-ignored rows. Ignored rows give 0.
+pub fn cross_entropy<O: Out>(
+    x: &View,
+    t: &IntView,
+    opt: &ClassOptions,
+    out: Option<&mut [O]>,
+) -> Result<Total> {
+    check_target_shape(x, t.shape(), "target")?;
+    let c = x.cols();
+    opt.check(c)?;
+    let eps = opt.label_smoothing;
+    let want = Want {
+        eval: false,
+        sumx: eps > 0.0 && opt.weight.is_none(),
+    };
+    let wsum: f64 = opt.weight.map_or(c as f64, |w| w.iter().sum());
+    drive(
+        x.rows(),
+        chunk_per(x),
+        out,
+        |rw, i| {
+            let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
+                return Ok((0.0, 0.0));
+            };
+            let xt = rw.value(i, k);
+            let rs = rw.stats(i, xt, want);
+            let lse = rs.lse();
+            let w = opt.weight.map_or(1.0, |w| w[k]);
+            let mut loss = w * (lse - xt);
+            if eps > 0.0 {
+                let smooth = match opt.weight {
+                    None => c as f64 * lse - rs.st.sx,
+                    Some(wt) => {
+                        let swx: f64 = (0..c)
+                            .filter(|&j| wt[j] != 0.0)
+                            .map(|j| wt[j] * rw.value(i, j))
+                            .sum();
+                        wsum * lse - swx
+                    }
+                };
+                loss = (1.0 - eps) * loss + eps / c as f64 * smooth;
+            }
+            Ok((loss, w))
+        },
+        x,
+    )
+}
+
+/// NLL of log-probabilities `[..., C]`: loss_i = -w[t]·x_it. A gathered value above
+/// [`NLL_TOLERANCE`] cannot be a log-probability and is an error.
+pub fn nll_loss<O: Out>(
+    x: &View,
+    t: &IntView,
+    opt: &ClassOptions,
+    out: Option<&mut [O]>,
+) -> Result<Total> {
+    check_target_shape(x, t.shape(), "target")?;
+    opt.check(x.cols())?;
+    // One gathered element per row: chunk by rows, not by row bytes.
+    drive(
+        x.rows(),
+        parallel::chunk_rows(64),
+        out,
+        |rw, i| {
+            let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
+                return Ok((0.0, 0.0));
+            };
+            let v = rw.value(i, k);
+            if v > NLL_TOLERANCE {
+                let mut position = x.position(i);
+                position.push(k);
+                return Err(Error::NotLogProbabilities { value: v, position });
+            }
+            let w = opt.weight.map_or(1.0, |w| w[k]);
+            Ok((-w * v, w))
+        },
+        x,
+    )
+}
+
+/// Cross-entropy against probability targets of the input's shape (PyTorch's soft targets):
+/// loss_i = Σ_c w_c·y'_ic·(lse_i - x_ic), y' = (1-ε)·y + ε/C, terms with y' = 0 count 0.
+/// Σ weight is the number of rows (PyTorch divides the mean by it).
+pub fn cross_entropy_soft<O: Out>(
+    x: &View,
+    y: &View,
+    opt: &ClassOptions,
+    out: Option<&mut [O]>,
+) -> Result<Total> {
+    if x.shape() != y.shape() {
+        return Err(Error::Shape(format!(
+            "probability target shape {:?} does not match input shape {:?}",
+            y.shape(),
+            x.shape()
+        )));
+    }
+    let c = x.cols();
+    opt.check(c)?;
+    let eps = opt.label_smoothing;
+    drive(
+        x.rows(),
+        chunk_per(x),
+        out,
+        |rw, i| {
+            let lse = rw.stats(i, 0.0, Want::default()).lse();
+            let yr = Rows::new(y);
+            let mut loss = 0.0;
+            for j in 0..c {
+                let yj = (1.0 - eps) * yr.value(i, j) + eps / c as f64;
+                if yj != 0.0 {
+                    let w = opt.weight.map_or(1.0, |w| w[j]);
+                    loss += w * yj * (lse - rw.value(i, j));
+                }
+            }
+            Ok((loss, 1.0))
+        },
+        x,
+    )
+}
+
+/// Binary cross-entropy with logits, element-wise over `[..., C]`, PyTorch's stable form:
+/// loss = (1-y)·x + (1 + (pw-1)·y)·(log1p(exp(-|x|)) + max(-x, 0)), times `weight`.
+/// `out` (if any) has one element per input element; Σ weight is the element count.
+pub fn bce_with_logits<O: Out>(
+    x: &View,
+    y: &View,
+    weight: Option<&View>,
+    pos_weight: Option<&[f64]>,
+    out: Option<&mut [O]>,
+) -> Result<Total> {
+    for (what, v) in [("target", Some(y)), ("weight", weight)] {
+        if let Some(v) = v {
+            if v.shape() != x.shape() {
+                return Err(Error::Shape(format!(
+                    "{what} shape {:?} does not match input shape {:?}",
+                    v.shape(),
+                    x.shape()
+                )));
+            }
+        }
+    }
+    let c = x.cols();
+    if let Some(pw) = pos_weight {
+        if pw.len() != c {
+            return Err(Error::Value(format!(
+                "pos_weight has {} elements but the input's last axis has {c}",
+                pw.len()
+            )));
+        }
+    }
+    let per = chunk_per(x);
+    let elem = |i: usize, j: usize, xr: &Rows, yr: &Rows, wr: Option<&Rows>| -> f64 {
+        let (xv, yv) = (xr.value(i, j), yr.value(i, j));
+        let sp = (-xv.abs()).exp().ln_1p() + (-xv).max(0.0);
+        let lw = pos_weight.map_or(1.0, |pw| 1.0 + (pw[j] - 1.0) * yv);
+        let l = (1.0 - yv) * xv + lw * sp;
+        wr.map_or(l, |w| l * w.value(i, j))
+    };
+    let chunk = |r: Range<usize>, mut o: Option<&mut [O]>| -> Total {
+        let (xr, yr) = (Rows::new(x), Rows::new(y));
+        let wr = weight.map(Rows::new);
+        let mut t = Total::default();
+        for (k, i) in r.enumerate() {
+            for j in 0..c {
+                let l = elem(i, j, &xr, &yr, wr.as_ref());
+                if let Some(o) = o.as_deref_mut() {
+                    o[k * c + j] = O::from_f64(l);
+                }
+                t.sum += l;
+            }
+            t.weight += c as f64;
+        }
+        t
+    };
+    let parts = match out {
+        Some(o) => {
+            if o.len() != x.rows() * c {
+                return Err(Error::Shape("output size does not match the input".into()));
+            }
+            parallel::map_chunks_out(o, c, per, |r, o| chunk(r, Some(o)))
+        }
+        None => parallel::map_chunks(x.rows(), per, |r| chunk(r, None)),
+    };
+    Ok(parts.into_iter().fold(Total::default(), |a, p| Total {
+        sum: a.sum + p.sum,
+        weight: a.weight + p.weight,
+    }))
+}

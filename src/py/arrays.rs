@@ -1,0 +1,114 @@
+//! NumPy arrays -> core views, without copying. The Python layer (`fastnll._arrays`) has
+//! already turned bfloat16/float16 into uint16 views and byte-swapped arrays into native-order
+//! views with `swap = true`; here the raw pointer, shape and byte strides are read.
+
+use crate::tensor::{DType, IntType, IntView, View};
+use numpy::npyffi::_PyArray_GET_ITEM_DATA;
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+fn data_ptr(a: &Bound<'_, PyUntypedArray>) -> *const u8 {
+    // SAFETY: `a` is a live ndarray (checked by the extraction) and we hold the GIL.
+    unsafe { (*_PyArray_GET_ITEM_DATA(a.as_array_ptr())).data as *const u8 }
+}
+
+/// A float view of `a` read in place. The array must outlive the view (the caller holds it).
+pub fn float_view<'a>(a: &'a Bound<'_, PyUntypedArray>, tag: &str, swap: bool) -> PyResult<View<'a>> {
+    let dtype = DType::parse(tag).map_err(|e| PyTypeError::new_err(e.to_string()))?;
+    let d = a.dtype();
+    let kind_ok = match dtype {
+        DType::F32 | DType::F64 => d.kind() == b'f',
+        DType::F16 | DType::BF16 => d.kind() == b'u' || d.kind() == b'f' || d.kind() == b'V',
+    };
+    if !kind_ok || d.itemsize() != dtype.size() {
+        return Err(PyTypeError::new_err(format!(
+            "internal: array of dtype kind {:?} and itemsize {} passed as {tag}",
+            d.kind() as char,
+            d.itemsize()
+        )));
+    }
+    // SAFETY: pointer, shape and strides come from the same live ndarray, which NumPy
+    // guarantees addresses readable memory for every index in its shape.
+    unsafe { View::new(data_ptr(a), dtype, a.shape(), a.strides(), swap) }
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// An integer target view (native byte order; the Python layer ensures it).
+pub fn int_view<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<IntView<'a>> {
+    let d = a.dtype();
+    let ty = match (d.kind(), d.itemsize()) {
+        (b'i', 1) => IntType::I8,
+        (b'i', 2) => IntType::I16,
+        (b'i', 4) => IntType::I32,
+        (b'i', 8) => IntType::I64,
+        (b'u', 1) => IntType::U8,
+        (b'u', 2) => IntType::U16,
+        (b'u', 4) => IntType::U32,
+        (b'u', 8) => IntType::U64,
+        (k, s) => {
+            return Err(PyTypeError::new_err(format!(
+                "target must hold integer class indices, got dtype kind {:?} size {s}",
+                k as char
+            )))
+        }
+    };
+    if d.is_native_byteorder() == Some(false) {
+        return Err(PyValueError::new_err("internal: target must be in native byte order"));
+    }
+    // SAFETY: as in `float_view`.
+    Ok(unsafe { IntView::new(data_ptr(a), ty, a.shape(), a.strides()) })
+}
+
+/// A writable, C-contiguous float output allocated by the Python layer.
+pub enum OutBuf<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+pub fn out_buf<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<OutBuf<'a>> {
+    let d = a.dtype();
+    // SAFETY: reading the flags field of a live ndarray, with the GIL held.
+    let flags = unsafe { (*_PyArray_GET_ITEM_DATA(a.as_array_ptr())).flags };
+    let writeable = flags & numpy::npyffi::NPY_ARRAY_WRITEABLE != 0;
+    if !a.is_c_contiguous() || !writeable || d.kind() != b'f' || d.is_native_byteorder() == Some(false) {
+        return Err(PyValueError::new_err(
+            "internal: output must be a writable C-contiguous native float array",
+        ));
+    }
+    let n = a.len();
+    let p = data_ptr(a) as *mut u8;
+    // SAFETY: a C-contiguous, writable, aligned (NumPy allocates aligned) array of n elements
+    // that the Python layer created for this call and no one else references.
+    unsafe {
+        match d.itemsize() {
+            4 => Ok(OutBuf::F32(std::slice::from_raw_parts_mut(p as *mut f32, n))),
+            8 => Ok(OutBuf::F64(std::slice::from_raw_parts_mut(p as *mut f64, n))),
+            _ => Err(PyValueError::new_err("internal: output must be float32 or float64")),
+        }
+    }
+}
+
+/// The C-contiguous int64 / float64 per-row outputs of `eval_rows`.
+pub fn slice_mut<'a, T>(a: &'a Bound<'_, PyUntypedArray>, kind: u8) -> PyResult<&'a mut [T]> {
+    let d = a.dtype();
+    if !a.is_c_contiguous() || d.kind() != kind || d.itemsize() != std::mem::size_of::<T>() {
+        return Err(PyValueError::new_err(
+            "internal: per-row outputs must be C-contiguous float64 / int64 arrays",
+        ));
+    }
+    // SAFETY: checked contiguous with matching element type; created by the Python layer.
+    Ok(unsafe { std::slice::from_raw_parts_mut(data_ptr(a) as *mut T, a.len()) })
+}
+
+/// A contiguous float64 vector (weights), read in place.
+pub fn f64_slice<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<&'a [f64]> {
+    let d = a.dtype();
+    if !a.is_c_contiguous() || d.kind() != b'f' || d.itemsize() != 8 || a.ndim() != 1 {
+        return Err(PyValueError::new_err(
+            "internal: weights must be a 1-d C-contiguous float64 array",
+        ));
+    }
+    // SAFETY: a contiguous 1-d float64 array that the caller holds for the call.
+    Ok(unsafe { std::slice::from_raw_parts(data_ptr(a) as *const f64, a.len()) })
+}

@@ -1,0 +1,382 @@
+//! The PyO3 module `fastnll._core`: the only Rust code that touches Python. Each function takes
+//! views of the caller's arrays, runs one core function with the GIL released, and converts the
+//! result. Arguments were validated by the Python layer; the core re-checks what it relies on.
+
+mod arrays;
+
+use crate::error::Error;
+use crate::eval::{EvalOptions, Kind};
+use crate::loss::{ClassOptions, Total};
+use crate::{parallel, simd};
+use arrays::{f64_slice, float_view, int_view, out_buf, slice_mut, OutBuf};
+use numpy::PyUntypedArray;
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+type Arr<'py> = Bound<'py, PyUntypedArray>;
+
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::TargetOutOfRange { .. } => PyIndexError::new_err(e.to_string()),
+        Error::Type(_) => PyTypeError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// Runs `f` without the GIL; a panic becomes a RuntimeError, never a PanicException.
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
+    let r = py.detach(move || catch_unwind(AssertUnwindSafe(f)));
+    match r {
+        Ok(r) => r.map_err(to_py),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(PyRuntimeError::new_err(format!(
+                "fastnll internal error (please report): {msg}"
+            )))
+        }
+    }
+}
+
+fn shift_position(e: Error, offset: usize) -> Error {
+    match e {
+        Error::TargetOutOfRange {
+            value,
+            mut position,
+            classes,
+        } => {
+            if let Some(p) = position.first_mut() {
+                *p += offset;
+            }
+            Error::TargetOutOfRange {
+                value,
+                position,
+                classes,
+            }
+        }
+        e => e,
+    }
+}
+
+fn class_options<'a>(
+    weight: Option<&'a [f64]>,
+    ignore_index: i64,
+    label_smoothing: f64,
+) -> ClassOptions<'a> {
+    ClassOptions {
+        weight,
+        ignore_index,
+        label_smoothing,
+    }
+}
+
+fn pair(t: Total) -> (f64, f64) {
+    (t.sum, t.weight)
+}
+
+/// Runs a loss with an optional f32/f64 per-row output.
+macro_rules! with_out {
+    ($py:expr, $out:expr, |$o:ident| $body:expr) => {{
+        match $out.map(out_buf).transpose()? {
+            None => {
+                let $o: Option<&mut [f32]> = None;
+                run($py, move || $body)
+            }
+            Some(OutBuf::F32(buf)) => {
+                let $o = Some(buf);
+                run($py, move || $body)
+            }
+            Some(OutBuf::F64(buf)) => {
+                let $o = Some(buf);
+                run($py, move || $body)
+            }
+        }
+    }};
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, tag, swap, target, weight, ignore_index, label_smoothing, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn cross_entropy(
+    py: Python<'_>,
+    x: &Arr,
+    tag: &str,
+    swap: bool,
+    target: &Arr,
+    weight: Option<&Arr>,
+    ignore_index: i64,
+    label_smoothing: f64,
+    out: Option<&Arr>,
+) -> PyResult<(f64, f64)> {
+    let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
+    let w = weight.map(f64_slice).transpose()?;
+    let opt = class_options(w, ignore_index, label_smoothing);
+    with_out!(py, out, |o| crate::loss::cross_entropy(&x, &t, &opt, o).map(pair))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, tag, swap, target, weight, ignore_index, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn nll_loss(
+    py: Python<'_>,
+    x: &Arr,
+    tag: &str,
+    swap: bool,
+    target: &Arr,
+    weight: Option<&Arr>,
+    ignore_index: i64,
+    out: Option<&Arr>,
+) -> PyResult<(f64, f64)> {
+    let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
+    let w = weight.map(f64_slice).transpose()?;
+    let opt = class_options(w, ignore_index, 0.0);
+    with_out!(py, out, |o| crate::loss::nll_loss(&x, &t, &opt, o).map(pair))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, tag, swap, y, ytag, yswap, weight, label_smoothing, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn cross_entropy_soft(
+    py: Python<'_>,
+    x: &Arr,
+    tag: &str,
+    swap: bool,
+    y: &Arr,
+    ytag: &str,
+    yswap: bool,
+    weight: Option<&Arr>,
+    label_smoothing: f64,
+    out: Option<&Arr>,
+) -> PyResult<(f64, f64)> {
+    let (x, y) = (float_view(x, tag, swap)?, float_view(y, ytag, yswap)?);
+    let w = weight.map(f64_slice).transpose()?;
+    let opt = class_options(w, -100, label_smoothing);
+    with_out!(py, out, |o| crate::loss::cross_entropy_soft(&x, &y, &opt, o).map(pair))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, tag, swap, y, ytag, yswap, weight, pos_weight, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn bce_with_logits(
+    py: Python<'_>,
+    x: &Arr,
+    tag: &str,
+    swap: bool,
+    y: &Arr,
+    ytag: &str,
+    yswap: bool,
+    weight: Option<&Arr>,
+    pos_weight: Option<&Arr>,
+    out: Option<&Arr>,
+) -> PyResult<(f64, f64)> {
+    let (x, y) = (float_view(x, tag, swap)?, float_view(y, ytag, yswap)?);
+    let w = weight.map(|w| float_view(w, "f64", false)).transpose()?;
+    let pw = pos_weight.map(f64_slice).transpose()?;
+    with_out!(py, out, |o| {
+        crate::loss::bce_with_logits(&x, &y, w.as_ref(), pw, o).map(pair)
+    })
+}
+
+#[pyfunction]
+fn logsumexp(py: Python<'_>, x: &Arr, tag: &str, swap: bool, out: &Arr) -> PyResult<()> {
+    let x = float_view(x, tag, swap)?;
+    match out_buf(out)? {
+        OutBuf::F32(o) => run(py, move || crate::softmax::logsumexp(&x, o)),
+        OutBuf::F64(o) => run(py, move || crate::softmax::logsumexp(&x, o)),
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, tag, swap, b, out, sign=None))]
+fn logsumexp_b(
+    py: Python<'_>,
+    x: &Arr,
+    tag: &str,
+    swap: bool,
+    b: &Arr,
+    out: &Arr,
+    sign: Option<&Arr>,
+) -> PyResult<()> {
+    let x = float_view(x, tag, swap)?;
+    let b = float_view(b, "f64", false)?;
+    let sign = sign.map(out_buf).transpose()?;
+    match (out_buf(out)?, sign) {
+        (OutBuf::F32(o), None) => run(py, move || crate::softmax::logsumexp_b(&x, &b, o, None)),
+        (OutBuf::F64(o), None) => run(py, move || crate::softmax::logsumexp_b(&x, &b, o, None)),
+        (OutBuf::F32(o), Some(OutBuf::F32(s))) => {
+            run(py, move || crate::softmax::logsumexp_b(&x, &b, o, Some(s)))
+        }
+        (OutBuf::F64(o), Some(OutBuf::F64(s))) => {
+            run(py, move || crate::softmax::logsumexp_b(&x, &b, o, Some(s)))
+        }
+        _ => Err(PyValueError::new_err("internal: out and sign dtypes differ")),
+    }
+}
+
+#[pyfunction]
+fn softmax(py: Python<'_>, x: &Arr, tag: &str, swap: bool, log: bool, out: &Arr) -> PyResult<()> {
+    let x = float_view(x, tag, swap)?;
+    match out_buf(out)? {
+        OutBuf::F32(o) => run(py, move || crate::softmax::softmax_f32(&x, log, o)),
+        OutBuf::F64(o) => run(py, move || crate::softmax::softmax_f64(&x, log, o)),
+    }
+}
+
+/// Read-only SIMD sum of every element: the streaming roofline of the benchmarks.
+#[pyfunction]
+fn roofline_sum(py: Python<'_>, x: &Arr, tag: &str, swap: bool) -> PyResult<f64> {
+    let x = float_view(x, tag, swap)?;
+    run(py, move || Ok(crate::softmax::stream_sum(&x)))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, tag, swap, target, kind, ignore_index, top_k, n_bins, row_offset=0, nll_out=None, rank_out=None))]
+#[allow(clippy::too_many_arguments)]
+fn eval_rows<'py>(
+    py: Python<'py>,
+    x: &Arr<'py>,
+    tag: &str,
+    swap: bool,
+    target: &Arr<'py>,
+    kind: &str,
+    ignore_index: i64,
+    top_k: Vec<usize>,
+    n_bins: usize,
+    row_offset: usize,
+    nll_out: Option<&Arr<'py>>,
+    rank_out: Option<&Arr<'py>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
+    let opt = EvalOptions {
+        kind: Kind::parse(kind).map_err(to_py)?,
+        ignore_index,
+        top_k,
+        n_bins,
+    };
+    let per_row = match (nll_out, rank_out) {
+        (Some(a), Some(b)) => Some((slice_mut::<f64>(a, b'f')?, slice_mut::<i64>(b, b'i')?)),
+        (None, None) => None,
+        _ => return Err(PyValueError::new_err("nll_out and rank_out go together")),
+    };
+    let s = run(py, move || {
+        crate::eval::evaluate(&x, &t, &opt, per_row).map_err(|e| shift_position(e, row_offset))
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("n", s.n)?;
+    d.set_item("n_ignored", s.n_ignored)?;
+    d.set_item("sum_nll", s.sum_nll)?;
+    d.set_item("sum_nll_sq", s.sum_nll_sq)?;
+    d.set_item("sum_entropy", s.sum_entropy)?;
+    d.set_item("sum_brier", s.sum_brier)?;
+    d.set_item("topk_correct", s.topk_correct)?;
+    d.set_item("bin_count", s.bin_count)?;
+    d.set_item("bin_conf_sum", s.bin_conf_sum)?;
+    d.set_item("bin_correct", s.bin_correct)?;
+    Ok(d)
+}
+
+#[pyfunction]
+#[pyo3(signature = (base, base_tag, base_swap, new, new_tag, new_swap, target, kind, ignore_index, row_offset=0))]
+#[allow(clippy::too_many_arguments)]
+fn compare_rows<'py>(
+    py: Python<'py>,
+    base: &Arr<'py>,
+    base_tag: &str,
+    base_swap: bool,
+    new: &Arr<'py>,
+    new_tag: &str,
+    new_swap: bool,
+    target: &Arr<'py>,
+    kind: &str,
+    ignore_index: i64,
+    row_offset: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let a = float_view(base, base_tag, base_swap)?;
+    let b = float_view(new, new_tag, new_swap)?;
+    let t = int_view(target)?;
+    let kind = Kind::parse(kind).map_err(to_py)?;
+    let s = run(py, move || {
+        crate::eval::compare(&a, &b, &t, kind, ignore_index)
+            .map_err(|e| shift_position(e, row_offset))
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("n", s.n)?;
+    d.set_item("n_ignored", s.n_ignored)?;
+    d.set_item("sum_kl", s.sum_kl)?;
+    d.set_item("sum_dnll", s.sum_dnll)?;
+    d.set_item("sum_dnll_sq", s.sum_dnll_sq)?;
+    d.set_item("top1_agree", s.top1_agree)?;
+    Ok(d)
+}
+
+/// The SIMD path in use ("scalar", "avx2" or "avx512").
+#[pyfunction]
+fn simd_path() -> &'static str {
+    simd::current().name()
+}
+
+/// Forces a SIMD path; ValueError if unknown or not supported by this CPU.
+#[pyfunction]
+fn set_simd_path(name: &str) -> PyResult<()> {
+    let p = simd::Path::parse(name).ok_or_else(|| {
+        PyValueError::new_err(format!("unknown SIMD path {name:?}: use scalar, avx2 or avx512"))
+    })?;
+    if !simd::set_path(p) {
+        return Err(PyValueError::new_err(format!(
+            "SIMD path {name:?} is not supported by this CPU"
+        )));
+    }
+    Ok(())
+}
+
+/// Paths this CPU can run.
+#[pyfunction]
+fn available_simd_paths() -> Vec<&'static str> {
+    [simd::Path::Scalar, simd::Path::Avx2, simd::Path::Avx512]
+        .into_iter()
+        .filter(|p| p.available())
+        .map(|p| p.name())
+        .collect()
+}
+
+/// Error text if FASTNLL_SIMD names an unknown or unavailable path, else None.
+#[pyfunction]
+fn simd_env_problem() -> Option<String> {
+    simd::path_from_env().err()
+}
+
+#[pyfunction]
+fn get_num_threads() -> usize {
+    parallel::num_threads()
+}
+
+#[pyfunction]
+fn set_num_threads(n: usize) {
+    parallel::set_num_threads(n)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(nll_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_soft, m)?)?;
+    m.add_function(wrap_pyfunction!(bce_with_logits, m)?)?;
+    m.add_function(wrap_pyfunction!(logsumexp, m)?)?;
+    m.add_function(wrap_pyfunction!(logsumexp_b, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(roofline_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(eval_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(compare_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(available_simd_paths, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_env_problem, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Per-thread access to the rows of a [`View`], with dtype and instruction-set dispatch.
+//!
+//! Every loss, metric and softmax goes through [`Rows::stats`], the single one-read row
+//! statistics kernel; what differs between them is only what they do with the statistics.
+
+use crate::kernel::{self, Stats};
+use crate::simd::{self, Path, BF16, F16};
+use crate::tensor::{DType, View};
+use rayon::prelude::*;
+
+/// Rows longer than this are split into segments processed in parallel and merged in order
+/// (few rows of huge C would otherwise leave threads idle). Fixed, so results do not depend
+/// on the thread count.
+pub const SEGMENT: usize = 1 << 16;
+
+/// What a caller wants from a row besides max and exp-sum.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Want {
+    /// Σ e*(x-m), Σ e², and the count of entries above the target (metrics).
+    pub eval: bool,
+    /// Σ x (label smoothing).
+    pub sumx: bool,
+}
+
+/// Row statistics with the shift kept in f64 (exact for f64 input).
+#[derive(Clone, Copy, Debug)]
+pub struct RowStats {
+    pub m: f64,
+    pub st: Stats,
+}
+
+impl RowStats {
+    /// log Σ exp of the row (NaN, +inf and all -inf rows as in [`Stats::lse`]).
+    pub fn lse(&self) -> f64 {
+        if self.st.nan || self.st.s.is_nan() {
+            f64::NAN
+        } else if self.m.is_finite() {
+            self.m + self.st.s.ln()
+        } else {
+            self.m
+        }
+    }
+}
+
+pub struct Rows<'v, 'a> {
+    pub view: &'v View<'a>,
+    path: Path,
+    s32: Vec<f32>,
+    s64: Vec<f64>,
+    s16: Vec<F16>,
+    sb16: Vec<BF16>,
+}
+
+fn typed_stats<E: simd::Elem>(path: Path, x: &[E], xt: f32, want: Want) -> Stats {
+    let one = |seg: &[E]| match (want.eval, want.sumx) {
+        (false, false) => kernel::row_stats::<E, false, false>(path, seg, xt),
+        (true, false) => kernel::row_stats::<E, true, false>(path, seg, xt),
+        (false, true) => kernel::row_stats::<E, false, true>(path, seg, xt),
+        (true, true) => kernel::row_stats::<E, true, true>(path, seg, xt),
+    };
+    if x.len() <= 2 * SEGMENT {
+        return one(x);
+    }
+    let parts: Vec<Stats> = x.par_chunks(SEGMENT).map(one).collect();
+    parts.into_iter().reduce(Stats::merge).unwrap_or(Stats::EMPTY)
+}
+
+impl<'v, 'a> Rows<'v, 'a> {
+    pub fn new(view: &'v View<'a>) -> Self {
+        Rows {
+            view,
+            path: simd::current(),
+            s32: Vec::new(),
+            s64: Vec::new(),
+            s16: Vec::new(),
+            sb16: Vec::new(),
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        self.view.cols()
+    }
+
+    /// Element (row, col) widened to f64.
+    #[inline]
+    pub fn value(&self, row: usize, col: usize) -> f64 {
+        let v = self.view;
+        match v.dtype {
+            DType::F32 => v.get::<f32>(row, col) as f64,
+            DType::F64 => v.get::<f64>(row, col),
+            DType::F16 => simd::Elem::to_f32(v.get::<F16>(row, col)) as f64,
+            DType::BF16 => simd::Elem::to_f32(v.get::<BF16>(row, col)) as f64,
+        }
+    }
+
+    /// One read of row `i`. `xt` is the target's value (for the rank count of `want.eval`).
+    pub fn stats(&mut self, i: usize, xt: f64, want: Want) -> RowStats {
+        let (view, path) = (self.view, self.path);
+        match view.dtype {
+            DType::F32 => {
+                let st = typed_stats(path, view.row(i, &mut self.s32), xt as f32, want);
+                RowStats { m: st.m as f64, st }
+            }
+            DType::F16 => {
+                let st = typed_stats(path, view.row(i, &mut self.s16), xt as f32, want);
+                RowStats { m: st.m as f64, st }
+            }
+            DType::BF16 => {
+                let st = typed_stats(path, view.row(i, &mut self.sb16), xt as f32, want);
+                RowStats { m: st.m as f64, st }
+            }
+            DType::F64 => {
+                let (m, st) =
+                    kernel::stats_f64(view.row(i, &mut self.s64), xt, want.eval, want.sumx);
+                RowStats { m, st }
+            }
+        }
+    }
+
+    /// Writes log_softmax (`log`) or softmax of row `i` into `out` (f32 output, 16/32-bit input).
+    pub fn write_f32(&mut self, i: usize, log: bool, out: &mut [f32]) {
+        let rs = self.stats(i, 0.0, Want::default());
+        let (view, path) = (self.view, self.path);
+        if !rs.m.is_finite() || rs.st.nan || rs.st.s.is_nan() {
+            let lse = rs.lse();
+            for (j, o) in out.iter_mut().enumerate() {
+                let y = self.value(i, j) - lse;
+                *o = if log { y } else { y.exp() } as f32;
+            }
+            return;
+        }
+        let (m, ln_s) = (rs.m as f32, rs.st.s.ln() as f32);
+        macro_rules! go {
+            ($buf:ident) => {{
+                let x = view.row(i, &mut self.$buf);
+                if log {
+                    kernel::row_write::<_, true>(path, x, m, ln_s, out)
+                } else {
+                    kernel::row_write::<_, false>(path, x, m, ln_s, out)
+                }
+            }};
+        }
+        match view.dtype {
+            DType::F32 => go!(s32),
+            DType::F16 => go!(s16),
+            DType::BF16 => go!(sb16),
+            DType::F64 => unreachable!("f64 rows are written by write_f64"),
+        }
+    }
+
+    /// Writes log_softmax or softmax of a float64 row.
+    pub fn write_f64(&mut self, i: usize, log: bool, out: &mut [f64]) {
+        let rs = self.stats(i, 0.0, Want::default());
+        let lse = rs.lse();
+        let x = self.view.row(i, &mut self.s64);
+        for (o, &v) in out.iter_mut().zip(x) {
+            let y = v - lse;
+            *o = if log { y } else { y.exp() };
+        }
+    }
+
+    /// Read-only sum of row `i` (the streaming roofline).
+    pub fn sum(&mut self, i: usize) -> f64 {
+        let (view, path) = (self.view, self.path);
+        match view.dtype {
+            DType::F32 => kernel::row_sum(path, view.row(i, &mut self.s32)),
+            DType::F16 => kernel::row_sum(path, view.row(i, &mut self.s16)),
+            DType::BF16 => kernel::row_sum(path, view.row(i, &mut self.sb16)),
+            DType::F64 => view.row(i, &mut self.s64).iter().sum(),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Runtime-dispatched SIMD.
+//!
+//! Kernels are written once, generic over [`Isa`] (a vector of f32 lanes and the handful of
+//! operations the kernels need) and [`Elem`] (how a storage type widens to f32 lanes). Each
+//! instruction set instantiates them inside a `#[target_feature]` function, so the generic
+//! `#[inline(always)]` code and the intrinsics it calls are compiled for that instruction set.
+//! The path is chosen once (CPU detection, overridable by `FASTNLL_SIMD`) and can be forced
+//! per call for tests.
+
+pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The instruction set a kernel runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Scalar => "scalar",
+            Path::Avx2 => "avx2",
+            Path::Avx512 => "avx512",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Path> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(Path::Scalar),
+            "avx2" => Some(Path::Avx2),
+            "avx512" => Some(Path::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn available(self) -> bool {
+        match self {
+            Path::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512dq")
+                    && Path::Avx2.available()
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The best path this CPU has.
+    pub fn best() -> Path {
+        [Path::Avx512, Path::Avx2]
+            .into_iter()
+            .find(|p| p.available())
+            .unwrap_or(Path::Scalar)
+    }
+}
+
+const UNSET: u8 = 0;
+static CURRENT: AtomicU8 = AtomicU8::new(UNSET);
+
+fn encode(p: Path) -> u8 {
+    match p {
+        Path::Scalar => 1,
+        Path::Avx2 => 2,
+        Path::Avx512 => 3,
+    }
+}
+
+fn decode(v: u8) -> Path {
+    match v {
+        2 => Path::Avx2,
+        3 => Path::Avx512,
+        _ => Path::Scalar,
+    }
+}
+
+/// The path in use: `FASTNLL_SIMD` if set to an available path, else the best one.
+/// An unknown or unavailable `FASTNLL_SIMD` falls back to the best path (see [`path_from_env`]).
+pub fn current() -> Path {
+    let v = CURRENT.load(Ordering::Relaxed);
+    if v != UNSET {
+        return decode(v);
+    }
+    let p = path_from_env().unwrap_or_else(|_| Path::best());
+    CURRENT.store(encode(p), Ordering::Relaxed);
+    p
+}
+
+/// Reads `FASTNLL_SIMD`; Err names a value that is unknown or not available on this CPU.
+pub fn path_from_env() -> Result<Path, String> {
+    match std::env::var("FASTNLL_SIMD") {
+        Err(_) => Ok(Path::best()),
+        Ok(s) if s.trim().is_empty() || s.trim() == "auto" => Ok(Path::best()),
+        Ok(s) => match Path::parse(&s) {
+            Some(p) if p.available() => Ok(p),
+            Some(p) => Err(format!("FASTNLL_SIMD={} is not supported by this CPU", p.name())),
+            None => Err(format!(
+                "FASTNLL_SIMD={s:?} is not one of scalar, avx2, avx512, auto"
+            )),
+        },
+    }
+}
+
+/// Forces a path for the whole process. Returns false (and changes nothing) if unavailable.
+pub fn set_path(p: Path) -> bool {
+    if !p.available() {
+        return false;
+    }
+    CURRENT.store(encode(p), Ordering::Relaxed);
+    true
+}
+
+/// A vector of f32 lanes. All methods are `unsafe` because they may only run on a CPU that has
+/// the instruction set; pointer arguments must be valid for `W` elements.
+pub(crate) trait Isa: Copy {
+    type V: Copy;
+    const W: usize;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn load_f16(p: *const u16) -> Self::V;
+    unsafe fn load_bf16(p: *const u16) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// a * b + c
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lane-wise maximum that ignores a NaN in `b` (returns `a` there).
+    unsafe fn max_ignore_nan(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise maximum that returns `b` where `b` is NaN.
+    unsafe fn max_keep_nan(a: Self::V, b: Self::V) -> Self::V;
+    /// exp(x) for x <= 0, -inf and NaN (NaN propagates); about 1 ulp.
+    unsafe fn exp_le0(x: Self::V) -> Self::V;
+    unsafe fn hsum(v: Self::V) -> f32;
+    unsafe fn hmax(v: Self::V) -> f32;
+    /// Number of lanes with v > t (false for NaN).
+    unsafe fn count_gt(v: Self::V, t: Self::V) -> u32;
+}
+
+/// Constants of the reduced-range exp shared by every path, so all paths agree closely.
+pub(crate) mod expc {
+    pub const LO: f32 = -87.0; // below: exp is < 1.7e-38 and is returned as 0
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_145_75;
+    pub const LN2_LO: f32 = 1.428_606_8e-6;
+    // Taylor coefficients 1/k! for k = 7..2; |r| <= ln2/2 keeps the truncation below 1e-8.
+    pub const C7: f32 = 1.0 / 5040.0;
+    pub const C6: f32 = 1.0 / 720.0;
+    pub const C5: f32 = 1.0 / 120.0;
+    pub const C4: f32 = 1.0 / 24.0;
+    pub const C3: f32 = 1.0 / 6.0;
+    pub const C2: f32 = 0.5;
+}
+
+/// A storage type the kernels read: f32 directly, half types widened in registers.
+pub(crate) trait Elem: Copy + Send + Sync + 'static {
+    /// The value used to pad a partial vector so it changes no max, exp-sum or count.
+    const NEG_INF: Self;
+    unsafe fn load<I: Isa>(p: *const Self) -> I::V;
+    fn to_f32(self) -> f32;
+}
+
+/// IEEE binary16 bits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(transparent)]
+pub struct F16(pub u16);
+
+/// bfloat16 bits (the upper half of an f32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(transparent)]
+pub struct BF16(pub u16);
+
+impl Elem for f32 {
+    const NEG_INF: f32 = f32::NEG_INFINITY;
+    #[inline(always)]
+    unsafe fn load<I: Isa>(p: *const f32) -> I::V {
+        I::load(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for F16 {
+    const NEG_INF: F16 = F16(0xFC00);
+    #[inline(always)]
+    unsafe fn load<I: Isa>(p: *const F16) -> I::V {
+        I::load_f16(p as *const u16)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self.0).to_f32()
+    }
+}
+
+impl Elem for BF16 {
+    const NEG_INF: BF16 = BF16(0xFF80);
+    #[inline(always)]
+    unsafe fn load<I: Isa>(p: *const BF16) -> I::V {
+        I::load_bf16(p as *const u16)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}

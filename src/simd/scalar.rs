@@ -1,0 +1,97 @@
+//! The portable path: one f32 lane, the same reduced-range exp as the vector paths.
+
+use super::{expc, Isa};
+
+
+#[derive(Clone, Copy)]
+pub(crate) struct Scalar;
+
+/// exp(x) for x <= 0 with the vector paths' algorithm, so every path rounds alike.
+#[inline(always)]
+pub(crate) fn exp_le0(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < expc::LO {
+        return 0.0;
+    }
+    let n = (x * expc::LOG2E).round_ties_even();
+    // Plain multiply-add: `mul_add` without an FMA target feature is a slow libm call.
+    let r = x - n * expc::LN2_HI;
+    let r = r - n * expc::LN2_LO;
+    let mut p = expc::C7;
+    for c in [expc::C6, expc::C5, expc::C4, expc::C3, expc::C2, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    f32::from_bits((p.to_bits() as i32).wrapping_add((n as i32) << 23) as u32)
+}
+
+impl Isa for Scalar {
+    type V = f32;
+    const W: usize = 1;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> f32 {
+        *p
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> f32 {
+        half::f16::from_bits(*p).to_f32()
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> f32 {
+        f32::from_bits((*p as u32) << 16)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: f32) {
+        *p = v
+    }
+    #[inline(always)]
+    unsafe fn add(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn sub(a: f32, b: f32) -> f32 {
+        a - b
+    }
+    #[inline(always)]
+    unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
+        // Separate multiply and add: without an FMA target feature `mul_add` is a libm call.
+        a * b + c
+    }
+    #[inline(always)]
+    unsafe fn max_ignore_nan(a: f32, b: f32) -> f32 {
+        if b > a {
+            b
+        } else {
+            a
+        }
+    }
+    #[inline(always)]
+    unsafe fn max_keep_nan(a: f32, b: f32) -> f32 {
+        if b.is_nan() || b > a {
+            b
+        } else {
+            a
+        }
+    }
+    #[inline(always)]
+    unsafe fn exp_le0(x: f32) -> f32 {
+        exp_le0(x)
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    unsafe fn hmax(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    unsafe fn count_gt(v: f32, t: f32) -> u32 {
+        (v > t) as u32
+    }
+}

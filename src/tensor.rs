@@ -1,0 +1,364 @@
+//! Borrowed views of caller memory with any shape, byte strides, alignment and byte order.
+//!
+//! The last axis is the class axis; every other axis is flattened into "rows" by index
+//! arithmetic, never by copying. A row whose elements are contiguous, aligned and in native
+//! byte order is read in place; any other row is gathered into a per-thread scratch buffer of
+//! one row (bounded memory, whatever the array's size).
+
+use crate::error::{Error, Result};
+use crate::simd::{BF16, F16};
+use std::marker::PhantomData;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 => 8,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+    pub fn parse(tag: &str) -> Result<DType> {
+        match tag {
+            "f32" => Ok(DType::F32),
+            "f64" => Ok(DType::F64),
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::BF16),
+            _ => Err(Error::Type(format!(
+                "unsupported dtype tag {tag:?}; accepted dtypes: float32, float64, float16, bfloat16"
+            ))),
+        }
+    }
+}
+
+/// A storage type a view can hold.
+pub trait Storage: Copy + Send + Sync + 'static {
+    const DTYPE: DType;
+    fn bswap(self) -> Self;
+}
+
+impl Storage for f32 {
+    const DTYPE: DType = DType::F32;
+    fn bswap(self) -> Self {
+        f32::from_bits(self.to_bits().swap_bytes())
+    }
+}
+impl Storage for f64 {
+    const DTYPE: DType = DType::F64;
+    fn bswap(self) -> Self {
+        f64::from_bits(self.to_bits().swap_bytes())
+    }
+}
+impl Storage for F16 {
+    const DTYPE: DType = DType::F16;
+    fn bswap(self) -> Self {
+        F16(self.0.swap_bytes())
+    }
+}
+impl Storage for BF16 {
+    const DTYPE: DType = DType::BF16;
+    fn bswap(self) -> Self {
+        BF16(self.0.swap_bytes())
+    }
+}
+
+/// Maps a flat row number to the byte offset of its first element.
+#[derive(Clone, Debug)]
+pub(crate) struct RowIndex {
+    dims: Vec<usize>,
+    strides: Vec<isize>,
+    /// Some(stride) when all leading axes collapse to one uniform stride.
+    uniform: Option<isize>,
+    pub rows: usize,
+}
+
+impl RowIndex {
+    pub fn new(dims: &[usize], strides: &[isize]) -> RowIndex {
+        let rows = dims.iter().product();
+        // Collapse like NumPy's reshape-without-copy: walk from the innermost leading axis.
+        let mut uniform = Some(0isize);
+        let mut expected: Option<isize> = None;
+        for (&d, &s) in dims.iter().zip(strides).rev() {
+            if d == 1 {
+                continue;
+            }
+            match expected {
+                None => {
+                    uniform = Some(s);
+                    expected = Some(s * d as isize);
+                }
+                Some(e) if e == s => expected = Some(s * d as isize),
+                Some(_) => {
+                    uniform = None;
+                    break;
+                }
+            }
+        }
+        RowIndex {
+            dims: dims.to_vec(),
+            strides: strides.to_vec(),
+            uniform,
+            rows,
+        }
+    }
+
+    #[inline]
+    pub fn offset(&self, mut i: usize) -> isize {
+        if let Some(s) = self.uniform {
+            return i as isize * s;
+        }
+        let mut off = 0isize;
+        for (&d, &s) in self.dims.iter().zip(&self.strides).rev() {
+            off += (i % d) as isize * s;
+            i /= d;
+        }
+        off
+    }
+
+    /// The N-d position of a flat row number (for error messages).
+    pub fn position(&self, mut i: usize) -> Vec<usize> {
+        let mut p = vec![0; self.dims.len()];
+        for (k, &d) in self.dims.iter().enumerate().rev() {
+            if d > 0 {
+                p[k] = i % d;
+                i /= d;
+            }
+        }
+        p
+    }
+}
+
+/// A float array `[..., C]`.
+#[derive(Clone, Debug)]
+pub struct View<'a> {
+    ptr: *const u8,
+    pub dtype: DType,
+    shape: Vec<usize>,
+    col_stride: isize,
+    pub(crate) index: RowIndex,
+    swap: bool,
+    /// Rows can be borrowed as slices.
+    direct: bool,
+    _life: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: a View only reads through its pointer; the caller of `View::new` guarantees the
+// memory stays valid for 'a (the bindings hold the array object for the whole call).
+unsafe impl Send for View<'_> {}
+unsafe impl Sync for View<'_> {}
+
+impl<'a> View<'a> {
+    /// # Safety
+    /// `ptr` with `shape` and byte `strides` must address readable memory for `'a` (a NumPy
+    /// array's data, or a slice). Zero, negative and unaligned strides are all allowed.
+    pub unsafe fn new(
+        ptr: *const u8,
+        dtype: DType,
+        shape: &[usize],
+        strides: &[isize],
+        swap: bool,
+    ) -> Result<View<'a>> {
+        if shape.len() != strides.len() {
+            return Err(Error::Shape("shape and strides differ in length".into()));
+        }
+        let (shape, strides) = if shape.is_empty() {
+            (vec![1usize], vec![dtype.size() as isize])
+        } else {
+            (shape.to_vec(), strides.to_vec())
+        };
+        let nd = shape.len();
+        let size = dtype.size() as isize;
+        let col_stride = strides[nd - 1];
+        let index = RowIndex::new(&shape[..nd - 1], &strides[..nd - 1]);
+        let aligned = (ptr as usize) % dtype.size() == 0
+            && strides[..nd - 1].iter().all(|s| s % size == 0);
+        let direct = !swap && aligned && (col_stride == size || shape[nd - 1] <= 1);
+        Ok(View {
+            ptr,
+            dtype,
+            shape,
+            col_stride,
+            index,
+            swap,
+            direct,
+            _life: PhantomData,
+        })
+    }
+
+    /// A C-contiguous view of a slice, `rows x cols`.
+    pub fn from_slice<T: Storage>(data: &'a [T], rows: usize, cols: usize) -> View<'a> {
+        assert_eq!(data.len(), rows * cols, "slice length must be rows * cols");
+        let s = std::mem::size_of::<T>() as isize;
+        // SAFETY: the slice is valid for 'a and holds rows * cols contiguous elements.
+        unsafe {
+            View::new(
+                data.as_ptr() as *const u8,
+                T::DTYPE,
+                &[rows, cols],
+                &[cols as isize * s, s],
+                false,
+            )
+            .expect("consistent shape")
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn cols(&self) -> usize {
+        *self.shape.last().unwrap_or(&1)
+    }
+    pub fn rows(&self) -> usize {
+        self.index.rows
+    }
+    pub fn lead_shape(&self) -> &[usize] {
+        &self.shape[..self.shape.len() - 1]
+    }
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+    pub(crate) fn position(&self, row: usize) -> Vec<usize> {
+        self.index.position(row)
+    }
+
+    #[inline]
+    fn elem_ptr(&self, row: usize, col: usize) -> *const u8 {
+        self.ptr
+            .wrapping_offset(self.index.offset(row) + col as isize * self.col_stride)
+    }
+
+    /// Element (row, col) as `T` (which must match the dtype).
+    #[inline]
+    pub(crate) fn get<T: Storage>(&self, row: usize, col: usize) -> T {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        // SAFETY: row < rows and col < cols are checked by callers; the view's constructor
+        // guarantees the address is readable; read_unaligned tolerates any alignment.
+        let v = unsafe { (self.elem_ptr(row, col) as *const T).read_unaligned() };
+        if self.swap {
+            v.bswap()
+        } else {
+            v
+        }
+    }
+
+    /// Row `i` as a slice: borrowed in place when possible, else gathered into `scratch`.
+    #[inline]
+    pub(crate) fn row<'s, T: Storage>(&'s self, i: usize, scratch: &'s mut Vec<T>) -> &'s [T] {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        let c = self.cols();
+        if self.direct {
+            // SAFETY: direct means native order, aligned and contiguous along the row, and the
+            // constructor's contract makes the c elements readable for 'a.
+            return unsafe { std::slice::from_raw_parts(self.elem_ptr(i, 0) as *const T, c) };
+        }
+        scratch.clear();
+        scratch.extend((0..c).map(|j| self.get::<T>(i, j)));
+        scratch
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntType {
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+}
+
+impl IntType {
+    pub fn size(self) -> usize {
+        match self {
+            IntType::I8 | IntType::U8 => 1,
+            IntType::I16 | IntType::U16 => 2,
+            IntType::I32 | IntType::U32 => 4,
+            IntType::I64 | IntType::U64 => 8,
+        }
+    }
+}
+
+/// An integer array of class indices, `[...]` matching the logits' leading shape.
+#[derive(Clone, Debug)]
+pub struct IntView<'a> {
+    ptr: *const u8,
+    ty: IntType,
+    shape: Vec<usize>,
+    index: RowIndex,
+    _life: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: read-only access to memory the caller keeps alive for 'a (see `IntView::new`).
+unsafe impl Send for IntView<'_> {}
+unsafe impl Sync for IntView<'_> {}
+
+impl<'a> IntView<'a> {
+    /// # Safety
+    /// As for [`View::new`]; native byte order.
+    pub unsafe fn new(ptr: *const u8, ty: IntType, shape: &[usize], strides: &[isize]) -> Self {
+        IntView {
+            ptr,
+            ty,
+            shape: shape.to_vec(),
+            index: RowIndex::new(shape, strides),
+            _life: PhantomData,
+        }
+    }
+
+    pub fn from_slice(data: &'a [i64]) -> IntView<'a> {
+        // SAFETY: a contiguous slice valid for 'a.
+        unsafe { IntView::new(data.as_ptr() as *const u8, IntType::I64, &[data.len()], &[8]) }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn len(&self) -> usize {
+        self.index.rows
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.rows == 0
+    }
+
+    /// Target of flat row `i`, widened so that every u64 and i64 value is exact.
+    #[inline]
+    pub fn get(&self, i: usize) -> i128 {
+        let p = self.ptr.wrapping_offset(self.index.offset(i));
+        // SAFETY: i < len is checked by callers; IntView::new's contract makes it readable.
+        unsafe {
+            match self.ty {
+                IntType::I8 => (p as *const i8).read_unaligned() as i128,
+                IntType::I16 => (p as *const i16).read_unaligned() as i128,
+                IntType::I32 => (p as *const i32).read_unaligned() as i128,
+                IntType::I64 => (p as *const i64).read_unaligned() as i128,
+                IntType::U8 => p.read_unaligned() as i128,
+                IntType::U16 => (p as *const u16).read_unaligned() as i128,
+                IntType::U32 => (p as *const u32).read_unaligned() as i128,
+                IntType::U64 => (p as *const u64).read_unaligned() as i128,
+            }
+        }
+    }
+}
+
+/// Checks that targets `[...]` fit logits `[..., C]`.
+pub fn check_target_shape(x: &View, t_shape: &[usize], what: &str) -> Result<()> {
+    if x.lead_shape() != t_shape {
+        return Err(Error::Shape(format!(
+            "{what} shape {:?} does not match input shape {:?}: expected {:?} (the input's \
+             shape without its last, class axis)",
+            t_shape,
+            x.shape(),
+            x.lead_shape()
+        )));
+    }
+    Ok(())
+}
