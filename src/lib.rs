@@ -23,3 +23,6 @@ pub use kernel::Stats;
 pub use loss::{bce_with_logits, cross_entropy, cross_entropy_soft, nll_loss, ClassOptions, Total};
 pub use softmax::{logsumexp, logsumexp_b, softmax_f32, softmax_f64, stream_sum};
 pub use tensor::{DType, IntType, IntView, View};
+
+#[cfg(test)]
+mod tests;
