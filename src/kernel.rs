@@ -279,6 +279,120 @@ pub(crate) unsafe fn sum<I: Isa, E: Elem>(x: &[E]) -> f64 {
     I::hsum(I::add(I::add(a0, a1), I::add(a2, a3))) as f64 + tail
 }
 
+/// Longest row the rows-in-lanes kernel takes: beyond it one row per call is faster.
+pub(crate) const LANES_MAX_C: usize = 32;
+
+/// Σ of the per-row results of the fully vectorised short-row kernels, and the rows done.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockSums {
+    pub sum: f64,
+    pub weight: f64,
+    pub rows: usize,
+}
+
+/// Max, exp-sum and log of W packed rows of `c` (1..=LANES_MAX_C) elements, one row per lane.
+/// Returns (m, ln s, finite) where finite is false if any lane has an inf/NaN max or sum.
+#[inline(always)]
+unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool) {
+    let mut tile = [I::splat(0.0); LANES_MAX_C];
+    let mut vm = I::splat(f32::NEG_INFINITY);
+    for (j, t) in tile.iter_mut().enumerate().take(c) {
+        let v = E::load_col::<I>(p.add(j), c);
+        *t = v;
+        vm = I::max_ignore_nan(vm, v);
+    }
+    let mut vs = I::splat(0.0);
+    for t in &tile[..c] {
+        vs = I::add(vs, I::exp_le0(I::sub(*t, vm)));
+    }
+    // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes.
+    let zero = I::splat(0.0);
+    let finite = I::hsum(I::fma(vm, zero, I::mul(vs, zero))) == 0.0;
+    let ln_s = I::ln_ge1(I::max_ignore_nan(I::splat(1.0), vs));
+    (vm, ln_s, finite)
+}
+
+/// Cross-entropy of packed short rows against packed i64 targets, W rows per step, until the
+/// end or the first block holding a target out of range or an inf/NaN row (left to the row
+/// kernel, which reports or handles it). `wt` (f32 class weights) and `wt64` (their f64
+/// values for the denominator) go together. Writes per-row losses to `out` if given.
+#[inline(always)]
+pub(crate) unsafe fn ce_short<I: Isa, E: Elem>(
+    x: &[E],
+    t: &[i64],
+    c: usize,
+    ignore: i64,
+    wt: Option<(&[f32], &[f64])>,
+    mut out: Option<&mut [f32]>,
+) -> BlockSums {
+    let w = I::W;
+    let mut acc = BlockSums::default();
+    if c == 0 || c > LANES_MAX_C || x.len() < t.len() * c {
+        return acc;
+    }
+    let (mut idx, mut wl) = ([0i32; 16], [0f32; 16]);
+    while acc.rows + w <= t.len() {
+        let r0 = acc.rows;
+        let (valid, wsum, bad) = match wt {
+            None => {
+                let (v, n, bad) = I::targets(t.as_ptr().add(r0), c, ignore, &mut idx);
+                (v, n as f64, bad)
+            }
+            Some((a, b)) => {
+                let (mut bad, mut wsum) = (false, 0.0f64);
+                for l in 0..w {
+                    let v = t[r0 + l];
+                    let inr = (v as u64) < c as u64;
+                    let ok = inr && v != ignore;
+                    bad |= !inr && v != ignore;
+                    let k = if ok { v as usize } else { 0 };
+                    idx[l] = (l * c + k) as i32;
+                    wl[l] = if ok { a[k] } else { 0.0 };
+                    wsum += if ok { b[k] } else { 0.0 };
+                }
+                (I::load(wl.as_ptr()), wsum, bad)
+            }
+        };
+        if bad {
+            break;
+        }
+        let p = x.as_ptr().add(r0 * c);
+        let (vm, ln_s, finite) = lane_lse::<I, E>(p, c);
+        if !finite {
+            break;
+        }
+        let xt = E::load_idx::<I>(p, &idx);
+        let loss = I::mul(I::add(I::sub(vm, xt), ln_s), valid);
+        if let Some(o) = out.as_deref_mut() {
+            I::store(o.as_mut_ptr().add(r0), loss);
+        }
+        acc.sum += I::hsum(loss) as f64;
+        acc.weight += wsum;
+        acc.rows += w;
+    }
+    acc
+}
+
+/// logsumexp of packed short rows into `out`, W rows per step, until the end or the first
+/// block holding an inf/NaN row. Returns the rows done.
+#[inline(always)]
+pub(crate) unsafe fn lse_short<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f32]) -> usize {
+    let w = I::W;
+    let mut done = 0;
+    if c == 0 || c > LANES_MAX_C || x.len() < out.len() * c {
+        return 0;
+    }
+    while done + w <= out.len() {
+        let (vm, ln_s, finite) = lane_lse::<I, E>(x.as_ptr().add(done * c), c);
+        if !finite {
+            break;
+        }
+        I::store(out.as_mut_ptr().add(done), I::add(vm, ln_s));
+        done += w;
+    }
+    done
+}
+
 /// Instantiates a generic kernel for every path behind one safe, dispatching function.
 macro_rules! dispatch {
     (
@@ -323,6 +437,25 @@ dispatch! {
     /// log_softmax / softmax of a row with finite max.
     pub(crate) fn row_write<E, const LOG: bool>(x: &[E], m: f32, ln_s: f32, out: &mut [f32]) -> ()
     => write_row
+}
+
+dispatch! {
+    /// Cross-entropy of packed short rows (see [`ce_short`]).
+    pub(crate) fn ce_short_rows<E>(
+        x: &[E],
+        t: &[i64],
+        c: usize,
+        ignore: i64,
+        wt: Option<(&[f32], &[f64])>,
+        out: Option<&mut [f32]>
+    ) -> BlockSums
+    => ce_short
+}
+
+dispatch! {
+    /// logsumexp of packed short rows (see [`lse_short`]).
+    pub(crate) fn lse_short_rows<E>(x: &[E], c: usize, out: &mut [f32]) -> usize
+    => lse_short
 }
 
 dispatch! {

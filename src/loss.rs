@@ -6,8 +6,10 @@
 
 use crate::error::{Error, Result};
 use crate::parallel;
-use crate::rows::{Rows, Want};
-use crate::tensor::{check_target_shape, IntView, View};
+use crate::kernel::{self, BlockSums, LANES_MAX_C};
+use crate::rows::{RowStats, Rows, Want};
+use crate::simd::{self, Path, BF16, F16};
+use crate::tensor::{check_target_shape, DType, IntView, View};
 use std::ops::Range;
 
 /// Above this a gathered value cannot be a log-probability (room for rounding only).
@@ -29,15 +31,23 @@ impl Total {
 /// A per-row output element (f32 for 16/32-bit inputs, f64 for f64).
 pub trait Out: Copy + Send + Sync + Default {
     fn from_f64(v: f64) -> Self;
+    /// The slice as f32, for the kernels that write f32 directly.
+    fn as_f32(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 impl Out for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    fn as_f32(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 impl Out for f64 {
     fn from_f64(v: f64) -> Self {
         v
+    }
+    fn as_f32(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
     }
 }
 
@@ -80,23 +90,45 @@ impl ClassOptions<'_> {
 }
 
 /// Runs `row` over all rows in chunks, with or without a per-row output, and adds up.
+/// `fast` may take a run of rows first (the vectorised short-row kernels): it returns None if
+/// it does not apply to this input at all, else how far it got; the rows where it stopped
+/// (a bad target or an inf/NaN row) go through `row`, which reports or handles them.
 fn drive<O: Out>(
-    rows: usize,
+    view: &View,
     per: usize,
     out: Option<&mut [O]>,
     row: impl Fn(&mut Rows, usize) -> Result<(f64, f64)> + Sync + Send,
-    view: &View,
+    fast: impl Fn(Range<usize>, Option<&mut [O]>) -> Option<BlockSums> + Sync + Send,
 ) -> Result<Total> {
+    let rows = view.rows();
     let chunk = |r: Range<usize>, mut o: Option<&mut [O]>| -> Result<Total> {
         let mut rw = Rows::new(view);
         let mut t = Total::default();
-        for (k, i) in r.clone().enumerate() {
-            let (loss, w) = row(&mut rw, i)?;
-            if let Some(o) = o.as_deref_mut() {
-                o[k] = O::from_f64(loss);
+        let mut i = r.start;
+        let mut use_fast = true;
+        while i < r.end {
+            if use_fast {
+                let sub = o.as_deref_mut().map(|o| &mut o[i - r.start..]);
+                match fast(i..r.end, sub) {
+                    None => use_fast = false,
+                    Some(b) => {
+                        t.sum += b.sum;
+                        t.weight += b.weight;
+                        i += b.rows;
+                    }
+                }
             }
-            t.sum += loss;
-            t.weight += w;
+            // The row kernel takes what the fast path left: one SIMD block's worth, or all.
+            let stop = if use_fast { (i + 16).min(r.end) } else { r.end };
+            while i < stop {
+                let (loss, w) = row(&mut rw, i)?;
+                if let Some(o) = o.as_deref_mut() {
+                    o[i - r.start] = O::from_f64(loss);
+                }
+                t.sum += loss;
+                t.weight += w;
+                i += 1;
+            }
         }
         Ok(t)
     };
@@ -119,6 +151,35 @@ fn drive<O: Out>(
         total.weight += p.weight;
     }
     Ok(total)
+}
+
+/// No fast path: every row goes through the row kernel.
+fn no_fast<O>(_: Range<usize>, _: Option<&mut [O]>) -> Option<BlockSums> {
+    None
+}
+
+/// The vectorised short-row cross-entropy over rows `r`, where it applies: a SIMD path, packed
+/// 16/32-bit rows of at most `LANES_MAX_C` classes, packed int64 targets, f32 outputs.
+fn ce_fast(
+    x: &View,
+    t: &IntView,
+    r: Range<usize>,
+    ignore: i64,
+    wt: Option<(&[f32], &[f64])>,
+    out: Option<&mut [f32]>,
+) -> Option<BlockSums> {
+    let path = simd::current();
+    let c = x.cols();
+    if path == Path::Scalar || c == 0 || c > LANES_MAX_C {
+        return None;
+    }
+    let ts = t.packed_i64(r.start, r.len())?;
+    Some(match x.dtype {
+        DType::F32 => kernel::ce_short_rows(path, x.packed_rows::<f32>(r.start, r.len())?, ts, c, ignore, wt, out),
+        DType::F16 => kernel::ce_short_rows(path, x.packed_rows::<F16>(r.start, r.len())?, ts, c, ignore, wt, out),
+        DType::BF16 => kernel::ce_short_rows(path, x.packed_rows::<BF16>(r.start, r.len())?, ts, c, ignore, wt, out),
+        DType::F64 => return None,
+    })
 }
 
 /// The class index of row `i`, or None when ignored; errors name value, position and C.
@@ -162,36 +223,47 @@ pub fn cross_entropy<O: Out>(
         sumx: eps > 0.0 && opt.weight.is_none(),
     };
     let wsum: f64 = opt.weight.map_or(c as f64, |w| w.iter().sum());
-    drive(
-        x.rows(),
-        chunk_per(x),
-        out,
-        |rw, i| {
-            let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
-                return Ok((0.0, 0.0));
+    // The loss of row i with class k, given its target value and statistics.
+    let finish = |rw: &Rows, i: usize, k: usize, xt: f64, rs: RowStats| -> (f64, f64) {
+        let lse = rs.lse();
+        let w = opt.weight.map_or(1.0, |w| w[k]);
+        let mut loss = w * (lse - xt);
+        if eps > 0.0 {
+            let smooth = match opt.weight {
+                None => c as f64 * lse - rs.st.sx,
+                Some(wt) => {
+                    let swx: f64 = (0..c)
+                        .filter(|&j| wt[j] != 0.0)
+                        .map(|j| wt[j] * rw.value(i, j))
+                        .sum();
+                    wsum * lse - swx
+                }
             };
-            let xt = rw.value(i, k);
-            let rs = rw.stats(i, xt, want);
-            let lse = rs.lse();
-            let w = opt.weight.map_or(1.0, |w| w[k]);
-            let mut loss = w * (lse - xt);
-            if eps > 0.0 {
-                let smooth = match opt.weight {
-                    None => c as f64 * lse - rs.st.sx,
-                    Some(wt) => {
-                        let swx: f64 = (0..c)
-                            .filter(|&j| wt[j] != 0.0)
-                            .map(|j| wt[j] * rw.value(i, j))
-                            .sum();
-                        wsum * lse - swx
-                    }
-                };
-                loss = (1.0 - eps) * loss + eps / c as f64 * smooth;
-            }
-            Ok((loss, w))
-        },
-        x,
-    )
+            loss = (1.0 - eps) * loss + eps / c as f64 * smooth;
+        }
+        (loss, w)
+    };
+    let row = |rw: &mut Rows, i: usize| -> Result<(f64, f64)> {
+        let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
+            return Ok((0.0, 0.0));
+        };
+        let xt = rw.value(i, k);
+        let rs = rw.stats(i, xt, want);
+        Ok(finish(rw, i, k, xt, rs))
+    };
+    let w32: Option<Vec<f32>> = opt.weight.map(|w| w.iter().map(|&v| v as f32).collect());
+    let wt = w32.as_deref().zip(opt.weight);
+    let fast = |r: Range<usize>, o: Option<&mut [O]>| -> Option<BlockSums> {
+        if eps > 0.0 {
+            return None;
+        }
+        let o = match o {
+            Some(o) => Some(O::as_f32(o)?),
+            None => None,
+        };
+        ce_fast(x, t, r, opt.ignore_index, wt, o)
+    };
+    drive(x, chunk_per(x), out, row, fast)
 }
 
 /// NLL of log-probabilities `[..., C]`: loss_i = -w[t]·x_it. A gathered value above
@@ -206,7 +278,7 @@ pub fn nll_loss<O: Out>(
     opt.check(x.cols())?;
     // One gathered element per row: chunk by rows, not by row bytes.
     drive(
-        x.rows(),
+        x,
         parallel::chunk_rows(64),
         out,
         |rw, i| {
@@ -222,7 +294,7 @@ pub fn nll_loss<O: Out>(
             let w = opt.weight.map_or(1.0, |w| w[k]);
             Ok((-w * v, w))
         },
-        x,
+        no_fast,
     )
 }
 
@@ -246,7 +318,7 @@ pub fn cross_entropy_soft<O: Out>(
     opt.check(c)?;
     let eps = opt.label_smoothing;
     drive(
-        x.rows(),
+        x,
         chunk_per(x),
         out,
         |rw, i| {
@@ -262,7 +334,7 @@ pub fn cross_entropy_soft<O: Out>(
             }
             Ok((loss, 1.0))
         },
-        x,
+        no_fast,
     )
 }
 

@@ -2,10 +2,13 @@
 //! asked for it), and the read-only streaming sum the benchmarks use as a roofline.
 
 use crate::error::{Error, Result};
+use crate::kernel;
 use crate::loss::Out;
+use std::ops::Range;
 use crate::parallel;
 use crate::rows::{Rows, Want};
-use crate::tensor::View;
+use crate::simd::{BF16, F16};
+use crate::tensor::{DType, View};
 
 fn per(x: &View) -> usize {
     parallel::chunk_rows(x.cols() * x.dtype.size())
@@ -20,14 +23,43 @@ fn check_out(len: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
+/// The vectorised short-row logsumexp over rows `r` where it applies (see `loss::ce_fast`).
+fn lse_fast(x: &View, r: Range<usize>, out: Option<&mut [f32]>) -> Option<usize> {
+    let path = crate::simd::current();
+    let c = x.cols();
+    if path == crate::simd::Path::Scalar || c == 0 || c > kernel::LANES_MAX_C {
+        return None;
+    }
+    let out = &mut out?[..r.len()];
+    Some(match x.dtype {
+        DType::F32 => kernel::lse_short_rows(path, x.packed_rows::<f32>(r.start, r.len())?, c, out),
+        DType::F16 => kernel::lse_short_rows(path, x.packed_rows::<F16>(r.start, r.len())?, c, out),
+        DType::BF16 => kernel::lse_short_rows(path, x.packed_rows::<BF16>(r.start, r.len())?, c, out),
+        DType::F64 => return None,
+    })
+}
+
 /// log Σ_c exp(x_ic) per row into `out`. All -inf -> -inf, +inf -> +inf, NaN -> NaN; an empty
 /// row (C = 0) gives -inf, as SciPy does.
 pub fn logsumexp<O: Out>(x: &View, out: &mut [O]) -> Result<()> {
     check_out(out.len(), x.rows())?;
     parallel::map_chunks_out(out, 1, per(x), |r, o| {
         let mut rw = Rows::new(x);
-        for (k, i) in r.enumerate() {
-            o[k] = O::from_f64(rw.stats(i, 0.0, Want::default()).lse());
+        let mut i = r.start;
+        let mut use_fast = true;
+        while i < r.end {
+            if use_fast {
+                match lse_fast(x, i..r.end, O::as_f32(&mut o[i - r.start..])) {
+                    Some(n) => i += n,
+                    None => use_fast = false,
+                }
+            }
+            // Rows the fast path stopped at (inf/NaN) or does not take: the row kernel.
+            let stop = if use_fast { (i + 16).min(r.end) } else { r.end };
+            while i < stop {
+                o[i - r.start] = O::from_f64(rw.stats(i, 0.0, Want::default()).lse());
+                i += 1;
+            }
         }
     });
     Ok(())
@@ -102,7 +134,7 @@ pub fn logsumexp_b<O: Out>(
 
 /// log_softmax (`log`) or softmax of 16/32-bit input into a C-contiguous f32 `out`.
 pub fn softmax_f32(x: &View, log: bool, out: &mut [f32]) -> Result<()> {
-    if x.dtype == crate::tensor::DType::F64 {
+    if x.dtype == DType::F64 {
         return Err(Error::Type("float64 input is written by softmax_f64".into()));
     }
     let c = x.cols();
@@ -130,7 +162,27 @@ pub fn softmax_f64(x: &View, log: bool, out: &mut [f64]) -> Result<()> {
 }
 
 /// Σ of every element, read once with SIMD: the bandwidth roofline for the benchmarks.
+/// Packed arrays are summed as one flat run (no per-row overhead), others row by row.
 pub fn stream_sum(x: &View) -> f64 {
+    let path = crate::simd::current();
+    macro_rules! flat {
+        ($t:ty) => {
+            if let Some(all) = x.packed_rows::<$t>(0, x.rows()) {
+                let per = parallel::CHUNK_BYTES / std::mem::size_of::<$t>();
+                return parallel::map_chunks(all.len(), per, |r| {
+                    crate::kernel::row_sum(path, &all[r])
+                })
+                .into_iter()
+                .sum();
+            }
+        };
+    }
+    match x.dtype {
+        DType::F32 => flat!(f32),
+        DType::F16 => flat!(F16),
+        DType::BF16 => flat!(BF16),
+        DType::F64 => {}
+    }
     parallel::map_chunks(x.rows(), per(x), |r| {
         let mut rw = Rows::new(x);
         r.map(|i| rw.sum(i)).sum::<f64>()

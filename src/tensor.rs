@@ -146,6 +146,8 @@ pub struct View<'a> {
     swap: bool,
     /// Rows can be borrowed as slices.
     direct: bool,
+    /// Rows follow each other with no gap: runs of rows can be borrowed as one slice.
+    packed: bool,
     _life: PhantomData<&'a [u8]>,
 }
 
@@ -180,6 +182,10 @@ impl<'a> View<'a> {
         let aligned = (ptr as usize) % dtype.size() == 0
             && strides[..nd - 1].iter().all(|s| s % size == 0);
         let direct = !swap && aligned && (col_stride == size || shape[nd - 1] <= 1);
+        let row_bytes = shape[nd - 1] as isize * size;
+        let packed = direct
+            && col_stride == size
+            && matches!(index.uniform, Some(s) if s == row_bytes || index.rows <= 1);
         Ok(View {
             ptr,
             dtype,
@@ -188,6 +194,7 @@ impl<'a> View<'a> {
             index,
             swap,
             direct,
+            packed,
             _life: PhantomData,
         })
     }
@@ -246,6 +253,20 @@ impl<'a> View<'a> {
         } else {
             v
         }
+    }
+
+    /// Rows `i..i + count` as one slice, if the rows are packed and in range.
+    #[inline]
+    pub(crate) fn packed_rows<T: Storage>(&self, i: usize, count: usize) -> Option<&'a [T]> {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        if !self.packed || i + count > self.rows() {
+            return None;
+        }
+        // SAFETY: packed rows are contiguous, aligned and native; rows i..i+count exist, so
+        // their count * cols elements are readable for 'a.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.elem_ptr(i, 0) as *const T, count * self.cols())
+        })
     }
 
     /// Row `i` as a slice: borrowed in place when possible, else gathered into `scratch`.
@@ -327,6 +348,18 @@ impl<'a> IntView<'a> {
     }
     pub fn is_empty(&self) -> bool {
         self.index.rows == 0
+    }
+
+    /// Targets `i..i + n` as a slice, if they are packed native int64.
+    pub(crate) fn packed_i64(&self, i: usize, n: usize) -> Option<&'a [i64]> {
+        let packed = self.ty == IntType::I64
+            && (self.ptr as usize) % 8 == 0
+            && (self.index.uniform == Some(8) || self.index.rows <= 1);
+        if !packed || i + n > self.index.rows {
+            return None;
+        }
+        // SAFETY: packed, aligned int64 targets; rows i..i+n exist and are readable for 'a.
+        Some(unsafe { std::slice::from_raw_parts((self.ptr as *const i64).add(i), n) })
     }
 
     /// Target of flat row `i`, widened so that every u64 and i64 value is exact.

@@ -245,6 +245,7 @@ fn strided_and_swapped_views_match_contiguous() {
 
 #[test]
 fn sums_do_not_depend_on_thread_count() {
+    let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner()); // no path switch meanwhile
     let mut rng = Rng(9);
     let (n, c) = (20000, 10);
     let x: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();
@@ -304,5 +305,36 @@ fn evaluate_metrics_and_compare() {
         let c = compare(&v, &v, &IntView::from_slice(&t), Kind::Logits, -100).unwrap();
         assert_eq!((c.n, c.top1_agree), (2, 2));
         assert!(c.sum_kl.abs() < 1e-12 && c.sum_dnll == 0.0);
+    });
+}
+
+#[test]
+fn short_rows_in_lanes_with_nonfinite_rows_mixed_in() {
+    let mut rng = Rng(21);
+    on_each_path(|p| {
+        for c in 1..=33 {
+            let n = 70;
+            let mut x: Vec<f32> = (0..n * c).map(|_| (rng.normal() * 10.0) as f32).collect();
+            x[3 * c] = f32::INFINITY;
+            x[20 * c + c - 1] = f32::NAN;
+            for v in &mut x[40 * c..41 * c] {
+                *v = f32::NEG_INFINITY;
+            }
+            let mut out = vec![0f32; n];
+            logsumexp(&View::from_slice(&x, n, c), &mut out).unwrap();
+            let t: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+            let mut ce = vec![0f32; n];
+            let opt = ClassOptions { label_smoothing: 0.3, ..Default::default() };
+            cross_entropy(&View::from_slice(&x, n, c), &IntView::from_slice(&t), &opt, Some(&mut ce)).unwrap();
+            for i in 0..n {
+                let row: Vec<f64> = x[i * c..(i + 1) * c].iter().map(|&v| v as f64).collect();
+                let lse = if row.iter().any(|v| v.is_nan()) { f64::NAN } else { ref_lse(&row) };
+                assert!(close(out[i] as f64, lse, 2e-6, 2e-5), "{p:?} C={c} row {i}: {} vs {lse}", out[i]);
+                let k = t[i] as usize;
+                let sx: f64 = row.iter().sum();
+                let want = 0.7 * (lse - row[k]) + 0.3 / c as f64 * (c as f64 * lse - sx);
+                assert!(close(ce[i] as f64, want, 2e-6, 2e-5), "{p:?} C={c} ce row {i}: {} vs {want}", ce[i]);
+            }
+        }
     });
 }

@@ -1,6 +1,6 @@
 //! AVX2 + FMA + F16C: 8 f32 lanes.
 
-use super::{expc, Isa};
+use super::{expc, lnc, Isa};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -37,6 +37,10 @@ impl Isa for Avx2 {
     #[inline(always)]
     unsafe fn sub(a: __m256, b: __m256) -> __m256 {
         _mm256_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
     }
     #[inline(always)]
     unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -90,5 +94,67 @@ impl Isa for Avx2 {
     #[inline(always)]
     unsafe fn count_gt(v: __m256, t: __m256) -> u32 {
         (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u32).count_ones()
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f32, stride: usize) -> __m256 {
+        let idx = _mm256_mullo_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_set1_epi32(stride as i32),
+        );
+        _mm256_i32gather_ps::<4>(p, idx)
+    }
+    #[inline(always)]
+    unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> __m256 {
+        _mm256_i32gather_ps::<4>(p, _mm256_loadu_si256(idx.as_ptr() as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (__m256, u32, bool) {
+        let (vc, vi, z) = (_mm256_set1_epi64x(c as i64), _mm256_set1_epi64x(ignore), _mm256_setzero_si256());
+        let one = |p: *const i64| {
+            let v = _mm256_loadu_si256(p as *const __m256i);
+            let ig = _mm256_cmpeq_epi64(v, vi);
+            let inr = _mm256_andnot_si256(_mm256_cmpgt_epi64(z, v), _mm256_cmpgt_epi64(vc, v));
+            let ok = _mm256_andnot_si256(ig, inr);
+            let bad = _mm256_andnot_si256(ig, _mm256_andnot_si256(inr, _mm256_set1_epi64x(-1)));
+            (_mm256_and_si256(v, ok), ok, bad)
+        };
+        let (v0, ok0, bad0) = one(t);
+        let (v1, ok1, bad1) = one(t.add(4));
+        // low 32 bits of each int64, 8 lanes
+        let sel = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let pack = |a: __m256i, b: __m256i| {
+            let a = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(a, sel));
+            let b = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, sel));
+            _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b)
+        };
+        let tt = pack(v0, v1);
+        let okm = pack(ok0, ok1);
+        let base = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(c as i32));
+        _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(base, tt));
+        let bad = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_or_si256(bad0, bad1))) != 0;
+        let n = (_mm256_movemask_ps(_mm256_castsi256_ps(okm)) as u32).count_ones();
+        (_mm256_and_ps(_mm256_castsi256_ps(okm), _mm256_set1_ps(1.0)), n, bad)
+    }
+    #[inline(always)]
+    unsafe fn ln_ge1(x: __m256) -> __m256 {
+        let xi = _mm256_castps_si256(x);
+        let e = _mm256_sub_epi32(_mm256_srli_epi32::<23>(xi), _mm256_set1_epi32(127));
+        let m = _mm256_castsi256_ps(_mm256_or_si256(
+            _mm256_and_si256(xi, _mm256_set1_epi32(0x007F_FFFF)),
+            _mm256_set1_epi32(0x3F80_0000),
+        ));
+        let big = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_set1_ps(lnc::SQRT2));
+        let m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5)), big);
+        let e = _mm256_cvtepi32_ps(_mm256_sub_epi32(e, _mm256_castps_si256(big)));
+        let f = _mm256_sub_ps(m, _mm256_set1_ps(1.0));
+        let z = _mm256_div_ps(f, _mm256_add_ps(f, _mm256_set1_ps(2.0)));
+        let z2 = _mm256_mul_ps(z, z);
+        let mut p = _mm256_set1_ps(lnc::C9);
+        p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(lnc::C7));
+        p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(lnc::C5));
+        p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(lnc::C3));
+        p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(1.0));
+        let r = _mm256_mul_ps(_mm256_add_ps(z, z), p);
+        _mm256_fmadd_ps(e, _mm256_set1_ps(lnc::LN2), r)
     }
 }

@@ -1,6 +1,6 @@
 //! AVX-512 (F, BW, VL, DQ): 16 f32 lanes.
 
-use super::{expc, Isa};
+use super::{expc, lnc, Isa};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -37,6 +37,10 @@ impl Isa for Avx512 {
     #[inline(always)]
     unsafe fn sub(a: __m512, b: __m512) -> __m512 {
         _mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
     }
     #[inline(always)]
     unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
@@ -84,5 +88,60 @@ impl Isa for Avx512 {
     #[inline(always)]
     unsafe fn count_gt(v: __m512, t: __m512) -> u32 {
         (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t) as u32).count_ones()
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f32, stride: usize) -> __m512 {
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        _mm512_i32gather_ps::<4>(idx, p)
+    }
+    #[inline(always)]
+    unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> __m512 {
+        _mm512_i32gather_ps::<4>(_mm512_loadu_si512(idx.as_ptr() as *const _), p)
+    }
+    #[inline(always)]
+    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (__m512, u32, bool) {
+        let (vc, vi) = (_mm512_set1_epi64(c as i64), _mm512_set1_epi64(ignore));
+        let t0 = _mm512_loadu_si512(t as *const _);
+        let t1 = _mm512_loadu_si512(t.add(8) as *const _);
+        let (ig0, ig1) = (_mm512_cmpeq_epi64_mask(t0, vi), _mm512_cmpeq_epi64_mask(t1, vi));
+        // unsigned compare: negative targets are huge and fail it
+        let (in0, in1) = (_mm512_cmplt_epu64_mask(t0, vc), _mm512_cmplt_epu64_mask(t1, vc));
+        let (ok0, ok1) = (in0 & !ig0, in1 & !ig1);
+        let bad = (!ig0 & !in0) | (!ig1 & !in1) != 0;
+        let lo = _mm512_cvtepi64_epi32(_mm512_maskz_mov_epi64(ok0, t0));
+        let hi = _mm512_cvtepi64_epi32(_mm512_maskz_mov_epi64(ok1, t1));
+        let tt = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        let base = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(c as i32),
+        );
+        _mm512_storeu_si512(idx.as_mut_ptr() as *mut _, _mm512_add_epi32(base, tt));
+        let mask = ok0 as u16 | (ok1 as u16) << 8;
+        (_mm512_maskz_mov_ps(mask, _mm512_set1_ps(1.0)), mask.count_ones(), bad)
+    }
+    #[inline(always)]
+    unsafe fn ln_ge1(x: __m512) -> __m512 {
+        let xi = _mm512_castps_si512(x);
+        let e = _mm512_sub_epi32(_mm512_srli_epi32::<23>(xi), _mm512_set1_epi32(127));
+        let m = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_and_si512(xi, _mm512_set1_epi32(0x007F_FFFF)),
+            _mm512_set1_epi32(0x3F80_0000),
+        ));
+        let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_set1_ps(lnc::SQRT2));
+        let m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5));
+        let e = _mm512_cvtepi32_ps(_mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1)));
+        let f = _mm512_sub_ps(m, _mm512_set1_ps(1.0));
+        let z = _mm512_div_ps(f, _mm512_add_ps(f, _mm512_set1_ps(2.0)));
+        let z2 = _mm512_mul_ps(z, z);
+        let mut p = _mm512_set1_ps(lnc::C9);
+        p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(lnc::C7));
+        p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(lnc::C5));
+        p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(lnc::C3));
+        p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(1.0));
+        let r = _mm512_mul_ps(_mm512_add_ps(z, z), p);
+        _mm512_fmadd_ps(e, _mm512_set1_ps(lnc::LN2), r)
     }
 }

@@ -140,6 +140,7 @@ pub(crate) trait Isa: Copy {
     unsafe fn store(p: *mut f32, v: Self::V);
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// a * b + c
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Lane-wise maximum that ignores a NaN in `b` (returns `a` there).
@@ -152,6 +153,26 @@ pub(crate) trait Isa: Copy {
     unsafe fn hmax(v: Self::V) -> f32;
     /// Number of lanes with v > t (false for NaN).
     unsafe fn count_gt(v: Self::V, t: Self::V) -> u32;
+    /// Lane l = p[l * stride] for l < W (a column of W rows).
+    unsafe fn gather(p: *const f32, stride: usize) -> Self::V;
+    /// Lane l = p[idx[l]] for l < W.
+    unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> Self::V;
+    /// W int64 class targets at `t`: writes idx[l] = l*c + t_l (l*c where t_l is ignored or
+    /// out of range); returns the 0/1 vector of scored lanes, their number, and whether a
+    /// target other than `ignore` is outside [0, c).
+    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (Self::V, u32, bool);
+    /// ln(x) for finite x >= 1 (the exp-sums of shifted rows); about 1 ulp.
+    unsafe fn ln_ge1(x: Self::V) -> Self::V;
+}
+
+/// Constants of the vector log: ln m = 2·atanh(z), z = (m-1)/(m+1), m in [√½, √2).
+pub(crate) mod lnc {
+    pub const SQRT2: f32 = std::f32::consts::SQRT_2;
+    pub const LN2: f32 = std::f32::consts::LN_2;
+    pub const C9: f32 = 1.0 / 9.0;
+    pub const C7: f32 = 1.0 / 7.0;
+    pub const C5: f32 = 1.0 / 5.0;
+    pub const C3: f32 = 1.0 / 3.0;
 }
 
 /// Constants of the reduced-range exp shared by every path, so all paths agree closely.
@@ -175,6 +196,24 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
     const NEG_INF: Self;
     unsafe fn load<I: Isa>(p: *const Self) -> I::V;
     fn to_f32(self) -> f32;
+    /// Lane l = p[l * stride] for l < I::W, widened.
+    #[inline(always)]
+    unsafe fn load_col<I: Isa>(p: *const Self, stride: usize) -> I::V {
+        let mut buf = [Self::NEG_INF; 16];
+        for (l, b) in buf.iter_mut().enumerate().take(I::W) {
+            *b = *p.add(l * stride);
+        }
+        Self::load::<I>(buf.as_ptr())
+    }
+    /// Lane l = p[idx[l]] for l < I::W, widened.
+    #[inline(always)]
+    unsafe fn load_idx<I: Isa>(p: *const Self, idx: &[i32; 16]) -> I::V {
+        let mut buf = [Self::NEG_INF; 16];
+        for (b, &k) in buf.iter_mut().zip(idx).take(I::W) {
+            *b = *p.add(k as usize);
+        }
+        Self::load::<I>(buf.as_ptr())
+    }
 }
 
 /// IEEE binary16 bits.
@@ -196,6 +235,14 @@ impl Elem for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    unsafe fn load_col<I: Isa>(p: *const f32, stride: usize) -> I::V {
+        I::gather(p, stride)
+    }
+    #[inline(always)]
+    unsafe fn load_idx<I: Isa>(p: *const f32, idx: &[i32; 16]) -> I::V {
+        I::gather_idx(p, idx)
     }
 }
 

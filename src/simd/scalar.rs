@@ -58,6 +58,10 @@ impl Isa for Scalar {
         a - b
     }
     #[inline(always)]
+    unsafe fn mul(a: f32, b: f32) -> f32 {
+        a * b
+    }
+    #[inline(always)]
     unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
         // Separate multiply and add: without an FMA target feature `mul_add` is a libm call.
         a * b + c
@@ -93,5 +97,25 @@ impl Isa for Scalar {
     #[inline(always)]
     unsafe fn count_gt(v: f32, t: f32) -> u32 {
         (v > t) as u32
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f32, _stride: usize) -> f32 {
+        *p
+    }
+    #[inline(always)]
+    unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> f32 {
+        *p.add(idx[0] as usize)
+    }
+    #[inline(always)]
+    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (f32, u32, bool) {
+        let v = *t;
+        let inr = (v as u64) < c as u64;
+        let ok = inr && v != ignore;
+        idx[0] = if ok { v as i32 } else { 0 };
+        (ok as u32 as f32, ok as u32, !inr && v != ignore)
+    }
+    #[inline(always)]
+    unsafe fn ln_ge1(x: f32) -> f32 {
+        (x as f64).ln() as f32
     }
 }
