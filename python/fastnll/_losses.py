@@ -135,7 +135,8 @@ def cross_entropy(
     view, tag, swap = core_view(x)
     t_arr = target if isinstance(target, np.ndarray) else np.asarray(target)
     # Floating targets are class probabilities; an empty Python list is an empty index batch.
-    if t_arr.dtype.kind == "f" and (isinstance(target, np.ndarray) or t_arr.size > 0):
+    is_float = float_tag(t_arr.dtype) is not None  # bfloat16's kind is "V", not "f"
+    if is_float and (isinstance(target, np.ndarray) or t_arr.size > 0):
         y = as_float_array(t_arr, "target")
         if y.shape != x.shape:
             raise ValueError(

@@ -65,16 +65,16 @@ impl Isa for Avx512 {
         );
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expc::LN2_HI), xc);
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expc::LN2_LO), r);
-        let mut p = _mm512_set1_ps(expc::C7);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C6));
+        // Degree 6 is enough here (truncation < 1.3e-7 relative) and scalef replaces the
+        // exponent-bit arithmetic: 4 fewer operations per vector than the AVX2 path.
+        let mut p = _mm512_set1_ps(expc::C6);
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C5));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C4));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C3));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C2));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-        let e = _mm512_slli_epi32::<23>(_mm512_cvtps_epi32(n));
-        let y = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+        let y = _mm512_scalef_ps(p, n);
         _mm512_maskz_mov_ps(keep, y)
     }
     #[inline(always)]
