@@ -12,7 +12,12 @@ use std::sync::Mutex;
 /// Tests switch the process-wide path; run them one at a time.
 static PATH_LOCK: Mutex<()> = Mutex::new(());
 
+/// Every path this CPU has, or only `FASTNLL_SIMD`'s when it is set (valgrind runs pin a path
+/// it can decode).
 fn paths() -> Vec<Path> {
+    if let Some(p) = std::env::var("FASTNLL_SIMD").ok().and_then(|v| Path::parse(&v)) {
+        return vec![p].into_iter().filter(|p| p.available()).collect();
+    }
     [Path::Scalar, Path::Avx2, Path::Avx512]
         .into_iter()
         .filter(|p| p.available())
@@ -25,7 +30,7 @@ fn on_each_path(mut f: impl FnMut(Path)) {
         assert!(simd::set_path(p));
         f(p);
     }
-    simd::set_path(Path::best());
+    simd::set_path(simd::path_from_env().unwrap_or_else(|_| Path::best()));
 }
 
 /// A small deterministic generator (xorshift), so tests need no extra crate.
