@@ -14,6 +14,7 @@ import warnings as _warnings
 from . import _core
 from ._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from ._softmax import log_softmax, logsumexp, softmax
+from .evaluate import BinStat, CompareReport, EvalReport, Evaluator, compare, evaluate
 
 __version__ = "0.1.0"
 
@@ -51,7 +52,13 @@ if _os.environ.get("FASTNLL_SIMD") and _core.simd_env_problem():
     _warnings.warn(f"{_core.simd_env_problem()}; using {simd_path()}", RuntimeWarning, stacklevel=2)
 
 __all__ = [
+    "BinStat",
+    "CompareReport",
+    "EvalReport",
+    "Evaluator",
     "available_simd_paths",
+    "compare",
+    "evaluate",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "get_num_threads",

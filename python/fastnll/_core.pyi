@@ -1,0 +1,71 @@
+"""Type stubs of the compiled core (src/py/mod.rs). Internal: use the functions in ``fastnll``.
+
+Float inputs are passed as ``(view, tag, swap)`` from ``fastnll._arrays.core_view``: ``tag`` is
+"f32", "f64", "f16" or "bf16"; ``swap`` says the bytes are in non-native order. Arrays may have
+any strides. Per-row outputs are C-contiguous arrays allocated by the caller.
+"""
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+def cross_entropy(
+    x: np.ndarray, tag: str, swap: bool, target: np.ndarray, weight: Optional[NDArray[np.float64]],
+    ignore_index: int, label_smoothing: float, out: Optional[np.ndarray] = None,
+) -> Tuple[float, float]:
+    """(Σ loss, Σ weight) of integer-target cross-entropy; per-row losses into ``out``."""
+
+def nll_loss(
+    x: np.ndarray, tag: str, swap: bool, target: np.ndarray, weight: Optional[NDArray[np.float64]],
+    ignore_index: int, out: Optional[np.ndarray] = None,
+) -> Tuple[float, float]:
+    """(Σ loss, Σ weight) of NLL of log-probabilities; ValueError if a gathered value > 0."""
+
+def cross_entropy_soft(
+    x: np.ndarray, tag: str, swap: bool, y: np.ndarray, ytag: str, yswap: bool,
+    weight: Optional[NDArray[np.float64]], label_smoothing: float, out: Optional[np.ndarray] = None,
+) -> Tuple[float, float]:
+    """(Σ loss, number of rows) of cross-entropy against probability targets."""
+
+def bce_with_logits(
+    x: np.ndarray, tag: str, swap: bool, y: np.ndarray, ytag: str, yswap: bool,
+    weight: Optional[NDArray[np.float64]], pos_weight: Optional[NDArray[np.float64]],
+    out: Optional[np.ndarray] = None,
+) -> Tuple[float, float]:
+    """(Σ loss, number of elements) of binary cross-entropy with logits."""
+
+def logsumexp(x: np.ndarray, tag: str, swap: bool, out: np.ndarray) -> None:
+    """log Σ exp over the last axis into ``out`` (float32 or float64)."""
+
+def logsumexp_b(
+    x: np.ndarray, tag: str, swap: bool, b: NDArray[np.float64], out: np.ndarray,
+    sign: Optional[np.ndarray] = None,
+) -> None:
+    """SciPy's weighted logsumexp over the last axis; signs into ``sign`` if given."""
+
+def softmax(x: np.ndarray, tag: str, swap: bool, log: bool, out: np.ndarray) -> None:
+    """log_softmax (``log``) or softmax over the last axis into a C-contiguous ``out``."""
+
+def roofline_sum(x: np.ndarray, tag: str, swap: bool) -> float:
+    """Read-only SIMD sum of every element: the benchmarks' bandwidth roofline."""
+
+def eval_rows(
+    x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str, ignore_index: int,
+    top_k: List[int], n_bins: int, row_offset: int = 0,
+    nll_out: Optional[NDArray[np.float64]] = None, rank_out: Optional[NDArray[np.int64]] = None,
+) -> Dict[str, Any]:
+    """One-pass metric sums of a dump chunk (see docs/evaluate.md)."""
+
+def compare_rows(
+    base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarray, new_tag: str,
+    new_swap: bool, target: np.ndarray, kind: str, ignore_index: int, row_offset: int = 0,
+) -> Dict[str, Any]:
+    """KL(base || new), NLL-difference sums and top-1 agreement of two dump chunks."""
+
+def simd_path() -> str: ...
+def set_simd_path(name: str) -> None: ...
+def available_simd_paths() -> List[str]: ...
+def simd_env_problem() -> Optional[str]: ...
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...

@@ -1,0 +1,289 @@
+"""The ``fastnll`` command: ``eval``, ``compare`` and ``demo``.
+
+Exit codes: 0 success, 1 bad data (missing or unreadable file, bad shape, wrong kind, target
+out of range, missing matplotlib for --plot...), 2 usage error, 130 interrupted. Every failure
+is one line on stderr, never a traceback (set FASTNLL_DEBUG=1 to see one for internal errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .readers import KNOWN_SUFFIXES, parse_dtype, parse_shape, split_key
+
+__all__ = ["main", "build_parser"]
+
+PROG = "fastnll"
+
+
+class UsageError(Exception):
+    """Bad command-line usage found after parsing (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _dtype_arg(text: str) -> np.dtype:
+    try:
+        return parse_dtype(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shape_arg(text: str) -> Tuple[int, ...]:
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser, eval_opts: bool) -> None:
+    p.add_argument("--kind", choices=("logits", "log_probs", "probs"), default="logits",
+                   help="what the dump holds (default: logits)")
+    p.add_argument("--ignore-index", type=int, default=-100, metavar="N",
+                   help="target value of rows not scored (default: -100)")
+    p.add_argument("--shift", action="store_true",
+                   help="causal LM dump: score preds[:, :-1] against targets[:, 1:]")
+    if eval_opts:
+        p.add_argument("--top-k", type=_positive, nargs="+", default=[1, 5], metavar="K",
+                       help="k values for top-k accuracy (default: 1 5)")
+        p.add_argument("--bins", type=_positive, default=15, metavar="N",
+                       help="equal-width confidence bins for ECE/MCE (default: 15)")
+        p.add_argument("--plot", metavar="FILE.png",
+                       help="write a reliability diagram (needs matplotlib: fastnll[plot])")
+        p.add_argument("--per-row", metavar="FILE.npy",
+                       help="write per-row records (nll float64, rank int64) to a .npy file")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' = stdout)")
+    p.add_argument("--dtype", type=_dtype_arg, help="dtype of raw binary prediction files")
+    p.add_argument("--shape", type=_shape_arg,
+                   help="shape of raw binary prediction files, e.g. 1000,50257 (one -1 allowed)")
+    p.add_argument("--target-dtype", type=_dtype_arg, default=None,
+                   help="dtype of a raw binary targets file (default: int64)")
+    p.add_argument("--chunk-mb", type=_positive, default=64, metavar="MB",
+                   help="rows are read in chunks of about this many MiB (default: 64)")
+    p.add_argument("--no-kind-check", action="store_true",
+                   help="skip the sampled check that the data matches --kind")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="always show the progress bar")
+    prog.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="never show the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Score prediction dumps: loss, perplexity, "
+                     "accuracy, top-k, calibration; compare two models' dumps.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    ev = sub.add_parser("eval", help="evaluate one dump against its targets",
+                        description="Evaluate a prediction dump against integer targets.")
+    ev.add_argument("preds", help="predictions: .npy, .npz[:key], .safetensors[:key] or raw")
+    ev.add_argument("targets", help="integer targets: .npy, .npz[:key], .safetensors[:key], raw")
+    _common(ev, True)
+    cmp_ = sub.add_parser("compare", help="compare two models' dumps on the same targets",
+                          description="KL(base || new), NLL difference and top-1 agreement.")
+    cmp_.add_argument("base", help="baseline model's predictions")
+    cmp_.add_argument("new", help="new model's predictions")
+    cmp_.add_argument("targets", help="integer targets")
+    _common(cmp_, False)
+    demo = sub.add_parser("demo", help="evaluate a small synthetic, calibrated dump",
+                          description="Write a synthetic logits dump to a temporary directory "
+                          "and evaluate it through the same path as 'eval'.")
+    demo.add_argument("--rows", type=_positive, default=20000)
+    demo.add_argument("--classes", type=_positive, default=100)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' = stdout)")
+    demo.add_argument("--plot", metavar="FILE.png", help="write a reliability diagram")
+    return parser
+
+
+def _is_raw(path: str) -> bool:
+    return split_key(path)[0].suffix.lower() not in KNOWN_SUFFIXES
+
+
+def _check_usage(a: argparse.Namespace, pred_paths: Sequence[str]) -> None:
+    if (a.dtype is None) != (a.shape is None):
+        raise UsageError("--dtype and --shape go together (they describe raw binary files)")
+    if a.dtype is not None and not any(_is_raw(p) for p in pred_paths):
+        raise UsageError("--dtype/--shape are only for raw binary files; "
+                         f"{pred_paths[0]} records its own dtype and shape")
+    if getattr(a, "plot", None):
+        from ._plot import require_matplotlib
+
+        require_matplotlib()
+
+
+def _write_json(dest: str, obj: Dict[str, Any]) -> None:
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(dest).write_text(text)
+    except OSError as exc:
+        raise OSError(f"{dest}: cannot write JSON ({exc.strerror or exc})") from None
+
+
+def _say(a: argparse.Namespace, text: str) -> None:
+    """Human output goes to stdout unless stdout carries the JSON."""
+    print(text, file=sys.stderr if getattr(a, "json", None) == "-" else sys.stdout)
+
+
+def _cmd_eval(a: argparse.Namespace) -> Any:
+    """Run 'eval' (also the demo's path); returns the EvalReport."""
+    from ._report import format_eval
+    from .evaluate import evaluate
+
+    _check_usage(a, [a.preds])
+    report = evaluate(
+        a.preds, a.targets, kind=a.kind, ignore_index=a.ignore_index, top_k=tuple(a.top_k),
+        n_bins=a.bins, shift=a.shift, per_row=a.per_row or False,
+        chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
+        target_dtype=a.target_dtype, check_kind=not a.no_kind_check)
+    _say(a, format_eval(report, f"fastnll eval: {a.preds} against {a.targets}"))
+    if a.per_row:
+        _say(a, f"\nper-row nll/rank records written to {a.per_row}")
+    if a.plot:
+        from ._plot import reliability_diagram
+
+        reliability_diagram(report, a.plot, title=os.path.basename(a.preds))
+        _say(a, f"reliability diagram written to {a.plot}")
+    if a.json:
+        obj = report.to_dict()
+        obj["inputs"] = {"preds": a.preds, "targets": a.targets, "ignore_index": a.ignore_index,
+                         "shift": a.shift}
+        _write_json(a.json, obj)
+    return report
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from ._report import format_compare
+    from .evaluate import compare
+
+    _check_usage(a, [a.base, a.new])
+    report = compare(a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index,
+                     shift=a.shift, chunk_bytes=a.chunk_mb << 20, progress=a.progress,
+                     dtype=a.dtype, shape=a.shape, target_dtype=a.target_dtype,
+                     check_kind=not a.no_kind_check)
+    _say(a, format_compare(report, f"fastnll compare: base {a.base}, new {a.new}, "
+                                   f"targets {a.targets}"))
+    if a.json:
+        obj = report.to_dict()
+        obj["inputs"] = {"base": a.base, "new": a.new, "targets": a.targets,
+                         "ignore_index": a.ignore_index, "shift": a.shift}
+        _write_json(a.json, obj)
+    return 0
+
+
+def make_demo_dump(directory: str, rows: int, classes: int, seed: int) -> Dict[str, Any]:
+    """Write logits.npy (float32) and targets.npy, targets drawn from the softmax (so the
+    dump is calibrated); returns the paths and the NumPy float64 reference mean NLL."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((rows, classes)) * 2.0).astype(np.float32)
+    x = logits.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(x - m).sum(axis=1)) + m[:, 0]
+    cdf = np.cumsum(np.exp(x - lse[:, None]), axis=1)
+    targets = np.minimum((cdf < rng.random((rows, 1))).sum(axis=1), classes - 1)
+    preds_path, target_path = os.path.join(directory, "logits.npy"), os.path.join(
+        directory, "targets.npy")
+    np.save(preds_path, logits)
+    np.save(target_path, targets.astype(np.int64))
+    ref = float(np.mean(lse - x[np.arange(rows), targets]))
+    return {"preds": preds_path, "targets": target_path, "reference_mean_nll": ref}
+
+
+def _cmd_demo(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if a.plot:
+        from ._plot import require_matplotlib
+
+        require_matplotlib()
+    with tempfile.TemporaryDirectory(prefix="fastnll-demo-") as tmp:
+        dump = make_demo_dump(tmp, a.rows, a.classes, a.seed)
+        _say(a, f"demo: {a.rows} x {a.classes} float32 logits, targets drawn from the softmax")
+        ev_args = parser.parse_args(["eval", dump["preds"], dump["targets"]])
+        ev_args.json, ev_args.plot = a.json, a.plot
+        got = _cmd_eval(ev_args).mean_nll
+    ref = dump["reference_mean_nll"]
+    _say(a, f"\n  NumPy float64 reference mean NLL  {ref:.12f}\n"
+            f"  fastnll mean NLL                  {got:.12f}\n"
+            f"  absolute difference               {abs(got - ref):.3e}")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _glue_negative_shape(argv: List[str]) -> List[str]:
+    """``--shape -1,4096`` -> ``--shape=-1,4096`` (argparse would take -1,4096 for an option)."""
+    out: List[str] = []
+    for arg in argv:
+        if out and out[-1] == "--shape" and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"--shape={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``fastnll`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = list(sys.argv[1:] if argv is None else argv)
+        a = parser.parse_args(_glue_negative_shape(args))
+        if a.command is None:
+            parser.error("choose a command: eval, compare or demo")
+        if a.command == "eval":
+            _cmd_eval(a)
+            return 0
+        if a.command == "compare":
+            return _cmd_compare(a)
+        return _cmd_demo(a, parser)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{PROG}: interrupted\n")
+        return 130
+    except UsageError as exc:
+        sys.stderr.write(f"{PROG}: error: {_one_line(exc)} (see '{PROG} --help')\n")
+        return 2
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 1
+    except (ValueError, TypeError, IndexError, OSError, ImportError, MemoryError) as exc:
+        if isinstance(exc, MemoryError):
+            sys.stderr.write(f"{PROG}: error: out of memory (try a smaller --chunk-mb)\n")
+        else:
+            sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+        return 1
+    except Exception as exc:  # a bug: still one line unless asked for the traceback
+        if os.environ.get("FASTNLL_DEBUG"):
+            raise
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)}\n")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Score whole prediction dumps: loss, perplexity, accuracy, top-k, calibration, comparisons.
+
+The per-row work happens in the Rust core (``_core.eval_rows`` / ``_core.compare_rows``) on
+bounded chunks of rows handed over as zero-copy views (memory-mapped files stay file-backed);
+this module plans the chunks, checks the inputs, merges the per-chunk sums and turns them into
+metrics. Metric definitions and the JSON schema: docs/evaluate.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _arrays
+from ._inputs import (KINDS, Dump, check_declared_kind, chunks, name_of, prepare, reraise,
+                      shape_of, validate)
+from ._progress import Progress
+from ._report import SCHEMA_VERSION, BinStat, CompareReport, EvalReport
+from .readers import PathLike
+
+__all__ = ["evaluate", "compare", "Evaluator", "EvalReport", "CompareReport", "BinStat",
+           "SCHEMA_VERSION", "KINDS"]
+
+
+def _core() -> Any:
+    """The compiled core, imported lazily (readers and the CLI's help work without it)."""
+    return importlib.import_module(f"{__package__}._core")
+
+
+# ----------------------------------------------------------------------------- evaluator
+RowSink = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+class Evaluator:
+    """Mergeable accumulator of :func:`evaluate`'s metrics.
+
+    ``update`` any number of dumps (or shards of one), ``merge`` evaluators filled elsewhere
+    (e.g. in other processes: they pickle), then ``result()``. Whole, chunked and merged runs
+    agree to floating-point rounding of the sums.
+    """
+
+    def __init__(self, *, kind: str = "logits", ignore_index: int = -100,
+                 top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
+                 chunk_bytes: int = 64 << 20, progress: Optional[bool] = None,
+                 check_kind: bool = True) -> None:
+        self.top_k = validate(kind, top_k, n_bins, chunk_bytes)
+        self.kind, self.ignore_index, self.n_bins = kind, int(ignore_index), int(n_bins)
+        self.shift, self.chunk_bytes, self.progress = bool(shift), int(chunk_bytes), progress
+        self.check_kind = check_kind
+        self._ks = sorted(set(self.top_k) | {1})
+        self.n_classes: Optional[int] = None
+        self.n = self.n_ignored = 0
+        self.sum_nll = self.sum_nll_sq = self.sum_entropy = self.sum_brier = 0.0
+        self.topk_correct = np.zeros(len(self._ks), dtype=np.int64)
+        self.bin_count = np.zeros(self.n_bins, dtype=np.int64)
+        self.bin_conf_sum = np.zeros(self.n_bins, dtype=np.float64)
+        self.bin_correct = np.zeros(self.n_bins, dtype=np.int64)
+
+    def _config(self) -> Tuple[Any, ...]:
+        return (self.kind, self.ignore_index, self.top_k, self.n_bins)
+
+    def _take_classes(self, c: int, who: str) -> None:
+        if self.n_classes is not None and self.n_classes != c:
+            raise ValueError(f"{who} has {c} classes but earlier data had {self.n_classes}")
+        self.n_classes = c
+
+    def update(self, preds: Any, target: Any, *, dtype: Any = None, shape: Any = None,
+               target_dtype: Any = None) -> "Evaluator":
+        """Add a dump (array, memmap or path; see :func:`evaluate`). Returns self."""
+        self._update(prepare(preds, target, shift=self.shift, dtype=dtype, shape=shape,
+                             target_dtype=target_dtype), None)
+        return self
+
+    def _update(self, d: Dump, sink: Optional[RowSink]) -> None:
+        b, t, c = d.x.shape
+        self._take_classes(c, d.name)
+        if self.check_kind:
+            check_declared_kind(d, self.kind, self.ignore_index, self.chunk_bytes)
+        core = _core()
+        row_bytes = c * d.x.dtype.itemsize
+        with Progress(b * t * row_bytes, "eval", enabled=self.progress) as bar:
+            for b0, b1, t0, t1 in chunks(b, t, row_bytes, self.chunk_bytes):
+                xs, ts, lead = d.block(b0, b1, t0, t1)
+                view, tag, swap = _arrays.core_view(xs)
+                rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
+                nll = np.empty(rows, np.float64) if sink else None
+                rank = np.empty(rows, np.int64) if sink else None
+                try:
+                    r = core.eval_rows(view, tag, swap, ts, self.kind, self.ignore_index,
+                                       self._ks, self.n_bins, lead, nll, rank)
+                except (IndexError, ValueError) as exc:
+                    reraise(exc, d, ts, b0, t0, self.ignore_index)
+                self._add(r)
+                if sink is not None and nll is not None and rank is not None:
+                    sink(offset, nll, rank)
+                bar.advance(rows * row_bytes)
+
+    def _add(self, r: Dict[str, Any]) -> None:
+        self.n += int(r["n"])
+        self.n_ignored += int(r["n_ignored"])
+        self.sum_nll += float(r["sum_nll"])
+        self.sum_nll_sq += float(r["sum_nll_sq"])
+        self.sum_entropy += float(r["sum_entropy"])
+        self.sum_brier += float(r["sum_brier"])
+        self.topk_correct += np.asarray(r["topk_correct"], dtype=np.int64)
+        self.bin_count += np.asarray(r["bin_count"], dtype=np.int64)
+        self.bin_conf_sum += np.asarray(r["bin_conf_sum"], dtype=np.float64)
+        self.bin_correct += np.asarray(r["bin_correct"], dtype=np.int64)
+
+    def merge(self, other: "Evaluator") -> "Evaluator":
+        """Add another evaluator's sums (same kind, ignore_index, top_k, n_bins). Returns self."""
+        if not isinstance(other, Evaluator):
+            raise TypeError(f"can only merge an Evaluator, got {type(other).__name__}")
+        if other._config() != self._config():
+            raise ValueError(f"cannot merge evaluators with different settings: "
+                             f"{other._config()} vs {self._config()} "
+                             f"(kind, ignore_index, top_k, n_bins)")
+        if other.n_classes is not None:
+            self._take_classes(other.n_classes, "the merged evaluator")
+        self._add({"n": other.n, "n_ignored": other.n_ignored, "sum_nll": other.sum_nll,
+                   "sum_nll_sq": other.sum_nll_sq, "sum_entropy": other.sum_entropy,
+                   "sum_brier": other.sum_brier, "topk_correct": other.topk_correct,
+                   "bin_count": other.bin_count, "bin_conf_sum": other.bin_conf_sum,
+                   "bin_correct": other.bin_correct})
+        return self
+
+    def result(self) -> EvalReport:
+        """The metrics of everything added so far."""
+        n, nan = self.n, float("nan")
+        mean = self.sum_nll / n if n else nan
+        se = _se(self.sum_nll, self.sum_nll_sq, n)
+        correct = dict(zip(self._ks, (int(v) for v in self.topk_correct)))
+        bins, gaps = [], []
+        for i in range(self.n_bins):
+            cnt = int(self.bin_count[i])
+            conf = float(self.bin_conf_sum[i]) / cnt if cnt else None
+            acc = int(self.bin_correct[i]) / cnt if cnt else None
+            if conf is not None and acc is not None:
+                gaps.append(abs(acc - conf))
+            bins.append(BinStat(i / self.n_bins, (i + 1) / self.n_bins, cnt, conf, acc))
+        ece = float(np.abs(self.bin_correct - self.bin_conf_sum).sum()) / n if n else nan
+        return EvalReport(
+            kind=self.kind, n_classes=self.n_classes or 0, rows=n, ignored=self.n_ignored,
+            sum_nll=self.sum_nll, mean_nll=mean, nll_se=se, perplexity=_exp(mean),
+            bits_per_token=mean / math.log(2), accuracy=correct[1] / n if n else nan,
+            top_k_accuracy={k: (correct[k] / n if n else nan) for k in self.top_k},
+            mean_entropy=self.sum_entropy / n if n else nan,
+            brier=self.sum_brier / n if n else nan, ece=ece,
+            mce=max(gaps) if gaps else nan, n_bins=self.n_bins, bins=tuple(bins))
+
+
+def _se(s: float, sq: float, n: int) -> float:
+    """Standard error of the mean from a sum and a sum of squares (sample variance)."""
+    if n < 2:
+        return float("nan")
+    var = max((sq - s * s / n) / (n - 1), 0.0)
+    return math.sqrt(var / n)
+
+
+def _exp(v: float) -> float:
+    try:
+        return math.exp(v)
+    except OverflowError:
+        return float("inf")
+
+
+def _row_store(d: Dump, per_row: Union[bool, PathLike]
+               ) -> Tuple[RowSink, np.ndarray, np.ndarray]:
+    """Per-row outputs in memory (per_row=True) or streamed to a structured .npy file."""
+    rec_dtype = [("nll", "<f8"), ("rank", "<i8")]
+    if per_row is True:  # plain contiguous arrays are nicer than record fields in memory
+        nll = np.empty(d.out_shape, np.float64)
+        rank = np.empty(d.out_shape, np.int64)
+        flat_nll, flat_rank = nll.reshape(-1), rank.reshape(-1)
+    else:
+        assert per_row is not False
+        rec = np.lib.format.open_memmap(os.fspath(per_row), mode="w+", dtype=rec_dtype,
+                                        shape=d.out_shape)
+        nll, rank = rec["nll"], rec["rank"]
+        flat = rec.reshape(-1)  # the file is C-contiguous: a view
+        flat_nll, flat_rank = flat["nll"], flat["rank"]
+
+    def sink(offset: int, n: np.ndarray, r: np.ndarray) -> None:
+        flat_nll[offset:offset + n.size] = n
+        flat_rank[offset:offset + r.size] = r
+
+    return sink, nll, rank
+
+
+def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int = -100,
+             top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
+             per_row: Union[bool, PathLike] = False, chunk_bytes: int = 64 << 20,
+             progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
+             target_dtype: Any = None, check_kind: bool = True) -> EvalReport:
+    """Score a whole dump in one streaming read; see docs/evaluate.md.
+
+    ``preds``: [N, C] or [B, T, V] array, memmap, or a path (.npy, .npz[:key],
+    .safetensors[:key], raw binary with ``dtype``/``shape``). ``target``: integer class
+    indices of shape preds.shape[:-1] (or flat), array or path (raw: ``target_dtype``, default
+    int64). ``shift=True`` scores preds[:, :-1] against target[:, 1:]. ``per_row=True`` adds
+    ``row_nll``/``row_rank`` arrays; a path instead streams them to a .npy of records
+    (``nll``, ``rank``). ``progress``: None = a bar on stderr only when it is a terminal.
+    """
+    ev = Evaluator(kind=kind, ignore_index=ignore_index, top_k=top_k, n_bins=n_bins,
+                   shift=shift, chunk_bytes=chunk_bytes, progress=progress,
+                   check_kind=check_kind)
+    d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
+                target_dtype=target_dtype)
+    if per_row is False or per_row is None:
+        ev._update(d, None)
+        return ev.result()
+    sink, nll, rank = _row_store(d, per_row)
+    ev._update(d, sink)
+    if isinstance(nll, np.memmap):
+        nll.flush()  # flushes the whole record file
+    return replace(ev.result(), row_nll=nll, row_rank=rank)
+
+
+# ----------------------------------------------------------------------------- compare
+def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
+            ignore_index: int = -100, shift: bool = False, chunk_bytes: int = 64 << 20,
+            progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
+            target_dtype: Any = None, check_kind: bool = True) -> CompareReport:
+    """KL(base || new), NLL difference (new - base) and top-1 agreement in one read of both
+    dumps (same shape; dtypes may differ). Inputs as for :func:`evaluate`."""
+    validate(kind, (1,), 1, chunk_bytes)
+    db = prepare(base, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
+    dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
+    db.name, dn.name = name_of(base, "base"), name_of(new, "new")
+    if db.x.shape != dn.x.shape:
+        raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
+                         f"{shape_of(db)}: the two dumps must match")
+    if check_kind:
+        check_declared_kind(db, kind, ignore_index, chunk_bytes)
+        check_declared_kind(dn, kind, ignore_index, chunk_bytes)
+    b, t, c = db.x.shape
+    row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
+    core = _core()
+    n = n_ign = agree = 0
+    s_kl = s_d = s_d2 = 0.0
+    with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
+        for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
+            xb, ts, lead = db.block(b0, b1, t0, t1)
+            vb, tb, sb = _arrays.core_view(xb)
+            vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
+            try:
+                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, int(ignore_index), lead)
+            except (IndexError, ValueError) as exc:
+                reraise(exc, db, ts, b0, t0, int(ignore_index))
+            n += int(r["n"])
+            n_ign += int(r["n_ignored"])
+            s_kl += float(r["sum_kl"])
+            s_d += float(r["sum_dnll"])
+            s_d2 += float(r["sum_dnll_sq"])
+            agree += int(r["top1_agree"])
+            bar.advance((b1 - b0) * (t1 - t0) * row_bytes)
+    nan = float("nan")
+    return CompareReport(kind=kind, n_classes=c, rows=n, ignored=n_ign,
+                         mean_kl=s_kl / n if n else nan, sum_kl=s_kl,
+                         mean_dnll=s_d / n if n else nan, sum_dnll=s_d,
+                         dnll_se=_se(s_d, s_d2, n), top1_agreement=agree / n if n else nan)

@@ -1,0 +1,312 @@
+"""fastnll.evaluate / Evaluator / compare against independent float64 references."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from typing import Any, Dict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eval_reference import (make_preds, make_targets, reference_compare, reference_metrics)
+from fastnll.evaluate import Evaluator, EvalReport, compare, evaluate
+
+RTOL, ATOL = 2e-5, 1e-6  # the core may compute rows in float32; sums are float64
+DTYPES = ["float32", "float16", "bfloat16", "float64"]
+KINDS = ["logits", "log_probs", "probs"]
+LAYOUTS = {"2d": ((400, 37), False), "3d": ((5, 40, 37), False), "3d-shift": ((5, 41, 37), True)}
+
+
+def assert_matches(rep: EvalReport, ref: Dict[str, Any], n_bins: int = 15) -> None:
+    assert (rep.rows, rep.ignored) == (ref["rows"], ref["ignored"])
+    for key in ("mean_nll", "sum_nll", "nll_se", "perplexity", "bits_per_token",
+                "mean_entropy", "brier"):
+        assert getattr(rep, key) == pytest.approx(ref[key], rel=RTOL, abs=ATOL), key
+    assert rep.accuracy == ref["accuracy"]  # counts: exact
+    assert rep.top_k_accuracy == ref["top_k_accuracy"]
+    # a row whose confidence is within rounding of a bin edge may land on either side
+    edges = np.arange(1, n_bins) / n_bins
+    near = int((np.abs(ref["conf"][:, None] - edges[None]).min(axis=1) < 1e-5).sum()) \
+        if n_bins > 1 else 0
+    counts = np.array([b.count for b in rep.bins])
+    assert np.abs(counts - [b[0] for b in ref["bins"]]).sum() <= 2 * near
+    slack = 2 * near / max(rep.rows, 1)
+    assert abs(rep.ece - ref["ece"]) <= 1e-5 + slack
+    if near == 0:
+        assert rep.mce == pytest.approx(ref["mce"], rel=RTOL, abs=ATOL)
+        for b, (cnt, conf, acc) in zip(rep.bins, ref["bins"]):
+            if cnt:
+                assert b.mean_confidence == pytest.approx(conf, rel=RTOL, abs=ATOL)
+                assert b.accuracy == pytest.approx(acc, abs=1e-12)
+
+
+def assert_same(a: Any, b: Any, rel: float = 1e-12, path: str = "") -> None:
+    """Structural equality of to_dict() trees with a relative tolerance on floats."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], rel, f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, rel, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=rel, abs=1e-300), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_metrics_match_reference(dtype: str, kind: str, layout: str) -> None:
+    shape, shift = LAYOUTS[layout]
+    rng = np.random.default_rng(hash((dtype, kind, layout)) % 2**32)
+    x = make_preds(rng, shape, kind, dtype)
+    t = make_targets(rng, shape[:-1], shape[-1])
+    rep = evaluate(x, t, kind=kind, shift=shift, top_k=(1, 3, 5))
+    assert_matches(rep, reference_metrics(x, t, kind=kind, shift=shift, top_k=(1, 3, 5)))
+    assert rep.n_classes == shape[-1] and rep.kind == kind
+
+
+@pytest.mark.parametrize("ignore_index", [0, 4, -1])
+def test_other_ignore_index(ignore_index: int) -> None:
+    rng = np.random.default_rng(11)
+    x = make_preds(rng, (3, 40, 9), "log_probs", "float16")
+    t = make_targets(rng, (3, 40), 9, ignore_index=ignore_index, ignore_frac=0.25)
+    rep = evaluate(x, t, kind="log_probs", ignore_index=ignore_index, shift=True)
+    ref = reference_metrics(x, t, kind="log_probs", ignore_index=ignore_index, shift=True)
+    assert rep.ignored == ref["ignored"] > 0
+    assert_matches(rep, ref)
+
+
+def test_per_row_outputs() -> None:
+    rng = np.random.default_rng(1)
+    x = make_preds(rng, (3, 30, 11), "logits", "float32")
+    t = make_targets(rng, (3, 30), 11, ignore_frac=0.3)
+    rep = evaluate(x, t, shift=True, per_row=True, chunk_bytes=200)
+    ref = reference_metrics(x, t, shift=True)
+    assert rep.row_nll is not None and rep.row_rank is not None
+    assert rep.row_nll.shape == rep.row_rank.shape == (3, 29)
+    np.testing.assert_allclose(rep.row_nll.ravel(), ref["row_nll"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(rep.row_rank.ravel(), ref["row_rank"])
+    assert np.isnan(rep.row_nll.ravel()[ref["row_rank"] == -1]).all()
+    assert_same(rep.to_dict(), evaluate(x, t, shift=True).to_dict())
+
+
+def test_per_row_to_file(tmp_path: Any) -> None:
+    rng = np.random.default_rng(2)
+    x = make_preds(rng, (300, 9), "logits", "float16")
+    t = make_targets(rng, (300,), 9)
+    out = tmp_path / "rows.npy"
+    rep = evaluate(x, t, per_row=out, chunk_bytes=500)
+    rec = np.load(out)
+    assert rec.dtype.names == ("nll", "rank") and rec.shape == (300,)
+    ref = reference_metrics(x, t)
+    np.testing.assert_allclose(rec["nll"], ref["row_nll"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(rec["rank"], ref["row_rank"])
+    assert rep.row_rank is not None and (np.asarray(rep.row_rank) == rec["rank"]).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_whole_chunked_and_merged_agree(layout: str) -> None:
+    shape, shift = LAYOUTS[layout]
+    rng = np.random.default_rng(3)
+    x = make_preds(rng, shape, "logits", "bfloat16")
+    t = make_targets(rng, shape[:-1], shape[-1])
+    whole = evaluate(x, t, shift=shift).to_dict()
+    for chunk in (1, 37 * 2 * 3, 1000, 5000):
+        assert_same(whole, evaluate(x, t, shift=shift, chunk_bytes=chunk).to_dict())
+    parts = np.array_split(np.arange(shape[0]), 3)
+    shards = [Evaluator(shift=shift).update(x[p], t[p]) for p in parts]
+    merged = Evaluator(shift=shift)
+    for s in shards:
+        merged.merge(pickle.loads(pickle.dumps(s)))
+    assert_same(whole, merged.result().to_dict())
+    one = Evaluator(shift=shift, chunk_bytes=300)
+    for p in parts:
+        one.update(x[p], t[p])
+    assert_same(whole, one.result().to_dict())
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 60), c=st.integers(1, 12), chunk=st.integers(1, 3000),
+       seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(KINDS))
+def test_chunking_property(n: int, c: int, chunk: int, seed: int, kind: str) -> None:
+    rng = np.random.default_rng(seed)
+    x = make_preds(rng, (n, c), kind, "float32")
+    t = make_targets(rng, (n,), c, ignore_frac=0.2)
+    assert_same(evaluate(x, t, kind=kind).to_dict(),
+                evaluate(x, t, kind=kind, chunk_bytes=chunk).to_dict())
+
+
+def test_layouts_are_read_in_place() -> None:
+    rng = np.random.default_rng(4)
+    x = make_preds(rng, (60, 13), "logits", "float32")
+    t = make_targets(rng, (60,), 13)
+    base = evaluate(x, t).to_dict()
+    assert_same(base, evaluate(np.asfortranarray(x), t).to_dict())
+    assert_same(base, evaluate(x.astype(">f4"), t.astype(">i4")).to_dict())
+    assert_same(base, evaluate(x[::-1].copy()[::-1], t).to_dict())
+    wide = np.zeros((60, 26), np.float32)
+    wide[:, ::2] = x
+    assert_same(base, evaluate(wide[:, ::2], t).to_dict())
+    x3, t3 = x.reshape(3, 20, 13), t.reshape(3, 20)
+    assert_same(base, evaluate(x3, t3).to_dict())
+    assert_same(base, evaluate(x3, t, chunk_bytes=100).to_dict())  # flat targets
+    t8 = np.where(t3 < 0, 0, t3)
+    assert_same(evaluate(x3, t8, shift=True).to_dict(),
+                evaluate(x3, t8.astype(np.uint8), shift=True).to_dict())
+
+
+def test_two_d_shift_is_one_sequence() -> None:
+    rng = np.random.default_rng(5)
+    x = make_preds(rng, (50, 7), "logits", "float32")
+    t = make_targets(rng, (50,), 7)
+    assert_same(evaluate(x, t, shift=True).to_dict(), evaluate(x[:-1], t[1:]).to_dict())
+
+
+def test_ties_count_for_the_target() -> None:
+    x = np.zeros((4, 10), np.float32)  # all classes tie: every target is top-1
+    rep = evaluate(x, np.array([0, 3, 9, 5]))
+    assert rep.accuracy == 1.0 and rep.mean_nll == pytest.approx(math.log(10))
+    assert rep.ece == pytest.approx(0.9) and rep.bins[1].count == 4
+
+
+def test_all_ignored_gives_nan_and_null_json() -> None:
+    rep = evaluate(np.zeros((5, 3), np.float32), np.full(5, -1), ignore_index=-1)
+    assert rep.rows == 0 and rep.ignored == 5 and math.isnan(rep.mean_nll)
+    d = json.loads(json.dumps(rep.to_dict(), allow_nan=False))
+    assert d["mean_nll"] is None and d["ece"] is None and d["bins"][0]["accuracy"] is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_compare_matches_reference(dtype: str, kind: str) -> None:
+    rng = np.random.default_rng(6)
+    base = make_preds(rng, (4, 31, 23), kind, dtype)
+    new = make_preds(rng, (4, 31, 23), kind, "float32")
+    t = make_targets(rng, (4, 31), 23)
+    rep = compare(base, new, t, kind=kind, shift=True, chunk_bytes=700)
+    ref = reference_compare(base, new, t, kind=kind, shift=True)
+    assert rep.rows == ref["rows"]
+    for key in ("mean_kl", "mean_dnll", "dnll_se", "top1_agreement"):
+        assert getattr(rep, key) == pytest.approx(ref[key], rel=RTOL, abs=ATOL), key
+    same = compare(base, base, t, kind=kind)
+    assert same.mean_kl == pytest.approx(0, abs=1e-6) and same.top1_agreement == 1.0
+    assert same.mean_dnll == 0.0
+
+
+def test_kind_errors_say_what_the_data_looks_like() -> None:
+    rng = np.random.default_rng(7)
+    logits = make_preds(rng, (200, 20), "logits", "float32")
+    lp = make_preds(rng, (200, 20), "log_probs", "float32")
+    p = make_preds(rng, (200, 20), "probs", "float16")
+    t = make_targets(rng, (200,), 20)
+    cases = [
+        (logits - 20, "log_probs", "logsumexp of sampled rows ranges", "kind='logits'"),
+        (logits, "log_probs", "positive values", "kind='logits'"),
+        (p, "log_probs", "positive values", "kind='probs'"),
+        (logits, "probs", "negative values", "kind='logits'"),
+        (lp, "probs", "negative values", "kind='log_probs'"),
+        (p * 1.5, "probs", "values above 1", "kind='logits'"),
+        (p * 0.5, "probs", "do not sum to 1", "not a distribution"),
+    ]
+    for x, kind, problem, hint in cases:
+        with pytest.raises(ValueError, match=f"declared {kind}") as err:
+            evaluate(x, t, kind=kind)
+        assert problem in str(err.value) and hint in str(err.value)
+    evaluate(logits - 20, t, kind="log_probs", check_kind=False)  # opt-out
+
+
+def test_kind_check_skips_ignored_padding() -> None:
+    rng = np.random.default_rng(8)
+    lp = make_preds(rng, (64, 10), "log_probs", "float32")
+    t = make_targets(rng, (64,), 10, ignore_frac=0)
+    lp[::2] = 0.0  # padding rows: not normalised, but ignored
+    t[::2] = -100
+    assert evaluate(lp, t, kind="log_probs").rows == 32
+
+
+def test_bad_inputs() -> None:
+    x = np.zeros((4, 5), np.float32)
+    with pytest.raises(IndexError, match="7"):
+        evaluate(x, np.array([0, 1, 7, 2]))
+    with pytest.raises(IndexError):
+        evaluate(x, np.array([0, 1, -3, 2]), chunk_bytes=20)
+    t3 = np.zeros((3, 10), np.int32)
+    t3[2, 7] = 5
+    x3 = np.zeros((3, 10, 5), np.float16)
+    for chunk in (1, 30, 1 << 20):  # positions are the user's, whatever the chunking
+        with pytest.raises(IndexError, match=r"target 5 at position \(2, 7\) .* 5 classes"):
+            evaluate(x3, t3, shift=True, chunk_bytes=chunk)
+        with pytest.raises(IndexError, match=r"target 5 at position 27 "):
+            evaluate(x3.reshape(30, 5), t3.reshape(30), chunk_bytes=chunk)
+    with pytest.raises(IndexError, match=r"position \(2, 7\)"):
+        compare(x3, x3, t3, chunk_bytes=20)
+    with pytest.raises(TypeError, match="integer"):
+        evaluate(x, np.zeros(4))
+    with pytest.raises(TypeError, match="dtype"):
+        evaluate(x.astype(np.int32), np.zeros(4, int))
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(x, np.zeros(3, int))
+    with pytest.raises(ValueError, match="2-d"):
+        evaluate(np.zeros((2, 2, 2, 2), np.float32), np.zeros((2, 2, 2), int))
+    for bad in ({"kind": "logit"}, {"top_k": (0,)}, {"n_bins": 0}, {"chunk_bytes": 0}):
+        with pytest.raises(ValueError):
+            evaluate(x, np.zeros(4, int), **bad)
+    with pytest.raises(ValueError, match="shape"):
+        compare(x, np.zeros((4, 6), np.float32), np.zeros(4, int))
+
+
+def test_merge_checks_settings() -> None:
+    a = Evaluator().update(np.zeros((2, 3), np.float32), np.zeros(2, int))
+    with pytest.raises(ValueError, match="settings"):
+        a.merge(Evaluator(n_bins=10))
+    with pytest.raises(ValueError, match="classes"):
+        a.merge(Evaluator().update(np.zeros((2, 4), np.float32), np.zeros(2, int)))
+    with pytest.raises(TypeError):
+        a.merge("not an evaluator")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ third-party references
+def _probs_case(c: int = 6, n: int = 500, seed: int = 9):
+    rng = np.random.default_rng(seed)
+    p = make_preds(rng, (n, c), "probs", "float64")
+    t = make_targets(rng, (n,), c, ignore_frac=0)
+    t[:c] = np.arange(c)  # every class present
+    return p, t
+
+
+def test_sklearn_log_loss_and_top_k() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    p, t = _probs_case()
+    rep = evaluate(p, t, kind="probs", top_k=(1, 2, 3))
+    assert rep.mean_nll == pytest.approx(metrics.log_loss(t, p, labels=range(6)), rel=1e-9)
+    for k in (1, 2, 3):
+        want = metrics.top_k_accuracy_score(t, p, k=k, labels=range(6))
+        assert rep.top_k_accuracy[k] == pytest.approx(want, abs=1e-12)
+
+
+def test_sklearn_brier_binary() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    p, t = _probs_case(c=2)
+    rep = evaluate(p, t, kind="probs")
+    # multi-class Brier sums over both classes: twice the binary score
+    assert rep.brier == pytest.approx(2 * metrics.brier_score_loss(t, p[:, 1]), rel=1e-9)
+
+
+def test_torchmetrics_calibration_error() -> None:
+    torch = pytest.importorskip("torch")
+    cls = pytest.importorskip("torchmetrics.functional.classification")
+    p, t = _probs_case(c=5, n=2000, seed=10)
+    rep = evaluate(p, t, kind="probs", n_bins=10)
+    args = (torch.tensor(p, dtype=torch.float64), torch.tensor(t))
+    ece = cls.multiclass_calibration_error(*args, num_classes=5, n_bins=10, norm="l1")
+    mce = cls.multiclass_calibration_error(*args, num_classes=5, n_bins=10, norm="max")
+    assert rep.ece == pytest.approx(float(ece), abs=1e-6)
+    assert rep.mce == pytest.approx(float(mce), abs=1e-6)
