@@ -87,14 +87,6 @@ impl Stats {
     }
 }
 
-/// Copies a partial vector into a buffer padded with -inf, so full-width code handles tails.
-#[inline(always)]
-unsafe fn tail_buf<E: Elem>(tail: &[E]) -> [E; 16] {
-    let mut buf = [E::NEG_INF; 16];
-    buf[..tail.len()].copy_from_slice(tail);
-    buf
-}
-
 #[inline(always)]
 unsafe fn block_max<I: Isa, E: Elem>(x: &[E]) -> f32 {
     let n = x.len();
@@ -115,8 +107,7 @@ unsafe fn block_max<I: Isa, E: Elem>(x: &[E]) -> f32 {
         i += w;
     }
     if i < n {
-        let buf = tail_buf(&x[i..]);
-        a1 = I::max_ignore_nan(a1, E::load::<I>(buf.as_ptr()));
+        a1 = I::max_ignore_nan(a1, E::load_tail::<I>(p.add(i), n - i));
     }
     let a = I::max_ignore_nan(I::max_ignore_nan(a0, a1), I::max_ignore_nan(a2, a3));
     I::hmax(a)
@@ -186,8 +177,8 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
             i += w;
         }
         if i < blk.len() {
-            let buf = tail_buf(&blk[i..]);
-            sweep_vec::<I, EVAL>(E::load::<I>(buf.as_ptr()), vm, vxt, &mut acc, &mut gt);
+            let v = E::load_tail::<I>(p.add(i), blk.len() - i);
+            sweep_vec::<I, EVAL>(v, vm, vxt, &mut acc, &mut gt);
         }
         st.s += I::hsum(acc[0]) as f64;
         if EVAL {
@@ -252,10 +243,8 @@ pub(crate) unsafe fn write_row<I: Isa, E: Elem, const LOG: bool>(
         i += w;
     }
     if i < n {
-        let buf = tail_buf(&x[i..]);
-        let mut o = [0.0f32; 16];
-        I::store(o.as_mut_ptr(), f(E::load::<I>(buf.as_ptr())));
-        out[i..].copy_from_slice(&o[..n - i]);
+        let v = f(E::load_tail::<I>(x.as_ptr().add(i), n - i));
+        I::store_tail(out.as_mut_ptr().add(i), v, n - i);
     }
 }
 

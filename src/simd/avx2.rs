@@ -31,6 +31,17 @@ impl Isa for Avx2 {
         _mm256_storeu_ps(p, v)
     }
     #[inline(always)]
+    unsafe fn load_tail(p: *const f32, n: usize) -> __m256 {
+        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let v = _mm256_maskload_ps(p, m);
+        _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), v, _mm256_castsi256_ps(m))
+    }
+    #[inline(always)]
+    unsafe fn store_tail(p: *mut f32, v: __m256, n: usize) {
+        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(p, m, v)
+    }
+    #[inline(always)]
     unsafe fn add(a: __m256, b: __m256) -> __m256 {
         _mm256_add_ps(a, b)
     }

@@ -31,6 +31,14 @@ impl Isa for Avx512 {
         _mm512_storeu_ps(p, v)
     }
     #[inline(always)]
+    unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
+        _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), ((1u32 << n) - 1) as u16, p)
+    }
+    #[inline(always)]
+    unsafe fn store_tail(p: *mut f32, v: __m512, n: usize) {
+        _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, v)
+    }
+    #[inline(always)]
     unsafe fn add(a: __m512, b: __m512) -> __m512 {
         _mm512_add_ps(a, b)
     }

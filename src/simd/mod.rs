@@ -138,6 +138,10 @@ pub(crate) trait Isa: Copy {
     unsafe fn load_f16(p: *const u16) -> Self::V;
     unsafe fn load_bf16(p: *const u16) -> Self::V;
     unsafe fn store(p: *mut f32, v: Self::V);
+    /// The first n < W lanes from p, the others -inf (masked: nothing past p + n is read).
+    unsafe fn load_tail(p: *const f32, n: usize) -> Self::V;
+    /// Stores the first n < W lanes at p (nothing past p + n is written).
+    unsafe fn store_tail(p: *mut f32, v: Self::V, n: usize);
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
@@ -196,6 +200,15 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
     const NEG_INF: Self;
     unsafe fn load<I: Isa>(p: *const Self) -> I::V;
     fn to_f32(self) -> f32;
+    /// The first n < I::W elements from p, widened, the other lanes -inf.
+    #[inline(always)]
+    unsafe fn load_tail<I: Isa>(p: *const Self, n: usize) -> I::V {
+        let mut buf = [Self::NEG_INF; 16];
+        for (k, b) in buf.iter_mut().enumerate().take(n) {
+            *b = *p.add(k);
+        }
+        Self::load::<I>(buf.as_ptr())
+    }
     /// Lane l = p[l * stride] for l < I::W, widened.
     #[inline(always)]
     unsafe fn load_col<I: Isa>(p: *const Self, stride: usize) -> I::V {
@@ -235,6 +248,10 @@ impl Elem for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+    #[inline(always)]
+    unsafe fn load_tail<I: Isa>(p: *const f32, n: usize) -> I::V {
+        I::load_tail(p, n)
     }
     #[inline(always)]
     unsafe fn load_col<I: Isa>(p: *const f32, stride: usize) -> I::V {

@@ -50,6 +50,12 @@ impl Isa for Scalar {
         *p = v
     }
     #[inline(always)]
+    unsafe fn load_tail(_p: *const f32, _n: usize) -> f32 {
+        f32::NEG_INFINITY // one lane: there is never a partial vector
+    }
+    #[inline(always)]
+    unsafe fn store_tail(_p: *mut f32, _v: f32, _n: usize) {}
+    #[inline(always)]
     unsafe fn add(a: f32, b: f32) -> f32 {
         a + b
     }
