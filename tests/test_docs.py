@@ -19,3 +19,15 @@ def test_doctests(path):
     result = doctest.testfile(str(path), module_relative=False, verbose=False,
                               optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {path}"
+
+
+@pytest.mark.parametrize("module", ["fastnll._losses", "fastnll._softmax", "fastnll.evaluate"])
+def test_docstring_examples(module):
+    """The examples in the public functions' docstrings run and give what they show."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {module}"
+    if module != "fastnll.evaluate":
+        assert result.attempted >= 3
