@@ -172,7 +172,11 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
         let mut gt = 0u32;
         let p = blk.as_ptr();
         let mut i = 0;
+        // While this block is swept from L1, pull the next one (of this row, or the next
+        // packed row) from memory, so reading and computing overlap.
+        let ahead = (p as *const u8).wrapping_add(BLOCK * std::mem::size_of::<E>());
         while i + w <= blk.len() {
+            I::prefetch(ahead.wrapping_add(i * std::mem::size_of::<E>()));
             sweep_vec::<I, EVAL>(E::load::<I>(p.add(i)), vm, vxt, &mut acc, &mut gt);
             i += w;
         }

@@ -31,6 +31,10 @@ impl Isa for Avx2 {
         _mm256_storeu_ps(p, v)
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m256 {
         let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         let v = _mm256_maskload_ps(p, m);

@@ -31,6 +31,10 @@ impl Isa for Avx512 {
         _mm512_storeu_ps(p, v)
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
         _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), ((1u32 << n) - 1) as u16, p)
     }

@@ -138,6 +138,8 @@ pub(crate) trait Isa: Copy {
     unsafe fn load_f16(p: *const u16) -> Self::V;
     unsafe fn load_bf16(p: *const u16) -> Self::V;
     unsafe fn store(p: *mut f32, v: Self::V);
+    /// Hints that the cache line at `p` will be read soon (never faults, any address).
+    unsafe fn prefetch(p: *const u8);
     /// The first n < W lanes from p, the others -inf (masked: nothing past p + n is read).
     unsafe fn load_tail(p: *const f32, n: usize) -> Self::V;
     /// Stores the first n < W lanes at p (nothing past p + n is written).

@@ -50,6 +50,8 @@ impl Isa for Scalar {
         *p = v
     }
     #[inline(always)]
+    unsafe fn prefetch(_p: *const u8) {}
+    #[inline(always)]
     unsafe fn load_tail(_p: *const f32, _n: usize) -> f32 {
         f32::NEG_INFINITY // one lane: there is never a partial vector
     }
