@@ -273,7 +273,7 @@ pub(crate) unsafe fn sum<I: Isa, E: Elem>(x: &[E]) -> f64 {
 }
 
 /// Longest row the rows-in-lanes kernel takes: beyond it one row per call is faster.
-pub(crate) const LANES_MAX_C: usize = 32;
+pub(crate) const LANES_MAX_C: usize = 64;
 
 /// Σ of the per-row results of the fully vectorised short-row kernels, and the rows done.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -287,16 +287,18 @@ pub struct BlockSums {
 /// Returns (m, ln s, finite) where finite is false if any lane has an inf/NaN max or sum.
 #[inline(always)]
 unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool) {
-    let mut tile = [I::splat(0.0); LANES_MAX_C];
+    // Only the first c columns are written and read: no need to initialise the rest.
+    let mut tile = std::mem::MaybeUninit::<[I::V; LANES_MAX_C]>::uninit();
+    let cols = tile.as_mut_ptr() as *mut I::V;
     let mut vm = I::splat(f32::NEG_INFINITY);
-    for (j, t) in tile.iter_mut().enumerate().take(c) {
+    for j in 0..c {
         let v = E::load_col::<I>(p.add(j), c);
-        *t = v;
+        cols.add(j).write(v);
         vm = I::max_ignore_nan(vm, v);
     }
     let mut vs = I::splat(0.0);
-    for t in &tile[..c] {
-        vs = I::add(vs, I::exp_le0(I::sub(*t, vm)));
+    for j in 0..c {
+        vs = I::add(vs, I::exp_le0(I::sub(cols.add(j).read(), vm)));
     }
     // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes.
     let zero = I::splat(0.0);

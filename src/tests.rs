@@ -317,7 +317,7 @@ fn evaluate_metrics_and_compare() {
 fn short_rows_in_lanes_with_nonfinite_rows_mixed_in() {
     let mut rng = Rng(21);
     on_each_path(|p| {
-        for c in 1..=33 {
+        for c in 1..=66 {
             let n = 70;
             let mut x: Vec<f32> = (0..n * c).map(|_| (rng.normal() * 10.0) as f32).collect();
             x[3 * c] = f32::INFINITY;
