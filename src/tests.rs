@@ -331,6 +331,9 @@ fn short_rows_in_lanes_with_nonfinite_rows_mixed_in() {
             let mut ce = vec![0f32; n];
             let opt = ClassOptions { label_smoothing: 0.3, ..Default::default() };
             cross_entropy(&View::from_slice(&x, n, c), &IntView::from_slice(&t), &opt, Some(&mut ce)).unwrap();
+            // without smoothing the rows-in-lanes kernel takes the ordinary rows
+            let mut hard = vec![0f32; n];
+            cross_entropy(&View::from_slice(&x, n, c), &IntView::from_slice(&t), &ClassOptions::default(), Some(&mut hard)).unwrap();
             for i in 0..n {
                 let row: Vec<f64> = x[i * c..(i + 1) * c].iter().map(|&v| v as f64).collect();
                 let lse = if row.iter().any(|v| v.is_nan()) { f64::NAN } else { ref_lse(&row) };
@@ -339,6 +342,8 @@ fn short_rows_in_lanes_with_nonfinite_rows_mixed_in() {
                 let sx: f64 = row.iter().sum();
                 let want = 0.7 * (lse - row[k]) + 0.3 / c as f64 * (c as f64 * lse - sx);
                 assert!(close(ce[i] as f64, want, 2e-6, 2e-5), "{p:?} C={c} ce row {i}: {} vs {want}", ce[i]);
+                let want_hard = lse - row[k];
+                assert!(close(hard[i] as f64, want_hard, 2e-6, 2e-5), "{p:?} C={c} hard row {i}: {} vs {want_hard}", hard[i]);
             }
         }
     });
