@@ -123,7 +123,7 @@ unsafe fn sweep_vec<I: Isa, const EVAL: bool>(
     gt: &mut u32,
 ) {
     let y = I::sub(x, vm);
-    let e = I::exp_le0(y);
+    let e = I::exp_sum(y);
     acc[0] = I::add(acc[0], e);
     if EVAL {
         let yc = I::max_keep_nan(I::splat(expc::LO), y);
@@ -298,7 +298,7 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
     }
     let mut vs = I::splat(0.0);
     for j in 0..c {
-        vs = I::add(vs, I::exp_le0(I::sub(cols.add(j).read(), vm)));
+        vs = I::add(vs, I::exp_sum(I::sub(cols.add(j).read(), vm)));
     }
     // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes.
     let zero = I::splat(0.0);

@@ -72,8 +72,13 @@ impl Isa for Avx2 {
     }
     #[inline(always)]
     unsafe fn exp_le0(x: __m256) -> __m256 {
+        // exact zeros below exp(LO); NaN compares unordered and is kept
+        let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, _mm256_set1_ps(expc::LO));
+        _mm256_and_ps(Self::exp_sum(x), keep)
+    }
+    #[inline(always)]
+    unsafe fn exp_sum(x: __m256) -> __m256 {
         let lo = _mm256_set1_ps(expc::LO);
-        let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, lo); // x >= LO or NaN
         let xc = _mm256_max_ps(lo, x); // NaN in x survives
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(xc, _mm256_set1_ps(expc::LOG2E)),
@@ -89,8 +94,7 @@ impl Isa for Avx2 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
         let e = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n));
-        let y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-        _mm256_and_ps(y, keep)
+        _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e))
     }
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {

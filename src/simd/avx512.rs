@@ -69,8 +69,13 @@ impl Isa for Avx512 {
     }
     #[inline(always)]
     unsafe fn exp_le0(x: __m512) -> __m512 {
+        // exact zeros below exp(LO); NaN compares unordered and is kept
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(expc::LO));
+        _mm512_maskz_mov_ps(keep, Self::exp_sum(x))
+    }
+    #[inline(always)]
+    unsafe fn exp_sum(x: __m512) -> __m512 {
         let lo = _mm512_set1_ps(expc::LO);
-        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, lo); // x >= LO or NaN
         let xc = _mm512_max_ps(lo, x); // NaN in x survives
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(xc, _mm512_set1_ps(expc::LOG2E)),
@@ -86,8 +91,7 @@ impl Isa for Avx512 {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(expc::C2));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-        let y = _mm512_scalef_ps(p, n);
-        _mm512_maskz_mov_ps(keep, y)
+        _mm512_scalef_ps(p, n)
     }
     #[inline(always)]
     unsafe fn hsum(v: __m512) -> f32 {

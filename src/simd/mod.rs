@@ -155,6 +155,9 @@ pub(crate) trait Isa: Copy {
     unsafe fn max_keep_nan(a: Self::V, b: Self::V) -> Self::V;
     /// exp(x) for x <= 0, -inf and NaN (NaN propagates); about 1 ulp.
     unsafe fn exp_le0(x: Self::V) -> Self::V;
+    /// exp(x) for x <= 0 when the result only feeds a sum: like `exp_le0`, but below
+    /// exp(LO) ~ 1.6e-38 it may return up to that instead of 0 (two operations fewer).
+    unsafe fn exp_sum(x: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
     /// Number of lanes with v > t (false for NaN).

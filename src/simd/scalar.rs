@@ -95,6 +95,10 @@ impl Isa for Scalar {
         exp_le0(x)
     }
     #[inline(always)]
+    unsafe fn exp_sum(x: f32) -> f32 {
+        exp_le0(x)
+    }
+    #[inline(always)]
     unsafe fn hsum(v: f32) -> f32 {
         v
     }
