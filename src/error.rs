@@ -28,7 +28,10 @@ pub fn fmt_position(p: &[usize]) -> String {
         [i] => i.to_string(),
         _ => format!(
             "({})",
-            p.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+            p.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

@@ -5,8 +5,8 @@
 //! for an empty or all-ignored batch, as PyTorch does.
 
 use crate::error::{Error, Result};
-use crate::parallel;
 use crate::kernel::{self, BlockSums, LANES_MAX_C};
+use crate::parallel;
 use crate::rows::{RowStats, Rows, Want};
 use crate::simd::{self, Path, BF16, F16};
 use crate::tensor::{check_target_shape, DType, IntView, View};
@@ -175,9 +175,33 @@ fn ce_fast(
     }
     let ts = t.packed_i64(r.start, r.len())?;
     Some(match x.dtype {
-        DType::F32 => kernel::ce_short_rows(path, x.packed_rows::<f32>(r.start, r.len())?, ts, c, ignore, wt, out),
-        DType::F16 => kernel::ce_short_rows(path, x.packed_rows::<F16>(r.start, r.len())?, ts, c, ignore, wt, out),
-        DType::BF16 => kernel::ce_short_rows(path, x.packed_rows::<BF16>(r.start, r.len())?, ts, c, ignore, wt, out),
+        DType::F32 => kernel::ce_short_rows(
+            path,
+            x.packed_rows::<f32>(r.start, r.len())?,
+            ts,
+            c,
+            ignore,
+            wt,
+            out,
+        ),
+        DType::F16 => kernel::ce_short_rows(
+            path,
+            x.packed_rows::<F16>(r.start, r.len())?,
+            ts,
+            c,
+            ignore,
+            wt,
+            out,
+        ),
+        DType::BF16 => kernel::ce_short_rows(
+            path,
+            x.packed_rows::<BF16>(r.start, r.len())?,
+            ts,
+            c,
+            ignore,
+            wt,
+            out,
+        ),
         DType::F64 => return None,
     })
 }

@@ -62,7 +62,10 @@ fn typed_stats<E: simd::Elem>(path: Path, x: &[E], xt: f32, want: Want) -> Stats
         return one(x);
     }
     let parts: Vec<Stats> = x.par_chunks(SEGMENT).map(one).collect();
-    parts.into_iter().reduce(Stats::merge).unwrap_or(Stats::EMPTY)
+    parts
+        .into_iter()
+        .reduce(Stats::merge)
+        .unwrap_or(Stats::EMPTY)
 }
 
 impl<'v, 'a> Rows<'v, 'a> {

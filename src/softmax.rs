@@ -4,11 +4,11 @@
 use crate::error::{Error, Result};
 use crate::kernel;
 use crate::loss::Out;
-use std::ops::Range;
 use crate::parallel;
 use crate::rows::{Rows, Want};
 use crate::simd::{BF16, F16};
 use crate::tensor::{DType, View};
+use std::ops::Range;
 
 fn per(x: &View) -> usize {
     parallel::chunk_rows(x.cols() * x.dtype.size())
@@ -34,7 +34,9 @@ fn lse_fast(x: &View, r: Range<usize>, out: Option<&mut [f32]>) -> Option<usize>
     Some(match x.dtype {
         DType::F32 => kernel::lse_short_rows(path, x.packed_rows::<f32>(r.start, r.len())?, c, out),
         DType::F16 => kernel::lse_short_rows(path, x.packed_rows::<F16>(r.start, r.len())?, c, out),
-        DType::BF16 => kernel::lse_short_rows(path, x.packed_rows::<BF16>(r.start, r.len())?, c, out),
+        DType::BF16 => {
+            kernel::lse_short_rows(path, x.packed_rows::<BF16>(r.start, r.len())?, c, out)
+        }
         DType::F64 => return None,
     })
 }
@@ -135,7 +137,9 @@ pub fn logsumexp_b<O: Out>(
 /// log_softmax (`log`) or softmax of 16/32-bit input into a C-contiguous f32 `out`.
 pub fn softmax_f32(x: &View, log: bool, out: &mut [f32]) -> Result<()> {
     if x.dtype == DType::F64 {
-        return Err(Error::Type("float64 input is written by softmax_f64".into()));
+        return Err(Error::Type(
+            "float64 input is written by softmax_f64".into(),
+        ));
     }
     let c = x.cols();
     check_out(out.len(), x.rows() * c)?;

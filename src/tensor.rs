@@ -179,7 +179,7 @@ impl<'a> View<'a> {
         let size = dtype.size() as isize;
         let col_stride = strides[nd - 1];
         let index = RowIndex::new(&shape[..nd - 1], &strides[..nd - 1]);
-        let aligned = (ptr as usize) % dtype.size() == 0
+        let aligned = (ptr as usize).is_multiple_of(dtype.size())
             && strides[..nd - 1].iter().all(|s| s % size == 0);
         let direct = !swap && aligned && (col_stride == size || shape[nd - 1] <= 1);
         let row_bytes = shape[nd - 1] as isize * size;
@@ -337,7 +337,14 @@ impl<'a> IntView<'a> {
 
     pub fn from_slice(data: &'a [i64]) -> IntView<'a> {
         // SAFETY: a contiguous slice valid for 'a.
-        unsafe { IntView::new(data.as_ptr() as *const u8, IntType::I64, &[data.len()], &[8]) }
+        unsafe {
+            IntView::new(
+                data.as_ptr() as *const u8,
+                IntType::I64,
+                &[data.len()],
+                &[8],
+            )
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -353,7 +360,7 @@ impl<'a> IntView<'a> {
     /// Targets `i..i + n` as a slice, if they are packed native int64.
     pub(crate) fn packed_i64(&self, i: usize, n: usize) -> Option<&'a [i64]> {
         let packed = self.ty == IntType::I64
-            && (self.ptr as usize) % 8 == 0
+            && (self.ptr as usize).is_multiple_of(8)
             && (self.index.uniform == Some(8) || self.index.rows <= 1);
         if !packed || i + n > self.index.rows {
             return None;

@@ -15,7 +15,10 @@ static PATH_LOCK: Mutex<()> = Mutex::new(());
 /// Every path this CPU has, or only `FASTNLL_SIMD`'s when it is set (valgrind runs pin a path
 /// it can decode).
 fn paths() -> Vec<Path> {
-    if let Some(p) = std::env::var("FASTNLL_SIMD").ok().and_then(|v| Path::parse(&v)) {
+    if let Some(p) = std::env::var("FASTNLL_SIMD")
+        .ok()
+        .and_then(|v| Path::parse(&v))
+    {
         return vec![p].into_iter().filter(|p| p.available()).collect();
     }
     [Path::Scalar, Path::Avx2, Path::Avx512]
@@ -61,9 +64,7 @@ fn ref_lse(row: &[f64]) -> f64 {
 }
 
 fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
-    (got.is_nan() && want.is_nan())
-        || got == want
-        || (got - want).abs() <= atol + rtol * want.abs()
+    (got.is_nan() && want.is_nan()) || got == want || (got - want).abs() <= atol + rtol * want.abs()
 }
 
 #[test]
@@ -73,7 +74,10 @@ fn scalar_exp_matches_libm() {
         for &x in &xs {
             let got = simd::scalar::exp_le0(x) as f64;
             let want = (x as f64).exp();
-            assert!(close(got, want, 3e-7, 1e-37), "{p:?} exp({x}) = {got}, want {want}");
+            assert!(
+                close(got, want, 3e-7, 1e-37),
+                "{p:?} exp({x}) = {got}, want {want}"
+            );
         }
     });
 }
@@ -85,12 +89,15 @@ fn logsumexp_all_lengths_and_magnitudes() {
         for c in (0..70).chain([127, 128, 129, 4095, 4096, 4097, 9000, 140_000]) {
             for scale in [1.0, 1e3, 1e6] {
                 let rows = 3;
-                let data: Vec<f32> = (0..rows * c).map(|_| (rng.normal() * scale) as f32).collect();
+                let data: Vec<f32> = (0..rows * c)
+                    .map(|_| (rng.normal() * scale) as f32)
+                    .collect();
                 let v = View::from_slice(&data, rows, c);
                 let mut out = vec![0f32; rows];
                 logsumexp(&v, &mut out).unwrap();
                 for r in 0..rows {
-                    let row: Vec<f64> = data[r * c..(r + 1) * c].iter().map(|&x| x as f64).collect();
+                    let row: Vec<f64> =
+                        data[r * c..(r + 1) * c].iter().map(|&x| x as f64).collect();
                     let want = ref_lse(&row);
                     assert!(
                         close(out[r] as f64, want, 2e-6, 2e-5),
@@ -109,15 +116,33 @@ fn half_types_widen_exactly() {
     on_each_path(|p| {
         for c in [1, 7, 8, 15, 16, 17, 33, 1000] {
             let f: Vec<f32> = (0..c).map(|_| (rng.normal() * 4.0) as f32).collect();
-            let h: Vec<F16> = f.iter().map(|&x| F16(half::f16::from_f32(x).to_bits())).collect();
-            let b: Vec<BF16> = f.iter().map(|&x| BF16(half::bf16::from_f32(x).to_bits())).collect();
-            let hf: Vec<f64> = h.iter().map(|v| half::f16::from_bits(v.0).to_f64()).collect();
-            let bf: Vec<f64> = b.iter().map(|v| half::bf16::from_bits(v.0).to_f64()).collect();
+            let h: Vec<F16> = f
+                .iter()
+                .map(|&x| F16(half::f16::from_f32(x).to_bits()))
+                .collect();
+            let b: Vec<BF16> = f
+                .iter()
+                .map(|&x| BF16(half::bf16::from_f32(x).to_bits()))
+                .collect();
+            let hf: Vec<f64> = h
+                .iter()
+                .map(|v| half::f16::from_bits(v.0).to_f64())
+                .collect();
+            let bf: Vec<f64> = b
+                .iter()
+                .map(|v| half::bf16::from_bits(v.0).to_f64())
+                .collect();
             let mut o = [0f32; 1];
             logsumexp(&View::from_slice(&h, 1, c), &mut o).unwrap();
-            assert!(close(o[0] as f64, ref_lse(&hf), 2e-6, 2e-5), "{p:?} f16 C={c}");
+            assert!(
+                close(o[0] as f64, ref_lse(&hf), 2e-6, 2e-5),
+                "{p:?} f16 C={c}"
+            );
             logsumexp(&View::from_slice(&b, 1, c), &mut o).unwrap();
-            assert!(close(o[0] as f64, ref_lse(&bf), 2e-6, 2e-5), "{p:?} bf16 C={c}");
+            assert!(
+                close(o[0] as f64, ref_lse(&bf), 2e-6, 2e-5),
+                "{p:?} bf16 C={c}"
+            );
         }
     });
 }
@@ -134,7 +159,14 @@ fn nonfinite_policy() {
         vec![inf, nan, 0.0],
         vec![-inf, 3.0, -inf],
     ];
-    let want = [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, f64::NAN, f64::NAN, 3.0];
+    let want = [
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        f64::NAN,
+        f64::NAN,
+        3.0,
+    ];
     on_each_path(|p| {
         for (row, &w) in rows.iter().zip(&want) {
             // pad to several lengths so the special values land in tails and full vectors
@@ -143,7 +175,11 @@ fn nonfinite_policy() {
                 r.extend(std::iter::repeat_n(-inf, pad));
                 let mut o = [0f32; 1];
                 logsumexp(&View::from_slice(&r, 1, r.len()), &mut o).unwrap();
-                assert!(close(o[0] as f64, w, 1e-6, 1e-6), "{p:?} {row:?}+{pad}: {}", o[0]);
+                assert!(
+                    close(o[0] as f64, w, 1e-6, 1e-6),
+                    "{p:?} {row:?}+{pad}: {}",
+                    o[0]
+                );
             }
         }
     });
@@ -156,13 +192,31 @@ fn cross_entropy_matches_reference_with_options() {
         for c in [1, 2, 3, 10, 17, 64, 1000] {
             let n = 50;
             let x: Vec<f32> = (0..n * c).map(|_| (rng.normal() * 3.0) as f32).collect();
-            let t: Vec<i64> = (0..n).map(|i| if i % 7 == 3 { -100 } else { rng.below(c) as i64 }).collect();
+            let t: Vec<i64> = (0..n)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        -100
+                    } else {
+                        rng.below(c) as i64
+                    }
+                })
+                .collect();
             let w: Vec<f64> = (0..c).map(|k| 0.5 + k as f64 * 0.1).collect();
-            for (eps, weight) in [(0.0, None), (0.1, None), (0.0, Some(&w[..])), (0.2, Some(&w[..]))] {
-                let opt = ClassOptions { weight, ignore_index: -100, label_smoothing: eps };
+            for (eps, weight) in [
+                (0.0, None),
+                (0.1, None),
+                (0.0, Some(&w[..])),
+                (0.2, Some(&w[..])),
+            ] {
+                let opt = ClassOptions {
+                    weight,
+                    ignore_index: -100,
+                    label_smoothing: eps,
+                };
                 let v = View::from_slice(&x, n, c);
                 let mut out = vec![0f32; n];
-                let tot = cross_entropy(&v, &IntView::from_slice(&t), &opt, Some(&mut out)).unwrap();
+                let tot =
+                    cross_entropy(&v, &IntView::from_slice(&t), &opt, Some(&mut out)).unwrap();
                 let (mut s, mut ws) = (0.0, 0.0);
                 for i in 0..n {
                     let row: Vec<f64> = x[i * c..(i + 1) * c].iter().map(|&v| v as f64).collect();
@@ -177,7 +231,10 @@ fn cross_entropy_matches_reference_with_options() {
                         (1.0 - eps) * wt(k) * (lse - row[k]) + eps / c as f64 * smooth
                     };
                     s += want;
-                    assert!(close(out[i] as f64, want, 2e-6, 2e-5), "{p:?} C={c} eps={eps} row {i}");
+                    assert!(
+                        close(out[i] as f64, want, 2e-6, 2e-5),
+                        "{p:?} C={c} eps={eps} row {i}"
+                    );
                 }
                 assert!(close(tot.sum, s, 1e-6, 1e-4) && close(tot.weight, ws, 1e-12, 0.0));
             }
@@ -190,22 +247,42 @@ fn nll_soft_and_bce() {
     let x: Vec<f32> = vec![-0.5, -1.5, -2.0, -0.1];
     let v = View::from_slice(&x, 2, 2);
     let t = [1i64, 0];
-    let tot = nll_loss::<f32>(&v, &IntView::from_slice(&t), &ClassOptions::default(), None).unwrap();
+    let tot =
+        nll_loss::<f32>(&v, &IntView::from_slice(&t), &ClassOptions::default(), None).unwrap();
     assert!(close(tot.sum, 3.5, 1e-7, 0.0) && tot.weight == 2.0);
     let probs: Vec<f32> = vec![0.7, 0.3];
     let pv = View::from_slice(&probs, 1, 2);
-    let err = nll_loss::<f32>(&pv, &IntView::from_slice(&[0]), &ClassOptions::default(), None).unwrap_err();
+    let err = nll_loss::<f32>(
+        &pv,
+        &IntView::from_slice(&[0]),
+        &ClassOptions::default(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::NotLogProbabilities { .. }));
     // soft targets: one-hot equals hard targets; zero-probability -inf terms count 0
     let lg: Vec<f32> = vec![2.0, f32::NEG_INFINITY, 0.5];
     let y: Vec<f32> = vec![1.0, 0.0, 0.0];
-    let s = cross_entropy_soft::<f32>(&View::from_slice(&lg, 1, 3), &View::from_slice(&y, 1, 3), &ClassOptions::default(), None).unwrap();
+    let s = cross_entropy_soft::<f32>(
+        &View::from_slice(&lg, 1, 3),
+        &View::from_slice(&y, 1, 3),
+        &ClassOptions::default(),
+        None,
+    )
+    .unwrap();
     let lse = ref_lse(&[2.0, f64::NEG_INFINITY, 0.5]);
     assert!(close(s.sum, lse - 2.0, 1e-6, 1e-7));
     // bce: z = 0, y = 1 -> ln 2; z = 2, y = 0 -> 2 + ln(1 + e^-2)
     let z: Vec<f32> = vec![0.0, 2.0];
     let yy: Vec<f32> = vec![1.0, 0.0];
-    let b = bce_with_logits::<f32>(&View::from_slice(&z, 1, 2), &View::from_slice(&yy, 1, 2), None, None, None).unwrap();
+    let b = bce_with_logits::<f32>(
+        &View::from_slice(&z, 1, 2),
+        &View::from_slice(&yy, 1, 2),
+        None,
+        None,
+        None,
+    )
+    .unwrap();
     let want = 2f64.ln() + 2.0 + (-2f64).exp().ln_1p();
     assert!(close(b.sum, want, 1e-12, 0.0) && b.weight == 2.0);
 }
@@ -216,8 +293,16 @@ fn target_errors_name_value_and_position() {
     let v = View::from_slice(&x, 3, 2);
     for bad in [-1i64, 2, i64::MAX] {
         let t = [0, 1, bad];
-        let e = cross_entropy::<f32>(&v, &IntView::from_slice(&t), &ClassOptions::default(), None).unwrap_err();
-        assert_eq!(e, Error::TargetOutOfRange { value: bad as i128, position: vec![2], classes: 2 });
+        let e = cross_entropy::<f32>(&v, &IntView::from_slice(&t), &ClassOptions::default(), None)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Error::TargetOutOfRange {
+                value: bad as i128,
+                position: vec![2],
+                classes: 2
+            }
+        );
         assert!(e.to_string().contains(&bad.to_string()));
     }
 }
@@ -233,7 +318,16 @@ fn strided_and_swapped_views_match_contiguous() {
     // Fortran order copy: element (i, j) at j * n + i
     let f: Vec<f32> = (0..n * c).map(|k| x[(k % n) * c + k / n]).collect();
     // SAFETY: f holds n * c elements addressed by these strides.
-    let fv = unsafe { View::new(f.as_ptr() as *const u8, crate::DType::F32, &[n, c], &[4, 4 * n as isize], false) }.unwrap();
+    let fv = unsafe {
+        View::new(
+            f.as_ptr() as *const u8,
+            crate::DType::F32,
+            &[n, c],
+            &[4, 4 * n as isize],
+            false,
+        )
+    }
+    .unwrap();
     let mut got = vec![0f32; n];
     logsumexp(&fv, &mut got).unwrap();
     assert_eq!(got, want);
@@ -243,7 +337,16 @@ fn strided_and_swapped_views_match_contiguous() {
         bytes[1 + 4 * k..5 + 4 * k].copy_from_slice(&v.to_be_bytes());
     }
     // SAFETY: the buffer holds n * c four-byte elements from offset 1.
-    let sv = unsafe { View::new(bytes.as_ptr().add(1), crate::DType::F32, &[n, c], &[4 * c as isize, 4], cfg!(target_endian = "little")) }.unwrap();
+    let sv = unsafe {
+        View::new(
+            bytes.as_ptr().add(1),
+            crate::DType::F32,
+            &[n, c],
+            &[4 * c as isize, 4],
+            cfg!(target_endian = "little"),
+        )
+    }
+    .unwrap();
     logsumexp(&sv, &mut got).unwrap();
     assert_eq!(got, want);
 }
@@ -278,7 +381,10 @@ fn softmax_rows_and_roofline() {
                 let row: Vec<f64> = x[r * c..(r + 1) * c].iter().map(|&v| v as f64).collect();
                 let lse = ref_lse(&row);
                 for j in 0..c {
-                    assert!(close(out[r * c + j] as f64, row[j] - lse, 2e-6, 2e-5), "{p:?} C={c}");
+                    assert!(
+                        close(out[r * c + j] as f64, row[j] - lse, 2e-6, 2e-5),
+                        "{p:?} C={c}"
+                    );
                 }
             }
             let s = stream_sum(&View::from_slice(&x, 2, c));
@@ -293,7 +399,12 @@ fn evaluate_metrics_and_compare() {
     let x: Vec<f32> = vec![2.0, 1.0, 0.0, 0.0, 0.0, 3.0];
     let v = View::from_slice(&x, 2, 3);
     let t = [1i64, 2];
-    let opt = EvalOptions { kind: Kind::Logits, ignore_index: -100, top_k: vec![1, 2], n_bins: 10 };
+    let opt = EvalOptions {
+        kind: Kind::Logits,
+        ignore_index: -100,
+        top_k: vec![1, 2],
+        n_bins: 10,
+    };
     on_each_path(|_| {
         let s = evaluate(&v, &IntView::from_slice(&t), &opt, None).unwrap();
         let (r0, r1) = ([2.0, 1.0, 0.0], [0.0, 0.0, 3.0]);
@@ -302,11 +413,24 @@ fn evaluate_metrics_and_compare() {
         assert!(close(s.sum_nll, (l0 - 1.0) + (l1 - 3.0), 1e-6, 1e-6));
         assert_eq!(s.topk_correct, vec![1, 2]);
         let ent = |r: &[f64; 3], l: f64| -r.iter().map(|v| (v - l).exp() * (v - l)).sum::<f64>();
-        assert!(close(s.sum_entropy, ent(&r0, l0) + ent(&r1, l1), 1e-5, 1e-6));
+        assert!(close(
+            s.sum_entropy,
+            ent(&r0, l0) + ent(&r1, l1),
+            1e-5,
+            1e-6
+        ));
         let brier = |r: &[f64; 3], l: f64, k: usize| {
-            r.iter().enumerate().map(|(j, v)| ((v - l).exp() - (j == k) as u8 as f64).powi(2)).sum::<f64>()
+            r.iter()
+                .enumerate()
+                .map(|(j, v)| ((v - l).exp() - (j == k) as u8 as f64).powi(2))
+                .sum::<f64>()
         };
-        assert!(close(s.sum_brier, brier(&r0, l0, 1) + brier(&r1, l1, 2), 1e-5, 1e-6));
+        assert!(close(
+            s.sum_brier,
+            brier(&r0, l0, 1) + brier(&r1, l1, 2),
+            1e-5,
+            1e-6
+        ));
         let c = compare(&v, &v, &IntView::from_slice(&t), Kind::Logits, -100).unwrap();
         assert_eq!((c.n, c.top1_agree), (2, 2));
         assert!(c.sum_kl.abs() < 1e-12 && c.sum_dnll == 0.0);
@@ -329,21 +453,52 @@ fn short_rows_in_lanes_with_nonfinite_rows_mixed_in() {
             logsumexp(&View::from_slice(&x, n, c), &mut out).unwrap();
             let t: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
             let mut ce = vec![0f32; n];
-            let opt = ClassOptions { label_smoothing: 0.3, ..Default::default() };
-            cross_entropy(&View::from_slice(&x, n, c), &IntView::from_slice(&t), &opt, Some(&mut ce)).unwrap();
+            let opt = ClassOptions {
+                label_smoothing: 0.3,
+                ..Default::default()
+            };
+            cross_entropy(
+                &View::from_slice(&x, n, c),
+                &IntView::from_slice(&t),
+                &opt,
+                Some(&mut ce),
+            )
+            .unwrap();
             // without smoothing the rows-in-lanes kernel takes the ordinary rows
             let mut hard = vec![0f32; n];
-            cross_entropy(&View::from_slice(&x, n, c), &IntView::from_slice(&t), &ClassOptions::default(), Some(&mut hard)).unwrap();
+            cross_entropy(
+                &View::from_slice(&x, n, c),
+                &IntView::from_slice(&t),
+                &ClassOptions::default(),
+                Some(&mut hard),
+            )
+            .unwrap();
             for i in 0..n {
                 let row: Vec<f64> = x[i * c..(i + 1) * c].iter().map(|&v| v as f64).collect();
-                let lse = if row.iter().any(|v| v.is_nan()) { f64::NAN } else { ref_lse(&row) };
-                assert!(close(out[i] as f64, lse, 2e-6, 2e-5), "{p:?} C={c} row {i}: {} vs {lse}", out[i]);
+                let lse = if row.iter().any(|v| v.is_nan()) {
+                    f64::NAN
+                } else {
+                    ref_lse(&row)
+                };
+                assert!(
+                    close(out[i] as f64, lse, 2e-6, 2e-5),
+                    "{p:?} C={c} row {i}: {} vs {lse}",
+                    out[i]
+                );
                 let k = t[i] as usize;
                 let sx: f64 = row.iter().sum();
                 let want = 0.7 * (lse - row[k]) + 0.3 / c as f64 * (c as f64 * lse - sx);
-                assert!(close(ce[i] as f64, want, 2e-6, 2e-5), "{p:?} C={c} ce row {i}: {} vs {want}", ce[i]);
+                assert!(
+                    close(ce[i] as f64, want, 2e-6, 2e-5),
+                    "{p:?} C={c} ce row {i}: {} vs {want}",
+                    ce[i]
+                );
                 let want_hard = lse - row[k];
-                assert!(close(hard[i] as f64, want_hard, 2e-6, 2e-5), "{p:?} C={c} hard row {i}: {} vs {want_hard}", hard[i]);
+                assert!(
+                    close(hard[i] as f64, want_hard, 2e-6, 2e-5),
+                    "{p:?} C={c} hard row {i}: {} vs {want_hard}",
+                    hard[i]
+                );
             }
         }
     });

@@ -4,7 +4,10 @@
 
 use crate::tensor::{DType, IntType, IntView, View};
 use numpy::npyffi::_PyArray_GET_ITEM_DATA;
-use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -14,7 +17,11 @@ fn data_ptr(a: &Bound<'_, PyUntypedArray>) -> *const u8 {
 }
 
 /// A float view of `a` read in place. The array must outlive the view (the caller holds it).
-pub fn float_view<'a>(a: &'a Bound<'_, PyUntypedArray>, tag: &str, swap: bool) -> PyResult<View<'a>> {
+pub fn float_view<'a>(
+    a: &'a Bound<'_, PyUntypedArray>,
+    tag: &str,
+    swap: bool,
+) -> PyResult<View<'a>> {
     let dtype = DType::parse(tag).map_err(|e| PyTypeError::new_err(e.to_string()))?;
     let d = a.dtype();
     let kind_ok = match dtype {
@@ -54,51 +61,43 @@ pub fn int_view<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<IntView<'a>> {
         }
     };
     if d.is_native_byteorder() == Some(false) {
-        return Err(PyValueError::new_err("internal: target must be in native byte order"));
+        return Err(PyValueError::new_err(
+            "internal: target must be in native byte order",
+        ));
     }
     // SAFETY: as in `float_view`.
     Ok(unsafe { IntView::new(data_ptr(a), ty, a.shape(), a.strides()) })
 }
 
-/// A writable, C-contiguous float output allocated by the Python layer.
-pub enum OutBuf<'a> {
-    F32(&'a mut [f32]),
-    F64(&'a mut [f64]),
+/// A writable float output allocated by the Python layer, borrowed through rust-numpy's
+/// dynamic borrow checking (so it cannot alias another Rust borrow of the same array).
+pub enum OutBuf<'py> {
+    F32(PyReadwriteArrayDyn<'py, f32>),
+    F64(PyReadwriteArrayDyn<'py, f64>),
 }
 
-pub fn out_buf<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<OutBuf<'a>> {
-    let d = a.dtype();
-    // SAFETY: reading the flags field of a live ndarray, with the GIL held.
-    let flags = unsafe { (*_PyArray_GET_ITEM_DATA(a.as_array_ptr())).flags };
-    let writeable = flags & numpy::npyffi::NPY_ARRAY_WRITEABLE != 0;
-    if !a.is_c_contiguous() || !writeable || d.kind() != b'f' || d.is_native_byteorder() == Some(false) {
-        return Err(PyValueError::new_err(
-            "internal: output must be a writable C-contiguous native float array",
-        ));
+pub fn out_buf<'py>(a: &Bound<'py, PyUntypedArray>) -> PyResult<OutBuf<'py>> {
+    if let Ok(g) = rw::<f32>(a) {
+        return Ok(OutBuf::F32(g));
     }
-    let n = a.len();
-    let p = data_ptr(a) as *mut u8;
-    // SAFETY: a C-contiguous, writable, aligned (NumPy allocates aligned) array of n elements
-    // that the Python layer created for this call and no one else references.
-    unsafe {
-        match d.itemsize() {
-            4 => Ok(OutBuf::F32(std::slice::from_raw_parts_mut(p as *mut f32, n))),
-            8 => Ok(OutBuf::F64(std::slice::from_raw_parts_mut(p as *mut f64, n))),
-            _ => Err(PyValueError::new_err("internal: output must be float32 or float64")),
-        }
-    }
+    rw::<f64>(a).map(OutBuf::F64)
 }
 
-/// The C-contiguous int64 / float64 per-row outputs of `eval_rows`.
-pub fn slice_mut<'a, T>(a: &'a Bound<'_, PyUntypedArray>, kind: u8) -> PyResult<&'a mut [T]> {
-    let d = a.dtype();
-    if !a.is_c_contiguous() || d.kind() != kind || d.itemsize() != std::mem::size_of::<T>() {
-        return Err(PyValueError::new_err(
-            "internal: per-row outputs must be C-contiguous float64 / int64 arrays",
-        ));
-    }
-    // SAFETY: checked contiguous with matching element type; created by the Python layer.
-    Ok(unsafe { std::slice::from_raw_parts_mut(data_ptr(a) as *mut T, a.len()) })
+/// A writable array of element type `T`.
+pub fn rw<'py, T: Element>(
+    a: &Bound<'py, PyUntypedArray>,
+) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
+    let arr = a
+        .cast::<PyArrayDyn<T>>()
+        .map_err(|_| PyValueError::new_err("internal: output array of the wrong dtype"))?;
+    arr.try_readwrite()
+        .map_err(|e| PyValueError::new_err(format!("internal: output array not writable: {e}")))
+}
+
+/// The contiguous elements of a writable array.
+pub fn contig<'a, T: Element>(g: &'a mut PyReadwriteArrayDyn<'_, T>) -> PyResult<&'a mut [T]> {
+    g.as_slice_mut()
+        .map_err(|_| PyValueError::new_err("internal: output must be C-contiguous"))
 }
 
 /// A contiguous float64 vector (weights), read in place.

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::eval::{EvalOptions, Kind};
 use crate::loss::{ClassOptions, Total};
 use crate::{parallel, simd};
-use arrays::{f64_slice, float_view, int_view, out_buf, slice_mut, OutBuf};
+use arrays::{contig, f64_slice, float_view, int_view, out_buf, rw, OutBuf};
 use numpy::PyUntypedArray;
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -87,12 +87,12 @@ macro_rules! with_out {
                 let $o: Option<&mut [f32]> = None;
                 run($py, move || $body)
             }
-            Some(OutBuf::F32(buf)) => {
-                let $o = Some(buf);
+            Some(OutBuf::F32(mut g)) => {
+                let $o = Some(contig(&mut g)?);
                 run($py, move || $body)
             }
-            Some(OutBuf::F64(buf)) => {
-                let $o = Some(buf);
+            Some(OutBuf::F64(mut g)) => {
+                let $o = Some(contig(&mut g)?);
                 run($py, move || $body)
             }
         }
@@ -116,7 +116,8 @@ fn cross_entropy(
     let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
     let w = weight.map(f64_slice).transpose()?;
     let opt = class_options(w, ignore_index, label_smoothing);
-    with_out!(py, out, |o| crate::loss::cross_entropy(&x, &t, &opt, o).map(pair))
+    with_out!(py, out, |o| crate::loss::cross_entropy(&x, &t, &opt, o)
+        .map(pair))
 }
 
 #[pyfunction]
@@ -135,7 +136,8 @@ fn nll_loss(
     let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
     let w = weight.map(f64_slice).transpose()?;
     let opt = class_options(w, ignore_index, 0.0);
-    with_out!(py, out, |o| crate::loss::nll_loss(&x, &t, &opt, o).map(pair))
+    with_out!(py, out, |o| crate::loss::nll_loss(&x, &t, &opt, o)
+        .map(pair))
 }
 
 #[pyfunction]
@@ -156,7 +158,10 @@ fn cross_entropy_soft(
     let (x, y) = (float_view(x, tag, swap)?, float_view(y, ytag, yswap)?);
     let w = weight.map(f64_slice).transpose()?;
     let opt = class_options(w, -100, label_smoothing);
-    with_out!(py, out, |o| crate::loss::cross_entropy_soft(&x, &y, &opt, o).map(pair))
+    with_out!(py, out, |o| crate::loss::cross_entropy_soft(
+        &x, &y, &opt, o
+    )
+    .map(pair))
 }
 
 #[pyfunction]
@@ -186,8 +191,14 @@ fn bce_with_logits(
 fn logsumexp(py: Python<'_>, x: &Arr, tag: &str, swap: bool, out: &Arr) -> PyResult<()> {
     let x = float_view(x, tag, swap)?;
     match out_buf(out)? {
-        OutBuf::F32(o) => run(py, move || crate::softmax::logsumexp(&x, o)),
-        OutBuf::F64(o) => run(py, move || crate::softmax::logsumexp(&x, o)),
+        OutBuf::F32(mut g) => {
+            let o = contig(&mut g)?;
+            run(py, move || crate::softmax::logsumexp(&x, o))
+        }
+        OutBuf::F64(mut g) => {
+            let o = contig(&mut g)?;
+            run(py, move || crate::softmax::logsumexp(&x, o))
+        }
     }
 }
 
@@ -206,15 +217,25 @@ fn logsumexp_b(
     let b = float_view(b, "f64", false)?;
     let sign = sign.map(out_buf).transpose()?;
     match (out_buf(out)?, sign) {
-        (OutBuf::F32(o), None) => run(py, move || crate::softmax::logsumexp_b(&x, &b, o, None)),
-        (OutBuf::F64(o), None) => run(py, move || crate::softmax::logsumexp_b(&x, &b, o, None)),
-        (OutBuf::F32(o), Some(OutBuf::F32(s))) => {
+        (OutBuf::F32(mut g), None) => {
+            let o = contig(&mut g)?;
+            run(py, move || crate::softmax::logsumexp_b(&x, &b, o, None))
+        }
+        (OutBuf::F64(mut g), None) => {
+            let o = contig(&mut g)?;
+            run(py, move || crate::softmax::logsumexp_b(&x, &b, o, None))
+        }
+        (OutBuf::F32(mut g), Some(OutBuf::F32(mut h))) => {
+            let (o, s) = (contig(&mut g)?, contig(&mut h)?);
             run(py, move || crate::softmax::logsumexp_b(&x, &b, o, Some(s)))
         }
-        (OutBuf::F64(o), Some(OutBuf::F64(s))) => {
+        (OutBuf::F64(mut g), Some(OutBuf::F64(mut h))) => {
+            let (o, s) = (contig(&mut g)?, contig(&mut h)?);
             run(py, move || crate::softmax::logsumexp_b(&x, &b, o, Some(s)))
         }
-        _ => Err(PyValueError::new_err("internal: out and sign dtypes differ")),
+        _ => Err(PyValueError::new_err(
+            "internal: out and sign dtypes differ",
+        )),
     }
 }
 
@@ -222,8 +243,14 @@ fn logsumexp_b(
 fn softmax(py: Python<'_>, x: &Arr, tag: &str, swap: bool, log: bool, out: &Arr) -> PyResult<()> {
     let x = float_view(x, tag, swap)?;
     match out_buf(out)? {
-        OutBuf::F32(o) => run(py, move || crate::softmax::softmax_f32(&x, log, o)),
-        OutBuf::F64(o) => run(py, move || crate::softmax::softmax_f64(&x, log, o)),
+        OutBuf::F32(mut g) => {
+            let o = contig(&mut g)?;
+            run(py, move || crate::softmax::softmax_f32(&x, log, o))
+        }
+        OutBuf::F64(mut g) => {
+            let o = contig(&mut g)?;
+            run(py, move || crate::softmax::softmax_f64(&x, log, o))
+        }
     }
 }
 
@@ -258,10 +285,14 @@ fn eval_rows<'py>(
         top_k,
         n_bins,
     };
-    let per_row = match (nll_out, rank_out) {
-        (Some(a), Some(b)) => Some((slice_mut::<f64>(a, b'f')?, slice_mut::<i64>(b, b'i')?)),
+    let mut guards = match (nll_out, rank_out) {
+        (Some(a), Some(b)) => Some((rw::<f64>(a)?, rw::<i64>(b)?)),
         (None, None) => None,
         _ => return Err(PyValueError::new_err("nll_out and rank_out go together")),
+    };
+    let per_row = match guards.as_mut() {
+        Some((a, b)) => Some((contig(a)?, contig(b)?)),
+        None => None,
     };
     let s = run(py, move || {
         crate::eval::evaluate(&x, &t, &opt, per_row).map_err(|e| shift_position(e, row_offset))
@@ -324,7 +355,9 @@ fn simd_path() -> &'static str {
 #[pyfunction]
 fn set_simd_path(name: &str) -> PyResult<()> {
     let p = simd::Path::parse(name).ok_or_else(|| {
-        PyValueError::new_err(format!("unknown SIMD path {name:?}: use scalar, avx2 or avx512"))
+        PyValueError::new_err(format!(
+            "unknown SIMD path {name:?}: use scalar, avx2 or avx512"
+        ))
     })?;
     if !simd::set_path(p) {
         return Err(PyValueError::new_err(format!(

@@ -36,13 +36,19 @@ impl Isa for Avx2 {
     }
     #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m256 {
-        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let m = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
         let v = _mm256_maskload_ps(p, m);
         _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), v, _mm256_castsi256_ps(m))
     }
     #[inline(always)]
     unsafe fn store_tail(p: *mut f32, v: __m256, n: usize) {
-        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let m = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
         _mm256_maskstore_ps(p, m, v)
     }
     #[inline(always)]
@@ -127,8 +133,17 @@ impl Isa for Avx2 {
         _mm256_i32gather_ps::<4>(p, _mm256_loadu_si256(idx.as_ptr() as *const __m256i))
     }
     #[inline(always)]
-    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (__m256, u32, bool) {
-        let (vc, vi, z) = (_mm256_set1_epi64x(c as i64), _mm256_set1_epi64x(ignore), _mm256_setzero_si256());
+    unsafe fn targets(
+        t: *const i64,
+        c: usize,
+        ignore: i64,
+        idx: &mut [i32; 16],
+    ) -> (__m256, u32, bool) {
+        let (vc, vi, z) = (
+            _mm256_set1_epi64x(c as i64),
+            _mm256_set1_epi64x(ignore),
+            _mm256_setzero_si256(),
+        );
         let one = |p: *const i64| {
             let v = _mm256_loadu_si256(p as *const __m256i);
             let ig = _mm256_cmpeq_epi64(v, vi);
@@ -148,11 +163,18 @@ impl Isa for Avx2 {
         };
         let tt = pack(v0, v1);
         let okm = pack(ok0, ok1);
-        let base = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(c as i32));
+        let base = _mm256_mullo_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_set1_epi32(c as i32),
+        );
         _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(base, tt));
         let bad = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_or_si256(bad0, bad1))) != 0;
         let n = (_mm256_movemask_ps(_mm256_castsi256_ps(okm)) as u32).count_ones();
-        (_mm256_and_ps(_mm256_castsi256_ps(okm), _mm256_set1_ps(1.0)), n, bad)
+        (
+            _mm256_and_ps(_mm256_castsi256_ps(okm), _mm256_set1_ps(1.0)),
+            n,
+            bad,
+        )
     }
     #[inline(always)]
     unsafe fn ln_ge1(x: __m256) -> __m256 {

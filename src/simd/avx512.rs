@@ -36,7 +36,11 @@ impl Isa for Avx512 {
     }
     #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
-        _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), ((1u32 << n) - 1) as u16, p)
+        _mm512_mask_loadu_ps(
+            _mm512_set1_ps(f32::NEG_INFINITY),
+            ((1u32 << n) - 1) as u16,
+            p,
+        )
     }
     #[inline(always)]
     unsafe fn store_tail(p: *mut f32, v: __m512, n: usize) {
@@ -118,13 +122,24 @@ impl Isa for Avx512 {
         _mm512_i32gather_ps::<4>(_mm512_loadu_si512(idx.as_ptr() as *const _), p)
     }
     #[inline(always)]
-    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (__m512, u32, bool) {
+    unsafe fn targets(
+        t: *const i64,
+        c: usize,
+        ignore: i64,
+        idx: &mut [i32; 16],
+    ) -> (__m512, u32, bool) {
         let (vc, vi) = (_mm512_set1_epi64(c as i64), _mm512_set1_epi64(ignore));
         let t0 = _mm512_loadu_si512(t as *const _);
         let t1 = _mm512_loadu_si512(t.add(8) as *const _);
-        let (ig0, ig1) = (_mm512_cmpeq_epi64_mask(t0, vi), _mm512_cmpeq_epi64_mask(t1, vi));
+        let (ig0, ig1) = (
+            _mm512_cmpeq_epi64_mask(t0, vi),
+            _mm512_cmpeq_epi64_mask(t1, vi),
+        );
         // unsigned compare: negative targets are huge and fail it
-        let (in0, in1) = (_mm512_cmplt_epu64_mask(t0, vc), _mm512_cmplt_epu64_mask(t1, vc));
+        let (in0, in1) = (
+            _mm512_cmplt_epu64_mask(t0, vc),
+            _mm512_cmplt_epu64_mask(t1, vc),
+        );
         let (ok0, ok1) = (in0 & !ig0, in1 & !ig1);
         let bad = (!ig0 & !in0) | (!ig1 & !in1) != 0;
         let lo = _mm512_cvtepi64_epi32(_mm512_maskz_mov_epi64(ok0, t0));
@@ -136,7 +151,11 @@ impl Isa for Avx512 {
         );
         _mm512_storeu_si512(idx.as_mut_ptr() as *mut _, _mm512_add_epi32(base, tt));
         let mask = ok0 as u16 | (ok1 as u16) << 8;
-        (_mm512_maskz_mov_ps(mask, _mm512_set1_ps(1.0)), mask.count_ones(), bad)
+        (
+            _mm512_maskz_mov_ps(mask, _mm512_set1_ps(1.0)),
+            mask.count_ones(),
+            bad,
+        )
     }
     #[inline(always)]
     unsafe fn ln_ge1(x: __m512) -> __m512 {

@@ -7,11 +7,11 @@
 //! The path is chosen once (CPU detection, overridable by `FASTNLL_SIMD`) and can be forced
 //! per call for tests.
 
-pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+pub(crate) mod scalar;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -111,7 +111,10 @@ pub fn path_from_env() -> Result<Path, String> {
         Ok(s) if s.trim().is_empty() || s.trim() == "auto" => Ok(Path::best()),
         Ok(s) => match Path::parse(&s) {
             Some(p) if p.available() => Ok(p),
-            Some(p) => Err(format!("FASTNLL_SIMD={} is not supported by this CPU", p.name())),
+            Some(p) => Err(format!(
+                "FASTNLL_SIMD={} is not supported by this CPU",
+                p.name()
+            )),
             None => Err(format!(
                 "FASTNLL_SIMD={s:?} is not one of scalar, avx2, avx512, auto"
             )),
@@ -169,7 +172,12 @@ pub(crate) trait Isa: Copy {
     /// W int64 class targets at `t`: writes idx[l] = l*c + t_l (l*c where t_l is ignored or
     /// out of range); returns the 0/1 vector of scored lanes, their number, and whether a
     /// target other than `ignore` is outside [0, c).
-    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (Self::V, u32, bool);
+    unsafe fn targets(
+        t: *const i64,
+        c: usize,
+        ignore: i64,
+        idx: &mut [i32; 16],
+    ) -> (Self::V, u32, bool);
     /// ln(x) for finite x >= 1 (the exp-sums of shifted rows); about 1 ulp.
     unsafe fn ln_ge1(x: Self::V) -> Self::V;
 }

@@ -2,7 +2,6 @@
 
 use super::{expc, Isa};
 
-
 #[derive(Clone, Copy)]
 pub(crate) struct Scalar;
 
@@ -119,7 +118,12 @@ impl Isa for Scalar {
         *p.add(idx[0] as usize)
     }
     #[inline(always)]
-    unsafe fn targets(t: *const i64, c: usize, ignore: i64, idx: &mut [i32; 16]) -> (f32, u32, bool) {
+    unsafe fn targets(
+        t: *const i64,
+        c: usize,
+        ignore: i64,
+        idx: &mut [i32; 16],
+    ) -> (f32, u32, bool) {
         let v = *t;
         let inr = (v as u64) < c as u64;
         let ok = inr && v != ignore;
