@@ -388,6 +388,104 @@ pub(crate) unsafe fn lse_short<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f3
     done
 }
 
+/// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
+const GROUP: usize = 16;
+
+/// One group of packed rows of any length: per-row max, exp-sum (the blocked row kernel,
+/// inlined) and target value, for rows that are finite. None at a bad target or an inf/NaN
+/// row (left to the row kernel).
+#[inline(always)]
+unsafe fn group_stats<I: Isa, E: Elem>(
+    x: &[E],
+    c: usize,
+    targets: Option<(&[i64], i64, Option<(&[f32], &[f64])>)>,
+) -> Option<([f32; GROUP], [f32; GROUP], [f32; GROUP], [f32; GROUP], f64)> {
+    let (mut ms, mut ss, mut xts, mut ws) = ([0f32; GROUP], [1f32; GROUP], [0f32; GROUP], [0f32; GROUP]);
+    let mut wsum = 0.0;
+    for l in 0..GROUP {
+        let row = &x[l * c..(l + 1) * c];
+        let k = match targets {
+            None => 0,
+            Some((t, ignore, wt)) => {
+                let v = t[l];
+                let inr = (v as u64) < c as u64;
+                if !inr && v != ignore {
+                    return None;
+                }
+                let ok = inr && v != ignore;
+                let k = if ok { v as usize } else { 0 };
+                let (w32, w64) = wt.map_or((1.0, 1.0), |(a, b)| (a[k], b[k]));
+                ws[l] = if ok { w32 } else { 0.0 };
+                wsum += if ok { w64 } else { 0.0 };
+                k
+            }
+        };
+        let st = stats::<I, E, false, false>(row, 0.0);
+        if !st.m.is_finite() || !st.s.is_finite() {
+            return None;
+        }
+        (ms[l], ss[l], xts[l]) = (st.m, st.s as f32, row[k].to_f32());
+    }
+    Some((ms, ss, xts, ws, wsum))
+}
+
+/// Cross-entropy of packed rows of any length against packed i64 targets, GROUP rows at a
+/// time with one vector log per W rows (no per-row call or scalar log), until the end or the
+/// first group holding a bad target or an inf/NaN row. Arguments as for [`ce_short`].
+#[inline(always)]
+pub(crate) unsafe fn ce_rows<I: Isa, E: Elem>(
+    x: &[E],
+    t: &[i64],
+    c: usize,
+    ignore: i64,
+    wt: Option<(&[f32], &[f64])>,
+    mut out: Option<&mut [f32]>,
+) -> BlockSums {
+    let mut acc = BlockSums::default();
+    if c == 0 || x.len() < t.len() * c {
+        return acc;
+    }
+    while acc.rows + GROUP <= t.len() {
+        let r0 = acc.rows;
+        let tg = Some((&t[r0..r0 + GROUP], ignore, wt));
+        let Some((ms, ss, xts, ws, wsum)) = group_stats::<I, E>(&x[r0 * c..], c, tg) else {
+            break;
+        };
+        for g in (0..GROUP).step_by(I::W) {
+            let ln_s = I::ln_ge1(I::load(ss.as_ptr().add(g)));
+            let nll = I::add(I::sub(I::load(ms.as_ptr().add(g)), I::load(xts.as_ptr().add(g))), ln_s);
+            let loss = I::mul(nll, I::load(ws.as_ptr().add(g)));
+            if let Some(o) = out.as_deref_mut() {
+                I::store(o.as_mut_ptr().add(r0 + g), loss);
+            }
+            acc.sum += I::hsum(loss) as f64;
+        }
+        acc.weight += wsum;
+        acc.rows += GROUP;
+    }
+    acc
+}
+
+/// logsumexp of packed rows of any length, GROUP rows at a time (see [`ce_rows`]).
+#[inline(always)]
+pub(crate) unsafe fn lse_rows<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f32]) -> usize {
+    let mut done = 0;
+    if c == 0 || x.len() < out.len() * c {
+        return 0;
+    }
+    while done + GROUP <= out.len() {
+        let Some((ms, ss, _, _, _)) = group_stats::<I, E>(&x[done * c..], c, None) else {
+            break;
+        };
+        for g in (0..GROUP).step_by(I::W) {
+            let lse = I::add(I::load(ms.as_ptr().add(g)), I::ln_ge1(I::load(ss.as_ptr().add(g))));
+            I::store(out.as_mut_ptr().add(done + g), lse);
+        }
+        done += GROUP;
+    }
+    done
+}
+
 /// Instantiates a generic kernel for every path behind one safe, dispatching function.
 macro_rules! dispatch {
     (
@@ -445,6 +543,25 @@ dispatch! {
         out: Option<&mut [f32]>
     ) -> BlockSums
     => ce_short
+}
+
+dispatch! {
+    /// Cross-entropy of packed rows of any length (see [`ce_rows`]).
+    pub(crate) fn ce_long_rows<E>(
+        x: &[E],
+        t: &[i64],
+        c: usize,
+        ignore: i64,
+        wt: Option<(&[f32], &[f64])>,
+        out: Option<&mut [f32]>
+    ) -> BlockSums
+    => ce_rows
+}
+
+dispatch! {
+    /// logsumexp of packed rows of any length (see [`lse_rows`]).
+    pub(crate) fn lse_long_rows<E>(x: &[E], c: usize, out: &mut [f32]) -> usize
+    => lse_rows
 }
 
 dispatch! {

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::kernel::{self, BlockSums, LANES_MAX_C};
 use crate::parallel;
-use crate::rows::{RowStats, Rows, Want};
+use crate::rows::{RowStats, Rows, Want, SEGMENT};
 use crate::simd::{self, Path, BF16, F16};
 use crate::tensor::{check_target_shape, DType, IntView, View};
 use std::ops::Range;
@@ -158,8 +158,9 @@ fn no_fast<O>(_: Range<usize>, _: Option<&mut [O]>) -> Option<BlockSums> {
     None
 }
 
-/// The vectorised short-row cross-entropy over rows `r`, where it applies: a SIMD path, packed
-/// 16/32-bit rows of at most `LANES_MAX_C` classes, packed int64 targets, f32 outputs.
+/// The vectorised cross-entropy over rows `r`, where it applies: a SIMD path, packed 16/32-bit
+/// rows (rows in lanes up to `LANES_MAX_C` classes, grouped rows beyond, except rows long
+/// enough to be split across threads), packed int64 targets, f32 outputs.
 fn ce_fast(
     x: &View,
     t: &IntView,
@@ -170,38 +171,24 @@ fn ce_fast(
 ) -> Option<BlockSums> {
     let path = simd::current();
     let c = x.cols();
-    if path == Path::Scalar || c == 0 || c > LANES_MAX_C {
+    if path == Path::Scalar || c == 0 || c > 2 * SEGMENT {
         return None;
     }
     let ts = t.packed_i64(r.start, r.len())?;
+    macro_rules! go {
+        ($e:ty) => {{
+            let xs = x.packed_rows::<$e>(r.start, r.len())?;
+            if c <= LANES_MAX_C {
+                kernel::ce_short_rows(path, xs, ts, c, ignore, wt, out)
+            } else {
+                kernel::ce_long_rows(path, xs, ts, c, ignore, wt, out)
+            }
+        }};
+    }
     Some(match x.dtype {
-        DType::F32 => kernel::ce_short_rows(
-            path,
-            x.packed_rows::<f32>(r.start, r.len())?,
-            ts,
-            c,
-            ignore,
-            wt,
-            out,
-        ),
-        DType::F16 => kernel::ce_short_rows(
-            path,
-            x.packed_rows::<F16>(r.start, r.len())?,
-            ts,
-            c,
-            ignore,
-            wt,
-            out,
-        ),
-        DType::BF16 => kernel::ce_short_rows(
-            path,
-            x.packed_rows::<BF16>(r.start, r.len())?,
-            ts,
-            c,
-            ignore,
-            wt,
-            out,
-        ),
+        DType::F32 => go!(f32),
+        DType::F16 => go!(F16),
+        DType::BF16 => go!(BF16),
         DType::F64 => return None,
     })
 }

@@ -23,20 +23,28 @@ fn check_out(len: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
-/// The vectorised short-row logsumexp over rows `r` where it applies (see `loss::ce_fast`).
+/// The vectorised logsumexp over rows `r` where it applies (see `loss::ce_fast`).
 fn lse_fast(x: &View, r: Range<usize>, out: Option<&mut [f32]>) -> Option<usize> {
     let path = crate::simd::current();
     let c = x.cols();
-    if path == crate::simd::Path::Scalar || c == 0 || c > kernel::LANES_MAX_C {
+    if path == crate::simd::Path::Scalar || c == 0 || c > 2 * crate::rows::SEGMENT {
         return None;
     }
     let out = &mut out?[..r.len()];
+    macro_rules! go {
+        ($e:ty) => {{
+            let xs = x.packed_rows::<$e>(r.start, r.len())?;
+            if c <= kernel::LANES_MAX_C {
+                kernel::lse_short_rows(path, xs, c, out)
+            } else {
+                kernel::lse_long_rows(path, xs, c, out)
+            }
+        }};
+    }
     Some(match x.dtype {
-        DType::F32 => kernel::lse_short_rows(path, x.packed_rows::<f32>(r.start, r.len())?, c, out),
-        DType::F16 => kernel::lse_short_rows(path, x.packed_rows::<F16>(r.start, r.len())?, c, out),
-        DType::BF16 => {
-            kernel::lse_short_rows(path, x.packed_rows::<BF16>(r.start, r.len())?, c, out)
-        }
+        DType::F32 => go!(f32),
+        DType::F16 => go!(F16),
+        DType::BF16 => go!(BF16),
         DType::F64 => return None,
     })
 }
