@@ -273,7 +273,7 @@ pub(crate) unsafe fn sum<I: Isa, E: Elem>(x: &[E]) -> f64 {
 }
 
 /// Longest row the rows-in-lanes kernel takes: beyond it one row per call is faster.
-pub(crate) const LANES_MAX_C: usize = 64;
+pub(crate) const LANES_MAX_C: usize = 32;
 
 /// Σ of the per-row results of the fully vectorised short-row kernels, and the rows done.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
