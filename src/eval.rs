@@ -2,6 +2,7 @@
 //! the two-dump comparison. Sums are mergeable, so chunks, shards and processes combine.
 
 use crate::error::{Error, Result};
+use crate::loss::class_of;
 use crate::parallel;
 use crate::rows::{Rows, Want};
 use crate::tensor::{check_target_shape, IntView, View};
@@ -88,22 +89,6 @@ struct RowMetrics {
     conf: f64,
 }
 
-fn class_of(t: &IntView, x: &View, i: usize, ignore: i64) -> Result<Option<usize>> {
-    let v = t.get(i);
-    if v == ignore as i128 {
-        return Ok(None);
-    }
-    let c = x.cols();
-    if v < 0 || v >= c as i128 {
-        return Err(Error::TargetOutOfRange {
-            value: v,
-            position: x.position(i),
-            classes: c,
-        });
-    }
-    Ok(Some(v as usize))
-}
-
 fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
     let xt = rw.value(i, k);
     if kind == Kind::Probs {
@@ -136,7 +121,11 @@ fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
     let l = if kind == Kind::Logits { rs.lse() } else { 0.0 };
     let st = rs.st;
     // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L).
-    let kappa = (rs.m - l).exp();
+    let kappa = if kind == Kind::Logits {
+        1.0 / st.s // exp(m - lse), without a second transcendental
+    } else {
+        (rs.m - l).exp()
+    };
     RowMetrics {
         nll: l - xt,
         rank: st.gt,

@@ -115,21 +115,18 @@ unsafe fn block_max<I: Isa, E: Elem>(x: &[E]) -> f32 {
 
 /// One vector's contribution to the sweep.
 #[inline(always)]
-unsafe fn sweep_vec<I: Isa, const EVAL: bool>(
-    x: I::V,
-    vm: I::V,
-    vxt: I::V,
-    acc: &mut [I::V; 3],
-    gt: &mut u32,
-) {
+unsafe fn sweep_vec<I: Isa, const EVAL: bool>(x: I::V, vm: I::V, vxt: I::V, acc: &mut [I::V; 4]) {
     let y = I::sub(x, vm);
-    let e = I::exp_sum(y);
-    acc[0] = I::add(acc[0], e);
     if EVAL {
+        // the clamped y serves both the exp and e·y (where e = 0 and y = -inf would be NaN)
         let yc = I::max_keep_nan(I::splat(expc::LO), y);
+        let e = I::exp_clamped(yc);
+        acc[0] = I::add(acc[0], e);
         acc[1] = I::fma(e, yc, acc[1]);
         acc[2] = I::fma(e, e, acc[2]);
-        *gt += I::count_gt(x, vxt);
+        acc[3] = I::count_gt(acc[3], x, vxt);
+    } else {
+        acc[0] = I::add(acc[0], I::exp_sum(y));
     }
 }
 
@@ -168,8 +165,7 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
         }
         let vm = I::splat(st.m);
         let zero = I::splat(0.0);
-        let mut acc = [zero; 3];
-        let mut gt = 0u32;
+        let mut acc = [zero; 4];
         let p = blk.as_ptr();
         let mut i = 0;
         // While this block is swept from L1, pull the next one (of this row, or the next
@@ -177,18 +173,18 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
         let ahead = (p as *const u8).wrapping_add(BLOCK * std::mem::size_of::<E>());
         while i + w <= blk.len() {
             I::prefetch(ahead.wrapping_add(i * std::mem::size_of::<E>()));
-            sweep_vec::<I, EVAL>(E::load::<I>(p.add(i)), vm, vxt, &mut acc, &mut gt);
+            sweep_vec::<I, EVAL>(E::load::<I>(p.add(i)), vm, vxt, &mut acc);
             i += w;
         }
         if i < blk.len() {
             let v = E::load_tail::<I>(p.add(i), blk.len() - i);
-            sweep_vec::<I, EVAL>(v, vm, vxt, &mut acc, &mut gt);
+            sweep_vec::<I, EVAL>(v, vm, vxt, &mut acc);
         }
         st.s += I::hsum(acc[0]) as f64;
         if EVAL {
             st.t += I::hsum(acc[1]) as f64;
             st.q += I::hsum(acc[2]) as f64;
-            st.gt += gt as u64;
+            st.gt += I::hsum(acc[3]) as u64; // <= BLOCK per block: exact in f32
         }
     }
     if st.m == f32::NEG_INFINITY {
@@ -307,6 +303,21 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
     (vm, ln_s, finite)
 }
 
+/// One row's class target: (class to read, scored?, weight as f32, weight as f64), or None for
+/// a target other than `ignore` outside [0, c). Ignored rows read class 0 with weight 0.
+#[inline(always)]
+fn decode_target(v: i64, c: usize, ignore: i64, wt: Option<(&[f32], &[f64])>) -> Option<(usize, f32, f64)> {
+    let inr = (v as u64) < c as u64;
+    if v == ignore {
+        return Some((0, 0.0, 0.0));
+    }
+    if !inr {
+        return None;
+    }
+    let k = v as usize;
+    Some(wt.map_or((k, 1.0, 1.0), |(a, b)| (k, a[k], b[k])))
+}
+
 /// Cross-entropy of packed short rows against packed i64 targets, W rows per step, until the
 /// end or the first block holding a target out of range or an inf/NaN row (left to the row
 /// kernel, which reports or handles it). `wt` (f32 class weights) and `wt64` (their f64
@@ -333,17 +344,17 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem>(
                 let (v, n, bad) = I::targets(t.as_ptr().add(r0), c, ignore, &mut idx);
                 (v, n as f64, bad)
             }
-            Some((a, b)) => {
+            Some(_) => {
                 let (mut bad, mut wsum) = (false, 0.0f64);
                 for l in 0..w {
-                    let v = t[r0 + l];
-                    let inr = (v as u64) < c as u64;
-                    let ok = inr && v != ignore;
-                    bad |= !inr && v != ignore;
-                    let k = if ok { v as usize } else { 0 };
-                    idx[l] = (l * c + k) as i32;
-                    wl[l] = if ok { a[k] } else { 0.0 };
-                    wsum += if ok { b[k] } else { 0.0 };
+                    match decode_target(t[r0 + l], c, ignore, wt) {
+                        Some((k, w32, w64)) => {
+                            idx[l] = (l * c + k) as i32;
+                            wl[l] = w32;
+                            wsum += w64;
+                        }
+                        None => bad = true,
+                    }
                 }
                 (I::load(wl.as_ptr()), wsum, bad)
             }
@@ -407,16 +418,9 @@ unsafe fn group_stats<I: Isa, E: Elem>(
         let k = match targets {
             None => 0,
             Some((t, ignore, wt)) => {
-                let v = t[l];
-                let inr = (v as u64) < c as u64;
-                if !inr && v != ignore {
-                    return None;
-                }
-                let ok = inr && v != ignore;
-                let k = if ok { v as usize } else { 0 };
-                let (w32, w64) = wt.map_or((1.0, 1.0), |(a, b)| (a[k], b[k]));
-                ws[l] = if ok { w32 } else { 0.0 };
-                wsum += if ok { w64 } else { 0.0 };
+                let (k, w32, w64) = decode_target(t[l], c, ignore, wt)?;
+                ws[l] = w32;
+                wsum += w64;
                 k
             }
         };

@@ -195,7 +195,7 @@ fn ce_fast(
 
 /// The class index of row `i`, or None when ignored; errors name value, position and C.
 #[inline]
-fn class_of(t: &IntView, x: &View, i: usize, ignore: i64) -> Result<Option<usize>> {
+pub(crate) fn class_of(t: &IntView, x: &View, i: usize, ignore: i64) -> Result<Option<usize>> {
     let v = t.get(i);
     if v == ignore as i128 {
         return Ok(None);

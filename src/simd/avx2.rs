@@ -83,9 +83,7 @@ impl Isa for Avx2 {
         _mm256_and_ps(Self::exp_sum(x), keep)
     }
     #[inline(always)]
-    unsafe fn exp_sum(x: __m256) -> __m256 {
-        let lo = _mm256_set1_ps(expc::LO);
-        let xc = _mm256_max_ps(lo, x); // NaN in x survives
+    unsafe fn exp_clamped(xc: __m256) -> __m256 {
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(xc, _mm256_set1_ps(expc::LOG2E)),
         );
@@ -117,8 +115,9 @@ impl Isa for Avx2 {
         _mm_cvtss_f32(s)
     }
     #[inline(always)]
-    unsafe fn count_gt(v: __m256, t: __m256) -> u32 {
-        (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u32).count_ones()
+    unsafe fn count_gt(acc: __m256, v: __m256, t: __m256) -> __m256 {
+        let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(v, t);
+        _mm256_add_ps(acc, _mm256_and_ps(gt, _mm256_set1_ps(1.0)))
     }
     #[inline(always)]
     unsafe fn gather(p: *const f32, stride: usize) -> __m256 {

@@ -78,9 +78,7 @@ impl Isa for Avx512 {
         _mm512_maskz_mov_ps(keep, Self::exp_sum(x))
     }
     #[inline(always)]
-    unsafe fn exp_sum(x: __m512) -> __m512 {
-        let lo = _mm512_set1_ps(expc::LO);
-        let xc = _mm512_max_ps(lo, x); // NaN in x survives
+    unsafe fn exp_clamped(xc: __m512) -> __m512 {
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(xc, _mm512_set1_ps(expc::LOG2E)),
         );
@@ -106,8 +104,9 @@ impl Isa for Avx512 {
         _mm512_reduce_max_ps(v)
     }
     #[inline(always)]
-    unsafe fn count_gt(v: __m512, t: __m512) -> u32 {
-        (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t) as u32).count_ones()
+    unsafe fn count_gt(acc: __m512, v: __m512, t: __m512) -> __m512 {
+        let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t);
+        _mm512_mask_add_ps(acc, gt, acc, _mm512_set1_ps(1.0))
     }
     #[inline(always)]
     unsafe fn gather(p: *const f32, stride: usize) -> __m512 {

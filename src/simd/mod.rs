@@ -158,13 +158,18 @@ pub(crate) trait Isa: Copy {
     unsafe fn max_keep_nan(a: Self::V, b: Self::V) -> Self::V;
     /// exp(x) for x <= 0, -inf and NaN (NaN propagates); about 1 ulp.
     unsafe fn exp_le0(x: Self::V) -> Self::V;
+    /// exp(x) for x in [LO, 0] or NaN (NaN propagates): the caller clamped x to LO.
+    unsafe fn exp_clamped(x: Self::V) -> Self::V;
     /// exp(x) for x <= 0 when the result only feeds a sum: like `exp_le0`, but below
-    /// exp(LO) ~ 1.6e-38 it may return up to that instead of 0 (two operations fewer).
-    unsafe fn exp_sum(x: Self::V) -> Self::V;
+    /// exp(LO) ~ 1.6e-38 it returns exp(LO) instead of 0 (two operations fewer).
+    #[inline(always)]
+    unsafe fn exp_sum(x: Self::V) -> Self::V {
+        Self::exp_clamped(Self::max_keep_nan(Self::splat(expc::LO), x))
+    }
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
-    /// Number of lanes with v > t (false for NaN).
-    unsafe fn count_gt(v: Self::V, t: Self::V) -> u32;
+    /// acc + 1 in the lanes where v > t (false for NaN): a per-lane count kept in f32.
+    unsafe fn count_gt(acc: Self::V, v: Self::V, t: Self::V) -> Self::V;
     /// Lane l = p[l * stride] for l < W (a column of W rows).
     unsafe fn gather(p: *const f32, stride: usize) -> Self::V;
     /// Lane l = p[idx[l]] for l < W.

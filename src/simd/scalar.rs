@@ -94,7 +94,7 @@ impl Isa for Scalar {
         exp_le0(x)
     }
     #[inline(always)]
-    unsafe fn exp_sum(x: f32) -> f32 {
+    unsafe fn exp_clamped(x: f32) -> f32 {
         exp_le0(x)
     }
     #[inline(always)]
@@ -106,8 +106,8 @@ impl Isa for Scalar {
         v
     }
     #[inline(always)]
-    unsafe fn count_gt(v: f32, t: f32) -> u32 {
-        (v > t) as u32
+    unsafe fn count_gt(acc: f32, v: f32, t: f32) -> f32 {
+        acc + (v > t) as u32 as f32
     }
     #[inline(always)]
     unsafe fn gather(p: *const f32, _stride: usize) -> f32 {
