@@ -30,8 +30,8 @@ def cross_entropy_soft(
 
 def bce_with_logits(
     x: np.ndarray, tag: str, swap: bool, y: np.ndarray, ytag: str, yswap: bool,
-    weight: Optional[NDArray[np.float64]], pos_weight: Optional[NDArray[np.float64]],
-    out: Optional[np.ndarray] = None,
+    weight: Optional[np.ndarray], wtag: str, wswap: bool,
+    pos_weight: Optional[NDArray[np.float64]], out: Optional[np.ndarray] = None,
 ) -> Tuple[float, float]:
     """(Σ loss, number of elements) of binary cross-entropy with logits."""
 

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._arrays import as_float_array, as_target_array, core_view, float_tag
+from ._arrays import ACCEPTED, as_float_array, as_target_array, core_view, float_tag
 
 Reduction = Literal["none", "mean", "sum"]
 ArrayLike = Any
@@ -211,10 +211,16 @@ def binary_cross_entropy_with_logits(
         raise ValueError(f"target shape {y.shape} does not match input shape {x.shape}")
     if x.ndim == 0:
         x, y = x.reshape(1), y.reshape(1)
-    w = None
+    wv, wtag, wswap = None, "f64", False
     if weight is not None:
+        wa = np.asarray(weight)
+        if wa.dtype.kind in "iub":  # integer or bool weights: a float64 copy
+            wa = wa.astype(np.float64)
+        elif float_tag(wa.dtype) is None:
+            raise TypeError(f"weight has dtype {wa.dtype}; accepted: integers or {ACCEPTED}")
         try:
-            w = np.broadcast_to(np.asarray(weight, dtype=np.float64), x.shape)
+            # a zero-stride view: a full-size weight is read in place, never copied
+            wv, wtag, wswap = core_view(np.broadcast_to(wa, x.shape))
         except ValueError:
             raise ValueError(
                 f"weight of shape {np.shape(weight)} cannot be broadcast to input shape {x.shape}"
@@ -233,7 +239,7 @@ def binary_cross_entropy_with_logits(
     view, tag, swap = core_view(x)
     yv, ytag, yswap = core_view(y)
     out, flat = _per_row_out(x.shape, x, reduction)
-    total = _core.bce_with_logits(view, tag, swap, yv, ytag, yswap, w, pw, flat)
+    total = _core.bce_with_logits(view, tag, swap, yv, ytag, yswap, wv, wtag, wswap, pw, flat)
     if out is not None and np.ndim(logits) == 0:
         out = out.reshape(())
     return _reduce(total, reduction, out)

@@ -165,7 +165,7 @@ fn cross_entropy_soft(
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, tag, swap, y, ytag, yswap, weight, pos_weight, out=None))]
+#[pyo3(signature = (x, tag, swap, y, ytag, yswap, weight, wtag, wswap, pos_weight, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn bce_with_logits(
     py: Python<'_>,
@@ -176,11 +176,13 @@ fn bce_with_logits(
     ytag: &str,
     yswap: bool,
     weight: Option<&Arr>,
+    wtag: &str,
+    wswap: bool,
     pos_weight: Option<&Arr>,
     out: Option<&Arr>,
 ) -> PyResult<(f64, f64)> {
     let (x, y) = (float_view(x, tag, swap)?, float_view(y, ytag, yswap)?);
-    let w = weight.map(|w| float_view(w, "f64", false)).transpose()?;
+    let w = weight.map(|w| float_view(w, wtag, wswap)).transpose()?;
     let pw = pos_weight.map(f64_slice).transpose()?;
     with_out!(py, out, |o| {
         crate::loss::bce_with_logits(&x, &y, w.as_ref(), pw, o).map(pair)
