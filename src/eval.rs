@@ -110,14 +110,7 @@ fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
             conf: pmax,
         };
     }
-    let rs = rw.stats(
-        i,
-        xt,
-        Want {
-            eval: true,
-            sumx: false,
-        },
-    );
+    let rs = rw.stats(i, xt, Want { eval: true });
     let l = if kind == Kind::Logits { rs.lse() } else { 0.0 };
     let st = rs.st;
     // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L).
@@ -127,7 +120,11 @@ fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
         (rs.m - l).exp()
     };
     RowMetrics {
-        nll: l - xt,
+        nll: if kind == Kind::Logits {
+            rs.minus(xt)
+        } else {
+            -xt
+        },
         rank: st.gt,
         entropy: -kappa * (st.t + (rs.m - l) * st.s),
         brier: kappa * kappa * st.q - 2.0 * (xt - l).exp() + 1.0,

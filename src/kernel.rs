@@ -21,8 +21,6 @@ pub struct Stats {
     pub t: f64,
     /// Σ exp(x - m)^2 (only with EVAL)
     pub q: f64,
-    /// Σ x (only with SUMX)
-    pub sx: f64,
     /// Number of x > xt (only with EVAL)
     pub gt: u64,
     /// A NaN was seen where the sums could not carry it (rows whose max is infinite).
@@ -35,7 +33,6 @@ impl Stats {
         s: 0.0,
         t: 0.0,
         q: 0.0,
-        sx: 0.0,
         gt: 0,
         nan: false,
     };
@@ -67,7 +64,6 @@ impl Stats {
             s: self.s + o.s,
             t: self.t + o.t,
             q: self.q + o.q,
-            sx: self.sx + o.sx,
             gt: self.gt + o.gt,
             nan: self.nan || o.nan,
         }
@@ -132,10 +128,7 @@ unsafe fn sweep_vec<I: Isa, const EVAL: bool>(x: I::V, vm: I::V, vxt: I::V, acc:
 
 /// Statistics of `x` (a row or a segment). `xt` is the target's value for the rank count.
 #[inline(always)]
-pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
-    x: &[E],
-    xt: f32,
-) -> Stats {
+pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) -> Stats {
     let mut st = Stats::EMPTY;
     let w = I::W;
     let vxt = I::splat(xt);
@@ -143,22 +136,9 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
         let bm = block_max::<I, E>(blk);
         if bm > st.m {
             if bm == f32::INFINITY {
-                return stats_nonfinite(x, xt, EVAL, SUMX);
+                return stats_nonfinite(x, xt, EVAL);
             }
             st.rescale(bm);
-        }
-        if SUMX {
-            let mut vsx = I::splat(0.0);
-            let mut i = 0;
-            while i + w <= blk.len() {
-                vsx = I::add(vsx, E::load::<I>(blk.as_ptr().add(i)));
-                i += w;
-            }
-            let mut tail = 0.0f64;
-            for v in &blk[i..] {
-                tail += v.to_f32() as f64;
-            }
-            st.sx += I::hsum(vsx) as f64 + tail;
         }
         if st.m == f32::NEG_INFINITY {
             continue; // all -inf (or NaN) so far: nothing to add
@@ -195,7 +175,7 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool, const SUMX: bool>(
 
 /// The rare rows holding +inf: exact scalar statistics (the +inf entries share the mass).
 #[cold]
-fn stats_nonfinite<E: Elem>(x: &[E], xt: f32, eval: bool, sumx: bool) -> Stats {
+fn stats_nonfinite<E: Elem>(x: &[E], xt: f32, eval: bool) -> Stats {
     let mut st = Stats {
         m: f32::INFINITY,
         ..Stats::EMPTY
@@ -208,9 +188,6 @@ fn stats_nonfinite<E: Elem>(x: &[E], xt: f32, eval: bool, sumx: bool) -> Stats {
         }
         if eval && v > xt {
             st.gt += 1;
-        }
-        if sumx {
-            st.sx += v as f64;
         }
     }
     st
@@ -303,19 +280,24 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
     (vm, ln_s, finite)
 }
 
-/// One row's class target: (class to read, scored?, weight as f32, weight as f64), or None for
-/// a target other than `ignore` outside [0, c). Ignored rows read class 0 with weight 0.
+/// One row's class target: (class to read, 1 if scored else 0, weight as f32, weight as f64),
+/// or None for a target other than `ignore` outside [0, c). Ignored rows read class 0.
 #[inline(always)]
-fn decode_target(v: i64, c: usize, ignore: i64, wt: Option<(&[f32], &[f64])>) -> Option<(usize, f32, f64)> {
+fn decode_target(
+    v: i64,
+    c: usize,
+    ignore: i64,
+    wt: Option<(&[f32], &[f64])>,
+) -> Option<(usize, f32, f32, f64)> {
     let inr = (v as u64) < c as u64;
     if v == ignore {
-        return Some((0, 0.0, 0.0));
+        return Some((0, 0.0, 0.0, 0.0));
     }
     if !inr {
         return None;
     }
     let k = v as usize;
-    Some(wt.map_or((k, 1.0, 1.0), |(a, b)| (k, a[k], b[k])))
+    Some(wt.map_or((k, 1.0, 1.0, 1.0), |(a, b)| (k, 1.0, a[k], b[k])))
 }
 
 /// Cross-entropy of packed short rows against packed i64 targets, W rows per step, until the
@@ -336,27 +318,29 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem>(
     if c == 0 || c > LANES_MAX_C || x.len() < t.len() * c {
         return acc;
     }
-    let (mut idx, mut wl) = ([0i32; 16], [0f32; 16]);
+    let (mut idx, mut wl, mut sl) = ([0i32; 16], [0f32; 16], [0f32; 16]);
     while acc.rows + w <= t.len() {
         let r0 = acc.rows;
-        let (valid, wsum, bad) = match wt {
+        // (weights, scored lanes): an ignored row's lane must give 0 even if the class it
+        // reads is -inf (0·inf would be NaN), so it is masked, not multiplied.
+        let (weights, scored, wsum, bad) = match wt {
             None => {
                 let (v, n, bad) = I::targets(t.as_ptr().add(r0), c, ignore, &mut idx);
-                (v, n as f64, bad)
+                (v, v, n as f64, bad)
             }
             Some(_) => {
                 let (mut bad, mut wsum) = (false, 0.0f64);
                 for l in 0..w {
                     match decode_target(t[r0 + l], c, ignore, wt) {
-                        Some((k, w32, w64)) => {
+                        Some((k, sc, w32, w64)) => {
                             idx[l] = (l * c + k) as i32;
-                            wl[l] = w32;
+                            (sl[l], wl[l]) = (sc, w32);
                             wsum += w64;
                         }
                         None => bad = true,
                     }
                 }
-                (I::load(wl.as_ptr()), wsum, bad)
+                (I::load(wl.as_ptr()), I::load(sl.as_ptr()), wsum, bad)
             }
         };
         if bad {
@@ -368,7 +352,7 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem>(
             break;
         }
         let xt = E::load_idx::<I>(p, &idx);
-        let loss = I::mul(I::add(I::sub(vm, xt), ln_s), valid);
+        let loss = I::zero_where_zero(scored, I::mul(I::add(I::sub(vm, xt), ln_s), weights));
         if let Some(o) = out.as_deref_mut() {
             I::store(o.as_mut_ptr().add(r0), loss);
         }
@@ -402,6 +386,19 @@ pub(crate) unsafe fn lse_short<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f3
 /// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
 const GROUP: usize = 16;
 
+/// A group's class targets, ignore index and (f32, f64) class weights.
+type Targets<'a> = (&'a [i64], i64, Option<(&'a [f32], &'a [f64])>);
+
+/// Per-row statistics of a group (see [`group_stats`]).
+struct Group {
+    m: [f32; GROUP],
+    s: [f32; GROUP],
+    xt: [f32; GROUP],
+    w: [f32; GROUP],
+    scored: [f32; GROUP],
+    wsum: f64,
+}
+
 /// One group of packed rows of any length: per-row max, exp-sum (the blocked row kernel,
 /// inlined) and target value, for rows that are finite. None at a bad target or an inf/NaN
 /// row (left to the row kernel).
@@ -409,28 +406,34 @@ const GROUP: usize = 16;
 unsafe fn group_stats<I: Isa, E: Elem>(
     x: &[E],
     c: usize,
-    targets: Option<(&[i64], i64, Option<(&[f32], &[f64])>)>,
-) -> Option<([f32; GROUP], [f32; GROUP], [f32; GROUP], [f32; GROUP], f64)> {
-    let (mut ms, mut ss, mut xts, mut ws) = ([0f32; GROUP], [1f32; GROUP], [0f32; GROUP], [0f32; GROUP]);
-    let mut wsum = 0.0;
+    targets: Option<Targets>,
+) -> Option<Group> {
+    let mut g = Group {
+        m: [0.0; GROUP],
+        s: [1.0; GROUP],
+        xt: [0.0; GROUP],
+        w: [0.0; GROUP],
+        scored: [0.0; GROUP],
+        wsum: 0.0,
+    };
     for l in 0..GROUP {
         let row = &x[l * c..(l + 1) * c];
         let k = match targets {
             None => 0,
             Some((t, ignore, wt)) => {
-                let (k, w32, w64) = decode_target(t[l], c, ignore, wt)?;
-                ws[l] = w32;
-                wsum += w64;
+                let (k, sc, w32, w64) = decode_target(t[l], c, ignore, wt)?;
+                (g.scored[l], g.w[l]) = (sc, w32);
+                g.wsum += w64;
                 k
             }
         };
-        let st = stats::<I, E, false, false>(row, 0.0);
+        let st = stats::<I, E, false>(row, 0.0);
         if !st.m.is_finite() || !st.s.is_finite() {
             return None;
         }
-        (ms[l], ss[l], xts[l]) = (st.m, st.s as f32, row[k].to_f32());
+        (g.m[l], g.s[l], g.xt[l]) = (st.m, st.s as f32, row[k].to_f32());
     }
-    Some((ms, ss, xts, ws, wsum))
+    Some(g)
 }
 
 /// Cross-entropy of packed rows of any length against packed i64 targets, GROUP rows at a
@@ -452,19 +455,19 @@ pub(crate) unsafe fn ce_rows<I: Isa, E: Elem>(
     while acc.rows + GROUP <= t.len() {
         let r0 = acc.rows;
         let tg = Some((&t[r0..r0 + GROUP], ignore, wt));
-        let Some((ms, ss, xts, ws, wsum)) = group_stats::<I, E>(&x[r0 * c..], c, tg) else {
+        let Some(gr) = group_stats::<I, E>(&x[r0 * c..], c, tg) else {
             break;
         };
         for g in (0..GROUP).step_by(I::W) {
-            let ln_s = I::ln_ge1(I::load(ss.as_ptr().add(g)));
-            let nll = I::add(I::sub(I::load(ms.as_ptr().add(g)), I::load(xts.as_ptr().add(g))), ln_s);
-            let loss = I::mul(nll, I::load(ws.as_ptr().add(g)));
+            let ld = |a: &[f32; GROUP]| I::load(a.as_ptr().add(g));
+            let nll = I::add(I::sub(ld(&gr.m), ld(&gr.xt)), I::ln_ge1(ld(&gr.s)));
+            let loss = I::zero_where_zero(ld(&gr.scored), I::mul(nll, ld(&gr.w)));
             if let Some(o) = out.as_deref_mut() {
                 I::store(o.as_mut_ptr().add(r0 + g), loss);
             }
             acc.sum += I::hsum(loss) as f64;
         }
-        acc.weight += wsum;
+        acc.weight += gr.wsum;
         acc.rows += GROUP;
     }
     acc
@@ -478,12 +481,15 @@ pub(crate) unsafe fn lse_rows<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f32
         return 0;
     }
     while done + GROUP <= out.len() {
-        let Some((ms, ss, _, _, _)) = group_stats::<I, E>(&x[done * c..], c, None) else {
+        let Some(gr) = group_stats::<I, E>(&x[done * c..], c, None) else {
             break;
         };
         for g in (0..GROUP).step_by(I::W) {
-            let lse = I::add(I::load(ms.as_ptr().add(g)), I::ln_ge1(I::load(ss.as_ptr().add(g))));
-            I::store(out.as_mut_ptr().add(done + g), lse);
+            let ld = |a: &[f32; GROUP]| I::load(a.as_ptr().add(g));
+            I::store(
+                out.as_mut_ptr().add(done + g),
+                I::add(ld(&gr.m), I::ln_ge1(ld(&gr.s))),
+            );
         }
         done += GROUP;
     }
@@ -526,7 +532,7 @@ macro_rules! dispatch {
 
 dispatch! {
     /// Row statistics on the given path.
-    pub(crate) fn row_stats<E, const EVAL: bool, const SUMX: bool>(x: &[E], xt: f32) -> Stats
+    pub(crate) fn row_stats<E, const EVAL: bool>(x: &[E], xt: f32) -> Stats
     => stats
 }
 
@@ -581,7 +587,7 @@ dispatch! {
 }
 
 /// Scalar-f64 statistics for float64 rows (exact libm exp; speed is not the point of f64).
-pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool, sumx: bool) -> (f64, Stats) {
+pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
     let mut m = f64::NEG_INFINITY;
     let mut nan = false;
     for &v in x {
@@ -594,9 +600,6 @@ pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool, sumx: bool) -> (f64, Sta
         nan,
         ..Stats::EMPTY
     };
-    if sumx {
-        st.sx = x.iter().sum();
-    }
     if m == f64::INFINITY {
         // Rare: the +inf entries share the mass, as in `stats_nonfinite`.
         for &v in x {

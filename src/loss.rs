@@ -229,27 +229,14 @@ pub fn cross_entropy<O: Out>(
     let c = x.cols();
     opt.check(c)?;
     let eps = opt.label_smoothing;
-    let want = Want {
-        eval: false,
-        sumx: eps > 0.0 && opt.weight.is_none(),
-    };
     let wsum: f64 = opt.weight.map_or(c as f64, |w| w.iter().sum());
     // The loss of row i with class k, given its target value and statistics.
-    let finish = |rw: &Rows, i: usize, k: usize, xt: f64, rs: RowStats| -> (f64, f64) {
-        let lse = rs.lse();
+    let finish = |rw: &mut Rows, i: usize, k: usize, xt: f64, rs: RowStats| -> (f64, f64) {
         let w = opt.weight.map_or(1.0, |w| w[k]);
-        let mut loss = w * (lse - xt);
+        let mut loss = w * rs.minus(xt);
         if eps > 0.0 {
-            let smooth = match opt.weight {
-                None => c as f64 * lse - rs.st.sx,
-                Some(wt) => {
-                    let swx: f64 = (0..c)
-                        .filter(|&j| wt[j] != 0.0)
-                        .map(|j| wt[j] * rw.value(i, j))
-                        .sum();
-                    wsum * lse - swx
-                }
-            };
+            let (shift, ln_s) = rs.split();
+            let smooth = wsum * ln_s + rw.dev_sum(i, shift, opt.weight);
             loss = (1.0 - eps) * loss + eps / c as f64 * smooth;
         }
         (loss, w)
@@ -259,7 +246,7 @@ pub fn cross_entropy<O: Out>(
             return Ok((0.0, 0.0));
         };
         let xt = rw.value(i, k);
-        let rs = rw.stats(i, xt, want);
+        let rs = rw.stats(i, xt, Want::default());
         Ok(finish(rw, i, k, xt, rs))
     };
     let w32: Option<Vec<f32>> = opt.weight.map(|w| w.iter().map(|&v| v as f32).collect());
@@ -333,14 +320,14 @@ pub fn cross_entropy_soft<O: Out>(
         chunk_per(x),
         out,
         |rw, i| {
-            let lse = rw.stats(i, 0.0, Want::default()).lse();
+            let (shift, ln_s) = rw.stats(i, 0.0, Want::default()).split();
             let yr = Rows::new(y);
             let mut loss = 0.0;
             for j in 0..c {
                 let yj = (1.0 - eps) * yr.value(i, j) + eps / c as f64;
                 if yj != 0.0 {
                     let w = opt.weight.map_or(1.0, |w| w[j]);
-                    loss += w * yj * (lse - rw.value(i, j));
+                    loss += w * yj * ((shift - rw.value(i, j)) + ln_s);
                 }
             }
             Ok((loss, 1.0))

@@ -18,8 +18,6 @@ pub const SEGMENT: usize = 1 << 16;
 pub struct Want {
     /// Σ e*(x-m), Σ e², and the count of entries above the target (metrics).
     pub eval: bool,
-    /// Σ x (label smoothing).
-    pub sumx: bool,
 }
 
 /// Row statistics with the shift kept in f64 (exact for f64 input).
@@ -30,6 +28,28 @@ pub struct RowStats {
 }
 
 impl RowStats {
+    /// Whether the row is ordinary: finite max and exp-sum, no NaN.
+    fn finite(&self) -> bool {
+        self.m.is_finite() && !self.st.nan && self.st.s.is_finite()
+    }
+
+    /// (shift, ln s) with lse = shift + ln s: (m, ln s) for ordinary rows, (lse, 0) otherwise.
+    /// Losses use `(shift - x) + ln s`, which keeps its accuracy at large offsets where
+    /// `(m + ln s) - x` would round ln s away.
+    pub fn split(&self) -> (f64, f64) {
+        if self.finite() {
+            (self.m, self.st.s.ln())
+        } else {
+            (self.lse(), 0.0)
+        }
+    }
+
+    /// lse - x, accurately.
+    pub fn minus(&self, x: f64) -> f64 {
+        let (shift, ln_s) = self.split();
+        (shift - x) + ln_s
+    }
+
     /// log Σ exp of the row (NaN, +inf and all -inf rows as in [`Stats::lse`]).
     pub fn lse(&self) -> f64 {
         if self.st.nan || self.st.s.is_nan() {
@@ -52,11 +72,9 @@ pub struct Rows<'v, 'a> {
 }
 
 fn typed_stats<E: simd::Elem>(path: Path, x: &[E], xt: f32, want: Want) -> Stats {
-    let one = |seg: &[E]| match (want.eval, want.sumx) {
-        (false, false) => kernel::row_stats::<E, false, false>(path, seg, xt),
-        (true, false) => kernel::row_stats::<E, true, false>(path, seg, xt),
-        (false, true) => kernel::row_stats::<E, false, true>(path, seg, xt),
-        (true, true) => kernel::row_stats::<E, true, true>(path, seg, xt),
+    let one = |seg: &[E]| match want.eval {
+        false => kernel::row_stats::<E, false>(path, seg, xt),
+        true => kernel::row_stats::<E, true>(path, seg, xt),
     };
     if x.len() <= 2 * SEGMENT {
         return one(x);
@@ -113,8 +131,7 @@ impl<'v, 'a> Rows<'v, 'a> {
                 RowStats { m: st.m as f64, st }
             }
             DType::F64 => {
-                let (m, st) =
-                    kernel::stats_f64(view.row(i, &mut self.s64), xt, want.eval, want.sumx);
+                let (m, st) = kernel::stats_f64(view.row(i, &mut self.s64), xt, want.eval);
                 RowStats { m, st }
             }
         }
@@ -153,12 +170,45 @@ impl<'v, 'a> Rows<'v, 'a> {
 
     /// Writes log_softmax or softmax of a float64 row.
     pub fn write_f64(&mut self, i: usize, log: bool, out: &mut [f64]) {
-        let rs = self.stats(i, 0.0, Want::default());
-        let lse = rs.lse();
+        let (shift, ln_s) = self.stats(i, 0.0, Want::default()).split();
         let x = self.view.row(i, &mut self.s64);
         for (o, &v) in out.iter_mut().zip(x) {
-            let y = v - lse;
+            let y = (v - shift) - ln_s;
             *o = if log { y } else { y.exp() };
+        }
+    }
+
+    /// Σ_c w_c·(shift - x_ic) over row i in f64 (all weights 1 without `weight`; zero weights
+    /// skip their term). Label smoothing's Σ_c w_c·(lse - x_c) is Σw·ln s plus this with the
+    /// row max as shift, free of the cancellation of C·lse - Σx at large offsets.
+    pub fn dev_sum(&mut self, i: usize, shift: f64, weight: Option<&[f64]>) -> f64 {
+        fn go<T: Copy>(x: &[T], f: impl Fn(T) -> f64, shift: f64, w: Option<&[f64]>) -> f64 {
+            match w {
+                None => x.iter().map(|&v| shift - f(v)).sum(),
+                Some(w) => x
+                    .iter()
+                    .zip(w)
+                    .filter(|(_, &wc)| wc != 0.0)
+                    .map(|(&v, &wc)| wc * (shift - f(v)))
+                    .sum(),
+            }
+        }
+        let view = self.view;
+        match view.dtype {
+            DType::F32 => go(view.row(i, &mut self.s32), |v| v as f64, shift, weight),
+            DType::F64 => go(view.row(i, &mut self.s64), |v| v, shift, weight),
+            DType::F16 => go(
+                view.row(i, &mut self.s16),
+                |v| simd::Elem::to_f32(v) as f64,
+                shift,
+                weight,
+            ),
+            DType::BF16 => go(
+                view.row(i, &mut self.sb16),
+                |v| simd::Elem::to_f32(v) as f64,
+                shift,
+                weight,
+            ),
         }
     }
 

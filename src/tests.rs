@@ -330,7 +330,13 @@ fn strided_and_swapped_views_match_contiguous() {
     .unwrap();
     let mut got = vec![0f32; n];
     logsumexp(&fv, &mut got).unwrap();
-    assert_eq!(got, want);
+    // the packed input may take the rows-in-lanes kernel, the strided one the row kernel
+    let same = |got: &[f32]| {
+        got.iter()
+            .zip(&want)
+            .all(|(&g, &w)| close(g as f64, w as f64, 2e-6, 2e-6))
+    };
+    assert!(same(&got), "{got:?} vs {want:?}");
     // byte-swapped, misaligned (offset 1 in a byte buffer)
     let mut bytes = vec![0u8; 1 + 4 * n * c];
     for (k, v) in x.iter().enumerate() {
@@ -348,7 +354,7 @@ fn strided_and_swapped_views_match_contiguous() {
     }
     .unwrap();
     logsumexp(&sv, &mut got).unwrap();
-    assert_eq!(got, want);
+    assert!(same(&got), "{got:?} vs {want:?}");
 }
 
 #[test]

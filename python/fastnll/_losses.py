@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._arrays import ACCEPTED, as_float_array, as_target_array, core_view, float_tag
+from ._arrays import as_float_array, as_target_array, core_view, float_tag
 
 Reduction = Literal["none", "mean", "sum"]
 ArrayLike = Any
@@ -53,14 +53,13 @@ def _class_weight(weight: Optional[ArrayLike], classes: int) -> Optional[np.ndar
     if weight is None:
         return None
     w = np.asarray(weight)
-    if w.dtype.kind not in "fiu":
-        raise TypeError(f"weight must be numeric, got dtype {w.dtype}")
-    w = np.ascontiguousarray(w, dtype=np.float64)
+    if w.dtype.kind not in "fiu" and float_tag(w.dtype) is None:
+        raise TypeError(f"weight must be numeric (real numbers), got dtype {w.dtype}")
     if w.ndim != 1 or w.shape[0] != classes:
         raise ValueError(
             f"weight must be a 1-d array of {classes} elements (one per class), got shape {w.shape}"
         )
-    return w
+    return np.ascontiguousarray(w, dtype=np.float64)
 
 
 def _logits(x: ArrayLike, name: str) -> np.ndarray:
@@ -217,7 +216,7 @@ def binary_cross_entropy_with_logits(
         if wa.dtype.kind in "iub":  # integer or bool weights: a float64 copy
             wa = wa.astype(np.float64)
         elif float_tag(wa.dtype) is None:
-            raise TypeError(f"weight has dtype {wa.dtype}; accepted: integers or {ACCEPTED}")
+            raise TypeError(f"weight must be numeric (real numbers), got dtype {wa.dtype}")
         try:
             # a zero-stride view: a full-size weight is read in place, never copied
             wv, wtag, wswap = core_view(np.broadcast_to(wa, x.shape))
@@ -227,6 +226,9 @@ def binary_cross_entropy_with_logits(
             ) from None
     pw = None
     if pos_weight is not None:
+        pwa = np.asarray(pos_weight)
+        if pwa.dtype.kind not in "fiub" and float_tag(pwa.dtype) is None:
+            raise TypeError(f"pos_weight must be numeric (real numbers), got dtype {pwa.dtype}")
         try:
             pw = np.ascontiguousarray(
                 np.broadcast_to(np.asarray(pos_weight, dtype=np.float64), (x.shape[-1],))

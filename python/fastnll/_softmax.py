@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -19,10 +20,13 @@ def _out_dtype(x: np.ndarray) -> type:
 def _norm_axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if np.ndim(axis) == 0 else tuple(axis)  # type: ignore[arg-type]
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
     out = []
     for a in axes:
-        a = int(a)
+        try:
+            a = operator.index(a)
+        except TypeError:
+            raise TypeError(f"axis must be an integer, a tuple of integers or None, got {axis!r}") from None
         if not -ndim <= a < ndim:
             raise np.exceptions.AxisError(f"axis {a} is out of bounds for array of dimension {ndim}")
         out.append(a % ndim)
@@ -67,14 +71,18 @@ def logsumexp(
     moved = np.transpose(x0, keep + axes)  # a view; reduced axes last
     lead = moved.shape[: len(keep)]
     if b is not None or return_sign:
-        bb = np.ones((), dtype=np.float64) if b is None else np.asarray(b, dtype=np.float64)
+        bb = np.ones((), dtype=np.float64) if b is None else np.asarray(b)
+        if bb.dtype.kind not in "biuf" and float_tag(bb.dtype) is None:
+            raise TypeError(f"b must be numeric (real numbers), got dtype {bb.dtype}")
+        bb = bb.astype(np.float64, copy=False)
         try:
             bfull = np.broadcast_to(bb, x.shape).reshape(x0.shape)
         except ValueError:
             raise ValueError(f"b of shape {bb.shape} cannot be broadcast to a's shape {x.shape}") from None
         # The weighted path works on rows; reduced axes are merged (a copy only if needed).
-        xr = moved.reshape(lead + (-1,))
-        br = np.transpose(bfull, keep + axes).reshape(lead + (-1,))
+        k = int(np.prod([x0.shape[a] for a in axes]))  # explicit: -1 is ambiguous when empty
+        xr = moved.reshape(lead + (k,))
+        br = np.transpose(bfull, keep + axes).reshape(lead + (k,))
         out = np.empty(lead, dtype=dtype)
         sign = np.empty(lead, dtype=dtype) if return_sign else None
         view, tag, swap = core_view(xr)
@@ -103,6 +111,8 @@ def logsumexp(
 def _softmax(x_in: Any, axis: int, log: bool) -> np.ndarray:
     x = as_float_array(x_in, "input")
     x0 = x.reshape(1) if x.ndim == 0 else x
+    if isinstance(axis, (tuple, list)) or axis is None:
+        raise TypeError(f"axis must be a single integer, got {axis!r}")
     ax = _norm_axes(axis, x0.ndim)[0]
     moved = np.moveaxis(x0, ax, -1)
     out = np.empty(moved.shape, dtype=_out_dtype(x))

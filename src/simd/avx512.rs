@@ -104,6 +104,13 @@ impl Isa for Avx512 {
         _mm512_reduce_max_ps(v)
     }
     #[inline(always)]
+    unsafe fn zero_where_zero(mask: __m512, v: __m512) -> __m512 {
+        _mm512_maskz_mov_ps(
+            _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(mask, _mm512_setzero_ps()),
+            v,
+        )
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: __m512, v: __m512, t: __m512) -> __m512 {
         let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t);
         _mm512_mask_add_ps(acc, gt, acc, _mm512_set1_ps(1.0))

@@ -168,6 +168,8 @@ pub(crate) trait Isa: Copy {
     }
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
+    /// v where mask != 0, else 0 (also where v is NaN or inf).
+    unsafe fn zero_where_zero(mask: Self::V, v: Self::V) -> Self::V;
     /// acc + 1 in the lanes where v > t (false for NaN): a per-lane count kept in f32.
     unsafe fn count_gt(acc: Self::V, v: Self::V, t: Self::V) -> Self::V;
     /// Lane l = p[l * stride] for l < W (a column of W rows).

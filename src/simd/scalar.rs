@@ -106,6 +106,14 @@ impl Isa for Scalar {
         v
     }
     #[inline(always)]
+    unsafe fn zero_where_zero(mask: f32, v: f32) -> f32 {
+        if mask == 0.0 {
+            0.0
+        } else {
+            v
+        }
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: f32, v: f32, t: f32) -> f32 {
         acc + (v > t) as u32 as f32
     }
