@@ -48,8 +48,18 @@ pub struct EvalSums {
     pub sum_brier: f64,
     pub topk_correct: Vec<u64>,
     pub bin_count: Vec<u64>,
-    pub bin_conf_sum: Vec<f64>,
+    /// Σ confidence per bin in fixed point (units of 2^-64), so that the sums, and ECE / MCE
+    /// (small differences of them), come out the same for any chunking or merge order.
+    pub bin_conf_fixed: Vec<u128>,
     pub bin_correct: Vec<u64>,
+    /// Rows whose confidence is NaN or infinite (counted in bin 0; they make ECE/MCE NaN).
+    pub conf_nonfinite: u64,
+}
+
+/// A confidence in units of 2^-64 (exact for conf >= 2^-11; below, off by < 2^-64).
+/// Values above 1 only come from invalid probabilities; they are capped so sums cannot wrap.
+fn conf_fixed(conf: f64) -> u128 {
+    (conf.clamp(0.0, (1u64 << 40) as f64) * 2f64.powi(64)) as u128
 }
 
 impl EvalSums {
@@ -57,7 +67,7 @@ impl EvalSums {
         EvalSums {
             topk_correct: vec![0; opt.top_k.len()],
             bin_count: vec![0; opt.n_bins],
-            bin_conf_sum: vec![0.0; opt.n_bins],
+            bin_conf_fixed: vec![0; opt.n_bins],
             bin_correct: vec![0; opt.n_bins],
             ..Default::default()
         }
@@ -66,6 +76,7 @@ impl EvalSums {
     pub fn merge(&mut self, o: &EvalSums) {
         self.n += o.n;
         self.n_ignored += o.n_ignored;
+        self.conf_nonfinite += o.conf_nonfinite;
         self.sum_nll += o.sum_nll;
         self.sum_nll_sq += o.sum_nll_sq;
         self.sum_entropy += o.sum_entropy;
@@ -74,8 +85,8 @@ impl EvalSums {
         add(&mut self.topk_correct, &o.topk_correct);
         add(&mut self.bin_count, &o.bin_count);
         add(&mut self.bin_correct, &o.bin_correct);
-        for (x, y) in self.bin_conf_sum.iter_mut().zip(&o.bin_conf_sum) {
-            *x += y;
+        for (x, y) in self.bin_conf_fixed.iter_mut().zip(&o.bin_conf_fixed) {
+            *x = x.saturating_add(*y);
         }
     }
 }
@@ -169,13 +180,16 @@ pub fn evaluate(
             for (c, &kk) in acc.topk_correct.iter_mut().zip(&opt.top_k) {
                 *c += (m.rank < kk as u64) as u64;
             }
-            let b = if m.conf.is_nan() {
-                0
+            let b = if m.conf.is_finite() {
+                ((m.conf.max(0.0) * nb as f64) as usize).min(nb - 1)
             } else {
-                ((m.conf * nb as f64) as usize).min(nb - 1)
+                acc.conf_nonfinite += 1;
+                0
             };
             acc.bin_count[b] += 1;
-            acc.bin_conf_sum[b] += m.conf;
+            if m.conf.is_finite() {
+                acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].saturating_add(conf_fixed(m.conf));
+            }
             acc.bin_correct[b] += (m.rank == 0) as u64;
             if let Some((nll, rank)) = o.as_mut() {
                 nll[idx] = m.nll;

@@ -5,7 +5,7 @@
 //! for). When a later block raises the max, the running sums are rescaled. The running sums are
 //! f32 lanes within a block and f64 across blocks.
 
-use crate::simd::{self, expc, Elem, Isa, Path};
+use crate::simd::{self, exp2c, expc, Elem, Isa, Path};
 
 /// Elements per block: 16 KiB of f32, comfortably inside L1 with its sweep.
 pub(crate) const BLOCK: usize = 4096;
@@ -109,20 +109,27 @@ unsafe fn block_max<I: Isa, E: Elem>(x: &[E]) -> f32 {
     I::hmax(a)
 }
 
-/// One vector's contribution to the sweep.
+/// One vector's contribution to the sweep. `vl` is log2(e) and `vnt` is -m·log2(e) rounded,
+/// so t = x·log2(e) - m·log2(e) takes one fma and the sums are of 2^t.
 #[inline(always)]
-unsafe fn sweep_vec<I: Isa, const EVAL: bool>(x: I::V, vm: I::V, vxt: I::V, acc: &mut [I::V; 4]) {
-    let y = I::sub(x, vm);
+unsafe fn sweep_vec<I: Isa, const EVAL: bool>(
+    x: I::V,
+    vl: I::V,
+    vnt: I::V,
+    vxt: I::V,
+    acc: &mut [I::V; 4],
+) {
+    let t = I::fma(x, vl, vnt);
     if EVAL {
-        // the clamped y serves both the exp and e·y (where e = 0 and y = -inf would be NaN)
-        let yc = I::max_keep_nan(I::splat(expc::LO), y);
-        let e = I::exp_clamped(yc);
+        // the clamped t serves both the exp and e·t (where e = 0 and t = -inf would be NaN)
+        let tc = I::max_keep_nan(I::splat(exp2c::LO2), t);
+        let e = I::exp2_sum(tc);
         acc[0] = I::add(acc[0], e);
-        acc[1] = I::fma(e, yc, acc[1]);
+        acc[1] = I::fma(e, tc, acc[1]);
         acc[2] = I::fma(e, e, acc[2]);
         acc[3] = I::count_gt(acc[3], x, vxt);
     } else {
-        acc[0] = I::add(acc[0], I::exp_sum(y));
+        acc[0] = I::add(acc[0], I::exp2_sum(t));
     }
 }
 
@@ -138,12 +145,19 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) 
             if bm == f32::INFINITY {
                 return stats_nonfinite(x, xt, EVAL);
             }
+            if (bm * exp2c::LOG2E).is_infinite() {
+                return stats_huge(x, xt, EVAL);
+            }
             st.rescale(bm);
         }
         if st.m == f32::NEG_INFINITY {
             continue; // all -inf (or NaN) so far: nothing to add
         }
-        let vm = I::splat(st.m);
+        // The sweep sums 2^(x·L - tm) with tm = m·L rounded to f32 (L = log2 e); the block's
+        // sums are brought back to the shift m exactly, in f64: 2^(x·L - tm) = exp(x - m)·2^-k.
+        let tm = st.m * exp2c::LOG2E;
+        let k = tm as f64 - st.m as f64 * exp2c::LOG2E as f64;
+        let (vl, vnt) = (I::splat(exp2c::LOG2E), I::splat(-tm));
         let zero = I::splat(0.0);
         let mut acc = [zero; 4];
         let p = blk.as_ptr();
@@ -153,17 +167,21 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) 
         let ahead = (p as *const u8).wrapping_add(BLOCK * std::mem::size_of::<E>());
         while i + w <= blk.len() {
             I::prefetch(ahead.wrapping_add(i * std::mem::size_of::<E>()));
-            sweep_vec::<I, EVAL>(E::load::<I>(p.add(i)), vm, vxt, &mut acc);
+            sweep_vec::<I, EVAL>(E::load::<I>(p.add(i)), vl, vnt, vxt, &mut acc);
             i += w;
         }
         if i < blk.len() {
             let v = E::load_tail::<I>(p.add(i), blk.len() - i);
-            sweep_vec::<I, EVAL>(v, vm, vxt, &mut acc);
+            sweep_vec::<I, EVAL>(v, vl, vnt, vxt, &mut acc);
         }
-        st.s += I::hsum(acc[0]) as f64;
+        let corr = k.exp2();
+        let se = I::hsum(acc[0]) as f64;
+        st.s += corr * se;
         if EVAL {
-            st.t += I::hsum(acc[1]) as f64;
-            st.q += I::hsum(acc[2]) as f64;
+            // x - m = (t + k) / L, so Σ exp(x - m)·(x - m) = corr·(Σ e·t + k·Σ e) / L
+            let set = I::hsum(acc[1]) as f64;
+            st.t += corr * (set + k * se) / exp2c::LOG2E as f64;
+            st.q += corr * corr * I::hsum(acc[2]) as f64;
             st.gt += I::hsum(acc[3]) as u64; // <= BLOCK per block: exact in f32
         }
     }
@@ -269,13 +287,19 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
         cols.add(j).write(v);
         vm = I::max_ignore_nan(vm, v);
     }
+    // Σ 2^(x·L - tm) with tm = m·L rounded, times 2^(m·L - tm) (see `stats`).
+    let vl = I::splat(exp2c::LOG2E);
+    let tm = I::mul(vm, vl);
+    let vnt = I::sub(I::splat(0.0), tm);
     let mut vs = I::splat(0.0);
     for j in 0..c {
-        vs = I::add(vs, I::exp_sum(I::sub(cols.add(j).read(), vm)));
+        vs = I::add(vs, I::exp2_sum(I::fma(cols.add(j).read(), vl, vnt)));
     }
-    // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes.
+    let vs = I::mul(vs, I::exp2_sum(I::fma(vm, I::splat(-exp2c::LOG2E), tm)));
+    // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes (vnt is infinite
+    // where m is, or where m·log2(e) overflows).
     let zero = I::splat(0.0);
-    let finite = I::hsum(I::fma(vm, zero, I::mul(vs, zero))) == 0.0;
+    let finite = I::hsum(I::fma(vnt, zero, I::mul(vs, zero))) == 0.0;
     let ln_s = I::ln_ge1(I::max_ignore_nan(I::splat(1.0), vs));
     (vm, ln_s, finite)
 }
@@ -586,11 +610,48 @@ dispatch! {
     => sum
 }
 
+/// `out[i] = 2^t[i]` by the path's sum exp (for its accuracy test).
+#[cfg(test)]
+#[inline(always)]
+unsafe fn exp2_each<I: Isa, E: Elem>(t: &[E], out: &mut [f32]) {
+    let w = I::W;
+    let mut i = 0;
+    while i + w <= t.len() {
+        I::store(
+            out.as_mut_ptr().add(i),
+            I::exp2_sum(E::load::<I>(t.as_ptr().add(i))),
+        );
+        i += w;
+    }
+    for (k, &v) in t[i..].iter().enumerate() {
+        let mut buf = [0f32; 16];
+        I::store(buf.as_mut_ptr(), I::exp2_sum(I::splat(v.to_f32())));
+        out[i + k] = buf[0];
+    }
+}
+
+#[cfg(test)]
+dispatch! {
+    pub(crate) fn exp2_sum_each<E>(t: &[E], out: &mut [f32]) -> ()
+    => exp2_each
+}
+
 /// Scalar-f64 statistics for float64 rows (exact libm exp; speed is not the point of f64).
 pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
+    stats_iter(x.iter().copied(), xt, eval)
+}
+
+/// Rows whose max is beyond f32::MAX / log2(e) (where the sweep's m·log2(e) would overflow):
+/// the float64 statistics, read twice without a copy.
+#[cold]
+fn stats_huge<E: Elem>(x: &[E], xt: f32, eval: bool) -> Stats {
+    stats_iter(x.iter().map(|v| v.to_f32() as f64), xt as f64, eval).1
+}
+
+fn stats_iter<It: Iterator<Item = f64> + Clone>(x: It, xt: f64, eval: bool) -> (f64, Stats) {
     let mut m = f64::NEG_INFINITY;
     let mut nan = false;
-    for &v in x {
+    for v in x.clone() {
         if v > m {
             m = v;
         }
@@ -602,7 +663,7 @@ pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
     };
     if m == f64::INFINITY {
         // Rare: the +inf entries share the mass, as in `stats_nonfinite`.
-        for &v in x {
+        for v in x.clone() {
             if v == f64::INFINITY {
                 st.s += 1.0;
                 st.q += 1.0;
@@ -611,7 +672,7 @@ pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
         }
     }
     if m.is_finite() {
-        for &v in x {
+        for v in x.clone() {
             let y = v - m;
             let e = y.exp();
             st.s += e;

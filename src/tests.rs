@@ -83,6 +83,44 @@ fn scalar_exp_matches_libm() {
 }
 
 #[test]
+fn exp2_poly_accuracy() {
+    // The sums' 2^t on every path: within 1.5e-7 relative (about 1 ulp after rounding) down
+    // to 2^-126, below it anything in [0, 2^-126), 0 or tiny for -inf, NaN kept.
+    let mut t: Vec<f32> = (0..=263_000).map(|i| 0.5 - i as f32 * 0.0005).collect();
+    t.extend([
+        0.0,
+        -0.0,
+        -1.0,
+        -126.0,
+        -200.0,
+        -1e30,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]);
+    on_each_path(|p| {
+        let mut out = vec![f32::NAN; t.len()];
+        crate::kernel::exp2_sum_each::<f32>(p, &t, &mut out);
+        for (&ti, &got) in t.iter().zip(&out) {
+            let want = (ti as f64).exp2();
+            if ti.is_nan() {
+                assert!(got.is_nan(), "{p:?} 2^NaN = {got}");
+            } else if ti >= -126.0 {
+                let rel = (got as f64 - want).abs() / want;
+                assert!(
+                    rel <= 1.5e-7,
+                    "{p:?} 2^{ti} = {got}, want {want} (rel {rel:e})"
+                );
+            } else {
+                assert!(
+                    (0.0..=f32::MIN_POSITIVE).contains(&got),
+                    "{p:?} 2^{ti} = {got}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
 fn logsumexp_all_lengths_and_magnitudes() {
     let mut rng = Rng(7);
     on_each_path(|p| {

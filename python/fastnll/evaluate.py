@@ -12,7 +12,7 @@ import importlib
 import math
 import os
 from dataclasses import replace
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class Evaluator:
 
     ``update`` any number of dumps (or shards of one), ``merge`` evaluators filled elsewhere
     (e.g. in other processes: they pickle), then ``result()``. Whole, chunked and merged runs
-    agree to floating-point rounding of the sums.
+    agree to floating-point rounding of the sums, and exactly in the calibration bins.
     """
 
     def __init__(self, *, kind: str = "logits", ignore_index: int = -100,
@@ -58,7 +58,10 @@ class Evaluator:
         self.sum_nll = self.sum_nll_sq = self.sum_entropy = self.sum_brier = 0.0
         self.topk_correct = np.zeros(len(self._ks), dtype=np.int64)
         self.bin_count = np.zeros(self.n_bins, dtype=np.int64)
-        self.bin_conf_sum = np.zeros(self.n_bins, dtype=np.float64)
+        # Σ confidence per bin as exact integers in units of 2**-64 (see _core.evaluate_rows):
+        # chunked, sharded and whole runs give the same bins, ECE and MCE, bit for bit.
+        self.bin_conf_fixed: List[int] = [0] * self.n_bins
+        self.conf_nonfinite = 0
         self.bin_correct = np.zeros(self.n_bins, dtype=np.int64)
 
     def _config(self) -> Tuple[Any, ...]:
@@ -109,7 +112,8 @@ class Evaluator:
         self.sum_brier += float(r["sum_brier"])
         self.topk_correct += np.asarray(r["topk_correct"], dtype=np.int64)
         self.bin_count += np.asarray(r["bin_count"], dtype=np.int64)
-        self.bin_conf_sum += np.asarray(r["bin_conf_sum"], dtype=np.float64)
+        self.bin_conf_fixed = [a + int(b) for a, b in zip(self.bin_conf_fixed, r["bin_conf_fixed"])]
+        self.conf_nonfinite += int(r["conf_nonfinite"])
         self.bin_correct += np.asarray(r["bin_correct"], dtype=np.int64)
 
     def merge(self, other: "Evaluator") -> "Evaluator":
@@ -125,8 +129,8 @@ class Evaluator:
         self._add({"n": other.n, "n_ignored": other.n_ignored, "sum_nll": other.sum_nll,
                    "sum_nll_sq": other.sum_nll_sq, "sum_entropy": other.sum_entropy,
                    "sum_brier": other.sum_brier, "topk_correct": other.topk_correct,
-                   "bin_count": other.bin_count, "bin_conf_sum": other.bin_conf_sum,
-                   "bin_correct": other.bin_correct})
+                   "bin_count": other.bin_count, "bin_conf_fixed": other.bin_conf_fixed,
+                   "bin_correct": other.bin_correct, "conf_nonfinite": other.conf_nonfinite})
         return self
 
     def result(self) -> EvalReport:
@@ -136,14 +140,18 @@ class Evaluator:
         se = _se(self.sum_nll, self.sum_nll_sq, n)
         correct = dict(zip(self._ks, (int(v) for v in self.topk_correct)))
         bins, gaps = [], []
+        one = 1 << 64  # the fixed-point unit: exact integer arithmetic, one rounding per value
+        bad = self.conf_nonfinite > 0
         for i in range(self.n_bins):
-            cnt = int(self.bin_count[i])
-            conf = float(self.bin_conf_sum[i]) / cnt if cnt else None
-            acc = int(self.bin_correct[i]) / cnt if cnt else None
-            if conf is not None and acc is not None:
-                gaps.append(abs(acc - conf))
+            cnt, fixed = int(self.bin_count[i]), self.bin_conf_fixed[i]
+            conf = acc = None
+            if cnt:
+                conf = nan if bad and i == 0 else fixed / (cnt * one)
+                acc = int(self.bin_correct[i]) / cnt
+                gaps.append(nan if bad else abs(int(self.bin_correct[i]) * one - fixed) / (cnt * one))
             bins.append(BinStat(i / self.n_bins, (i + 1) / self.n_bins, cnt, conf, acc))
-        ece = float(np.abs(self.bin_correct - self.bin_conf_sum).sum()) / n if n else nan
+        gap_sum = sum(abs(int(c) * one - f) for c, f in zip(self.bin_correct, self.bin_conf_fixed))
+        ece = nan if not n or bad else gap_sum / (n * one)
         return EvalReport(
             kind=self.kind, n_classes=self.n_classes or 0, rows=n, ignored=self.n_ignored,
             sum_nll=self.sum_nll, mean_nll=mean, nll_se=se, perplexity=_exp(mean),
@@ -151,7 +159,7 @@ class Evaluator:
             top_k_accuracy={k: (correct[k] / n if n else nan) for k in self.top_k},
             mean_entropy=self.sum_entropy / n if n else nan,
             brier=self.sum_brier / n if n else nan, ece=ece,
-            mce=max(gaps) if gaps else nan, n_bins=self.n_bins, bins=tuple(bins))
+            mce=nan if bad or not gaps else max(gaps), n_bins=self.n_bins, bins=tuple(bins))
 
 
 def _se(s: float, sq: float, n: int) -> float:

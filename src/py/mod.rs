@@ -308,7 +308,8 @@ fn eval_rows<'py>(
     d.set_item("sum_brier", s.sum_brier)?;
     d.set_item("topk_correct", s.topk_correct)?;
     d.set_item("bin_count", s.bin_count)?;
-    d.set_item("bin_conf_sum", s.bin_conf_sum)?;
+    d.set_item("bin_conf_fixed", s.bin_conf_fixed)?;
+    d.set_item("conf_nonfinite", s.conf_nonfinite)?;
     d.set_item("bin_correct", s.bin_correct)?;
     Ok(d)
 }

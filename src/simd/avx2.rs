@@ -1,6 +1,6 @@
 //! AVX2 + FMA + F16C: 8 f32 lanes.
 
-use super::{expc, lnc, Isa};
+use super::{exp2c, expc, lnc, Isa};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -97,6 +97,20 @@ impl Isa for Avx2 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(expc::C2));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+        let e = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n));
+        _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e))
+    }
+    #[inline(always)]
+    unsafe fn exp2_sum(t: __m256) -> __m256 {
+        // below -127 the exponent arithmetic would wrap: clamp (NaN is kept)
+        let tc = Self::max_keep_nan(_mm256_set1_ps(-127.0), t);
+        let n = _mm256_floor_ps(tc);
+        let f = _mm256_sub_ps(tc, n);
+        let c = exp2c::P;
+        let mut p = _mm256_set1_ps(c[6]);
+        for &ck in c[..6].iter().rev() {
+            p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(ck));
+        }
         let e = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n));
         _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e))
     }

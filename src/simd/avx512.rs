@@ -1,6 +1,6 @@
 //! AVX-512 (F, BW, VL, DQ): 16 f32 lanes.
 
-use super::{expc, lnc, Isa};
+use super::{exp2c, expc, lnc, Isa};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -94,6 +94,18 @@ impl Isa for Avx512 {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
         _mm512_scalef_ps(p, n)
+    }
+    #[inline(always)]
+    unsafe fn exp2_sum(t: __m512) -> __m512 {
+        // f = t - floor(t) in one instruction (0 for ±inf), and scalef multiplies by
+        // 2^floor(t) (0 for -inf): no clamp, no exponent arithmetic.
+        let f = _mm512_reduce_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+        let c = exp2c::P;
+        let mut p = _mm512_set1_ps(c[6]);
+        for &ck in c[..6].iter().rev() {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ck));
+        }
+        _mm512_scalef_ps(p, t)
     }
     #[inline(always)]
     unsafe fn hsum(v: __m512) -> f32 {

@@ -166,6 +166,11 @@ pub(crate) trait Isa: Copy {
     unsafe fn exp_sum(x: Self::V) -> Self::V {
         Self::exp_clamped(Self::max_keep_nan(Self::splat(expc::LO), x))
     }
+    /// 2^t for t <= 0 (or a little above), -inf (0) and NaN (NaN propagates), when the result
+    /// only feeds a sum: about 1 ulp, but below 2^-126 it may return any value in [0, 2^-126).
+    /// Callers fold the shift into one fma, t = x·log2(e) - m·log2(e), and correct the
+    /// rounding of m·log2(e) once per block (see `kernel::stats`).
+    unsafe fn exp2_sum(t: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
     /// v where mask != 0, else 0 (also where v is NaN or inf).
@@ -212,6 +217,24 @@ pub(crate) mod expc {
     pub const C4: f32 = 1.0 / 24.0;
     pub const C3: f32 = 1.0 / 6.0;
     pub const C2: f32 = 0.5;
+}
+
+/// Constants of the base-2 exp for sums: 2^t = 2^floor(t) · p(t - floor(t)), with p a
+/// near-minimax degree-6 polynomial for 2^f on [0, 1) (relative error 1.1e-8 with these f32
+/// coefficients, fitted for fastnll; see `exp2_poly_accuracy` in the tests).
+pub(crate) mod exp2c {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// The clamp of t where a sum needs e·t finite: LO in base 2.
+    pub const LO2: f32 = super::expc::LO * LOG2E;
+    pub const P: [f32; 7] = [
+        1.0,
+        0.693_147,
+        0.240_229_86,
+        0.055_483_23,
+        0.009_679_067,
+        0.001_243_760_5,
+        0.000_217_094_03,
+    ];
 }
 
 /// A storage type the kernels read: f32 directly, half types widened in registers.

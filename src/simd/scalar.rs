@@ -1,6 +1,6 @@
 //! The portable path: one f32 lane, the same reduced-range exp as the vector paths.
 
-use super::{expc, Isa};
+use super::{exp2c, expc, Isa};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Scalar;
@@ -21,6 +21,23 @@ pub(crate) fn exp_le0(x: f32) -> f32 {
     let mut p = expc::C7;
     for c in [expc::C6, expc::C5, expc::C4, expc::C3, expc::C2, 1.0, 1.0] {
         p = p * r + c;
+    }
+    f32::from_bits((p.to_bits() as i32).wrapping_add((n as i32) << 23) as u32)
+}
+
+/// 2^t with the vector paths' algorithm (see [`Isa::exp2_sum`]).
+#[inline(always)]
+pub(crate) fn exp2_sum(t: f32) -> f32 {
+    if t.is_nan() {
+        return t;
+    }
+    let tc = t.max(-127.0);
+    let n = tc.floor();
+    let f = tc - n;
+    let c = exp2c::P;
+    let mut p = c[6];
+    for &ck in c[..6].iter().rev() {
+        p = p * f + ck;
     }
     f32::from_bits((p.to_bits() as i32).wrapping_add((n as i32) << 23) as u32)
 }
@@ -70,8 +87,10 @@ impl Isa for Scalar {
     }
     #[inline(always)]
     unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
-        // Separate multiply and add: without an FMA target feature `mul_add` is a libm call.
-        a * b + c
+        // Without an FMA target feature `mul_add` is a slow libm call. In f64 the product is
+        // exact and the sum rounds at most twice, as good as fused for f32 (the shifted
+        // exponent t = x·log2(e) - m·log2(e) of the sums needs that).
+        (a as f64 * b as f64 + c as f64) as f32
     }
     #[inline(always)]
     unsafe fn max_ignore_nan(a: f32, b: f32) -> f32 {
@@ -96,6 +115,10 @@ impl Isa for Scalar {
     #[inline(always)]
     unsafe fn exp_clamped(x: f32) -> f32 {
         exp_le0(x)
+    }
+    #[inline(always)]
+    unsafe fn exp2_sum(t: f32) -> f32 {
+        exp2_sum(t)
     }
     #[inline(always)]
     unsafe fn hsum(v: f32) -> f32 {
