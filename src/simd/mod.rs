@@ -226,6 +226,7 @@ pub(crate) mod exp2c {
     pub const LOG2E: f32 = std::f32::consts::LOG2_E;
     /// The clamp of t where a sum needs e·t finite: LO in base 2.
     pub const LO2: f32 = super::expc::LO * LOG2E;
+    #[allow(clippy::approx_constant)] // P[1] is a fitted coefficient, not ln 2
     pub const P: [f32; 7] = [
         1.0,
         0.693_147,
