@@ -48,7 +48,7 @@ pub struct EvalSums {
     pub sum_brier: f64,
     pub topk_correct: Vec<u64>,
     pub bin_count: Vec<u64>,
-    /// Σ confidence per bin in fixed point (units of 2^-64), so that the sums, and ECE / MCE
+    /// Σ confidence per bin in fixed point (units of 2^-60), so that the sums, and ECE / MCE
     /// (small differences of them), come out the same for any chunking or merge order.
     pub bin_conf_fixed: Vec<u128>,
     pub bin_correct: Vec<u64>,
@@ -56,10 +56,10 @@ pub struct EvalSums {
     pub conf_nonfinite: u64,
 }
 
-/// A confidence in units of 2^-64 (exact for conf >= 2^-11; below, off by < 2^-64).
-/// Values above 1 only come from invalid probabilities; they are capped so sums cannot wrap.
+/// A confidence in units of 2^-60: exact for conf >= 2^-7, below off by < 2^-60. (Values
+/// above 1 only come from invalid probabilities; capped below 16 to fit the u64.)
 fn conf_fixed(conf: f64) -> u128 {
-    (conf.clamp(0.0, (1u64 << 40) as f64) * 2f64.powi(64)) as u128
+    (conf.clamp(0.0, 15.0) * 2f64.powi(60)) as u64 as u128
 }
 
 impl EvalSums {
@@ -122,23 +122,25 @@ fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
         };
     }
     let rs = rw.stats(i, xt, Want { eval: true });
-    let l = if kind == Kind::Logits { rs.lse() } else { 0.0 };
     let st = rs.st;
-    // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L).
-    let kappa = if kind == Kind::Logits {
-        1.0 / st.s // exp(m - lse), without a second transcendental
+    // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L), L = lse for logits, 0 for
+    // log-probabilities. For logits m - L = -ln s and κ = 1/s: one log and one exp per row.
+    let (m_minus_l, kappa, nll) = if kind == Kind::Logits {
+        let (shift, ln_s) = rs.split();
+        if shift == rs.m {
+            (-ln_s, 1.0 / st.s, (shift - xt) + ln_s)
+        } else {
+            // inf/NaN rows: split gives (lse, 0); +inf entries share the mass (κ = 1/s)
+            (rs.m - shift, 1.0 / st.s, shift - xt)
+        }
     } else {
-        (rs.m - l).exp()
+        (rs.m, rs.m.exp(), -xt)
     };
     RowMetrics {
-        nll: if kind == Kind::Logits {
-            rs.minus(xt)
-        } else {
-            -xt
-        },
+        nll,
         rank: st.gt,
-        entropy: -kappa * (st.t + (rs.m - l) * st.s),
-        brier: kappa * kappa * st.q - 2.0 * (xt - l).exp() + 1.0,
+        entropy: -kappa * (st.t + m_minus_l * st.s),
+        brier: kappa * kappa * st.q - 2.0 * (-nll).exp() + 1.0,
         conf: kappa,
     }
 }

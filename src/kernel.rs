@@ -110,9 +110,11 @@ unsafe fn block_max<I: Isa, E: Elem>(x: &[E]) -> f32 {
 }
 
 /// One vector's contribution to the sweep. `vl` is log2(e) and `vnt` is -m·log2(e) rounded,
-/// so t = x·log2(e) - m·log2(e) takes one fma and the sums are of 2^t.
+/// so t = x·log2(e) - m·log2(e) takes one fma and the sums are of 2^t. `CLAMP` keeps e·t
+/// finite where x = -inf (e = 0, t = -inf); without it such a block's Σ e·t is NaN and the
+/// block is swept again with it (see [`stats`]).
 #[inline(always)]
-unsafe fn sweep_vec<I: Isa, const EVAL: bool>(
+unsafe fn sweep_vec<I: Isa, const EVAL: bool, const CLAMP: bool>(
     x: I::V,
     vl: I::V,
     vnt: I::V,
@@ -121,11 +123,14 @@ unsafe fn sweep_vec<I: Isa, const EVAL: bool>(
 ) {
     let t = I::fma(x, vl, vnt);
     if EVAL {
-        // the clamped t serves both the exp and e·t (where e = 0 and t = -inf would be NaN)
-        let tc = I::max_keep_nan(I::splat(exp2c::LO2), t);
-        let e = I::exp2_sum(tc);
+        let t = if CLAMP {
+            I::max_keep_nan(I::splat(exp2c::LO2), t)
+        } else {
+            t
+        };
+        let e = I::exp2_sum(t);
         acc[0] = I::add(acc[0], e);
-        acc[1] = I::fma(e, tc, acc[1]);
+        acc[1] = I::fma(e, t, acc[1]);
         acc[2] = I::fma(e, e, acc[2]);
         acc[3] = I::count_gt(acc[3], x, vxt);
     } else {
@@ -133,11 +138,49 @@ unsafe fn sweep_vec<I: Isa, const EVAL: bool>(
     }
 }
 
+/// The sweep of one L1-resident block: lane sums of 2^t (and with `EVAL` of e·t, e², and
+/// the count of x > xt), prefetching the memory `ahead` of it.
+#[inline(always)]
+unsafe fn sweep_block<I: Isa, E: Elem, const EVAL: bool, const CLAMP: bool>(
+    blk: &[E],
+    vl: I::V,
+    vnt: I::V,
+    vxt: I::V,
+    ahead: *const u8,
+) -> [I::V; 4] {
+    let w = I::W;
+    let mut acc = [I::splat(0.0); 4];
+    let p = blk.as_ptr();
+    let mut i = 0;
+    while i + w <= blk.len() {
+        I::prefetch(ahead.wrapping_add(i * std::mem::size_of::<E>()));
+        sweep_vec::<I, EVAL, CLAMP>(E::load::<I>(p.add(i)), vl, vnt, vxt, &mut acc);
+        i += w;
+    }
+    if i < blk.len() {
+        // clamped: the lanes past the end hold -inf
+        let v = E::load_tail::<I>(p.add(i), blk.len() - i);
+        sweep_vec::<I, EVAL, true>(v, vl, vnt, vxt, &mut acc);
+    }
+    acc
+}
+
+/// 2^k for the small |k| <= 64 of the shift's rounding (|k| < 2^-10 for |m| < ~700): a short
+/// series there (error < 1e-17), libm beyond.
+#[inline(always)]
+fn exp2_small(k: f64) -> f64 {
+    if k.abs() < 1.0 / 1024.0 {
+        let y = k * std::f64::consts::LN_2;
+        1.0 + y * (1.0 + y * (0.5 + y * (1.0 / 6.0 + y * (1.0 / 24.0))))
+    } else {
+        k.exp2()
+    }
+}
+
 /// Statistics of `x` (a row or a segment). `xt` is the target's value for the rank count.
 #[inline(always)]
 pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) -> Stats {
     let mut st = Stats::EMPTY;
-    let w = I::W;
     let vxt = I::splat(xt);
     for blk in x.chunks(BLOCK) {
         let bm = block_max::<I, E>(blk);
@@ -145,7 +188,7 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) 
             if bm == f32::INFINITY {
                 return stats_nonfinite(x, xt, EVAL);
             }
-            if (bm * exp2c::LOG2E).is_infinite() {
+            if bm.abs() >= exp2c::BIG {
                 return stats_huge(x, xt, EVAL);
             }
             st.rescale(bm);
@@ -158,29 +201,21 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) 
         let tm = st.m * exp2c::LOG2E;
         let k = tm as f64 - st.m as f64 * exp2c::LOG2E as f64;
         let (vl, vnt) = (I::splat(exp2c::LOG2E), I::splat(-tm));
-        let zero = I::splat(0.0);
-        let mut acc = [zero; 4];
-        let p = blk.as_ptr();
-        let mut i = 0;
         // While this block is swept from L1, pull the next one (of this row, or the next
         // packed row) from memory, so reading and computing overlap.
-        let ahead = (p as *const u8).wrapping_add(BLOCK * std::mem::size_of::<E>());
-        while i + w <= blk.len() {
-            I::prefetch(ahead.wrapping_add(i * std::mem::size_of::<E>()));
-            sweep_vec::<I, EVAL>(E::load::<I>(p.add(i)), vl, vnt, vxt, &mut acc);
-            i += w;
+        let ahead = (blk.as_ptr() as *const u8).wrapping_add(BLOCK * std::mem::size_of::<E>());
+        let mut acc = sweep_block::<I, E, EVAL, false>(blk, vl, vnt, vxt, ahead);
+        if EVAL && I::hsum(acc[1]).is_nan() {
+            // a -inf (or NaN) entry: again with t clamped (a NaN stays NaN)
+            acc = sweep_block::<I, E, EVAL, true>(blk, vl, vnt, vxt, ahead);
         }
-        if i < blk.len() {
-            let v = E::load_tail::<I>(p.add(i), blk.len() - i);
-            sweep_vec::<I, EVAL>(v, vl, vnt, vxt, &mut acc);
-        }
-        let corr = k.exp2();
+        let corr = exp2_small(k);
         let se = I::hsum(acc[0]) as f64;
         st.s += corr * se;
         if EVAL {
             // x - m = (t + k) / L, so Σ exp(x - m)·(x - m) = corr·(Σ e·t + k·Σ e) / L
             let set = I::hsum(acc[1]) as f64;
-            st.t += corr * (set + k * se) / exp2c::LOG2E as f64;
+            st.t += corr * (set + k * se) * exp2c::INV_LOG2E;
             st.q += corr * corr * I::hsum(acc[2]) as f64;
             st.gt += I::hsum(acc[3]) as u64; // <= BLOCK per block: exact in f32
         }
@@ -296,10 +331,11 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
         vs = I::add(vs, I::exp2_sum(I::fma(cols.add(j).read(), vl, vnt)));
     }
     let vs = I::mul(vs, I::exp2_sum(I::fma(vm, I::splat(-exp2c::LOG2E), tm)));
-    // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes (vnt is infinite
-    // where m is, or where m·log2(e) overflows).
+    // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes. Maxima of
+    // magnitude >= BIG (see `stats`) count as not finite, leaving them to the row kernel.
     let zero = I::splat(0.0);
-    let finite = I::hsum(I::fma(vnt, zero, I::mul(vs, zero))) == 0.0;
+    let finite = I::hsum(I::mul(vs, zero)) == 0.0
+        && I::hmax(I::max_ignore_nan(vm, I::sub(zero, vm))) < exp2c::BIG;
     let ln_s = I::ln_ge1(I::max_ignore_nan(I::splat(1.0), vs));
     (vm, ln_s, finite)
 }
@@ -641,8 +677,8 @@ pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
     stats_iter(x.iter().copied(), xt, eval)
 }
 
-/// Rows whose max is beyond f32::MAX / log2(e) (where the sweep's m·log2(e) would overflow):
-/// the float64 statistics, read twice without a copy.
+/// Rows whose max has magnitude >= 2^30, where the rounding of m·log2(e) in the sweep's
+/// shift would leave f32's range: the float64 statistics, read twice without a copy.
 #[cold]
 fn stats_huge<E: Elem>(x: &[E], xt: f32, eval: bool) -> Stats {
     stats_iter(x.iter().map(|v| v.to_f32() as f64), xt as f64, eval).1

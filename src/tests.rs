@@ -121,6 +121,54 @@ fn exp2_poly_accuracy() {
 }
 
 #[test]
+fn huge_offsets_take_the_wide_path() {
+    // |max| >= 2^30 leaves the f32 sweep (its shift's rounding would leave f32's range):
+    // every kernel (lanes, grouped rows, row kernel, cross-entropy) must still be right.
+    let mut rng = Rng(11);
+    on_each_path(|p| {
+        for c in [1, 2, 7, 32, 33, 100, 5000] {
+            for (offset, spread) in [
+                (1e8f64, 1.0f64),
+                (1.2e9, 1.0),
+                (-1.2e9, 300.0),
+                (1e12, 1e6),
+                (-1e30, 1e29),
+                (1e30, 1e29),
+                (3e38, 1e37),
+            ] {
+                let rows = 20;
+                let data: Vec<f32> = (0..rows * c)
+                    .map(|_| (offset + rng.normal() * spread) as f32)
+                    .collect();
+                let v = View::from_slice(&data, rows, c);
+                let mut out = vec![0f32; rows];
+                logsumexp(&v, &mut out).unwrap();
+                let t: Vec<i64> = (0..rows).map(|r| (r % c) as i64).collect();
+                let mut ce = vec![0f32; rows];
+                let tv = IntView::from_slice(&t);
+                cross_entropy::<f32>(&v, &tv, &ClassOptions::default(), Some(&mut ce)).unwrap();
+                for r in 0..rows {
+                    let row: Vec<f64> =
+                        data[r * c..(r + 1) * c].iter().map(|&x| x as f64).collect();
+                    let want = ref_lse(&row);
+                    assert!(
+                        close(out[r] as f64, want, 2e-6, 2e-5),
+                        "{p:?} C={c} offset={offset}: lse {} vs {want}",
+                        out[r]
+                    );
+                    let want_ce = want - row[t[r] as usize];
+                    assert!(
+                        close(ce[r] as f64, want_ce, 2e-6, 2e-5 + 1e-7 * want.abs()),
+                        "{p:?} C={c} offset={offset}: ce {} vs {want_ce}",
+                        ce[r]
+                    );
+                }
+            }
+        }
+    });
+}
+
+#[test]
 fn logsumexp_all_lengths_and_magnitudes() {
     let mut rng = Rng(7);
     on_each_path(|p| {

@@ -224,8 +224,12 @@ pub(crate) mod expc {
 /// coefficients, fitted for fastnll; see `exp2_poly_accuracy` in the tests).
 pub(crate) mod exp2c {
     pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const INV_LOG2E: f64 = 1.0 / LOG2E as f64;
     /// The clamp of t where a sum needs e·t finite: LO in base 2.
     pub const LO2: f32 = super::expc::LO * LOG2E;
+    /// Shifts m with |m| >= BIG take the float64 path: below it |m·log2(e)| < 2^31, so its
+    /// f32 rounding k is at most 64 and 2^±k stays well inside f32's range.
+    pub const BIG: f32 = (1u32 << 30) as f32;
     #[allow(clippy::approx_constant)] // P[1] is a fitted coefficient, not ln 2
     pub const P: [f32; 7] = [
         1.0,

@@ -1,0 +1,75 @@
+//! Timing of evaluate vs cross_entropy and logsumexp without Python, on 512 MiB float32
+//! arrays: `T=2 cargo run --release --example evalbench` (T threads, default 1).
+use fastnll::{cross_entropy, evaluate, logsumexp, ClassOptions, EvalOptions, IntView, Kind, View};
+use std::time::Instant;
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn madvise(addr: *mut u8, len: usize, advice: i32) -> i32;
+}
+
+/// A zeroed Vec<f32> of n backed by transparent huge pages where the kernel allows (as NumPy's
+/// large arrays are), so timings match the Python benchmark's.
+fn huge_vec(n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n + 1024);
+    let p = v.as_mut_ptr() as usize;
+    let a = (p + 2 * 1024 * 1024 - 1) & !(2 * 1024 * 1024 - 1);
+    // SAFETY: [a, a + len) lies inside the allocation; MADV_HUGEPAGE only changes paging.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        madvise(a as *mut u8, (p + 4 * n).saturating_sub(a), 14)
+    };
+    v.resize(n, 0.0);
+    v
+}
+
+fn main() {
+    let threads: usize = std::env::var("T")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    fastnll::parallel::set_num_threads(threads);
+    for c in [1000usize, 32000] {
+        let n = (512 << 20) / (4 * c);
+        let mut seed = 1u64;
+        let mut x = huge_vec(n * c);
+        x.iter_mut().for_each(|v| {
+            *v = {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                (((u * 12.0) - 6.0) * 0.7) as f32
+            }
+        });
+        let t: Vec<i64> = (0..n).map(|i| ((i * 31) % c) as i64).collect();
+        let v = View::from_slice(&x, n, c);
+        let tv = IntView::from_slice(&t);
+        let opt = EvalOptions {
+            kind: Kind::Logits,
+            ignore_index: -100,
+            top_k: vec![1, 5],
+            n_bins: 15,
+        };
+        let mut best = [f64::INFINITY; 3];
+        let mut lse = vec![0f32; n];
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            cross_entropy::<f32>(&v, &tv, &ClassOptions::default(), None).unwrap();
+            best[0] = best[0].min(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            evaluate(&v, &tv, &opt, None).unwrap();
+            best[1] = best[1].min(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            logsumexp(&v, &mut lse).unwrap();
+            best[2] = best[2].min(t0.elapsed().as_secs_f64());
+        }
+        println!("  logsumexp {:.1} ns/row", best[2] / n as f64 * 1e9);
+        println!(
+            "C={c} threads={threads}: CE {:.1} ns/row, evaluate {:.1} ns/row, ratio {:.2}",
+            best[0] / n as f64 * 1e9,
+            best[1] / n as f64 * 1e9,
+            best[1] / best[0]
+        );
+    }
+}
