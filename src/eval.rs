@@ -2,9 +2,11 @@
 //! the two-dump comparison. Sums are mergeable, so chunks, shards and processes combine.
 
 use crate::error::{Error, Result};
+use crate::kernel;
 use crate::loss::class_of;
 use crate::parallel;
-use crate::rows::{Rows, Want};
+use crate::rows::{RowStats, Rows, Want};
+use crate::simd;
 use crate::tensor::{check_target_shape, IntView, View};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -100,9 +102,10 @@ struct RowMetrics {
     conf: f64,
 }
 
-fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
+/// Metrics of a probabilities row (a scalar float64 pass).
+fn probs_metrics(rw: &mut Rows, i: usize, k: usize) -> RowMetrics {
     let xt = rw.value(i, k);
-    if kind == Kind::Probs {
+    {
         let (mut pmax, mut sq, mut plogp, mut gt) = (f64::NEG_INFINITY, 0.0, 0.0, 0u64);
         for j in 0..rw.cols() {
             let p = rw.value(i, j);
@@ -121,7 +124,24 @@ fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
             conf: pmax,
         };
     }
-    let rs = rw.stats(i, xt, Want { eval: true });
+}
+
+/// Metrics of an ordinary logits row (finite max and sum) given ln s and exp(x_t - m):
+/// κ = 1/s, and m - lse = -ln s.
+fn finish_logits(xt: f64, rs: &RowStats, ln_s: f64, e_t: f64) -> RowMetrics {
+    let st = rs.st;
+    let kappa = 1.0 / st.s;
+    RowMetrics {
+        nll: (rs.m - xt) + ln_s,
+        rank: st.gt,
+        entropy: ln_s - kappa * st.t,
+        brier: kappa * (kappa * st.q - 2.0 * e_t) + 1.0,
+        conf: kappa,
+    }
+}
+
+/// Metrics of a logits or log-probabilities row from its statistics and target value.
+fn finish(kind: Kind, xt: f64, rs: &RowStats) -> RowMetrics {
     let st = rs.st;
     // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L), L = lse for logits, 0 for
     // log-probabilities. For logits m - L = -ln s and κ = 1/s: one log and one exp per row.
@@ -145,6 +165,43 @@ fn row_metrics(rw: &mut Rows, i: usize, k: usize, kind: Kind) -> RowMetrics {
     }
 }
 
+/// Rows whose statistics are finished together (see [`evaluate`]).
+const BATCH: usize = 16;
+
+/// Adds one scored row's metrics to the sums (and its per-row outputs at `idx`).
+fn add_row(
+    acc: &mut EvalSums,
+    o: &mut Option<(&mut [f64], &mut [i64])>,
+    idx: usize,
+    m: &RowMetrics,
+    opt: &EvalOptions,
+) {
+    let nb = opt.n_bins;
+    acc.n += 1;
+    acc.sum_nll += m.nll;
+    acc.sum_nll_sq += m.nll * m.nll;
+    acc.sum_entropy += m.entropy;
+    acc.sum_brier += m.brier;
+    for (c, &kk) in acc.topk_correct.iter_mut().zip(&opt.top_k) {
+        *c += (m.rank < kk as u64) as u64;
+    }
+    let b = if m.conf.is_finite() {
+        ((m.conf.max(0.0) * nb as f64) as usize).min(nb - 1)
+    } else {
+        acc.conf_nonfinite += 1;
+        0
+    };
+    acc.bin_count[b] += 1;
+    if m.conf.is_finite() {
+        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].saturating_add(conf_fixed(m.conf));
+    }
+    acc.bin_correct[b] += (m.rank == 0) as u64;
+    if let Some((nll, rank)) = o.as_mut() {
+        nll[idx] = m.nll;
+        rank[idx] = m.rank as i64;
+    }
+}
+
 /// Metrics of `x` `[..., C]` against `t` `[...]`; per-row NLL and rank optionally written
 /// (NaN and -1 for ignored rows). Both outputs or neither.
 pub fn evaluate(
@@ -160,42 +217,51 @@ pub fn evaluate(
     if let Some(&k) = opt.top_k.iter().find(|&&k| k == 0) {
         return Err(Error::Value(format!("top_k values must be >= 1, got {k}")));
     }
-    let nb = opt.n_bins;
     let chunk = |r: Range<usize>, mut o: Option<(&mut [f64], &mut [i64])>| -> Result<EvalSums> {
         let mut rw = Rows::new(x);
         let mut acc = EvalSums::new(opt);
-        for (idx, i) in r.enumerate() {
-            let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
-                acc.n_ignored += 1;
-                if let Some((nll, rank)) = o.as_mut() {
-                    nll[idx] = f64::NAN;
-                    rank[idx] = -1;
+        // Row statistics are taken BATCH rows at a time and finished afterwards, so the
+        // sweeps run back to back and the finishing's long latency chains (log, exp,
+        // division) overlap each other instead of stalling the next row's sweep.
+        let mut batch: Vec<(usize, f64, RowStats)> = Vec::with_capacity(BATCH);
+        let mut rows = r.enumerate().peekable();
+        while rows.peek().is_some() {
+            batch.clear();
+            for (idx, i) in rows.by_ref() {
+                let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
+                    acc.n_ignored += 1;
+                    if let Some((nll, rank)) = o.as_mut() {
+                        nll[idx] = f64::NAN;
+                        rank[idx] = -1;
+                    }
+                    continue;
+                };
+                if opt.kind == Kind::Probs {
+                    add_row(&mut acc, &mut o, idx, &probs_metrics(&mut rw, i, k), opt);
+                    continue;
                 }
-                continue;
-            };
-            let m = row_metrics(&mut rw, i, k, opt.kind);
-            acc.n += 1;
-            acc.sum_nll += m.nll;
-            acc.sum_nll_sq += m.nll * m.nll;
-            acc.sum_entropy += m.entropy;
-            acc.sum_brier += m.brier;
-            for (c, &kk) in acc.topk_correct.iter_mut().zip(&opt.top_k) {
-                *c += (m.rank < kk as u64) as u64;
+                let xt = rw.value(i, k);
+                batch.push((idx, xt, rw.stats(i, xt, Want { eval: true })));
+                if batch.len() == BATCH {
+                    break;
+                }
             }
-            let b = if m.conf.is_finite() {
-                ((m.conf.max(0.0) * nb as f64) as usize).min(nb - 1)
-            } else {
-                acc.conf_nonfinite += 1;
-                0
-            };
-            acc.bin_count[b] += 1;
-            if m.conf.is_finite() {
-                acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].saturating_add(conf_fixed(m.conf));
+            // ordinary logits rows: ln s and exp(x_t - m) for the whole batch in SIMD
+            let fast = |rs: &RowStats| opt.kind == Kind::Logits && rs.finite();
+            let (mut ln_s, mut e_t) = ([1f32; BATCH], [0f32; BATCH]);
+            for (l, (_, xt, rs)) in batch.iter().enumerate() {
+                if fast(rs) {
+                    (ln_s[l], e_t[l]) = (rs.st.s as f32, (xt - rs.m) as f32);
+                }
             }
-            acc.bin_correct[b] += (m.rank == 0) as u64;
-            if let Some((nll, rank)) = o.as_mut() {
-                nll[idx] = m.nll;
-                rank[idx] = m.rank as i64;
+            kernel::ln_exp16::<f32>(simd::current(), &mut ln_s, &mut e_t);
+            for (l, (idx, xt, rs)) in batch.iter().enumerate() {
+                let m = if fast(rs) {
+                    finish_logits(*xt, rs, ln_s[l] as f64, e_t[l] as f64)
+                } else {
+                    finish(opt.kind, *xt, rs)
+                };
+                add_row(&mut acc, &mut o, *idx, &m, opt);
             }
         }
         Ok(acc)

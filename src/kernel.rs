@@ -317,10 +317,18 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
     let mut tile = std::mem::MaybeUninit::<[I::V; LANES_MAX_C]>::uninit();
     let cols = tile.as_mut_ptr() as *mut I::V;
     let mut vm = I::splat(f32::NEG_INFINITY);
-    for j in 0..c {
-        let v = E::load_col::<I>(p.add(j), c);
-        cols.add(j).write(v);
-        vm = I::max_ignore_nan(vm, v);
+    if c == 2 {
+        // binary rows: two loads and two shuffles instead of two gathers
+        let (a, b) = E::load_pair::<I>(p);
+        cols.write(a);
+        cols.add(1).write(b);
+        vm = I::max_ignore_nan(I::max_ignore_nan(vm, a), b);
+    } else {
+        for j in 0..c {
+            let v = E::load_col::<I>(p.add(j), c);
+            cols.add(j).write(v);
+            vm = I::max_ignore_nan(vm, v);
+        }
     }
     // Σ 2^(x·L - tm) with tm = m·L rounded, times 2^(m·L - tm) (see `stats`).
     let vl = I::splat(exp2c::LOG2E);
@@ -411,7 +419,13 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem>(
         if !finite {
             break;
         }
-        let xt = E::load_idx::<I>(p, &idx);
+        let xt = if c == 2 {
+            // idx = 2l + target: its parity picks the column
+            let (a, b) = E::load_pair::<I>(p);
+            I::select_odd(&idx, a, b)
+        } else {
+            E::load_idx::<I>(p, &idx)
+        };
         let loss = I::zero_where_zero(scored, I::mul(I::add(I::sub(vm, xt), ln_s), weights));
         if let Some(o) = out.as_deref_mut() {
             I::store(o.as_mut_ptr().add(r0), loss);
@@ -644,6 +658,26 @@ dispatch! {
     /// Read-only sum of a row.
     pub(crate) fn row_sum<E>(x: &[E]) -> f64
     => sum
+}
+
+/// ln(max(s, 1)) and exp(d) (d <= 0) of 16 values in place: the transcendental part of
+/// finishing 16 rows' metrics (`E` is unused).
+#[inline(always)]
+unsafe fn ln_exp_each<I: Isa, E: Elem>(s: &mut [f32; 16], d: &mut [f32; 16]) {
+    for g in (0..16).step_by(I::W) {
+        let vs = I::max_ignore_nan(I::splat(1.0), I::load(s.as_ptr().add(g)));
+        I::store(s.as_mut_ptr().add(g), I::ln_ge1(vs));
+        I::store(
+            d.as_mut_ptr().add(g),
+            I::exp_le0(I::load(d.as_ptr().add(g))),
+        );
+    }
+}
+
+dispatch! {
+    /// See [`ln_exp_each`].
+    pub(crate) fn ln_exp16<E>(s: &mut [f32; 16], d: &mut [f32; 16]) -> ()
+    => ln_exp_each
 }
 
 /// `out[i] = 2^t[i]` by the path's sum exp (for its accuracy test).

@@ -29,7 +29,7 @@ pub struct RowStats {
 
 impl RowStats {
     /// Whether the row is ordinary: finite max and exp-sum, no NaN.
-    fn finite(&self) -> bool {
+    pub(crate) fn finite(&self) -> bool {
         self.m.is_finite() && !self.st.nan && self.st.s.is_finite()
     }
 

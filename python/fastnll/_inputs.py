@@ -101,17 +101,20 @@ def prepare(preds: Any, target: Any, *, shift: bool, dtype: Any = None, shape: A
 
 def chunks(b: int, t: int, row_bytes: int,
            chunk_bytes: int) -> Iterator[Tuple[int, int, int, int]]:
-    """(b0, b1, t0, t1) blocks of whole rows, each at most chunk_bytes (but >= 1 row); the
-    rows of a block are consecutive in flat [B*T] order."""
+    """(b0, b1, t0, t1) blocks of whole rows, each at most chunk_bytes (but >= 1 row), of
+    near-equal sizes (no small remainder: each block is one parallel call); the rows of a
+    block are consecutive in flat [B*T] order."""
     per = max(1, int(chunk_bytes) // max(row_bytes, 1))
     if t == 0 or b == 0:
         return
     if t >= per or b == 1:
+        per = -(-t // -(-t // per))  # t split into ceil(t / per) near-equal blocks
         for bi in range(b):
             for t0 in range(0, t, per):
                 yield bi, bi + 1, t0, min(t, t0 + per)
     else:
         step = per // t
+        step = -(-b // -(-b // step))
         for b0 in range(0, b, step):
             yield b0, min(b, b0 + step), 0, t
 

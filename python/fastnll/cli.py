@@ -79,8 +79,8 @@ def _common(p: argparse.ArgumentParser, eval_opts: bool) -> None:
                    help="shape of raw binary prediction files, e.g. 1000,50257 (one -1 allowed)")
     p.add_argument("--target-dtype", type=_dtype_arg, default=None,
                    help="dtype of a raw binary targets file (default: int64)")
-    p.add_argument("--chunk-mb", type=_positive, default=64, metavar="MB",
-                   help="rows are read in chunks of about this many MiB (default: 64)")
+    p.add_argument("--chunk-mb", type=_positive, default=256, metavar="MB",
+                   help="rows are read in chunks of about this many MiB (default: 256)")
     p.add_argument("--no-kind-check", action="store_true",
                    help="skip the sampled check that the data matches --kind")
     prog = p.add_mutually_exclusive_group()

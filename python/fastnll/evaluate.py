@@ -46,7 +46,7 @@ class Evaluator:
 
     def __init__(self, *, kind: str = "logits", ignore_index: int = -100,
                  top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
-                 chunk_bytes: int = 64 << 20, progress: Optional[bool] = None,
+                 chunk_bytes: int = 256 << 20, progress: Optional[bool] = None,
                  check_kind: bool = True) -> None:
         self.top_k = validate(kind, top_k, n_bins, chunk_bytes)
         self.kind, self.ignore_index, self.n_bins = kind, int(ignore_index), int(n_bins)
@@ -202,7 +202,7 @@ def _row_store(d: Dump, per_row: Union[bool, PathLike]
 
 def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int = -100,
              top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
-             per_row: Union[bool, PathLike] = False, chunk_bytes: int = 64 << 20,
+             per_row: Union[bool, PathLike] = False, chunk_bytes: int = 256 << 20,
              progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
              target_dtype: Any = None, check_kind: bool = True) -> EvalReport:
     """Score a whole dump in one streaming read; see docs/evaluate.md.
@@ -231,7 +231,7 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
 
 # ----------------------------------------------------------------------------- compare
 def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
-            ignore_index: int = -100, shift: bool = False, chunk_bytes: int = 64 << 20,
+            ignore_index: int = -100, shift: bool = False, chunk_bytes: int = 256 << 20,
             progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
             target_dtype: Any = None, check_kind: bool = True) -> CompareReport:
     """KL(base || new), NLL difference (new - base) and top-1 agreement in one read of both

@@ -150,6 +150,21 @@ impl Isa for Avx2 {
         _mm256_i32gather_ps::<4>(p, _mm256_loadu_si256(idx.as_ptr() as *const __m256i))
     }
     #[inline(always)]
+    unsafe fn deinterleave2(p: *const f32) -> (__m256, __m256) {
+        let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+        // per 128-bit half: rows (0, 1, 4, 5 | 2, 3, 6, 7); then the 64-bit pairs reordered
+        let fix = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
+        (
+            fix(_mm256_shuffle_ps::<0x88>(a, b)),
+            fix(_mm256_shuffle_ps::<0xDD>(a, b)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn select_odd(idx: &[i32; 16], a: __m256, b: __m256) -> __m256 {
+        let v = _mm256_loadu_si256(idx.as_ptr() as *const __m256i);
+        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<31>(v)))
+    }
+    #[inline(always)]
     unsafe fn targets(
         t: *const i64,
         c: usize,

@@ -140,6 +140,21 @@ impl Isa for Avx512 {
         _mm512_i32gather_ps::<4>(_mm512_loadu_si512(idx.as_ptr() as *const _), p)
     }
     #[inline(always)]
+    unsafe fn deinterleave2(p: *const f32) -> (__m512, __m512) {
+        let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        (
+            _mm512_permutex2var_ps(a, even, b),
+            _mm512_permutex2var_ps(a, odd, b),
+        )
+    }
+    #[inline(always)]
+    unsafe fn select_odd(idx: &[i32; 16], a: __m512, b: __m512) -> __m512 {
+        let v = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        _mm512_mask_blend_ps(_mm512_test_epi32_mask(v, _mm512_set1_epi32(1)), a, b)
+    }
+    #[inline(always)]
     unsafe fn targets(
         t: *const i64,
         c: usize,

@@ -181,6 +181,10 @@ pub(crate) trait Isa: Copy {
     unsafe fn gather(p: *const f32, stride: usize) -> Self::V;
     /// Lane l = p[idx[l]] for l < W.
     unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> Self::V;
+    /// (p[2l], p[2l + 1]) for l < W: the two columns of W packed rows of 2 (reads 2W values).
+    unsafe fn deinterleave2(p: *const f32) -> (Self::V, Self::V);
+    /// Lane l = b[l] where idx[l] is odd, else a[l].
+    unsafe fn select_odd(idx: &[i32; 16], a: Self::V, b: Self::V) -> Self::V;
     /// W int64 class targets at `t`: writes idx[l] = l*c + t_l (l*c where t_l is ignored or
     /// out of range); returns the 0/1 vector of scored lanes, their number, and whether a
     /// target other than `ignore` is outside [0, c).
@@ -266,6 +270,11 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
         }
         Self::load::<I>(buf.as_ptr())
     }
+    /// The two columns of I::W packed rows of 2, widened.
+    #[inline(always)]
+    unsafe fn load_pair<I: Isa>(p: *const Self) -> (I::V, I::V) {
+        (Self::load_col::<I>(p, 2), Self::load_col::<I>(p.add(1), 2))
+    }
     /// Lane l = p[idx[l]] for l < I::W, widened.
     #[inline(always)]
     unsafe fn load_idx<I: Isa>(p: *const Self, idx: &[i32; 16]) -> I::V {
@@ -304,6 +313,10 @@ impl Elem for f32 {
     #[inline(always)]
     unsafe fn load_col<I: Isa>(p: *const f32, stride: usize) -> I::V {
         I::gather(p, stride)
+    }
+    #[inline(always)]
+    unsafe fn load_pair<I: Isa>(p: *const f32) -> (I::V, I::V) {
+        I::deinterleave2(p)
     }
     #[inline(always)]
     unsafe fn load_idx<I: Isa>(p: *const f32, idx: &[i32; 16]) -> I::V {

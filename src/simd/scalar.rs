@@ -149,6 +149,18 @@ impl Isa for Scalar {
         *p.add(idx[0] as usize)
     }
     #[inline(always)]
+    unsafe fn deinterleave2(p: *const f32) -> (f32, f32) {
+        (*p, *p.add(1))
+    }
+    #[inline(always)]
+    unsafe fn select_odd(idx: &[i32; 16], a: f32, b: f32) -> f32 {
+        if idx[0] & 1 == 1 {
+            b
+        } else {
+            a
+        }
+    }
+    #[inline(always)]
     unsafe fn targets(
         t: *const i64,
         c: usize,
