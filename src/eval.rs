@@ -140,19 +140,15 @@ fn finish_logits(xt: f64, rs: &RowStats, ln_s: f64, e_t: f64) -> RowMetrics {
     }
 }
 
-/// Metrics of a logits or log-probabilities row from its statistics and target value.
+/// Metrics of a log-probabilities row, or of a logits row that is not ordinary (inf/NaN: the
+/// ordinary ones go to [`finish_logits`]), from its statistics and target value.
 fn finish(kind: Kind, xt: f64, rs: &RowStats) -> RowMetrics {
     let st = rs.st;
-    // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L), L = lse for logits, 0 for
-    // log-probabilities. For logits m - L = -ln s and κ = 1/s: one log and one exp per row.
+    // p_c = e_c·κ with e_c = exp(x_c - m) and κ = exp(m - L), L = lse for logits (+inf
+    // entries share the mass: κ = 1/s), 0 for log-probabilities.
     let (m_minus_l, kappa, nll) = if kind == Kind::Logits {
-        let (shift, ln_s) = rs.split();
-        if shift == rs.m {
-            (-ln_s, 1.0 / st.s, (shift - xt) + ln_s)
-        } else {
-            // inf/NaN rows: split gives (lse, 0); +inf entries share the mass (κ = 1/s)
-            (rs.m - shift, 1.0 / st.s, shift - xt)
-        }
+        let l = rs.lse();
+        (rs.m - l, 1.0 / st.s, l - xt)
     } else {
         (rs.m, rs.m.exp(), -xt)
     };
