@@ -105,24 +105,22 @@ struct RowMetrics {
 /// Metrics of a probabilities row (a scalar float64 pass).
 fn probs_metrics(rw: &mut Rows, i: usize, k: usize) -> RowMetrics {
     let xt = rw.value(i, k);
-    {
-        let (mut pmax, mut sq, mut plogp, mut gt) = (f64::NEG_INFINITY, 0.0, 0.0, 0u64);
-        for j in 0..rw.cols() {
-            let p = rw.value(i, j);
-            pmax = pmax.max(p);
-            sq += p * p;
-            if p > 0.0 {
-                plogp += p * p.ln();
-            }
-            gt += (p > xt) as u64;
+    let (mut pmax, mut sq, mut plogp, mut gt) = (f64::NEG_INFINITY, 0.0, 0.0, 0u64);
+    for j in 0..rw.cols() {
+        let p = rw.value(i, j);
+        pmax = pmax.max(p);
+        sq += p * p;
+        if p > 0.0 {
+            plogp += p * p.ln();
         }
-        return RowMetrics {
-            nll: -xt.ln(),
-            rank: gt,
-            entropy: -plogp,
-            brier: sq - 2.0 * xt + 1.0,
-            conf: pmax,
-        };
+        gt += (p > xt) as u64;
+    }
+    RowMetrics {
+        nll: -xt.ln(),
+        rank: gt,
+        entropy: -plogp,
+        brier: sq - 2.0 * xt + 1.0,
+        conf: pmax,
     }
 }
 

@@ -590,6 +590,11 @@ macro_rules! dispatch {
             unsafe fn avx512<$E: Elem $(, const $C: $CT)*>($($arg: $ty),*) -> $ret {
                 $kernel::<simd::avx512::Avx512, $E $(, $C)*>($($arg),*)
             }
+            #[cfg(target_arch = "aarch64")]
+            #[target_feature(enable = "neon")]
+            unsafe fn neon<$E: Elem $(, const $C: $CT)*>($($arg: $ty),*) -> $ret {
+                $kernel::<simd::neon::Neon, $E $(, $C)*>($($arg),*)
+            }
             match path {
                 // SAFETY: a Path other than Scalar is only ever selected after
                 // `Path::available` confirmed the CPU has its features.
@@ -597,6 +602,8 @@ macro_rules! dispatch {
                 Path::Avx512 => unsafe { avx512::<$E $(, $C)*>($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 Path::Avx2 => unsafe { avx2::<$E $(, $C)*>($($arg),*) },
+                #[cfg(target_arch = "aarch64")]
+                Path::Neon => unsafe { neon::<$E $(, $C)*>($($arg),*) },
                 // SAFETY: the scalar path needs no CPU feature.
                 _ => unsafe { $kernel::<simd::scalar::Scalar, $E $(, $C)*>($($arg),*) },
             }

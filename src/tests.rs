@@ -21,10 +21,7 @@ fn paths() -> Vec<Path> {
     {
         return vec![p].into_iter().filter(|p| p.available()).collect();
     }
-    [Path::Scalar, Path::Avx2, Path::Avx512]
-        .into_iter()
-        .filter(|p| p.available())
-        .collect()
+    Path::ALL.into_iter().filter(|p| p.available()).collect()
 }
 
 fn on_each_path(mut f: impl FnMut(Path)) {
@@ -594,4 +591,12 @@ fn short_rows_in_lanes_with_nonfinite_rows_mixed_in() {
             }
         }
     });
+}
+
+#[test]
+#[cfg(target_arch = "aarch64")]
+fn neon_is_tested_on_aarch64() {
+    // every AArch64 CPU has NEON: the tests above must have run on it, not only on scalar
+    assert!(paths().contains(&Path::Neon) || std::env::var("FASTNLL_SIMD").is_ok());
+    assert_eq!(Path::best(), Path::Neon);
 }

@@ -22,7 +22,7 @@ def test_env_var_selects_the_path_in_use():
     assert "scalar" in fastnll.available_simd_paths()
 
 
-@pytest.mark.parametrize("path", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("path", ["scalar", "avx2", "avx512", "neon"])
 def test_forced_path_in_subprocess(path):
     if path not in fastnll.available_simd_paths():
         pytest.skip(f"{path} not available on this CPU")
@@ -37,7 +37,7 @@ def test_unknown_env_value_warns_and_falls_back():
     code = "import warnings, fastnll; print(fastnll.simd_path())"
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "sse9" in out.stderr
-    assert out.stdout.strip() in ("scalar", "avx2", "avx512")
+    assert out.stdout.strip() in ("scalar", "avx2", "avx512", "neon")
 
 
 def test_set_simd_path_rejects_unknown():

@@ -33,12 +33,12 @@ def get_num_threads() -> int:
 
 
 def simd_path() -> str:
-    """The SIMD code path in use: ``"avx512"``, ``"avx2"`` or ``"scalar"``."""
+    """The SIMD code path in use: ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"scalar"``."""
     return str(_core.simd_path())
 
 
 def set_simd_path(name: str) -> None:
-    """Force a SIMD path (``"scalar"``, ``"avx2"``, ``"avx512"``) for this process, as the
+    """Force a SIMD path (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"neon"``) for this process, as the
     ``FASTNLL_SIMD`` environment variable does at start-up. ValueError if unavailable."""
     _core.set_simd_path(name)
 

@@ -348,7 +348,7 @@ fn compare_rows<'py>(
     Ok(d)
 }
 
-/// The SIMD path in use ("scalar", "avx2" or "avx512").
+/// The SIMD path in use ("scalar", "avx2", "avx512" or "neon").
 #[pyfunction]
 fn simd_path() -> &'static str {
     simd::current().name()
@@ -359,7 +359,7 @@ fn simd_path() -> &'static str {
 fn set_simd_path(name: &str) -> PyResult<()> {
     let p = simd::Path::parse(name).ok_or_else(|| {
         PyValueError::new_err(format!(
-            "unknown SIMD path {name:?}: use scalar, avx2 or avx512"
+            "unknown SIMD path {name:?}: use scalar, avx2, avx512 or neon"
         ))
     })?;
     if !simd::set_path(p) {
@@ -373,7 +373,7 @@ fn set_simd_path(name: &str) -> PyResult<()> {
 /// Paths this CPU can run.
 #[pyfunction]
 fn available_simd_paths() -> Vec<&'static str> {
-    [simd::Path::Scalar, simd::Path::Avx2, simd::Path::Avx512]
+    simd::Path::ALL
         .into_iter()
         .filter(|p| p.available())
         .map(|p| p.name())

@@ -11,6 +11,8 @@
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 pub(crate) mod scalar;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -21,14 +23,19 @@ pub enum Path {
     Scalar,
     Avx2,
     Avx512,
+    Neon,
 }
 
 impl Path {
+    /// Every path, available here or not.
+    pub const ALL: [Path; 4] = [Path::Scalar, Path::Avx2, Path::Avx512, Path::Neon];
+
     pub fn name(self) -> &'static str {
         match self {
             Path::Scalar => "scalar",
             Path::Avx2 => "avx2",
             Path::Avx512 => "avx512",
+            Path::Neon => "neon",
         }
     }
 
@@ -37,6 +44,7 @@ impl Path {
             "scalar" => Some(Path::Scalar),
             "avx2" => Some(Path::Avx2),
             "avx512" => Some(Path::Avx512),
+            "neon" => Some(Path::Neon),
             _ => None,
         }
     }
@@ -59,14 +67,16 @@ impl Path {
                     && is_x86_feature_detected!("avx512dq")
                     && Path::Avx2.available()
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
     /// The best path this CPU has.
     pub fn best() -> Path {
-        [Path::Avx512, Path::Avx2]
+        [Path::Avx512, Path::Avx2, Path::Neon]
             .into_iter()
             .find(|p| p.available())
             .unwrap_or(Path::Scalar)
@@ -81,6 +91,7 @@ fn encode(p: Path) -> u8 {
         Path::Scalar => 1,
         Path::Avx2 => 2,
         Path::Avx512 => 3,
+        Path::Neon => 4,
     }
 }
 
@@ -88,6 +99,7 @@ fn decode(v: u8) -> Path {
     match v {
         2 => Path::Avx2,
         3 => Path::Avx512,
+        4 => Path::Neon,
         _ => Path::Scalar,
     }
 }
@@ -116,7 +128,7 @@ pub fn path_from_env() -> Result<Path, String> {
                 p.name()
             )),
             None => Err(format!(
-                "FASTNLL_SIMD={s:?} is not one of scalar, avx2, avx512, auto"
+                "FASTNLL_SIMD={s:?} is not one of scalar, avx2, avx512, neon, auto"
             )),
         },
     }
