@@ -27,7 +27,7 @@ fn main() {
             .collect();
         let t: Vec<i64> = (0..n).map(|i| ((i * 31) % c) as i64).collect();
         // the targets read as f32 pairs: the roofline for their bytes
-        let tf: Vec<f32> = vec![0.0; 2 * n];
+        let tf: Vec<f32> = vec![1.0; 2 * n];
         let (v, tv) = (View::from_slice(&x, n, c), IntView::from_slice(&t));
         let (vt, mut best) = (View::from_slice(&tf, 2 * n, 1), [f64::INFINITY; 2]);
         for _ in 0..7 {

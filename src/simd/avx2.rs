@@ -115,6 +115,16 @@ impl Isa for Avx2 {
         _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e))
     }
     #[inline(always)]
+    unsafe fn abs(v: __m256) -> __m256 {
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
+    }
+    #[inline(always)]
+    unsafe fn all_finite(v: __m256) -> bool {
+        // v·0 is 0 exactly where v is finite
+        let z = _mm256_setzero_ps();
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_mul_ps(v, z), z)) == 0xFF
+    }
+    #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));

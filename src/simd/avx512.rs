@@ -108,6 +108,16 @@ impl Isa for Avx512 {
         _mm512_scalef_ps(p, t)
     }
     #[inline(always)]
+    unsafe fn abs(v: __m512) -> __m512 {
+        _mm512_abs_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn all_finite(v: __m512) -> bool {
+        // v·0 is 0 exactly where v is finite
+        let z = _mm512_setzero_ps();
+        _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_mul_ps(v, z), z) == 0xFFFF
+    }
+    #[inline(always)]
     unsafe fn hsum(v: __m512) -> f32 {
         _mm512_reduce_add_ps(v)
     }

@@ -58,6 +58,7 @@ impl Path {
                 is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
+                    && is_x86_feature_detected!("popcnt")
             }
             #[cfg(target_arch = "x86_64")]
             Path::Avx512 => {
@@ -183,6 +184,10 @@ pub(crate) trait Isa: Copy {
     /// Callers fold the shift into one fma, t = x·log2(e) - m·log2(e), and correct the
     /// rounding of m·log2(e) once per block (see `kernel::stats`).
     unsafe fn exp2_sum(t: Self::V) -> Self::V;
+    /// |v| (NaN stays NaN).
+    unsafe fn abs(v: Self::V) -> Self::V;
+    /// Whether every lane is finite (not ±inf, not NaN).
+    unsafe fn all_finite(v: Self::V) -> bool;
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
     /// v where mask != 0, else 0 (also where v is NaN or inf).

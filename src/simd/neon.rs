@@ -144,6 +144,16 @@ impl Isa for Neon {
         scale(p, n)
     }
     #[inline(always)]
+    unsafe fn abs(v: float32x4_t) -> float32x4_t {
+        vabsq_f32(v)
+    }
+    #[inline(always)]
+    unsafe fn all_finite(v: float32x4_t) -> bool {
+        // v·0 is 0 exactly where v is finite
+        let z = vdupq_n_f32(0.0);
+        vminvq_u32(vceqq_f32(vmulq_f32(v, z), z)) != 0
+    }
+    #[inline(always)]
     unsafe fn hsum(v: float32x4_t) -> f32 {
         vaddvq_f32(v)
     }

@@ -121,6 +121,14 @@ impl Isa for Scalar {
         exp2_sum(t)
     }
     #[inline(always)]
+    unsafe fn abs(v: f32) -> f32 {
+        v.abs()
+    }
+    #[inline(always)]
+    unsafe fn all_finite(v: f32) -> bool {
+        v.is_finite()
+    }
+    #[inline(always)]
     unsafe fn hsum(v: f32) -> f32 {
         v
     }
