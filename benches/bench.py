@@ -531,7 +531,6 @@ def run_case(
     fast: Fast,
     torch: Any,
     args: argparse.Namespace,
-    roof_cache: Dict[Tuple[str, int, int], Dict[str, Any]],
     time_cache: Dict[Tuple[str, Tuple[str, int, int]], float],
 ) -> Dict[str, Any]:
     rec: Dict[str, Any] = {
@@ -560,27 +559,24 @@ def run_case(
     rec["elements_per_ns"] = case.n * case.c / tm["median_s"] / 1e9
     time_cache[(case.op, case.key)] = tm["median_s"]
 
-    # roofline: read-only SIMD sum over the same logits, scaled to all input bytes
-    if case.key not in roof_cache:
-        rf = fast.roofline(x)
-        if rf is None:
-            roof_cache[case.key] = {}
-        else:
-            try:
-                r = time_call(rf, args.repeat)
-                r.pop("result")
-                roof_cache[case.key] = r
-            except Exception as exc:
-                roof_cache[case.key] = {"error": f"{type(exc).__name__}: {exc}"}
-    roof = roof_cache[case.key]
-    if "median_s" in roof:
-        bw = case.logits_bytes / roof["median_s"]
-        rec["roofline_sum_s"] = roof["median_s"]
-        rec["roofline_gb_per_s"] = bw / 1e9
-        rec["roofline_time_s"] = case.input_bytes / bw
-        rec["roofline_ratio"] = rec["roofline_time_s"] / tm["median_s"]
-    elif "error" in roof:
-        rec["notes"].append(f"roofline error: {roof['error']}")
+    # roofline: read-only SIMD sum over the same logits, scaled to all input bytes. Timed in
+    # alternation with the case (case, sum, case, sum, ...), the ratio being the median of the
+    # pairs' ratios, so that drift in the machine's speed between cases cancels out.
+    rf = fast.roofline(x)
+    if rf is not None:
+        try:
+            case_fn = fast.call(case.op, x, t)
+            rf()
+            pairs = [(time_once(case_fn), time_once(rf)) for _ in range(args.repeat)]
+            scale = case.input_bytes / case.logits_bytes
+            roof_s = statistics.median(r for _, r in pairs)
+            rec["roofline_sum_s"] = roof_s
+            rec["roofline_gb_per_s"] = case.logits_bytes / roof_s / 1e9
+            rec["roofline_time_s"] = roof_s * scale
+            rec["roofline_ratio"] = statistics.median(r * scale / c for c, r in pairs)
+            rec["roofline_pairs_s"] = pairs
+        except Exception as exc:
+            rec["notes"].append(f"roofline error: {type(exc).__name__}: {exc}")
 
     # evaluate: ratio to cross_entropy alone on the same array, timed in alternation (CE,
     # evaluate, CE, evaluate, ...) so that drift in the machine's speed cancels out
@@ -790,7 +786,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     for c in cases:
         groups.setdefault(c.key, []).append(c)
     records: Dict[int, Dict[str, Any]] = {}
-    roof_cache: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
     time_cache: Dict[Tuple[str, Tuple[str, int, int]], float] = {}
     t_start = time.time()
     for key, group in groups.items():
@@ -800,7 +795,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         t = make_targets(n, c) if any(k.needs_target for k in group) else None
         for case in group:
             log(f"  {case.name}")
-            rec = run_case(case, x, t, fast, torch, args, roof_cache, time_cache)
+            rec = run_case(case, x, t, fast, torch, args, time_cache)
             records[case.order] = rec
             if "error" in rec:
                 log(f"    error: {rec['error']}")
