@@ -738,6 +738,22 @@ dispatch! {
     => exp2_each
 }
 
+/// `out[i] = x[i]` widened to f32 by the path's vector load (for its exactness test); the
+/// length is a multiple of 16.
+#[cfg(test)]
+#[inline(always)]
+unsafe fn widen_each<I: Isa, E: Elem>(x: &[E], out: &mut [f32]) {
+    for i in (0..x.len() / I::W).map(|k| k * I::W) {
+        I::store(out.as_mut_ptr().add(i), E::load::<I>(x.as_ptr().add(i)));
+    }
+}
+
+#[cfg(test)]
+dispatch! {
+    pub(crate) fn widen<E>(x: &[E], out: &mut [f32]) -> ()
+    => widen_each
+}
+
 /// Scalar-f64 statistics for float64 rows (exact libm exp; speed is not the point of f64).
 pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
     stats_iter(x.iter().copied(), xt, eval)

@@ -231,6 +231,34 @@ fn half_types_widen_exactly() {
 }
 
 #[test]
+fn every_half_bit_pattern_widens_exactly() {
+    // all 65,536 float16 and bfloat16 values (zeros, subnormals, inf, NaN) through each path's
+    // vector load, against the half crate's conversion
+    let bits: Vec<u16> = (0..=u16::MAX).collect();
+    let h: Vec<F16> = bits.iter().map(|&b| F16(b)).collect();
+    let bf: Vec<BF16> = bits.iter().map(|&b| BF16(b)).collect();
+    on_each_path(|p| {
+        let mut out = vec![0f32; bits.len()];
+        crate::kernel::widen::<F16>(p, &h, &mut out);
+        for (&b, &got) in bits.iter().zip(&out) {
+            let want = half::f16::from_bits(b).to_f32();
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{p:?} f16 {b:#06x}: {got:e}, want {want:e}"
+            );
+        }
+        crate::kernel::widen::<BF16>(p, &bf, &mut out);
+        for (&b, &got) in bits.iter().zip(&out) {
+            let want = half::bf16::from_bits(b).to_f32();
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{p:?} bf16 {b:#06x}: {got:e}, want {want:e}"
+            );
+        }
+    });
+}
+
+#[test]
 fn nonfinite_policy() {
     let inf = f32::INFINITY;
     let nan = f32::NAN;
