@@ -310,17 +310,20 @@ pub struct BlockSums {
 }
 
 /// Max, exp-sum and log of W packed rows of `c` (1..=LANES_MAX_C) elements, one row per lane.
-/// Returns (m, ln s, finite) where finite is false if any lane has an inf/NaN max or sum.
+/// Returns (m, ln s, finite) where finite is false if any lane has an inf/NaN max or sum, or a
+/// max of magnitude >= BIG (see `stats`): such blocks are left to the row kernel.
 #[inline(always)]
 unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool) {
     if c == 2 {
         // Binary rows: m = max(a, b) and s = 1 + 2^(-|a - b|·log2 e), no shift to correct.
-        // A NaN or an inf in either column makes |a - b| or m non-finite: one check.
+        // One check: e is NaN where a or b is NaN or both are the same inf, m must be finite
+        // and below BIG (as in `stats`; it also keeps m - x from overflowing). A -inf beside
+        // a finite value (a masked class) stays: e = 0, s = 1.
         let (a, b) = E::load_pair::<I>(p);
         let vm = I::max_ignore_nan(a, b);
         let d = I::abs(I::sub(a, b));
         let e = I::exp2_sum(I::mul(d, I::splat(-exp2c::LOG2E)));
-        let finite = I::all_finite(I::fma(d, I::splat(0.0), vm));
+        let finite = I::all_abs_below(I::fma(e, I::splat(0.0), vm), exp2c::BIG);
         return (vm, I::ln_ge1(I::add(I::splat(1.0), e)), finite);
     }
     // Only the first c columns are written and read: no need to initialise the rest.
@@ -353,14 +356,14 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
 /// How far ahead of the rows in lanes their data is prefetched, in bytes.
 const SHORT_AHEAD: usize = 4096;
 
-/// Prefetches the logits `SHORT_AHEAD` bytes past the W rows of c at `p`, when they span few
-/// cache lines: it lifts C = 2 cross-entropy from 0.6 to 0.85 of the read-only roofline (the
+/// Prefetches the logits `SHORT_AHEAD` bytes past the W rows of c at `p`, when rows are short
+/// (<= 32 bytes): it lifts C = 2 cross-entropy from 0.6 to 0.85 of the read-only roofline (the
 /// hardware prefetcher alone falls behind two equal streams, logits and targets), but one
-/// prefetch per line costs more than it gains at C = 32 (0.72 -> 0.56), measured.
+/// prefetch per line costs more than it gains at C = 32 (0.72 -> 0.56), measured (AVX-512).
 #[inline(always)]
 unsafe fn short_prefetch<I: Isa, E: Elem>(p: *const E, c: usize) {
     let bytes = I::W * c * std::mem::size_of::<E>();
-    if bytes <= 512 {
+    if c * std::mem::size_of::<E>() <= 32 {
         let p = p as *const u8;
         for k in (0..bytes).step_by(64) {
             I::prefetch(p.wrapping_add(SHORT_AHEAD + k));
@@ -436,8 +439,10 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem>(
         }
         let p = x.as_ptr().add(r0 * c);
         short_prefetch::<I, E>(p, c);
-        I::prefetch((t.as_ptr().add(r0) as *const u8).wrapping_add(SHORT_AHEAD));
-        I::prefetch((t.as_ptr().add(r0) as *const u8).wrapping_add(SHORT_AHEAD + 64));
+        let pt = (t.as_ptr().add(r0) as *const u8).wrapping_add(SHORT_AHEAD);
+        for k in (0..w * 8).step_by(64) {
+            I::prefetch(pt.wrapping_add(k));
+        }
         let (vm, ln_s, finite) = lane_lse::<I, E>(p, c);
         if !finite {
             break;

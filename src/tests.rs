@@ -566,9 +566,13 @@ fn short_rows_in_lanes_with_nonfinite_rows_mixed_in() {
             for v in &mut x[40 * c..41 * c] {
                 *v = f32::NEG_INFINITY;
             }
+            // masked classes: one -inf in a finite row (row 51's is its target, below)
+            x[50 * c] = f32::NEG_INFINITY;
+            x[51 * c] = f32::NEG_INFINITY;
             let mut out = vec![0f32; n];
             logsumexp(&View::from_slice(&x, n, c), &mut out).unwrap();
-            let t: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+            let mut t: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+            t[51] = 0;
             let mut ce = vec![0f32; n];
             let opt = ClassOptions {
                 label_smoothing: 0.3,
@@ -627,4 +631,26 @@ fn neon_is_tested_on_aarch64() {
     // every AArch64 CPU has NEON: the tests above must have run on it, not only on scalar
     assert!(paths().contains(&Path::Neon) || std::env::var("FASTNLL_SIMD").is_ok());
     assert_eq!(Path::best(), Path::Neon);
+}
+
+#[test]
+#[cfg(target_arch = "aarch64")]
+fn f16_subnormals_widen_exactly_under_flush_to_zero() {
+    // FPCR.FZ (set by some -ffast-math libraries) flushes f32 subnormal arithmetic to zero;
+    // half subnormals are normal f32 values and must survive NEON's widening with it set.
+    let h: Vec<F16> = (1..=0x03FFu16).chain(0x8001..=0x83FF).map(F16).collect();
+    let h = &h[..h.len() / 16 * 16];
+    let mut out = vec![0f32; h.len()];
+    let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let old: u64;
+    // SAFETY: only the flush-to-zero bit (24) of this thread's FPCR changes, and is restored.
+    unsafe {
+        std::arch::asm!("mrs {0}, fpcr", out(reg) old);
+        std::arch::asm!("msr fpcr, {0}", in(reg) old | (1 << 24));
+    }
+    crate::kernel::widen::<F16>(Path::Neon, h, &mut out);
+    unsafe { std::arch::asm!("msr fpcr, {0}", in(reg) old) };
+    for (v, &got) in h.iter().zip(&out) {
+        assert_eq!(got, half::f16::from_bits(v.0).to_f32(), "{:#06x}", v.0);
+    }
 }

@@ -119,10 +119,9 @@ impl Isa for Avx2 {
         _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
     }
     #[inline(always)]
-    unsafe fn all_finite(v: __m256) -> bool {
-        // v·0 is 0 exactly where v is finite
-        let z = _mm256_setzero_ps();
-        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_mul_ps(v, z), z)) == 0xFF
+    unsafe fn all_abs_below(v: __m256, b: f32) -> bool {
+        let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(Self::abs(v), _mm256_set1_ps(b));
+        _mm256_movemask_ps(lt) == 0xFF
     }
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {

@@ -112,10 +112,8 @@ impl Isa for Avx512 {
         _mm512_abs_ps(v)
     }
     #[inline(always)]
-    unsafe fn all_finite(v: __m512) -> bool {
-        // v·0 is 0 exactly where v is finite
-        let z = _mm512_setzero_ps();
-        _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_mul_ps(v, z), z) == 0xFFFF
+    unsafe fn all_abs_below(v: __m512, b: f32) -> bool {
+        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(b)) == 0xFFFF
     }
     #[inline(always)]
     unsafe fn hsum(v: __m512) -> f32 {

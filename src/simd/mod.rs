@@ -186,8 +186,8 @@ pub(crate) trait Isa: Copy {
     unsafe fn exp2_sum(t: Self::V) -> Self::V;
     /// |v| (NaN stays NaN).
     unsafe fn abs(v: Self::V) -> Self::V;
-    /// Whether every lane is finite (not ±inf, not NaN).
-    unsafe fn all_finite(v: Self::V) -> bool;
+    /// Whether |v| < b in every lane (false where v is NaN); b > 0.
+    unsafe fn all_abs_below(v: Self::V, b: f32) -> bool;
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
     /// v where mask != 0, else 0 (also where v is NaN or inf).

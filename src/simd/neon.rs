@@ -45,16 +45,20 @@ impl Isa for Neon {
     #[inline(always)]
     unsafe fn load_f16(p: *const u16) -> float32x4_t {
         // binary16 -> f32 by integer steps (the f16 conversion instructions need Rust's
-        // unstable f16 types): the 15 magnitude bits moved to f32's place are the value
-        // times 2^-112, exact for subnormals too; exponent 31 (inf/NaN) becomes 255.
+        // unstable f16 types): exponent rebiased by 112, exponent 31 (inf/NaN) made 255, and
+        // subnormals (exponent 0) as mantissa · 2^-24, which is exact and never an f32
+        // subnormal, so a flush-to-zero mode cannot touch it.
         let h = vmovl_u16(vld1_u16(p));
         let mag = vshlq_n_u32::<13>(vandq_u32(h, vdupq_n_u32(0x7FFF)));
-        let v = bits(vmulq_f32(
-            float(mag),
-            vdupq_n_f32(f32::from_bits(0x7780_0000)),
-        )); // 2^112
-        let special = vceqq_u32(vandq_u32(h, vdupq_n_u32(0x7C00)), vdupq_n_u32(0x7C00));
-        let v = vorrq_u32(v, vandq_u32(special, vdupq_n_u32(0x7F80_0000)));
+        let exp = vandq_u32(h, vdupq_n_u32(0x7C00));
+        let normal = vaddq_u32(mag, vdupq_n_u32(112 << 23));
+        let special = vceqq_u32(exp, vdupq_n_u32(0x7C00));
+        let normal = vorrq_u32(normal, vandq_u32(special, vdupq_n_u32(0x7F80_0000)));
+        let sub = vmulq_f32(
+            vcvtq_f32_u32(vandq_u32(h, vdupq_n_u32(0x03FF))),
+            vdupq_n_f32(1.0 / 16_777_216.0),
+        );
+        let v = vbslq_u32(vceqq_u32(exp, vdupq_n_u32(0)), bits(sub), normal);
         let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
         float(vorrq_u32(v, sign))
     }
@@ -148,10 +152,9 @@ impl Isa for Neon {
         vabsq_f32(v)
     }
     #[inline(always)]
-    unsafe fn all_finite(v: float32x4_t) -> bool {
-        // v·0 is 0 exactly where v is finite
-        let z = vdupq_n_f32(0.0);
-        vminvq_u32(vceqq_f32(vmulq_f32(v, z), z)) != 0
+    unsafe fn all_abs_below(v: float32x4_t, b: f32) -> bool {
+        // |v| < |b|, false for NaN
+        vminvq_u32(vcaltq_f32(v, vdupq_n_f32(b))) != 0
     }
     #[inline(always)]
     unsafe fn hsum(v: float32x4_t) -> f32 {

@@ -125,8 +125,8 @@ impl Isa for Scalar {
         v.abs()
     }
     #[inline(always)]
-    unsafe fn all_finite(v: f32) -> bool {
-        v.is_finite()
+    unsafe fn all_abs_below(v: f32, b: f32) -> bool {
+        v.abs() < b
     }
     #[inline(always)]
     unsafe fn hsum(v: f32) -> f32 {
