@@ -180,15 +180,14 @@ fn add_row(
         *c += (m.rank < kk as u64) as u64;
     }
     let b = if m.conf.is_finite() {
-        ((m.conf.max(0.0) * nb as f64) as usize).min(nb - 1)
+        let b = ((m.conf.max(0.0) * nb as f64) as usize).min(nb - 1);
+        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].saturating_add(conf_fixed(m.conf));
+        b
     } else {
         acc.conf_nonfinite += 1;
         0
     };
     acc.bin_count[b] += 1;
-    if m.conf.is_finite() {
-        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].saturating_add(conf_fixed(m.conf));
-    }
     acc.bin_correct[b] += (m.rank == 0) as u64;
     if let Some((nll, rank)) = o.as_mut() {
         nll[idx] = m.nll;

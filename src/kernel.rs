@@ -344,11 +344,9 @@ unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool)
         vs = I::add(vs, I::exp2_sum(I::fma(cols.add(j).read(), vl, vnt)));
     }
     let vs = I::mul(vs, I::exp2_sum(I::fma(vm, I::splat(-exp2c::LOG2E), tm)));
-    // x·0 is 0 for finite x and NaN for ±inf/NaN: one check for all lanes. Maxima of
-    // magnitude >= BIG (see `stats`) count as not finite, leaving them to the row kernel.
-    let zero = I::splat(0.0);
-    let finite = I::hsum(I::mul(vs, zero)) == 0.0
-        && I::hmax(I::max_ignore_nan(vm, I::sub(zero, vm))) < exp2c::BIG;
+    // One check for all lanes: vs·0 + m is NaN where vs is inf/NaN, and m must be finite
+    // and below BIG (see `stats`); other blocks are left to the row kernel.
+    let finite = I::all_abs_below(I::fma(vs, I::splat(0.0), vm), exp2c::BIG);
     let ln_s = I::ln_ge1(I::max_ignore_nan(I::splat(1.0), vs));
     (vm, ln_s, finite)
 }
@@ -632,6 +630,7 @@ macro_rules! dispatch {
                 Path::Avx512 => unsafe { avx512::<$E $(, $C)*>($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 Path::Avx2 => unsafe { avx2::<$E $(, $C)*>($($arg),*) },
+                // SAFETY: likewise; Neon is selected only after `is_aarch64_feature_detected!`.
                 #[cfg(target_arch = "aarch64")]
                 Path::Neon => unsafe { neon::<$E $(, $C)*>($($arg),*) },
                 // SAFETY: the scalar path needs no CPU feature.

@@ -64,6 +64,19 @@ fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
     (got.is_nan() && want.is_nan()) || got == want || (got - want).abs() <= atol + rtol * want.abs()
 }
 
+/// Asserts that `out[r]` is the float64 logsumexp of row r of `data` (rows of c) within the
+/// f32 bound (rtol 2e-6, atol 2e-5).
+fn assert_lse_rows(data: &[f32], c: usize, out: &[f32], what: &str) {
+    for (r, &got) in out.iter().enumerate() {
+        let row: Vec<f64> = data[r * c..(r + 1) * c].iter().map(|&x| x as f64).collect();
+        let want = ref_lse(&row);
+        assert!(
+            close(got as f64, want, 2e-6, 2e-5),
+            "{what} row {r}: lse {got} vs {want}"
+        );
+    }
+}
+
 #[test]
 fn scalar_exp_matches_libm() {
     on_each_path(|p| {
@@ -144,15 +157,11 @@ fn huge_offsets_take_the_wide_path() {
                 let mut ce = vec![0f32; rows];
                 let tv = IntView::from_slice(&t);
                 cross_entropy::<f32>(&v, &tv, &ClassOptions::default(), Some(&mut ce)).unwrap();
+                assert_lse_rows(&data, c, &out, &format!("{p:?} C={c} offset={offset}"));
                 for r in 0..rows {
                     let row: Vec<f64> =
                         data[r * c..(r + 1) * c].iter().map(|&x| x as f64).collect();
                     let want = ref_lse(&row);
-                    assert!(
-                        close(out[r] as f64, want, 2e-6, 2e-5),
-                        "{p:?} C={c} offset={offset}: lse {} vs {want}",
-                        out[r]
-                    );
                     let want_ce = want - row[t[r] as usize];
                     assert!(
                         close(ce[r] as f64, want_ce, 2e-6, 2e-5 + 1e-7 * want.abs()),
@@ -178,16 +187,7 @@ fn logsumexp_all_lengths_and_magnitudes() {
                 let v = View::from_slice(&data, rows, c);
                 let mut out = vec![0f32; rows];
                 logsumexp(&v, &mut out).unwrap();
-                for r in 0..rows {
-                    let row: Vec<f64> =
-                        data[r * c..(r + 1) * c].iter().map(|&x| x as f64).collect();
-                    let want = ref_lse(&row);
-                    assert!(
-                        close(out[r] as f64, want, 2e-6, 2e-5),
-                        "{p:?} C={c} scale={scale}: {} vs {want}",
-                        out[r]
-                    );
-                }
+                assert_lse_rows(&data, c, &out, &format!("{p:?} C={c} scale={scale}"));
             }
         }
     });
@@ -649,6 +649,7 @@ fn f16_subnormals_widen_exactly_under_flush_to_zero() {
         std::arch::asm!("msr fpcr, {0}", in(reg) old | (1 << 24));
     }
     crate::kernel::widen::<F16>(Path::Neon, h, &mut out);
+    // SAFETY: writes back this thread's FPCR exactly as it was read above.
     unsafe { std::arch::asm!("msr fpcr, {0}", in(reg) old) };
     for (v, &got) in h.iter().zip(&out) {
         assert_eq!(got, half::f16::from_bits(v.0).to_f32(), "{:#06x}", v.0);
