@@ -12,6 +12,7 @@ pub mod parallel;
 pub mod rows;
 pub mod simd;
 pub mod softmax;
+pub(crate) mod stage;
 pub mod tensor;
 
 #[cfg(feature = "python")]
@@ -26,3 +27,5 @@ pub use tensor::{DType, IntType, IntView, View};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_layout;

@@ -380,6 +380,27 @@ fn available_simd_paths() -> Vec<&'static str> {
         .collect()
 }
 
+/// The short-row scheme in use ("gather" or "transpose"; see `simd::Short`).
+#[pyfunction]
+fn short_scheme() -> &'static str {
+    simd::short_scheme().name()
+}
+
+/// Forces the short-row scheme ("gather", "transpose", or "auto" for this CPU's default).
+#[pyfunction]
+fn set_short_scheme(name: &str) -> PyResult<()> {
+    let s = match name {
+        "auto" => simd::Short::detect(),
+        _ => simd::Short::parse(name).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "unknown short-row scheme {name:?}; expected 'gather', 'transpose' or 'auto'"
+            ))
+        })?,
+    };
+    simd::set_short_scheme(s);
+    Ok(())
+}
+
 /// Error text if FASTNLL_SIMD names an unknown or unavailable path, else None.
 #[pyfunction]
 fn simd_env_problem() -> Option<String> {
@@ -409,6 +430,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(eval_rows, m)?)?;
     m.add_function(wrap_pyfunction!(compare_rows, m)?)?;
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(short_scheme, m)?)?;
+    m.add_function(wrap_pyfunction!(set_short_scheme, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(available_simd_paths, m)?)?;
     m.add_function(wrap_pyfunction!(simd_env_problem, m)?)?;
