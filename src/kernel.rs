@@ -582,6 +582,107 @@ pub(crate) unsafe fn lse_short<I: Isa, E: Elem, const M: u8>(
     done
 }
 
+/// Loads the c columns of W short rows into `cols` (see `GATHER`, `COLS`, `TRANSPOSE`) and
+/// returns their lane-wise max (NaN ignored).
+#[inline(always)]
+unsafe fn load_cols<I: Isa, E: Elem, const M: u8>(
+    p: *const E,
+    st: usize,
+    c: usize,
+    cols: *mut I::V,
+) -> I::V {
+    if c == 2 && st == 2 && M != COLS {
+        let (a, b) = E::load_pair::<I>(p);
+        cols.write(a);
+        cols.add(1).write(b);
+    } else if M == TRANSPOSE {
+        I::rows_to_cols::<E>(p, st, c, cols);
+    } else {
+        for j in 0..c {
+            let v = if M == COLS {
+                E::load::<I>(p.add(j * st))
+            } else {
+                E::load_col::<I>(p.add(j), st)
+            };
+            cols.add(j).write(v);
+        }
+    }
+    let mut vm = I::splat(f32::NEG_INFINITY);
+    for j in 0..c {
+        vm = I::max_ignore_nan(vm, cols.add(j).read());
+    }
+    vm
+}
+
+/// Row statistics of 16 short rows for the metrics, one row per lane (see [`Stats`]): max,
+/// Σ e, Σ e·(x - m), Σ e², the count of x > x_t, and whether the row is ordinary (finite max
+/// below BIG and finite sums; other rows are left to the row kernel).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LaneStats {
+    pub m: [f32; 16],
+    pub s: [f32; 16],
+    pub t: [f32; 16],
+    pub q: [f32; 16],
+    pub gt: [f32; 16],
+    pub ok: [f32; 16],
+}
+
+/// [`LaneStats`] of the 16 short rows at `p` (mode `M`, stride `st`) against their target
+/// values `xt`, W lanes at a time.
+#[inline(always)]
+pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8>(
+    p: *const E,
+    st: usize,
+    c: usize,
+    xt: &[f32; 16],
+    o: &mut LaneStats,
+) {
+    let mut tile = std::mem::MaybeUninit::<[I::V; LANES_MAX_C]>::uninit();
+    let cols = tile.as_mut_ptr() as *mut I::V;
+    let (zero, one, vl) = (I::splat(0.0), I::splat(1.0), I::splat(exp2c::LOG2E));
+    for g in (0..16).step_by(I::W) {
+        let pb = if M == COLS { p.add(g) } else { p.add(g * st) };
+        let vm = load_cols::<I, E, M>(pb, st, c, cols);
+        let vxt = I::load(xt.as_ptr().add(g));
+        // base-2 sums with the shift tm = m·L rounded (see `stats`), t clamped so e·t stays
+        // finite where x = -inf
+        let tm = I::mul(vm, vl);
+        let vnt = I::sub(zero, tm);
+        let (mut s, mut et, mut q, mut gt) = (zero, zero, zero, zero);
+        for j in 0..c {
+            let x = cols.add(j).read();
+            let t = I::max_keep_nan(I::splat(exp2c::LO2), I::fma(x, vl, vnt));
+            let e = I::exp2_sum(t);
+            s = I::add(s, e);
+            et = I::fma(e, t, et);
+            q = I::fma(e, e, q);
+            gt = I::count_gt(gt, x, vxt);
+        }
+        // back to the shift m: exp(x - m) = e·2^k with k = tm - m·L, x - m = (t + k)/L
+        let k = I::fma(vm, I::splat(-exp2c::LOG2E), tm);
+        let corr = I::exp2_sum(k);
+        let sm = I::mul(s, corr);
+        let tv = I::mul(
+            I::mul(corr, I::fma(k, s, et)),
+            I::splat(exp2c::INV_LOG2E as f32),
+        );
+        let qm = I::mul(I::mul(corr, corr), q);
+        // ordinary lanes: |m| < BIG and finite sums (NaN anywhere makes a sum NaN)
+        let chk = I::fma(I::add(I::add(sm, tv), qm), zero, vm);
+        let okv = I::ok_abs_below(chk, exp2c::BIG, one);
+        for (a, v) in [
+            (&mut o.m, vm),
+            (&mut o.s, sm),
+            (&mut o.t, tv),
+            (&mut o.q, qm),
+            (&mut o.gt, gt),
+            (&mut o.ok, okv),
+        ] {
+            I::store(a.as_mut_ptr().add(g), v);
+        }
+    }
+}
+
 /// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
 pub(crate) const GROUP: usize = 16;
 
@@ -779,6 +880,18 @@ dispatch! {
     /// logsumexp of short rows (see [`lse_short`]).
     pub(crate) fn lse_short_rows<E, const M: u8>(b: Block<E>, out: &mut [f32]) -> usize
     => lse_short
+}
+
+dispatch! {
+    /// Metric statistics of 16 short rows (see [`eval_short`]).
+    pub(crate) fn eval_short_rows<E, const M: u8>(
+        p: *const E,
+        st: usize,
+        c: usize,
+        xt: &[f32; 16],
+        o: &mut LaneStats
+    ) -> ()
+    => eval_short
 }
 
 dispatch! {

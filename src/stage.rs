@@ -80,7 +80,7 @@ fn source<E: Elem + Storage>(
             };
             return (p, st, mode);
         }
-        x.copy_cols(i, n, buf);
+        x.copy_cols(i, n, n, buf);
         return (buf.as_ptr(), n, kernel::COLS);
     }
     if let Some((p, st)) = x.row_run::<E>(i) {
@@ -169,4 +169,33 @@ pub(crate) fn lse<E: Tile>(
         }
     }
     done
+}
+
+/// Metric statistics of rows `i..i + n` (n <= 16) in lanes (see `kernel::eval_short`); a
+/// group shorter than 16 is staged padded, so every row is scored by the same arithmetic
+/// whatever group it falls in.
+pub(crate) fn eval_block<E: Tile>(
+    path: Path,
+    x: &View,
+    i: usize,
+    n: usize,
+    xt: &[f32; 16],
+    o: &mut kernel::LaneStats,
+    s: &mut Scratch,
+) {
+    let c = x.cols();
+    let buf = E::bufs(s).0;
+    let (p, st, mode) = if n == 16 {
+        source(x, i, 16, simd::short_scheme(), buf)
+    } else {
+        x.copy_cols(i, n, 16, buf);
+        (buf.as_ptr(), 16, kernel::COLS)
+    };
+    match mode {
+        kernel::COLS => kernel::eval_short_rows::<E, { kernel::COLS }>(path, p, st, c, xt, o),
+        kernel::TRANSPOSE => {
+            kernel::eval_short_rows::<E, { kernel::TRANSPOSE }>(path, p, st, c, xt, o)
+        }
+        _ => kernel::eval_short_rows::<E, { kernel::GATHER }>(path, p, st, c, xt, o),
+    }
 }

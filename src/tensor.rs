@@ -345,28 +345,30 @@ impl<'a> View<'a> {
         }
     }
 
-    /// Copies rows `i..i + n` into `dst` column-major (`dst[j·n + r]`): a short-row tile whose
-    /// columns the lanes kernels load without gathers.
-    pub(crate) fn copy_cols<T: Storage>(&self, i: usize, n: usize, dst: &mut Vec<T>) {
+    /// Copies rows `i..i + n` into `dst` column-major with column stride `cs >= n`
+    /// (`dst[j·cs + r]`; rows n..cs padded with a copy of the first element): a short-row tile
+    /// whose columns the lanes kernels load without gathers.
+    pub(crate) fn copy_cols<T: Storage>(&self, i: usize, n: usize, cs: usize, dst: &mut Vec<T>) {
         debug_assert_eq!(T::DTYPE, self.dtype);
+        debug_assert!(cs >= n);
         let c = self.cols();
         dst.clear();
         if n == 0 || c == 0 {
             return;
         }
         let first = self.at::<T>(self.elem_ptr(i, 0), 0);
-        dst.resize(n * c, first);
+        dst.resize(cs * c, first);
         for r in 0..n {
             let base = self.elem_ptr(i + r, 0);
             if self.direct {
                 // SAFETY: as in `copy_rows`.
                 let row = unsafe { std::slice::from_raw_parts(base as *const T, c) };
                 for (j, &v) in row.iter().enumerate() {
-                    dst[j * n + r] = v;
+                    dst[j * cs + r] = v;
                 }
             } else {
                 for j in 0..c {
-                    dst[j * n + r] = self.at::<T>(base, j);
+                    dst[j * cs + r] = self.at::<T>(base, j);
                 }
             }
         }

@@ -526,6 +526,7 @@ fn evaluate_metrics_and_compare() {
         ignore_index: -100,
         top_k: vec![1, 2],
         n_bins: 10,
+        ties_first: false,
     };
     on_each_path(|_| {
         let s = evaluate(&v, &IntView::from_slice(&t), &opt, None).unwrap();

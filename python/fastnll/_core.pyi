@@ -54,8 +54,11 @@ def eval_rows(
     x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str, ignore_index: int,
     top_k: List[int], n_bins: int, row_offset: int = 0,
     nll_out: Optional[NDArray[np.float64]] = None, rank_out: Optional[NDArray[np.int64]] = None,
+    conf_out: Optional[NDArray[np.float64]] = None, ties: str = "target",
 ) -> Dict[str, Any]:
-    """One-pass metric sums of a dump chunk (see docs/evaluate.md)."""
+    """One-pass metric sums of a dump chunk (see docs/evaluate.md). ``conf_out`` (with
+    ``nll_out``/``rank_out``) receives each row's confidence (max probability; NaN for ignored
+    rows); ``ties="first"`` ranks by the argmax rule (ties before the target count)."""
 
 def compare_rows(
     base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarray, new_tag: str,

@@ -119,6 +119,13 @@ impl Isa for Avx2 {
         _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
     }
     #[inline(always)]
+    unsafe fn ok_abs_below(v: __m256, b: f32, one: __m256) -> __m256 {
+        _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_LT_OQ>(Self::abs(v), _mm256_set1_ps(b)),
+            one,
+        )
+    }
+    #[inline(always)]
     unsafe fn all_abs_below(v: __m256, b: f32) -> bool {
         let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(Self::abs(v), _mm256_set1_ps(b));
         _mm256_movemask_ps(lt) == 0xFF

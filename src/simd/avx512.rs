@@ -112,6 +112,11 @@ impl Isa for Avx512 {
         _mm512_abs_ps(v)
     }
     #[inline(always)]
+    unsafe fn ok_abs_below(v: __m512, b: f32, one: __m512) -> __m512 {
+        let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(b));
+        _mm512_maskz_mov_ps(m, one)
+    }
+    #[inline(always)]
     unsafe fn all_abs_below(v: __m512, b: f32) -> bool {
         _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(b)) == 0xFFFF
     }

@@ -274,6 +274,8 @@ pub(crate) trait Isa: Copy {
     unsafe fn abs(v: Self::V) -> Self::V;
     /// Whether |v| < b in every lane (false where v is NaN); b > 0.
     unsafe fn all_abs_below(v: Self::V, b: f32) -> bool;
+    /// `one` in the lanes where |v| < b (not where v is NaN), else 0.
+    unsafe fn ok_abs_below(v: Self::V, b: f32, one: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
     /// v where mask != 0, else 0 (also where v is NaN or inf).

@@ -152,6 +152,11 @@ impl Isa for Neon {
         vabsq_f32(v)
     }
     #[inline(always)]
+    unsafe fn ok_abs_below(v: float32x4_t, b: f32, one: float32x4_t) -> float32x4_t {
+        let lt = vcltq_f32(vabsq_f32(v), vdupq_n_f32(b));
+        vreinterpretq_f32_u32(vandq_u32(lt, vreinterpretq_u32_f32(one)))
+    }
+    #[inline(always)]
     unsafe fn all_abs_below(v: float32x4_t, b: f32) -> bool {
         // |v| < |b|, false for NaN
         vminvq_u32(vcaltq_f32(v, vdupq_n_f32(b))) != 0

@@ -125,6 +125,14 @@ impl Isa for Scalar {
         v.abs()
     }
     #[inline(always)]
+    unsafe fn ok_abs_below(v: f32, b: f32, one: f32) -> f32 {
+        if v.abs() < b {
+            one
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
     unsafe fn all_abs_below(v: f32, b: f32) -> bool {
         v.abs() < b
     }
