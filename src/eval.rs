@@ -107,25 +107,16 @@ struct RowMetrics {
     conf: f64,
 }
 
-/// Metrics of a probabilities row (a scalar float64 pass).
+/// Metrics of a probabilities row: one SIMD pass for 16/32-bit rows, float64 for float64.
 fn probs_metrics(rw: &mut Rows, i: usize, k: usize) -> RowMetrics {
     let xt = rw.value(i, k);
-    let (mut pmax, mut sq, mut plogp, mut gt) = (f64::NEG_INFINITY, 0.0, 0.0, 0u64);
-    for j in 0..rw.cols() {
-        let p = rw.value(i, j);
-        pmax = pmax.max(p);
-        sq += p * p;
-        if p > 0.0 {
-            plogp += p * p.ln();
-        }
-        gt += (p > xt) as u64;
-    }
+    let ps = rw.probs(i, xt);
     RowMetrics {
         nll: -xt.ln(),
-        rank: gt,
-        entropy: -plogp,
-        brier: sq - 2.0 * xt + 1.0,
-        conf: pmax,
+        rank: ps.gt,
+        entropy: -ps.plogp,
+        brier: ps.sq - 2.0 * xt + 1.0,
+        conf: ps.pmax,
     }
 }
 

@@ -302,6 +302,64 @@ pub(crate) unsafe fn sum<I: Isa, E: Elem>(x: &[E]) -> f64 {
     I::hsum(I::add(I::add(a0, a1), I::add(a2, a3))) as f64 + tail
 }
 
+/// Statistics of a probabilities row for the metrics: max p, Σ p², Σ p·ln p (p > 0), the
+/// count of p > p_t, and whether a NaN was seen. f32 lanes within a block, f64 across blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct ProbStats {
+    pub pmax: f64,
+    pub sq: f64,
+    pub plogp: f64,
+    pub gt: u64,
+    pub nan: bool,
+}
+
+#[inline(always)]
+unsafe fn probs_vec<I: Isa>(p: I::V, vpt: I::V, acc: &mut [I::V; 4]) {
+    // ln of p > 0 by the same log as the sums (exponent + atanh series: any positive normal
+    // value); p = 0 (or subnormal) contributes 0, NaN propagates through the sums
+    let tiny = I::splat(f32::MIN_POSITIVE);
+    let pc = I::max_keep_nan(tiny, p);
+    let pl = I::mul(p, I::ln_ge1(pc));
+    acc[0] = I::max_ignore_nan(acc[0], p);
+    acc[1] = I::fma(p, p, acc[1]);
+    acc[2] = I::add(acc[2], I::zero_where_zero(p, pl));
+    acc[3] = I::count_gt(acc[3], p, vpt);
+}
+
+/// [`ProbStats`] of one row of probabilities against the target's probability `pt`.
+#[inline(always)]
+pub(crate) unsafe fn probs_stats<I: Isa, E: Elem>(x: &[E], pt: f32) -> ProbStats {
+    let w = I::W;
+    let vpt = I::splat(pt);
+    let mut out = ProbStats {
+        pmax: f64::NEG_INFINITY,
+        ..ProbStats::default()
+    };
+    for blk in x.chunks(BLOCK) {
+        let z = I::splat(0.0);
+        let mut acc = [I::splat(f32::NEG_INFINITY), z, z, z];
+        let p = blk.as_ptr();
+        let mut i = 0;
+        while i + w <= blk.len() {
+            probs_vec::<I>(E::load::<I>(p.add(i)), vpt, &mut acc);
+            i += w;
+        }
+        if i < blk.len() {
+            // the tail padded with zeros, which change no statistic (max p >= 0 anyway when
+            // a row has a non-negative entry; a row of negatives is not probabilities)
+            let mut buf = [E::ZERO; 16];
+            buf[..blk.len() - i].copy_from_slice(&blk[i..]);
+            probs_vec::<I>(E::load::<I>(buf.as_ptr()), vpt, &mut acc);
+        }
+        out.pmax = out.pmax.max(I::hmax(acc[0]) as f64);
+        out.sq += I::hsum(acc[1]) as f64;
+        out.plogp += I::hsum(acc[2]) as f64;
+        out.gt += I::hsum(acc[3]) as u64;
+    }
+    out.nan = out.sq.is_nan() || out.plogp.is_nan();
+    out
+}
+
 /// Longest row the rows-in-lanes kernel takes: beyond it one row per call is faster.
 pub(crate) const LANES_MAX_C: usize = 32;
 
@@ -892,6 +950,12 @@ dispatch! {
         o: &mut LaneStats
     ) -> ()
     => eval_short
+}
+
+dispatch! {
+    /// Probabilities-row statistics (see [`probs_stats`]).
+    pub(crate) fn probs_row<E>(x: &[E], pt: f32) -> ProbStats
+    => probs_stats
 }
 
 dispatch! {
