@@ -3,7 +3,6 @@
 
 use crate::error::{Error, Result};
 use crate::kernel;
-use crate::kernel::Stats;
 use crate::loss::class_of;
 use crate::parallel;
 use crate::rows::{RowStats, Rows, Want};
@@ -208,7 +207,7 @@ fn add_row(
     }
 }
 
-/// Whether `evaluate` takes the rows-in-lanes statistics for this input: a SIMD path, 16/32-bit
+/// Whether `evaluate` takes the rows-in-lanes metrics for this input: a SIMD path, 16/32-bit
 /// logits or log-probabilities of at most `LANES_MAX_C` classes.
 fn lanes_apply(x: &View, kind: Kind) -> bool {
     let c = x.cols();
@@ -245,6 +244,7 @@ pub fn evaluate(
     let chunk = |r: Range<usize>, mut o: Option<PerRow>| -> Result<EvalSums> {
         let mut rw = Rows::new(x);
         let mut scratch = Scratch::default();
+        let mut lane = kernel::LaneMetrics::default();
         let mut acc = EvalSums::new(opt);
         let mut i = r.start;
         while i < r.end {
@@ -259,7 +259,8 @@ pub fn evaluate(
                             o.set(i + l - r.start, f64::NAN, -1, f64::NAN);
                         }
                     }
-                    Some(k) => *slot = Some((k, rw.value(i + l, k))),
+                    // the lanes pick the target value themselves
+                    Some(k) => *slot = Some((k, if lanes { f64::NAN } else { rw.value(i + l, k) })),
                 }
             }
             if opt.kind == Kind::Probs {
@@ -275,47 +276,65 @@ pub fn evaluate(
                 i += g;
                 continue;
             }
-            // statistics
-            let mut st: [Option<RowStats>; BATCH] = [None; BATCH];
-            let mut lane = kernel::LaneStats::default();
             if lanes {
-                let mut xt = [f32::INFINITY; BATCH];
+                // short rows: the metrics of all 16 lanes in SIMD, the rows that are not
+                // ordinary again by the row kernel
+                let mut kf = [0f32; BATCH];
                 for (l, row) in rows.iter().enumerate().take(g) {
-                    if let Some((_, v)) = row {
-                        xt[l] = *v as f32;
+                    if let Some((k, _)) = row {
+                        kf[l] = *k as f32;
                     }
                 }
+                let lp = opt.kind == Kind::LogProbs;
+                let lm = &mut lane;
                 match x.dtype {
                     DType::F32 => {
-                        stage::eval_block::<f32>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                        stage::eval_block::<f32>(path, x, i, g, &kf, lp, lm, &mut scratch)
                     }
                     DType::F16 => {
-                        stage::eval_block::<F16>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                        stage::eval_block::<F16>(path, x, i, g, &kf, lp, lm, &mut scratch)
                     }
                     DType::BF16 => {
-                        stage::eval_block::<BF16>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                        stage::eval_block::<BF16>(path, x, i, g, &kf, lp, lm, &mut scratch)
                     }
                     DType::F64 => unreachable!("lanes_apply excludes float64"),
                 }
+                for l in 0..g {
+                    let Some((k, _)) = rows[l] else { continue };
+                    let mut m = if lane.ok[l] != 0.0 {
+                        RowMetrics {
+                            nll: lane.nll[l] as f64,
+                            rank: lane.rank[l] as u64,
+                            entropy: lane.ent[l] as f64,
+                            brier: lane.brier[l] as f64,
+                            conf: if lp {
+                                (lane.conf[l] as f64).exp()
+                            } else {
+                                1.0 / lane.conf[l] as f64
+                            },
+                        }
+                    } else {
+                        let xt = rw.value(i + l, k);
+                        let rs = rw.stats(i + l, xt, Want { eval: true });
+                        if opt.kind == Kind::Logits && rs.finite() {
+                            finish_logits(xt, &rs, rs.st.s.ln(), (xt - rs.m).exp())
+                        } else {
+                            finish(opt.kind, xt, &rs)
+                        }
+                    };
+                    if opt.ties_first {
+                        m.rank += rw.count_eq_before(i + l, k);
+                    }
+                    add_row(&mut acc, &mut o, i + l - r.start, &m, opt);
+                }
+                i += g;
+                continue;
             }
+            // statistics by the row kernel
+            let mut st: [Option<RowStats>; BATCH] = [None; BATCH];
             for l in 0..g {
                 let Some((_, xt)) = rows[l] else { continue };
-                st[l] = Some(if lanes && lane.ok[l] != 0.0 {
-                    let s = Stats {
-                        m: lane.m[l],
-                        s: lane.s[l] as f64,
-                        t: lane.t[l] as f64,
-                        q: lane.q[l] as f64,
-                        gt: lane.gt[l] as u64,
-                        nan: false,
-                    };
-                    RowStats {
-                        m: s.m as f64,
-                        st: s,
-                    }
-                } else {
-                    rw.stats(i + l, xt, Want { eval: true })
-                });
+                st[l] = Some(rw.stats(i + l, xt, Want { eval: true }));
             }
             // finishing: ordinary logits rows take ln s and exp(x_t - m) in SIMD (16/32-bit)
             let fast = |rs: &RowStats| f32_finish && opt.kind == Kind::Logits && rs.finite();
