@@ -176,6 +176,7 @@ impl PerRow<'_> {
 }
 
 /// Adds one scored row's metrics to the sums (and its per-row outputs at `idx`).
+#[inline]
 fn add_row(
     acc: &mut EvalSums,
     o: &mut Option<PerRow>,
@@ -193,8 +194,10 @@ fn add_row(
         *c += (m.rank < kk as u64) as u64;
     }
     let b = if m.conf.is_finite() {
-        let b = ((m.conf.max(0.0) * nb as f64) as usize).min(nb - 1);
-        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].saturating_add(conf_fixed(m.conf));
+        // conf in [0, 1] for valid inputs; the cast saturates (NaN excluded above)
+        let b = ((m.conf * nb as f64) as usize).min(nb - 1);
+        // a u128 of units of 2^-60 cannot overflow before 2^64 rows
+        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].wrapping_add(conf_fixed(m.conf));
         b
     } else {
         acc.conf_nonfinite += 1;
@@ -237,6 +240,7 @@ pub fn evaluate(
         return Err(Error::Value(format!("top_k values must be >= 1, got {k}")));
     }
     let lanes = lanes_apply(x, opt.kind);
+    let c = x.cols();
     let path = simd::current();
     // The f32 finishing (vector ln and exp) is for 16/32-bit inputs; float64 rows are
     // finished in float64 so that they are exact.
@@ -245,14 +249,26 @@ pub fn evaluate(
         let mut rw = Rows::new(x);
         let mut scratch = Scratch::default();
         let mut lane = kernel::LaneMetrics::default();
+        let mut tbuf: Vec<i64> = Vec::new();
+        // per-lane f64 sums of NLL, NLL², entropy and Brier of the clean lane groups
+        let mut lacc = [[0f64; BATCH]; 4];
         let mut acc = EvalSums::new(opt);
         let mut i = r.start;
         while i < r.end {
             let g = (r.end - i).min(BATCH);
             // targets: (class, target value) of scored rows
             let mut rows: [Option<(usize, f64)>; BATCH] = [None; BATCH];
+            // targets widened in one typed pass; class_of (with its exact error) only for
+            // values that are not plainly in range
+            let tv = t.to_i64(i, g, opt.ignore_index, &mut tbuf);
             for (l, slot) in rows.iter_mut().enumerate().take(g) {
-                match class_of(t, x, i + l, opt.ignore_index)? {
+                let v = tv[l];
+                let decoded = if v != opt.ignore_index && (v as u64) < c as u64 {
+                    Some(v as usize)
+                } else {
+                    class_of(t, x, i + l, opt.ignore_index)?
+                };
+                match decoded {
                     None => {
                         acc.n_ignored += 1;
                         if let Some(o) = o.as_mut() {
@@ -298,6 +314,52 @@ pub fn evaluate(
                         stage::eval_block::<BF16>(path, x, i, g, &kf, lp, lm, &mut scratch)
                     }
                     DType::F64 => unreachable!("lanes_apply excludes float64"),
+                }
+                let clean = g == BATCH
+                    && !opt.ties_first
+                    && (0..BATCH).all(|l| rows[l].is_some() && lane.ok[l] != 0.0);
+                if clean {
+                    // every row scored and ordinary: sums in per-lane f64 accumulators (the
+                    // loops vectorise), counts by lane, only the bins row by row
+                    for l in 0..BATCH {
+                        let v = lane.nll[l] as f64;
+                        lacc[0][l] += v;
+                        lacc[1][l] += v * v;
+                        lacc[2][l] += lane.ent[l] as f64;
+                        lacc[3][l] += lane.brier[l] as f64;
+                    }
+                    for (cnt, &kk) in acc.topk_correct.iter_mut().zip(&opt.top_k) {
+                        *cnt += lane
+                            .rank
+                            .iter()
+                            .filter(|&&rk| (rk as u64) < kk as u64)
+                            .count() as u64;
+                    }
+                    acc.n += BATCH as u64;
+                    let nb = opt.n_bins;
+                    for l in 0..BATCH {
+                        let cf = if lp {
+                            (lane.conf[l] as f64).exp()
+                        } else {
+                            1.0 / lane.conf[l] as f64
+                        };
+                        let b = if cf.is_finite() {
+                            let b = ((cf * nb as f64) as usize).min(nb - 1);
+                            acc.bin_conf_fixed[b] =
+                                acc.bin_conf_fixed[b].wrapping_add(conf_fixed(cf));
+                            b
+                        } else {
+                            acc.conf_nonfinite += 1;
+                            0
+                        };
+                        acc.bin_count[b] += 1;
+                        acc.bin_correct[b] += (lane.rank[l] == 0.0) as u64;
+                        if let Some(o) = o.as_mut() {
+                            o.set(i + l - r.start, lane.nll[l] as f64, lane.rank[l] as i64, cf);
+                        }
+                    }
+                    i += g;
+                    continue;
                 }
                 for l in 0..g {
                     let Some((k, _)) = rows[l] else { continue };
@@ -365,6 +427,11 @@ pub fn evaluate(
             }
             i += g;
         }
+        let lane_sum = |a: &[f64; BATCH]| a.iter().sum::<f64>();
+        acc.sum_nll += lane_sum(&lacc[0]);
+        acc.sum_nll_sq += lane_sum(&lacc[1]);
+        acc.sum_entropy += lane_sum(&lacc[2]);
+        acc.sum_brier += lane_sum(&lacc[3]);
         Ok(acc)
     };
     let n = x.rows();
