@@ -374,9 +374,10 @@ def test_R20_ignore_index_not_an_integer():
             raises(TypeError, "ignore_index must be an integer", func, xx, t, ignore_index=bad)
         for bad in (2**63, -(2**63) - 1, 2**64):
             raises(ValueError, "does not fit in int64", func, xx, t, ignore_index=bad)
-    # True is the Python int 1.
-    rows = call(fastnll.cross_entropy, x, t, ignore_index=True, reduction="none")
-    assert rows[1] == 0.0 and rows[0] > 0
+    # bool is not an integer here, as in every option of the API (R76).
+    for func, xx in ((fastnll.cross_entropy, x), (fastnll.nll_loss, -np.abs(x))):
+        for bad in (True, False, np.bool_(True)):
+            raises(TypeError, "ignore_index must be an integer", func, xx, t, ignore_index=bad)
 
 
 def test_R21_targets_in_unusual_layouts(tmp_path):

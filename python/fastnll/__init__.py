@@ -15,6 +15,7 @@ from . import _core
 from ._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from ._softmax import log_softmax, logsumexp, softmax
 from .evaluate import BinStat, CompareReport, EvalReport, Evaluator, compare, evaluate
+from .readers import DumpError
 
 __version__ = "0.1.0"
 
@@ -54,6 +55,7 @@ if _os.environ.get("FASTNLL_SIMD") and _core.simd_env_problem():
 __all__ = [
     "BinStat",
     "CompareReport",
+    "DumpError",
     "EvalReport",
     "Evaluator",
     "available_simd_paths",
