@@ -242,6 +242,7 @@ pub fn map_chunks<T: Send>(
                 let _scope = enter_chunk(&tok);
                 f(r)
             })
+            .panic_fuse() // once a chunk unwinds (cancelled), the others stop at once
             .collect()
     })
 }
@@ -266,6 +267,7 @@ pub fn map_chunks_out<T: Send, O: Send>(
                 let _scope = enter_chunk(&tok);
                 f(k * per..(k * per + o.len() / width).min(n), o)
             })
+            .panic_fuse()
             .collect()
     })
 }

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional, Tuple
 
@@ -80,11 +82,17 @@ class AtomicOutput:
     def __enter__(self) -> "AtomicOutput":
         directory, name = os.path.split(self.target)
         try:
-            fd, self.path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" +
-                                             Path(name).suffix, dir=directory or ".")
-        except OSError as exc:
-            raise _error(self.dest, exc) from None
-        self.file = os.fdopen(fd, "w+b")
+            with _signals_deferred():  # no Ctrl-C between creating the file and owning it
+                try:
+                    fd, self.path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" +
+                                                     Path(name).suffix, dir=directory or ".")
+                except OSError as exc:
+                    raise _error(self.dest, exc) from None
+                self.file = os.fdopen(fd, "w+b")
+        except BaseException:
+            if self.path:
+                self.abort()
+            raise
         return self
 
     def preallocate(self, size: int) -> None:
@@ -146,6 +154,22 @@ class AtomicOutput:
             self.commit()
         else:
             self.abort()
+
+
+class _signals_deferred:
+    """Block SIGINT and SIGTERM for a few statements (main thread, POSIX); a signal that
+    arrives meanwhile is delivered when the block ends."""
+
+    def __enter__(self) -> None:
+        self.old: Any = None
+        sigs = {signal.SIGINT, signal.SIGTERM}
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is \
+                threading.main_thread():
+            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
 
 
 def _umask() -> int:
