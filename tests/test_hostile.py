@@ -142,6 +142,30 @@ def test_R66_dump_truncated_while_read_is_an_error_not_sigbus(tmp_path: Path) ->
         one_line_error(err, str(victim), "shrank")
 
 
+
+def test_copying_path_gives_the_mapped_answer_R66(tmp_path: Path, monkeypatch: Any) -> None:
+    from fastnll._guard import guard_for
+    lp, lt = tmp_path / "lp.npy", tmp_path / "lt.npy"
+    rng = np.random.default_rng(5)
+    np.save(lp, np.log(rng.dirichlet(np.ones(8), 1000)).astype(np.float32))
+    np.save(lt, rng.integers(0, 8, 1000))
+    g = guard_for(np.load(lp, mmap_mode="r"))
+    assert g is not None
+    if sys.platform.startswith("linux"):
+        assert g.leased  # our own file, not open for writing: the zero-copy path
+    g.close()
+    mapped = fastnll.evaluate(str(lp), str(lt), kind="log_probs", chunk_bytes=1000,
+                              shift=True)
+    monkeypatch.setenv("FASTNLL_NO_LEASE", "1")
+    copied = fastnll.evaluate(str(lp), str(lt), kind="log_probs", chunk_bytes=1000,
+                              shift=True)
+    assert copied.to_dict() == mapped.to_dict()
+    # A map whose file was replaced at its path is read as mapped (nothing can truncate it).
+    m = np.load(lp, mmap_mode="r")
+    os.replace(lt, lp)
+    assert guard_for(m) is None
+
+
 def test_R67_per_row_on_a_full_disk(tmp_path: Path, tiny_fs: Path) -> None:
     x, t = small_dump(tmp_path, n=100_000, c=4)  # 1.6 MB of records > 1 MiB
     out = tiny_fs / "rows.npy"

@@ -26,7 +26,7 @@ import mmap
 import os
 import signal
 import stat
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -75,10 +75,14 @@ class FileGuard:
         self.need = self._pos(hi)  # the file must hold at least this many bytes
         self._buf: Optional[np.ndarray] = None
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        self.leased = False
         try:
             st = os.fstat(self.fd)
             if not stat.S_ISREG(st.st_mode):
                 raise DumpError(f"{self.path}: not a regular file")
+            if _mapped_file(self._map_ptr) != (os.major(st.st_dev), os.minor(st.st_dev),
+                                               st.st_ino):
+                raise _NotTheMappedFile()
             self.leased = self._take_lease()
             self.check()
         except BaseException:
@@ -160,14 +164,16 @@ class FileGuard:
         return np.ndarray(view.shape, view.dtype, buffer=buf, offset=_ptr(view) - lo,
                           strides=view.strides)
 
-    def take(self, view: np.ndarray, index: Any) -> np.ndarray:
-        """``view[index]`` for a fancy index (a sample of rows), never faulting."""
+    def take(self, view: np.ndarray, index: Tuple[np.ndarray, ...]) -> np.ndarray:
+        """``view[index]`` for a tuple of integer index arrays (a sample of rows), never
+        faulting."""
         if self.safe_to_map():
             return np.asarray(view[index])
-        idx = index if isinstance(index, tuple) else (index,)
+        rest = view.shape[len(index):]
         parts: List[np.ndarray] = []
-        for k in range(len(idx[0])):  # a sample of <= 1024 points, not the data
-            parts.append(np.array(self.fetch(view[tuple(int(i[k]) for i in idx)]), copy=True))
+        for k in range(len(index[0])):  # a sample of <= 1024 points, not the data
+            at = tuple(slice(int(i[k]), int(i[k]) + 1) for i in index)
+            parts.append(np.array(self.fetch(view[at]), copy=True).reshape(rest))
         if not parts:
             return np.asarray(view[index])
         return np.stack(parts)
@@ -186,13 +192,39 @@ class FileGuard:
             pass
 
 
+class _NotTheMappedFile(Exception):
+    """The path no longer names the mapped file (it was replaced or removed)."""
+
+
+def _mapped_file(addr: int) -> Optional[Tuple[int, int, int]]:
+    """(major, minor, inode) of the file mapped at ``addr``, from /proc/self/maps."""
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                parts = line.split(None, 5)
+                lo, _, hi = parts[0].partition("-")
+                if int(lo, 16) <= addr < int(hi, 16):
+                    major, minor = (int(v, 16) for v in parts[3].split(":"))
+                    return major, minor, int(parts[4])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def guard_for(a: Any) -> Optional[FileGuard]:
-    """A guard if ``a`` is (a view of) a file-backed ``np.memmap``, else None."""
+    """A guard if ``a`` is (a view of) a file-backed ``np.memmap`` whose file is still at
+    its path, else None. (A map of a file that was since replaced or deleted cannot be
+    truncated through any path, and is read through the map as it is; without
+    /proc/self/maps, i.e. off Linux, nothing is guarded.)"""
     if not isinstance(a, np.memmap) or getattr(a, "_mmap", None) is None:
         return None
     if not getattr(a, "filename", None) or a.size == 0:
         return None
     try:
         return FileGuard(a)
+    except _NotTheMappedFile:
+        return None
     except OSError as exc:
+        if not os.path.exists(a.filename):
+            return None
         raise DumpError(f"{a.filename}: cannot open ({exc.strerror or exc})") from None
