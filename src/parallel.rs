@@ -294,7 +294,7 @@ mod cancel_tests {
                 true
             },
         );
-        let e = r.err().expect("cancelled");
+        let e = r.expect_err("cancelled");
         assert!(e.is::<Cancelled>());
         assert!(polls.load(Ordering::Relaxed) >= 1);
         assert!(done.load(Ordering::Relaxed) < 10_000);
@@ -302,7 +302,10 @@ mod cancel_tests {
 
     #[test]
     fn an_uncancelled_call_returns_its_result_and_panics_come_back() {
-        let r = run_cancellable(|| map_chunks(100, 7, |r| r.len()).iter().sum::<usize>(), || false);
+        let r = run_cancellable(
+            || map_chunks(100, 7, |r| r.len()).iter().sum::<usize>(),
+            || false,
+        );
         assert_eq!(r.ok(), Some(100));
         let r = run_cancellable(|| -> usize { panic!("boom") }, || false);
         assert!(r.is_err());

@@ -427,6 +427,12 @@ def test_R74_evaluator_cannot_be_corrupted(tmp_path: Path) -> None:
         bad_state = dict(state, **{key: value})
         with pytest.raises(ValueError):
             Evaluator.__new__(Evaluator).__setstate__(bad_state)
+    # ... but legitimate states with non-finite rows (NaN, +-inf logits, any kind) pass.
+    for kind in ("logits", "log_probs", "probs"):
+        y = np.exp(x) / np.exp(x).sum(1, keepdims=True) if kind == "probs" else x.copy()
+        y[0, 2], y[1, 0], y[2, 1], y[3], y[4] = np.nan, np.inf, -np.inf, -np.inf, np.nan
+        ev3 = Evaluator(kind=kind, check_kind=False).update(y, t)
+        Evaluator(kind=kind, check_kind=False).merge(pickle.loads(pickle.dumps(ev3)))
     target = Evaluator()
     target.update(x, t)
     snapshot = target.__getstate__()
