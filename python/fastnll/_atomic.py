@@ -124,6 +124,9 @@ class AtomicOutput:
         except OSError as exc:
             self.abort()
             raise _error(self.dest, exc) from None
+        except BaseException:  # Ctrl-C or SIGTERM during fsync: no temporary file left
+            self.abort()
+            raise
         self._done = True
         try:  # make the rename itself durable
             dfd = os.open(os.path.dirname(self.target) or ".", os.O_RDONLY)

@@ -65,8 +65,8 @@ class FileGuard:
     """Guards the reads of one memory-mapped array (and its views) of one file."""
 
     def __init__(self, root: np.memmap) -> None:
-        self.path = os.fspath(root.filename)
-        mm = root._mmap  # noqa: SLF001 - NumPy keeps the mmap object here
+        self.path = str(root.filename)
+        mm = root._mmap  # type: ignore[attr-defined]  # NumPy keeps the mmap object here
         offset = int(root.offset)
         # np.memmap maps from the allocation-granularity boundary below `offset`.
         self._map_start = offset - offset % mmap.ALLOCATIONGRANULARITY
@@ -114,7 +114,7 @@ class FileGuard:
 
     def release(self) -> None:
         """Give the lease up (reads are copies from now on)."""
-        if self.leased:
+        if self.leased and _F_SETLEASE is not None:
             self.leased = False
             try:
                 fcntl.fcntl(self.fd, _F_SETLEASE, fcntl.F_UNLCK)
@@ -155,7 +155,7 @@ class FileGuard:
             self._buf = np.empty(span, np.uint8)
         buf = self._buf
         start, got = self._pos(lo), 0
-        mv = memoryview(buf)[:span]
+        mv = buf.data[:span]
         while got < span:
             n = os.preadv(self.fd, [mv[got:]], start + got)
             if n <= 0:
@@ -225,6 +225,6 @@ def guard_for(a: Any) -> Optional[FileGuard]:
     except _NotTheMappedFile:
         return None
     except OSError as exc:
-        if not os.path.exists(a.filename):
+        if not os.path.exists(str(a.filename)):
             return None
         raise DumpError(f"{a.filename}: cannot open ({exc.strerror or exc})") from None

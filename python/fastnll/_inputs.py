@@ -252,9 +252,15 @@ def check_kind(kind: Any) -> str:
     return kind
 
 
-def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int,
-             ignore_index: Any = -100, shift: Any = False, check: Any = True
-             ) -> Tuple[str, Tuple[int, ...], int, int, int, bool, bool]:
+def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int) -> Tuple[int, ...]:
+    """Check the settings (strictly, see :func:`check_settings`); returns the sorted distinct
+    top-k values."""
+    return check_settings(kind, top_k, n_bins, chunk_bytes)[1]
+
+
+def check_settings(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int,
+                   ignore_index: Any = -100, shift: Any = False, check: Any = True
+                   ) -> Tuple[str, Tuple[int, ...], int, int, int, bool, bool]:
     """Check every setting the same way (bool and float are not integers; sizes bounded).
     Returns (kind, sorted distinct top_k, n_bins, chunk_bytes, ignore_index, shift,
     check_kind) as validated values."""

@@ -19,8 +19,8 @@ import numpy as np
 
 from . import _arrays
 from ._atomic import AtomicOutput, check_output_path
-from ._inputs import (KINDS, Dump, check_declared_kind, chunks, name_of, prepare, reraise,
-                      shape_of, validate)
+from ._inputs import (KINDS, Dump, check_declared_kind, check_settings, chunks, name_of,
+                      prepare, reraise, shape_of)
 from ._options import check_bool, check_per_row
 from .readers import split_key
 from ._progress import Progress
@@ -67,8 +67,8 @@ class Evaluator:
                  chunk_bytes: int = 256 << 20, progress: Optional[bool] = None,
                  check_kind: bool = True) -> None:
         (self.kind, self.top_k, self.n_bins, self.chunk_bytes, self.ignore_index, self.shift,
-         self.check_kind) = validate(kind, top_k, n_bins, chunk_bytes, ignore_index, shift,
-                                     check_kind)
+         self.check_kind) = check_settings(kind, top_k, n_bins, chunk_bytes, ignore_index,
+                                           shift, check_kind)
         if progress is not None:
             check_bool("progress", progress)
         self.progress = progress
@@ -196,9 +196,9 @@ class Evaluator:
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         st = _check_state(state)
-        self.__init__(**{k: st[k] for k in ("kind", "ignore_index", "top_k", "n_bins",
-                                            "shift", "chunk_bytes", "progress",
-                                            "check_kind")})  # type: ignore[misc]
+        Evaluator.__init__(self, **{k: st[k] for k in ("kind", "ignore_index", "top_k",
+                                                       "n_bins", "shift", "chunk_bytes",
+                                                       "progress", "check_kind")})
         self.n_classes = st["n_classes"]
         self._add(st)
 
@@ -262,8 +262,9 @@ def _check_state(state: Any) -> Dict[str, Any]:
     st = dict(state)
     try:
         (st["kind"], top_k, st["n_bins"], st["chunk_bytes"], st["ignore_index"], st["shift"],
-         st["check_kind"]) = validate(st["kind"], st["top_k"], st["n_bins"], st["chunk_bytes"],
-                                      st["ignore_index"], st["shift"], st["check_kind"])
+         st["check_kind"]) = check_settings(st["kind"], st["top_k"], st["n_bins"],
+                                            st["chunk_bytes"], st["ignore_index"], st["shift"],
+                                            st["check_kind"])
         if st["progress"] is not None:
             check_bool("progress", st["progress"])
     except (TypeError, ValueError) as exc:
@@ -433,7 +434,7 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
             target_dtype: Any = None, check_kind: bool = True) -> CompareReport:
     """KL(base || new), NLL difference (new - base) and top-1 agreement in one read of both
     dumps (same shape; dtypes may differ). Inputs as for :func:`evaluate`."""
-    kind, _, _, chunk_bytes, ignore_index, shift, check_kind = validate(
+    kind, _, _, chunk_bytes, ignore_index, shift, check_kind = check_settings(
         kind, (1,), 1, chunk_bytes, ignore_index, shift, check_kind)
     if progress is not None:
         check_bool("progress", progress)

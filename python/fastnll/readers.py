@@ -269,9 +269,9 @@ def open_npy(path: PathLike) -> np.ndarray:
                             f"data) but the file holds {size - offset}")
         order = "F" if fortran else "C"
         if need == 0:
-            return np.empty(shape, dtype=dtype, order=order)
-        return _bf16_from_void(np.memmap(fh, dtype=dtype, mode="r", offset=offset,
-                                         shape=shape, order=order))
+            return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+        return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
+            fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
 
 
 def _no_duplicates(p: Path) -> Any:
@@ -424,14 +424,15 @@ def _npz_stored(p: Path, fh: IO[bytes], name: str, info: zipfile.ZipInfo) -> np.
                         f"but the zip member holds {have}")
     order = "F" if fortran else "C"
     if need == 0:
-        return np.empty(shape, dtype=dtype, order=order)
-    return _bf16_from_void(np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape,
-                                     order=order))
+        return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+    return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
+        fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
 
 
 def _npz_inflate(p: Path, zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> np.ndarray:
     what = f"array {name!r}"
-    with zf.open(info) as src:
+    with zf.open(info) as zsrc:
+        src: Any = zsrc
         shape, fortran, dtype = _npy_header(p, src, what)
         header_len = src.tell()
         need = _nbytes(p, shape, dtype, what)
@@ -443,7 +444,7 @@ def _npz_inflate(p: Path, zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo)
         except MemoryError:
             raise DumpError(f"{p}: {what} ({need} bytes) is compressed and too large to "
                             f"inflate in memory; store it uncompressed (np.savez)") from None
-        flat = memoryview(arr.reshape(-1, order="A").view(np.uint8))
+        flat = arr.reshape(-1, order="A").view(np.uint8).data
         got = 0
         while got < need:
             k = src.readinto(flat[got:])
