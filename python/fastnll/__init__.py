@@ -49,6 +49,19 @@ def available_simd_paths() -> list[str]:
     return list(_core.available_simd_paths())
 
 
+def _warm_up() -> None:
+    """The core's first array argument makes rust-numpy import NumPy's C API (Python code):
+    do it now, with Ctrl-C held back, so a KeyboardInterrupt there cannot become a panic."""
+    import numpy as _np
+
+    from ._atomic import _signals_deferred
+
+    with _signals_deferred():
+        _core.roofline_sum(_np.zeros(1, _np.float32), "f32", False)
+
+
+_warm_up()
+
 if _os.environ.get("FASTNLL_SIMD") and _core.simd_env_problem():
     _warnings.warn(f"{_core.simd_env_problem()}; using {simd_path()}", RuntimeWarning, stacklevel=2)
 

@@ -19,7 +19,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 __all__ = ["AtomicOutput", "same_file", "check_output_path"]
 
@@ -160,19 +160,34 @@ class AtomicOutput:
 
 
 class _signals_deferred:
-    """Block SIGINT and SIGTERM for a few statements (main thread, POSIX); a signal that
-    arrives meanwhile is delivered when the block ends."""
+    """Hold Python's SIGINT/SIGTERM handlers back for a few statements: a signal arriving
+    meanwhile (on any thread: the kernel may deliver it to a worker) is recorded and raised
+    again, under the previous handler, when the block ends. Only the main thread runs Python
+    signal handlers, so other threads need nothing."""
 
     def __enter__(self) -> None:
-        self.old: Any = None
-        sigs = {signal.SIGINT, signal.SIGTERM}
-        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is \
-                threading.main_thread():
-            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        self.saved: Dict[int, Any] = {}
+        self.caught: List[int] = []
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
+            if old is None:  # set outside Python: leave it alone
+                continue
+            try:
+                signal.signal(sig, self._record)
+            except (ValueError, OSError):
+                continue
+            self.saved[sig] = old
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.caught.append(signum)
 
     def __exit__(self, *exc: Any) -> None:
-        if self.old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+        for sig in self.caught:
+            signal.raise_signal(sig)  # now handled as it would have been
 
 
 def _umask() -> int:
