@@ -15,7 +15,9 @@
 
 use fastnll::simd::{self, Path};
 use fastnll::tensor::DType;
-use fastnll::{cross_entropy, logsumexp, ClassOptions, Error, IntView, View};
+use fastnll::loss::cross_entropy;
+use fastnll::softmax::logsumexp;
+use fastnll::{ClassOptions, Error, IntView, View};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;

@@ -8,6 +8,7 @@ threads. See the README for the numerics and the benchmarks.
 
 from __future__ import annotations
 
+import importlib.metadata as _metadata
 import os as _os
 import warnings as _warnings
 
@@ -16,7 +17,10 @@ from ._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from ._softmax import log_softmax, logsumexp, softmax
 from .evaluate import BinStat, CompareReport, EvalReport, Evaluator, compare, evaluate
 
-__version__ = "0.1.0"
+try:
+    __version__: str = _metadata.version("fastnll")
+except _metadata.PackageNotFoundError:  # pragma: no cover - imported from a source tree
+    __version__ = "0+unknown"
 
 
 def set_num_threads(n: int) -> None:
