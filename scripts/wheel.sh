@@ -55,7 +55,7 @@ fi
 # Tests, docs (read by the doctests) and the pytest configuration, away from the source tree
 # so that `import fastnll` can only find the installed wheel.
 mkdir "$tmp/run"
-cp -r tests docs pyproject.toml "$tmp/run/"
+cp -r tests docs pyproject.toml Cargo.toml "$tmp/run/"
 cd "$tmp/run"
 PATH=$nocargo python -c "
 import fastnll, sys

@@ -205,11 +205,26 @@ def test_gpu_tensor_is_a_clear_error(call: str) -> None:
     assert str(info.value).startswith(head + " is a ")
 
 
-def test_unsupported_tensor_dtypes_name_the_argument() -> None:
+def test_unsupported_tensors_name_the_argument() -> None:
     with pytest.raises(TypeError, match="logits has dtype int32"):
         fastnll.cross_entropy(torch.zeros(3, C, dtype=torch.int32), torch.zeros(3, dtype=torch.long))
     with pytest.raises(TypeError, match="target must hold integer class indices"):
         fastnll.nll_loss(torch.zeros(3, C), torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"^a \(torch.Tensor\) cannot be read in place: .*strided"):
+        fastnll.logsumexp(torch.zeros(3, C).to_sparse())
+    with pytest.raises(TypeError, match=r"^input \(torch.Tensor\) cannot be read in place: .*meta"):
+        fastnll.softmax(torch.zeros(3, C, device="meta"))
+    if hasattr(torch, "float8_e4m3fn"):
+        with pytest.raises(TypeError, match=r"^logits \(torch.Tensor of dtype torch.float8_e4m3fn\)"
+                                            r".*accepted dtypes: float32"):
+            fastnll.cross_entropy(torch.zeros(3, C).to(torch.float8_e4m3fn), [0, 1, 2])
+
+
+def test_parameter_and_other_torch_subclasses() -> None:
+    w = torch.nn.Parameter(_layouts(torch.bfloat16)["contiguous"].clone())  # requires grad
+    t = _targets(w)
+    assert fastnll.cross_entropy(w, t) == fastnll.cross_entropy(_np(w), t.numpy())
+    assert from_dlpack(w).__array_interface__["data"][0] == w.data_ptr()
 
 
 JAX_DTYPES = ["float32", "bfloat16", "float16"]

@@ -90,6 +90,10 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
+def _kind(x: Any) -> str:
+    return f"{type(x).__module__}.{type(x).__name__}"
+
+
 def device_name(device: Tuple[int, int]) -> str:
     """``(2, 0)`` -> ``"cuda:0"``: a DLPack device as libraries print it."""
     kind, index = int(device[0]), int(device[1])
@@ -100,11 +104,14 @@ def _device(x: Any, name: str) -> Tuple[int, int]:
     get = getattr(x, "__dlpack_device__", None)
     if get is None:
         raise TypeError(f"{name}: {type(x).__name__} has __dlpack__ but no __dlpack_device__")
-    dev = get()
+    try:
+        dev = get()
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:  # e.g. torch's "meta"
+        raise TypeError(f"{name} ({_kind(x)}) cannot be read in place: {exc}") from None
     kind, index = int(dev[0]), int(dev[1])
     if kind != _KDL_CPU:
         raise TypeError(
-            f"{name} is a {type(x).__module__}.{type(x).__name__} on {device_name((kind, index))}; "
+            f"{name} is a {_kind(x)} on {device_name((kind, index))}; "
             "fastnll reads CPU memory only and never copies it over silently: call .cpu() first"
         )
     return kind, index
@@ -141,12 +148,12 @@ def _export(x: Any, name: str) -> Any:
         return x.__dlpack__(max_version=(1, 0))
     except TypeError:  # a producer that predates DLPack 1.0 keywords
         pass
-    except BufferError as exc:
-        raise TypeError(f"{name} cannot be read in place: {exc}") from None
+    except (BufferError, RuntimeError) as exc:
+        raise TypeError(f"{name} ({_kind(x)}) cannot be read in place: {exc}") from None
     try:
         return x.__dlpack__()
-    except BufferError as exc:
-        raise TypeError(f"{name} cannot be read in place: {exc}") from None
+    except (BufferError, RuntimeError) as exc:
+        raise TypeError(f"{name} ({_kind(x)}) cannot be read in place: {exc}") from None
 
 
 def from_dlpack(x: Any, name: str = "input") -> np.ndarray:
@@ -168,8 +175,9 @@ def from_dlpack(x: Any, name: str = "input") -> np.ndarray:
     try:
         arr = np.from_dlpack(_Export(capsule, device))
     except (BufferError, RuntimeError, TypeError, ValueError) as exc:
-        raise TypeError(f"{name} ({type(x).__module__}.{type(x).__name__}) cannot be read "
-                        f"through DLPack: {exc}") from None
+        raise TypeError(f"{name} ({_kind(x)} of dtype {getattr(x, 'dtype', '?')}) cannot be "
+                        f"read in place through DLPack: {exc}; accepted dtypes: float32, "
+                        "float64, float16, bfloat16 (integers for class targets)") from None
     view = arr.view(_BF16) if bf16 else arr.view()
     view.flags.writeable = False
     return view
