@@ -27,6 +27,10 @@
 //! # Ok::<(), fastnll::Error>(())
 //! ```
 
+// Views are taken by value, as ndarray's own functions take them (they are two pointers and
+// a shape: `logits.view()` at the call site, like a slice).
+#![allow(clippy::needless_pass_by_value)]
+
 use crate::error::{Error, Result};
 use crate::eval::{self, CompareSums, EvalOptions, EvalSums, Kind};
 use crate::loss::{self, ClassOptions, Out, Total};
@@ -115,6 +119,7 @@ pub fn view<'a, A: Float, D: Dimension>(x: &ArrayView<'a, A, D>) -> Result<View<
 }
 
 /// The core's [`IntView`] of an ndarray view of class indices (no copy).
+#[must_use]
 pub fn int_view<'a, T: Index, D: Dimension>(t: &ArrayView<'a, T, D>) -> IntView<'a> {
     // SAFETY: as in `view`: the view's elements are readable for 'a at its strides.
     unsafe {

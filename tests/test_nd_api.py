@@ -11,7 +11,6 @@ transposed views of every dtype against it; this test checks that the file is th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ FILE = Path(__file__).with_name("nd_expected.txt")
 N, C = 6, 5
 
 
-def case() -> Dict[str, np.ndarray]:
+def case() -> dict[str, np.ndarray]:
     """The inputs: multiples of 1/4 in [-4, 4] (exact in every accepted dtype)."""
     i = np.arange(N * C)
     k = (5 * i * i + 13 * i) % 33 - 16
@@ -33,7 +32,7 @@ def case() -> Dict[str, np.ndarray]:
     return {"logits": x, "target": t}
 
 
-def expected() -> Dict[str, np.ndarray]:
+def expected() -> dict[str, np.ndarray]:
     c = case()
     x, t = c["logits"], c["target"]
     lp = ref.log_softmax(x)
@@ -49,7 +48,7 @@ def expected() -> Dict[str, np.ndarray]:
     }
 
 
-def read() -> Dict[str, np.ndarray]:
+def read() -> dict[str, np.ndarray]:
     out = {}
     for line in FILE.read_text().splitlines():
         if line and not line.startswith("#"):
@@ -59,8 +58,8 @@ def read() -> Dict[str, np.ndarray]:
 
 
 def write() -> None:
-    lines: List[str] = ["# name values... (float64 reference of tests/test_nd_api.py; "
-                        "regenerate: python tests/test_nd_api.py)"]
+    head = "# name values... (float64 reference of tests/test_nd_api.py; regenerate: python tests/test_nd_api.py)"
+    lines: list[str] = [head]
     for name, v in expected().items():
         lines.append(" ".join([name] + [repr(float(e)) for e in np.ravel(v)]))
     FILE.write_text("\n".join(lines) + "\n")
@@ -78,18 +77,24 @@ def test_python_matches_the_file(dtype: np.dtype) -> None:
     e = read()
     x = e["logits"].reshape(N, C).astype(dtype)
     t = e["target"].astype(np.int64)
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-6, atol=2e-5)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == np.float64 else {"rtol": 2e-6, "atol": 2e-5}
     np.testing.assert_allclose(fastnll.cross_entropy(x, t, reduction="none"), e["ce_rows"], **tol)
     np.testing.assert_allclose(fastnll.cross_entropy(x, t), e["ce_mean"][0], **tol)
-    np.testing.assert_allclose(fastnll.cross_entropy(x, t, reduction="sum", label_smoothing=0.1),
-                               e["ce_smooth_sum"][0], **tol)
+    np.testing.assert_allclose(
+        fastnll.cross_entropy(x, t, reduction="sum", label_smoothing=0.1),
+        e["ce_smooth_sum"][0],
+        **tol,
+    )
     lp = fastnll.log_softmax(x)
     np.testing.assert_allclose(lp.reshape(-1), e["log_softmax"], **tol)
     np.testing.assert_allclose(fastnll.softmax(x).reshape(-1), e["softmax"], **tol)
     np.testing.assert_allclose(fastnll.logsumexp(x), e["lse"], **tol)
-    np.testing.assert_allclose(fastnll.nll_loss(e["log_softmax"].reshape(N, C), t,
-                                                reduction="none"), e["nll_rows"], rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        fastnll.nll_loss(e["log_softmax"].reshape(N, C), t, reduction="none"),
+        e["nll_rows"],
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 if __name__ == "__main__":

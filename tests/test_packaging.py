@@ -23,7 +23,7 @@ def test_version_is_cargos() -> None:
     cargo = ROOT / "Cargo.toml"
     if not cargo.exists():
         pytest.skip("run from outside the source tree (the wheel test): no Cargo.toml")
-    m = re.search(r'^version = "([^"]+)"', cargo.read_text(), re.M)
+    m = re.search(r'^version = "([^"]+)"', cargo.read_text(), re.MULTILINE)
     assert m and fastnll.__version__ == m.group(1)
 
 
@@ -32,6 +32,8 @@ def test_abi3_and_python_floor() -> None:
     assert meta["Requires-Python"] == ">=3.10"
     py = ROOT / "pyproject.toml"
     text = py.read_text()
-    features = re.search(r'^\[tool\.maturin\][^\[]*?^features = (\[[^\]]*\])', text, re.M | re.S)
+    features = re.search(
+        r"^\[tool\.maturin\][^\[]*?^features = (\[[^\]]*\])", text, re.MULTILINE | re.DOTALL
+    )
     assert features and '"pyo3/abi3-py310"' in features.group(1)
     assert "peers" in (meta.get_all("Provides-Extra") or [])

@@ -27,8 +27,14 @@ N, C = 300, 17
 
 def _cli(*args: Any, env: Any = None) -> subprocess.CompletedProcess:
     full = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "fastnll", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, env=full)
+    return subprocess.run(
+        [sys.executable, "-m", "fastnll", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=full,
+    )
 
 
 def _data(dtype: Any) -> Any:
@@ -57,8 +63,9 @@ def test_cli_eval_of_pt_files(tmp_path: Path, dtype: Any) -> None:
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got.pop("inputs")["preds"] == str(tmp_path / "logits.pt")
-    want = fastnll.evaluate(x.numpy() if dtype != torch.bfloat16 else
-                            x.view(torch.int16).numpy().view(BF16), t.numpy()).to_dict()
+    want = fastnll.evaluate(
+        x.numpy() if dtype != torch.bfloat16 else x.view(torch.int16).numpy().view(BF16), t.numpy()
+    ).to_dict()
     assert got == json.loads(json.dumps(want))
     assert got["rows"] == int((t != -100).sum())
     assert got["mean_nll"] == pytest.approx(_mean_nll_f64(x, t), rel=1e-6)
@@ -77,8 +84,9 @@ def test_dict_with_key(tmp_path: Path) -> None:
     assert load_array(p, key="targets").dtype == np.int32
     single = tmp_path / "one.pt"
     torch.save({"only": x}, single)  # a dict of one tensor needs no key
-    np.testing.assert_array_equal(load_array(single).view(np.uint16),
-                                  x.view(torch.int16).numpy().view(np.uint16))
+    np.testing.assert_array_equal(
+        load_array(single).view(np.uint16), x.view(torch.int16).numpy().view(np.uint16)
+    )
 
 
 def test_pt_array_is_a_read_only_map_of_the_file(tmp_path: Path) -> None:
@@ -125,12 +133,19 @@ def test_pt_dump_is_memory_mapped_rss_anon_bounded(tmp_path: Path) -> None:
     p = tmp_path / "big.pt"
     torch.save({"logits": torch.zeros(n, c), "targets": torch.arange(n) % c}, p)
     size = p.stat().st_size
-    r = subprocess.run([sys.executable, "-c", RSS_SCRIPT, f"{p}:logits", f"{p}:targets"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, f"{p}:logits", f"{p}:targets"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     p.unlink()
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["growth"] < 0.05 * size, f"RssAnon grew {got['growth'] / 2**20:.0f} MiB of {size / 2**20:.0f}"
+    assert got["growth"] < 0.05 * size, (
+        f"RssAnon grew {got['growth'] / 2**20:.0f} MiB of {size / 2**20:.0f}"
+    )
     assert got["rows"] == n
     assert got["mean_nll"] == pytest.approx(np.log(c), rel=1e-6)  # all-equal logits
 
@@ -170,7 +185,9 @@ def test_pt_errors(tmp_path: Path) -> None:
     with pytest.raises(DumpError, match="missing.pt: no such file"):
         load_array(tmp_path / "missing.pt")
     r = _cli("eval", f"{both}:nope", f"{both}:targets")
-    assert r.returncode != 0 and "no tensor named 'nope'" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode != 0 and "no tensor named 'nope'" in r.stderr and "Traceback" not in r.stderr
+    )
 
 
 def test_pt_without_torch_says_to_install_it(tmp_path: Path) -> None:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 import fastnll
-from fastnll._dlpack import from_dlpack
-
 import reference as ref
 from conftest import BF16
+from fastnll._dlpack import from_dlpack
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -37,7 +37,7 @@ def _np(t: Any) -> np.ndarray:
     return t.numpy()
 
 
-def _layouts(dtype: Any) -> Dict[str, Any]:
+def _layouts(dtype: Any) -> dict[str, Any]:
     """Contiguous, transposed and sliced logits tensors [.., C] of one dtype."""
     g = torch.Generator().manual_seed(7)
     base = (torch.randn(24, C, generator=g) * 3).to(dtype)
@@ -51,8 +51,7 @@ def _layouts(dtype: Any) -> Dict[str, Any]:
     }
 
 
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16,
-          "f64": torch.float64}
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64}
 
 
 def _targets(x: Any, dtype: Any = torch.int64, ignore: bool = True) -> Any:
@@ -65,8 +64,11 @@ def _targets(x: Any, dtype: Any = torch.int64, ignore: bool = True) -> Any:
 
 def _probs(x: Any) -> Any:
     """Probabilities of x's shape and dtype, in another tensor with x's layout."""
-    return torch.softmax(x.detach().float(), dim=-1).to(x.dtype).T.contiguous().T \
-        if x.ndim == 2 else torch.softmax(x.detach().float(), dim=-1).to(x.dtype)
+    return (
+        torch.softmax(x.detach().float(), dim=-1).to(x.dtype).T.contiguous().T
+        if x.ndim == 2
+        else torch.softmax(x.detach().float(), dim=-1).to(x.dtype)
+    )
 
 
 def _same(a: Any, b: Any) -> None:
@@ -81,11 +83,12 @@ def _same(a: Any, b: Any) -> None:
     assert np.asarray(a).dtype == np.asarray(b).dtype
 
 
-CALLS: Dict[str, Callable[[Any, Any, Any], Any]] = {
+CALLS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "cross_entropy": lambda x, t, y: fastnll.cross_entropy(x, t),
     "cross_entropy_none": lambda x, t, y: fastnll.cross_entropy(x, t, reduction="none"),
-    "cross_entropy_smooth": lambda x, t, y: fastnll.cross_entropy(x, t, label_smoothing=0.1,
-                                                                  reduction="sum"),
+    "cross_entropy_smooth": lambda x, t, y: fastnll.cross_entropy(
+        x, t, label_smoothing=0.1, reduction="sum"
+    ),
     "cross_entropy_soft": lambda x, t, y: fastnll.cross_entropy(x, y, reduction="none"),
     "nll_loss": lambda x, t, y: fastnll.nll_loss(fastnll.log_softmax(x), t, reduction="none"),
     "logsumexp": lambda x, t, y: fastnll.logsumexp(x),
@@ -94,7 +97,8 @@ CALLS: Dict[str, Callable[[Any, Any, Any], Any]] = {
     "log_softmax": lambda x, t, y: fastnll.log_softmax(x),
     "softmax_axis0": lambda x, t, y: fastnll.softmax(x, axis=0),
     "bce_with_logits": lambda x, t, y: fastnll.binary_cross_entropy_with_logits(
-        x, y, weight=y, pos_weight=y[(0,) * (y.ndim - 1)], reduction="none"),
+        x, y, weight=y, pos_weight=y[(0,) * (y.ndim - 1)], reduction="none"
+    ),
     "evaluate": lambda x, t, y: fastnll.evaluate(x, t, top_k=(1, 3)).to_dict(),
     "compare": lambda x, t, y: fastnll.compare(x, y, t, check_kind=False).to_dict(),
     "evaluator": lambda x, t, y: fastnll.Evaluator(top_k=(1,)).update(x, t).result().to_dict(),
@@ -124,8 +128,9 @@ def test_torch_results_match_float64_reference_and_torch(dname: str) -> None:
     mean_t = F.cross_entropy(x.double().reshape(-1, C), lt.reshape(-1)).item()
     assert fastnll.cross_entropy(x, t) == pytest.approx(mean_t, rel=1e-6)
     lse = fastnll.logsumexp(x, axis=(0, 2))
-    np.testing.assert_allclose(lse, torch.logsumexp(x.double(), dim=(0, 2)).numpy(),
-                               rtol=2e-6, atol=2e-5)
+    np.testing.assert_allclose(
+        lse, torch.logsumexp(x.double(), dim=(0, 2)).numpy(), rtol=2e-6, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("tdtype", [torch.int32, torch.int64, torch.uint8, torch.int16])
@@ -134,8 +139,12 @@ def test_integer_target_tensors(tdtype: Any) -> None:
     t = _targets(x, tdtype, ignore=tdtype not in (torch.uint8,))
     ii = 255 if tdtype == torch.uint8 else -100
     got = fastnll.cross_entropy(x, t, ignore_index=ii, reduction="none")
-    np.testing.assert_array_equal(got, fastnll.cross_entropy(
-        x.numpy(), t.numpy().astype(np.int64), ignore_index=ii, reduction="none"))
+    np.testing.assert_array_equal(
+        got,
+        fastnll.cross_entropy(
+            x.numpy(), t.numpy().astype(np.int64), ignore_index=ii, reduction="none"
+        ),
+    )
 
 
 def test_tensor_weights_and_probability_targets() -> None:
@@ -146,11 +155,15 @@ def test_tensor_weights_and_probability_targets() -> None:
     assert got == fastnll.cross_entropy(_np(x), t.numpy(), weight=_np(w))
     y = torch.softmax(x.float(), dim=-1)  # float targets: class probabilities
     got_soft = fastnll.cross_entropy(x, y, reduction="none")
-    np.testing.assert_array_equal(got_soft, fastnll.cross_entropy(_np(x), y.numpy(),
-                                                                  reduction="none"))
-    np.testing.assert_allclose(got_soft, F.cross_entropy(x.double(), y.double(),
-                                                         reduction="none").numpy(),
-                               rtol=2e-6, atol=2e-5)
+    np.testing.assert_array_equal(
+        got_soft, fastnll.cross_entropy(_np(x), y.numpy(), reduction="none")
+    )
+    np.testing.assert_allclose(
+        got_soft,
+        F.cross_entropy(x.double(), y.double(), reduction="none").numpy(),
+        rtol=2e-6,
+        atol=2e-5,
+    )
     b = torch.rand(x.shape)
     np.testing.assert_array_equal(fastnll.logsumexp(x, b=b), fastnll.logsumexp(_np(x), b=b.numpy()))
 
@@ -200,14 +213,17 @@ def test_gpu_tensor_is_a_clear_error(call: str) -> None:
             fastnll.evaluate(g, np.zeros(4, np.int64))
         else:
             fastnll.cross_entropy(np.zeros((4, C), np.float32), g)
-    head = {"cross_entropy": "logits", "logsumexp": "a", "evaluate": "preds",
-            "target": "target"}[call]
+    head = {"cross_entropy": "logits", "logsumexp": "a", "evaluate": "preds", "target": "target"}[
+        call
+    ]
     assert str(info.value).startswith(head + " is a ")
 
 
 def test_unsupported_tensors_name_the_argument() -> None:
     with pytest.raises(TypeError, match="logits has dtype int32"):
-        fastnll.cross_entropy(torch.zeros(3, C, dtype=torch.int32), torch.zeros(3, dtype=torch.long))
+        fastnll.cross_entropy(
+            torch.zeros(3, C, dtype=torch.int32), torch.zeros(3, dtype=torch.long)
+        )
     with pytest.raises(TypeError, match="target must hold integer class indices"):
         fastnll.nll_loss(torch.zeros(3, C), torch.zeros(3, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"^a \(torch.Tensor\) cannot be read in place: .*strided"):
@@ -215,8 +231,11 @@ def test_unsupported_tensors_name_the_argument() -> None:
     with pytest.raises(TypeError, match=r"^input \(torch.Tensor\) cannot be read in place: .*meta"):
         fastnll.softmax(torch.zeros(3, C, device="meta"))
     if hasattr(torch, "float8_e4m3fn"):
-        with pytest.raises(TypeError, match=r"^logits \(torch.Tensor of dtype torch.float8_e4m3fn\)"
-                                            r".*accepted dtypes: float32"):
+        with pytest.raises(
+            TypeError,
+            match=r"^logits \(torch.Tensor of dtype torch.float8_e4m3fn\)"
+            r".*accepted dtypes: float32",
+        ):
             fastnll.cross_entropy(torch.zeros(3, C).to(torch.float8_e4m3fn), [0, 1, 2])
 
 
@@ -279,8 +298,13 @@ PEAK_SCRIPT = textwrap.dedent(
 
 def test_800mb_bf16_tensor_is_not_copied() -> None:
     pytest.importorskip("psutil")
-    r = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     f = dict(kv.split("=") for kv in r.stdout.split())
     # A copy would add 800 MB (a float32 one 1600 MB); fastnll adds outputs and row buffers.

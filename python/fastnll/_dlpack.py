@@ -18,27 +18,39 @@ for the array's lifetime).
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Optional, Tuple
+from typing import Any, cast
 
 import numpy as np
 
 try:
     import ml_dtypes
 
-    _BF16: Optional[np.dtype] = np.dtype(ml_dtypes.bfloat16)
+    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
 except ImportError:  # pragma: no cover - ml_dtypes is a dependency
     _BF16 = None
 
-__all__ = ["is_dlpack", "from_dlpack", "device_name"]
+__all__ = ["device_name", "from_dlpack", "is_dlpack"]
 
 _KDL_CPU = 1
 _KDL_UINT = 1
 _KDL_BFLOAT = 4
 
 _DEVICES = {
-    1: "cpu", 2: "cuda", 3: "cuda_host", 4: "opencl", 7: "vulkan", 8: "metal", 9: "vpi",
-    10: "rocm", 11: "rocm_host", 12: "ext_dev", 13: "cuda_managed", 14: "oneapi", 15: "webgpu",
-    16: "hexagon", 17: "maia",
+    1: "cpu",
+    2: "cuda",
+    3: "cuda_host",
+    4: "opencl",
+    7: "vulkan",
+    8: "metal",
+    9: "vpi",
+    10: "rocm",
+    11: "rocm_host",
+    12: "ext_dev",
+    13: "cuda_managed",
+    14: "oneapi",
+    15: "webgpu",
+    16: "hexagon",
+    17: "maia",
 }
 
 
@@ -63,14 +75,22 @@ class _DLTensor(ctypes.Structure):
 
 
 class _DLManagedTensor(ctypes.Structure):  # DLPack < 1.0: "dltensor" capsules
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
-                ("deleter", ctypes.c_void_p)]
+    _fields_ = [
+        ("dl_tensor", _DLTensor),
+        ("manager_ctx", ctypes.c_void_p),
+        ("deleter", ctypes.c_void_p),
+    ]
 
 
 class _DLManagedTensorVersioned(ctypes.Structure):  # DLPack >= 1.0: "dltensor_versioned"
-    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32),
-                ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p),
-                ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
+    _fields_ = [
+        ("major", ctypes.c_uint32),
+        ("minor", ctypes.c_uint32),
+        ("manager_ctx", ctypes.c_void_p),
+        ("deleter", ctypes.c_void_p),
+        ("flags", ctypes.c_uint64),
+        ("dl_tensor", _DLTensor),
+    ]
 
 
 _GET_POINTER = ctypes.pythonapi.PyCapsule_GetPointer
@@ -94,13 +114,13 @@ def _kind(x: Any) -> str:
     return f"{type(x).__module__}.{type(x).__name__}"
 
 
-def device_name(device: Tuple[int, int]) -> str:
+def device_name(device: tuple[int, int]) -> str:
     """``(2, 0)`` -> ``"cuda:0"``: a DLPack device as libraries print it."""
     kind, index = int(device[0]), int(device[1])
     return f"{_DEVICES.get(kind, f'device type {kind}')}:{index}"
 
 
-def _device(x: Any, name: str) -> Tuple[int, int]:
+def _device(x: Any, name: str) -> tuple[int, int]:
     get = getattr(x, "__dlpack_device__", None)
     if get is None:
         raise TypeError(f"{name}: {type(x).__name__} has __dlpack__ but no __dlpack_device__")
@@ -117,29 +137,29 @@ def _device(x: Any, name: str) -> Tuple[int, int]:
     return kind, index
 
 
-def _tensor_struct(capsule: Any) -> Optional[_DLTensor]:
+def _tensor_struct(capsule: Any) -> _DLTensor | None:
     """The DLTensor inside an unconsumed capsule (None if the capsule is of an unknown kind)."""
     raw = _GET_NAME(capsule)
     if raw == b"dltensor_versioned":
         ptr = _GET_POINTER(capsule, raw)
-        return _DLManagedTensorVersioned.from_address(ptr).dl_tensor
+        return cast(_DLTensor, _DLManagedTensorVersioned.from_address(ptr).dl_tensor)
     if raw == b"dltensor":
         ptr = _GET_POINTER(capsule, raw)
-        return _DLManagedTensor.from_address(ptr).dl_tensor
+        return cast(_DLTensor, _DLManagedTensor.from_address(ptr).dl_tensor)
     return None
 
 
 class _Export:
     """Hands NumPy one capsule that was already taken from the producer."""
 
-    def __init__(self, capsule: Any, device: Tuple[int, int]) -> None:
+    def __init__(self, capsule: Any, device: tuple[int, int]) -> None:
         self._capsule = capsule
         self._device = device
 
     def __dlpack__(self, **_: Any) -> Any:
         return self._capsule
 
-    def __dlpack_device__(self) -> Tuple[int, int]:
+    def __dlpack_device__(self) -> tuple[int, int]:
         return self._device
 
 
@@ -167,17 +187,21 @@ def from_dlpack(x: Any, name: str = "input") -> np.ndarray:
     bf16 = False
     if dl is not None and dl.dtype.code == _KDL_BFLOAT:
         if dl.dtype.bits != 16 or dl.dtype.lanes != 1 or _BF16 is None:
-            raise TypeError(f"{name} has an unsupported bfloat dtype "
-                            f"({dl.dtype.bits} bits x {dl.dtype.lanes} lanes)")
+            raise TypeError(
+                f"{name} has an unsupported bfloat dtype "
+                f"({dl.dtype.bits} bits x {dl.dtype.lanes} lanes)"
+            )
         # Same bytes read as uint16: NumPy accepts that; viewed as bfloat16 below.
         dl.dtype.code = _KDL_UINT
         bf16 = True
     try:
         arr = np.from_dlpack(_Export(capsule, device))
     except (BufferError, RuntimeError, TypeError, ValueError) as exc:
-        raise TypeError(f"{name} ({_kind(x)} of dtype {getattr(x, 'dtype', '?')}) cannot be "
-                        f"read in place through DLPack: {exc}; accepted dtypes: float32, "
-                        "float64, float16, bfloat16 (integers for class targets)") from None
-    view = arr.view(_BF16) if bf16 else arr.view()
+        raise TypeError(
+            f"{name} ({_kind(x)} of dtype {getattr(x, 'dtype', '?')}) cannot be "
+            f"read in place through DLPack: {exc}; accepted dtypes: float32, "
+            "float64, float16, bfloat16 (integers for class targets)"
+        ) from None
+    view = arr.view(_BF16) if bf16 and _BF16 is not None else arr.view()
     view.flags.writeable = False
     return view

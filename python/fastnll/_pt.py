@@ -11,13 +11,13 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 
 from ._dlpack import from_dlpack
 
-__all__ = ["PT_SUFFIXES", "open_pt", "list_pt"]
+__all__ = ["PT_SUFFIXES", "list_pt", "open_pt"]
 
 PT_SUFFIXES = (".pt", ".pth")
 
@@ -32,9 +32,11 @@ def _torch(p: Path) -> Any:
     try:
         import torch
     except ImportError:
-        raise _error(f"{p}: reading a .pt file needs PyTorch, which is not installed: "
-                     "pip install torch (or fastnll[peers]), or save the tensors as .npy or "
-                     ".safetensors") from None
+        raise _error(
+            f"{p}: reading a .pt file needs PyTorch, which is not installed: "
+            "pip install torch (or fastnll[peers]), or save the tensors as .npy or "
+            ".safetensors"
+        ) from None
     return torch
 
 
@@ -43,25 +45,29 @@ def _load(p: Path) -> Any:
 
     _require_file(p)
     if not zipfile.is_zipfile(p):
-        raise _error(f"{p}: not a zip-format torch.save file (a legacy-format .pt, which cannot "
-                     "be memory-mapped: re-save it with torch.save, or not a .pt file at all)")
+        raise _error(
+            f"{p}: not a zip-format torch.save file (a legacy-format .pt, which cannot "
+            "be memory-mapped: re-save it with torch.save, or not a .pt file at all)"
+        )
     torch = _torch(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        raise _error(f"{p}: holds objects that are not tensors, refused by "
-                     f"torch.load(weights_only=True) ({_short(exc)})") from None
+        raise _error(
+            f"{p}: holds objects that are not tensors, refused by "
+            f"torch.load(weights_only=True) ({_short(exc)})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise _error(f"{p}: not a readable .pt file ({_short(exc)})") from None
 
 
-def _tensors(p: Path, obj: Any, torch: Any) -> List[str]:
+def _tensors(p: Path, obj: Any, torch: Any) -> list[str]:
     if not isinstance(obj, dict):
         raise _error(f"{p}: holds a {type(obj).__name__}, not a tensor or a dict of tensors")
     return sorted(k for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor))
 
 
-def open_pt(path: Any, key: Optional[str] = None) -> np.ndarray:
+def open_pt(path: Any, key: str | None = None) -> np.ndarray:
     """A read-only NumPy view of a tensor saved with ``torch.save`` (memory-mapped, no copy);
     ``key`` names it in a saved dict (a dict of one tensor needs no key)."""
     from .readers import _pick
@@ -81,7 +87,7 @@ def open_pt(path: Any, key: Optional[str] = None) -> np.ndarray:
         raise _error(str(exc)) from None
 
 
-def list_pt(path: Any) -> List[str]:
+def list_pt(path: Any) -> list[str]:
     """Names of the tensors in a ``.pt`` dict (``[]`` for a file holding one tensor)."""
     p = Path(path)
     obj = _load(p)
