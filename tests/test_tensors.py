@@ -315,3 +315,15 @@ def test_800mb_bf16_tensor_is_not_copied() -> None:
     assert float(f["loss"]) == pytest.approx(lse - 2.0, rel=1e-5)
     assert float(f["nll"]) == pytest.approx(lse - 2.0, rel=1e-5)
     assert float(f["lse0"]) == pytest.approx(lse, rel=1e-6)
+
+
+def test_fastnll_does_not_import_torch_or_jax() -> None:
+    code = (
+        "import sys, numpy as np, fastnll\n"
+        "fastnll.cross_entropy(np.zeros((2, 3), np.float32), [0, 1])\n"
+        "fastnll.evaluate(np.zeros((2, 3), np.float32), np.array([0, 1]))\n"
+        "print(sorted(m for m in ('torch', 'jax') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
