@@ -1,6 +1,7 @@
 //! Cross-entropy on short rows against the read-only roofline, without Python, on ~512 MiB
 //! float32 logits: `T=2 C=2,10,32 cargo run --release --example cebench` (T threads, default 1).
-use fastnll::{cross_entropy, stream_sum, ClassOptions, IntView, View};
+use fastnll::loss::cross_entropy;
+use fastnll::{stream_sum, ClassOptions, IntView, View};
 use std::time::Instant;
 
 fn main() {

@@ -1,6 +1,9 @@
 //! Timing of evaluate vs cross_entropy and logsumexp without Python, on 512 MiB float32
 //! arrays: `T=2 cargo run --release --example evalbench` (T threads, default 1).
-use fastnll::{cross_entropy, evaluate, logsumexp, ClassOptions, EvalOptions, IntView, Kind, View};
+use fastnll::eval::evaluate;
+use fastnll::loss::cross_entropy;
+use fastnll::softmax::logsumexp;
+use fastnll::{ClassOptions, EvalOptions, IntView, Kind, View};
 use std::time::Instant;
 
 #[cfg(target_os = "linux")]

@@ -1,5 +1,6 @@
 //! Quick single-thread timing of the row kernel: `cargo run --release --example rowbench`.
-use fastnll::{logsumexp, View};
+use fastnll::softmax::logsumexp;
+use fastnll::View;
 use std::time::Instant;
 
 fn main() {

@@ -13,9 +13,11 @@
 //! `PROPTEST_CASES` sets the number of cases (scripts/valgrind.sh lowers it); `FASTNLL_SIMD`
 //! pins one path (valgrind cannot decode AVX-512), as in the unit tests.
 
+use fastnll::loss::cross_entropy;
 use fastnll::simd::{self, Path};
+use fastnll::softmax::logsumexp;
 use fastnll::tensor::DType;
-use fastnll::{cross_entropy, logsumexp, ClassOptions, Error, IntView, View};
+use fastnll::{ClassOptions, Error, IntView, View};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;

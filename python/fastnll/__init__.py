@@ -8,6 +8,7 @@ threads. See the README for the numerics and the benchmarks.
 
 from __future__ import annotations
 
+import importlib.metadata as _metadata
 import os as _os
 import warnings as _warnings
 
@@ -17,7 +18,10 @@ from ._softmax import log_softmax, logsumexp, softmax
 from .evaluate import BinStat, CompareReport, EvalReport, Evaluator, compare, evaluate
 from .readers import DumpError
 
-__version__ = "0.1.0"
+try:
+    __version__: str = _metadata.version("fastnll")
+except _metadata.PackageNotFoundError:  # pragma: no cover - imported from a source tree
+    __version__ = "0+unknown"
 
 
 def set_num_threads(n: int) -> None:

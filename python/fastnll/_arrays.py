@@ -2,6 +2,7 @@
 
 The core reads any strides (negative, zero, Fortran order), misaligned and byte-swapped data
 directly, so nothing here copies a float array: bfloat16 and byte-swapped arrays are *views*.
+Tensors of other libraries (torch, JAX, ...) are read in place through DLPack (``_dlpack``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Tuple
 
 import numpy as np
+
+from ._dlpack import from_dlpack, is_dlpack
 
 try:  # ml_dtypes is a dependency, but keep import errors readable
     import ml_dtypes
@@ -37,10 +40,12 @@ def float_tag(dt: np.dtype) -> str | None:
 
 
 def as_float_array(x: Any, name: str = "input") -> np.ndarray:
-    """np.asarray without copying arrays; lists become float64 (as torch.tensor would not, but
-    NumPy does). Raises TypeError naming the accepted dtypes."""
+    """np.asarray without copying arrays or CPU tensors (DLPack); lists become float64 (as
+    torch.tensor would not, but NumPy does). Raises TypeError naming the accepted dtypes."""
     if isinstance(x, np.ndarray):
         arr = x
+    elif is_dlpack(x):
+        arr = from_dlpack(x, name)
     else:
         try:
             arr = np.asarray(x)
@@ -69,7 +74,7 @@ def core_view(arr: np.ndarray) -> Tuple[np.ndarray, str, bool]:
 def as_target_array(t: Any, name: str = "target") -> np.ndarray:
     """Integer class targets as an array of native byte order (a copy only if byte-swapped or
     misaligned; targets are small next to the logits)."""
-    arr = t if isinstance(t, np.ndarray) else np.asarray(t)
+    arr = as_array(t, name)
     if arr.dtype.kind not in "iu":
         if arr.size == 0 and arr.dtype.kind == "f" and not isinstance(t, np.ndarray):
             arr = arr.astype(np.int64)  # an empty list
@@ -80,3 +85,18 @@ def as_target_array(t: Any, name: str = "target") -> np.ndarray:
     if not arr.dtype.isnative or not arr.flags.aligned:
         arr = arr.astype(arr.dtype.newbyteorder("="), copy=True)
     return arr
+
+
+def as_array(x: Any, name: str = "input") -> np.ndarray:
+    """Any array-like as a NumPy array, without copying arrays or CPU tensors (DLPack): for
+    arguments whose dtype is checked by the caller (targets, weights)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_dlpack(x):
+        return from_dlpack(x, name)
+    return np.asarray(x)
+
+
+def tensor_in(x: Any, name: str) -> Any:
+    """A DLPack tensor as a NumPy view (named in errors); anything else as it is."""
+    return from_dlpack(x, name) if is_dlpack(x) else x

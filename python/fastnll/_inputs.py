@@ -96,6 +96,7 @@ def prepare(preds: Any, target: Any, *, shift: bool, dtype: Any = None, shape: A
             target_dtype: Any = None) -> Dump:
     """Open (without copying) and shape-check predictions and targets."""
     name, tname = name_of(preds, "preds"), name_of(target, "target")
+    preds, target = _arrays.tensor_in(preds, name), _arrays.tensor_in(target, tname)
     x = _arrays.as_float_array(load_array(preds, dtype=dtype, shape=shape), name)
     t = _load_target(target, target_dtype)
     if t.dtype.kind not in "iu":

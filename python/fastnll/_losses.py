@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._arrays import as_float_array, as_target_array, core_view, float_tag
+from ._arrays import as_array, as_float_array, as_target_array, core_view, float_tag
 from ._options import check_ignore_index
 
 Reduction = Literal["none", "mean", "sum"]
@@ -46,7 +46,7 @@ def _check_smoothing(label_smoothing: Any) -> float:
 def _class_weight(weight: Optional[ArrayLike], classes: int) -> Optional[np.ndarray]:
     if weight is None:
         return None
-    w = np.asarray(weight)
+    w = as_array(weight, "weight")
     if w.dtype.kind not in "fiu" and float_tag(w.dtype) is None:
         raise TypeError(f"weight must be numeric (real numbers), got dtype {w.dtype}")
     if w.ndim != 1 or w.shape[0] != classes:
@@ -126,10 +126,10 @@ def cross_entropy(
     x = _logits(logits, "logits")
     w = _class_weight(weight, x.shape[-1])
     view, tag, swap = core_view(x)
-    t_arr = target if isinstance(target, np.ndarray) else np.asarray(target)
+    t_arr = as_array(target, "target")
     # Floating targets are class probabilities; an empty Python list is an empty index batch.
     is_float = float_tag(t_arr.dtype) is not None  # bfloat16's kind is "V", not "f"
-    if is_float and (isinstance(target, np.ndarray) or t_arr.size > 0):
+    if is_float and (hasattr(target, "dtype") or t_arr.size > 0):
         y = as_float_array(t_arr, "target")
         if y.shape != x.shape:
             raise ValueError(
@@ -209,7 +209,7 @@ def binary_cross_entropy_with_logits(
         x, y = x.reshape(1), y.reshape(1)
     wv, wtag, wswap = None, "f64", False
     if weight is not None:
-        wa = np.asarray(weight)
+        wa = as_array(weight, "weight")
         if wa.dtype.kind in "iub":  # integer or bool weights: a float64 copy
             wa = wa.astype(np.float64)
         elif float_tag(wa.dtype) is None:
@@ -223,12 +223,12 @@ def binary_cross_entropy_with_logits(
             ) from None
     pw = None
     if pos_weight is not None:
-        pwa = np.asarray(pos_weight)
+        pwa = as_array(pos_weight, "pos_weight")
         if pwa.dtype.kind not in "fiub" and float_tag(pwa.dtype) is None:
             raise TypeError(f"pos_weight must be numeric (real numbers), got dtype {pwa.dtype}")
         try:
             pw = np.ascontiguousarray(
-                np.broadcast_to(np.asarray(pos_weight, dtype=np.float64), (x.shape[-1],))
+                np.broadcast_to(pwa.astype(np.float64), (x.shape[-1],))
             )
         except ValueError:
             raise ValueError(

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._arrays import as_float_array, core_view, float_tag
+from ._arrays import as_array, as_float_array, core_view, float_tag
 
 Axis = Union[None, int, Sequence[int]]
 
@@ -71,7 +71,7 @@ def logsumexp(
     moved = np.transpose(x0, keep + axes)  # a view; reduced axes last
     lead = moved.shape[: len(keep)]
     if b is not None or return_sign:
-        bb = np.ones((), dtype=np.float64) if b is None else np.asarray(b)
+        bb = np.ones((), dtype=np.float64) if b is None else as_array(b, "b")
         if bb.dtype.kind not in "biuf" and float_tag(bb.dtype) is None:
             raise TypeError(f"b must be numeric (real numbers), got dtype {bb.dtype}")
         bb = bb.astype(np.float64, copy=False)

@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     ev = sub.add_parser("eval", help="evaluate one dump against its targets",
                         description="Evaluate a prediction dump against integer targets.")
-    ev.add_argument("preds", help="predictions: .npy, .npz[:key], .safetensors[:key] or raw")
-    ev.add_argument("targets", help="integer targets: .npy, .npz[:key], .safetensors[:key], raw")
+    ev.add_argument("preds", help="predictions: .npy, .npz[:key], .safetensors[:key], .pt[:key] or raw")
+    ev.add_argument("targets", help="integer targets: .npy, .npz[:key], .safetensors[:key], .pt[:key], raw")
     _common(ev, True)
     cmp_ = sub.add_parser("compare", help="compare two models' dumps on the same targets",
                           description="KL(base || new), NLL difference and top-1 agreement.")

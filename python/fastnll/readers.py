@@ -11,6 +11,7 @@ memory map of the file, so a dump far bigger than RAM costs only address space:
   read as bfloat16.
 * ``.safetensors``: the 8-byte little-endian header length and the JSON header are parsed here
   and the tensor is ``np.memmap``-ed at its data offset (no ``safetensors`` package needed).
+* ``.pt``/``.pth`` (``torch.save``; ``"file.pt:key"`` for a dict): see ``fastnll._pt``.
 * anything else: raw binary, which needs ``dtype`` and ``shape`` (one dimension may be -1).
 
 Only regular files are read (a FIFO, device, directory or ``<(process substitution)`` is a
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from . import _dlpack, _pt
 
 try:
     import ml_dtypes
@@ -59,7 +62,7 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-KNOWN_SUFFIXES = (".npy", ".npz", ".safetensors")
+KNOWN_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth")  # .pt/.pth: see _pt
 
 # safetensors dtype names -> little-endian NumPy dtypes (BF16 handled separately)
 _ST_DTYPES: Dict[str, str] = {
@@ -116,7 +119,7 @@ def split_key(source: PathLike) -> Tuple[Path, Optional[str]]:
     if path.exists() or ":" not in text:
         return path, None
     head, _, key = text.rpartition(":")
-    if head and key and Path(head).suffix.lower() in (".npz", ".safetensors"):
+    if head and key and Path(head).suffix.lower() in (".npz", ".safetensors", ".pt", ".pth"):
         return Path(head), key
     return path, None
 
@@ -518,6 +521,8 @@ def list_arrays(path: PathLike) -> List[str]:
     p = Path(path)
     if p.suffix.lower() == ".safetensors":
         return sorted(read_safetensors_header(p)[0])
+    if p.suffix.lower() in (".pt", ".pth"):
+        return _pt.list_pt(p)
     with _open_regular(p) as fh:
         try:
             zf = zipfile.ZipFile(fh)
@@ -538,6 +543,8 @@ def load_array(source: Any, *, key: Optional[str] = None, dtype: Any = None,
     if not is_path(source):
         if key is not None or dtype is not None or shape is not None:
             raise ValueError("key, dtype and shape apply only when reading from a file path")
+        if _dlpack.is_dlpack(source):  # a torch / JAX / ... CPU tensor, read in place
+            return _dlpack.from_dlpack(source)
         return source if isinstance(source, np.ndarray) else np.asarray(source)
     path, inline_key = split_key(source)
     if key is not None and inline_key is not None and key != inline_key:
@@ -554,10 +561,12 @@ def load_array(source: Any, *, key: Optional[str] = None, dtype: Any = None,
             return open_npy(path)
         if suffix == ".npz":
             return open_npz(path, key)
+        if suffix in (".pt", ".pth"):
+            return _pt.open_pt(path, key)
         return open_safetensors(path, key)
     if dtype is None or shape is None:
         _require_file(path)
-        raise DumpError(f"{path}: not a .npy/.npz/.safetensors file; to read raw binary give "
+        raise DumpError(f"{path}: not a .npy/.npz/.safetensors/.pt file; to read raw binary give "
                         f"its dtype and shape (--dtype/--shape)")
     return open_raw(path, dtype, shape)
 
