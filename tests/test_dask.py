@@ -353,3 +353,12 @@ def test_errors_name_positions_and_files(tmp_path: Path, client: Any) -> None:
         fd.evaluate(np.load(xf[0], mmap_mode="r"), t[:100])
     with pytest.raises(ValueError, match="target has shape"):
         fd.evaluate(xs, ts[:-1])
+
+
+def test_docs_example_runs() -> None:
+    """The runnable example of docs/distributed.md (its asserts check the result)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "distributed.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```python\n")[1:]]
+    runnable = [b for b in blocks if b.startswith("# example: runs in tests/test_dask.py")]
+    assert len(runnable) == 1
+    exec(compile(runnable[0], "docs/distributed.md", "exec"), {})

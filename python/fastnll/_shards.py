@@ -435,6 +435,8 @@ def split_cli(a: Any, names: Sequence[str]) -> None:
         a.shards = None
         return
     k = len(names)
+    if len(paths) < k:  # as argparse says it for missing positionals
+        raise UsageError(f"the following arguments are required: {', '.join(names[len(paths):])}")
     if len(paths) % k:
         raise UsageError(f"expected {' '.join(n.upper() + '...' for n in names)} (equal "
                          f"numbers of each): {len(paths)} paths do not split into {k} groups")
