@@ -134,7 +134,7 @@ def main(argv: List[str] | None = None) -> int:
             rows.append((f"fastnll.dask.evaluate, {n} shard files, {workers} worker(s) x "
                          f"{threads} thread(s)", tw))
             xa, ta = fd.from_shards(xs), fd.from_shards(ts, target=True)
-            tw, rw = timed(lambda: fd.evaluate(xa, ta, scheduler=client), a.repeat)
+            tw, rw = timed(lambda xa=xa, ta=ta: fd.evaluate(xa, ta, scheduler=client), a.repeat)
             assert rw.rows == ref.rows
             rows.append((f"fastnll.dask.evaluate, from_shards arrays, {workers} worker(s) x "
                          f"{threads} thread(s)", tw))

@@ -117,6 +117,12 @@ def test_workers_2_gives_the_same_json(dumps: Dict[str, Any], tmp_path: Path) ->
     cmp_one = _json(["compare", d / "x2.npy", d / "x2.npy", d / "t2.npy"], tmp_path, "c1")
     _same(_json(["compare", d / "x2", d / "x2", d / "t2", "--workers", "2"], tmp_path, "cw"),
           cmp_one)
+    bad = dumps["t3"].copy()
+    bad[4, 7] = 40  # shard part-2 holds sequences 4..5: its (0, 7)
+    files = _split(tmp_path, "bad", bad, [3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2])
+    code, _, err = run("eval", d / "x3", tmp_path / "bad", "--workers", "2")
+    assert code == 1 and err.count("\n") == 1, err  # the workers' logs stay quiet
+    assert f"{files[2]}: target 40 at position (0, 7) is out of range for 40 classes" in err
 
 
 def test_shard_lists_are_sorted_and_checked(dumps: Dict[str, Any], tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def expand(specs: Specs, what: str = "preds") -> List[str]:
 
     A directory contributes its .npy/.npz/.safetensors files; a glob that matches nothing, an
     empty directory, or a file listed twice is a :class:`DumpError` naming it."""
-    items = [specs] if is_path(specs) else list(specs)  # type: ignore[arg-type]
+    items: List[Any] = [specs] if is_path(specs) else list(specs)  # type: ignore[arg-type]
     if not items:
         raise DumpError(f"no {what} files given")
     out: List[str] = []

@@ -157,8 +157,8 @@ def _say(a: argparse.Namespace, text: str) -> None:
 
 def _cmd_eval(a: argparse.Namespace) -> Any:
     """Run 'eval' (also the demo's path); returns the EvalReport."""
-    from ._report import format_eval
     from . import _shards
+    from ._report import format_eval
     from .evaluate import evaluate
 
     _shards.split_cli(a, ("preds", "targets"))
@@ -185,16 +185,16 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
-    from ._report import format_compare
     from . import _shards
+    from ._report import format_compare
     from .evaluate import compare
 
     _shards.split_cli(a, ("base", "new", "targets"))
     _check_usage(a, a.shards[0] + a.shards[1] if a.shards else [a.base, a.new])
-    report = _shards.cli_compare(a) if a.shards else compare(a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index,
-                     shift=a.shift, chunk_bytes=a.chunk_mb << 20, progress=a.progress,
-                     dtype=a.dtype, shape=a.shape, target_dtype=a.target_dtype,
-                     check_kind=not a.no_kind_check)
+    report = _shards.cli_compare(a) if a.shards else compare(
+        a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index, shift=a.shift,
+        chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
+        target_dtype=a.target_dtype, check_kind=not a.no_kind_check)
     _say(a, format_compare(report, f"fastnll compare: base {a.base}, new {a.new}, "
                                    f"targets {a.targets}"))
     if a.json:

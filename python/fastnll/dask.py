@@ -21,6 +21,7 @@ calibration bins exactly). See docs/distributed.md.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -36,7 +37,6 @@ except ImportError as exc:  # pragma: no cover - exercised where dask is absent
 from . import _shards
 from ._arrays import float_tag
 from ._partial import CompareSums, LossSums, as_block
-from ._report import CompareReport, EvalReport
 from .evaluate import Evaluator
 
 __all__ = ["evaluate", "compare", "cross_entropy", "from_shards", "cluster",
@@ -371,11 +371,13 @@ def _ce_soft_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
 
 # ----------------------------------------------------------------------------- clusters
 @contextlib.contextmanager
-def cluster(scheduler: Optional[str] = None, workers: Optional[int] = None
-            ) -> Iterator[Any]:
+def cluster(scheduler: Optional[str] = None, workers: Optional[int] = None,
+            quiet: bool = True) -> Iterator[Any]:
     """A ``distributed.Client`` for the block: connected to ``scheduler`` (an address such as
     ``tcp://host:8786``), or to a new local cluster of ``workers`` processes sharing this
-    machine's cores (``threads_per_worker`` = cores // workers, at least 1)."""
+    machine's cores (``threads_per_worker`` = cores // workers, at least 1). ``quiet``: the
+    local cluster logs only critical messages (a task's error still reaches the caller as
+    its exception), so the command line keeps its one-line errors."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -384,6 +386,7 @@ def cluster(scheduler: Optional[str] = None, workers: Optional[int] = None
         return
     n = int(workers or 1)
     threads = max(1, (os.cpu_count() or 1) // n)
+    level = logging.CRITICAL if quiet else logging.WARNING
     with LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                      dashboard_address=None) as lc, Client(lc) as client:
+                      dashboard_address=None, silence_logs=level) as lc, Client(lc) as client:
         yield client
