@@ -108,21 +108,27 @@ def test_compare_on_shards_matches_one_file(dumps: Dict[str, Any], tmp_path: Pat
     assert one["rows"] == 15 * 23 - int((dumps["t3"][:, 1:] == -100).sum())
 
 
-def test_workers_2_gives_the_same_json(dumps: Dict[str, Any], tmp_path: Path) -> None:
-    pytest.importorskip("distributed")
+def test_workers_2_and_scheduler_give_the_same_json(dumps: Dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
     d = dumps["dir"]
     one = _json(["eval", d / "x3.npy", d / "t3.npy", "--shift"], tmp_path, "one")
     _same(_json(["eval", d / "x3" / "*.npy", d / "t3", "--shift", "--workers", "2"],
                 tmp_path, "w"), one)
     cmp_one = _json(["compare", d / "x2.npy", d / "x2.npy", d / "t2.npy"], tmp_path, "c1")
-    _same(_json(["compare", d / "x2", d / "x2", d / "t2", "--workers", "2"], tmp_path, "cw"),
-          cmp_one)
-    bad = dumps["t3"].copy()
-    bad[4, 7] = 40  # shard part-2 holds sequences 4..5: its (0, 7)
-    files = _split(tmp_path, "bad", bad, [3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2])
-    code, _, err = run("eval", d / "x3", tmp_path / "bad", "--workers", "2")
-    assert code == 1 and err.count("\n") == 1, err  # the workers' logs stay quiet
-    assert f"{files[2]}: target 40 at position (0, 7) is out of range for 40 classes" in err
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as lc:
+        addr = lc.scheduler_address
+        _same(_json(["compare", d / "x2", d / "x2", d / "t2", "--scheduler", addr], tmp_path,
+                    "cw"), cmp_one)
+        bad = dumps["t3"].copy()
+        bad[4, 7] = 40  # shard part-2 holds sequences 4..5: its (0, 7)
+        files = _split(tmp_path, "bad", bad, [3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2])
+        code, _, err = run("eval", d / "x3", tmp_path / "bad", "--scheduler", addr)
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"{files[2]}: target 40 at position (0, 7) is out of range for 40 classes" in err
+    code, _, err = run("eval", d / "x3", tmp_path / "bad", "--workers", "2", "--no-progress")
+    assert code == 1 and err.count("\n") == 1, err  # a local cluster's logs stay quiet
 
 
 def test_shard_lists_are_sorted_and_checked(dumps: Dict[str, Any], tmp_path: Path) -> None:

@@ -64,7 +64,9 @@ def from_shards(paths: Any, *, dtype: Any = None, shape: Any = None, target: boo
             raise ValueError(f"{s.source} has shape {s.shape} and dtype {s.dtype} but "
                              f"{first.source} has {first.shape} and {first.dtype}: shards "
                              f"concatenate along their first axis only")
-    opener = dask.delayed(_shards.open_shard, pure=True)
+    # Not pure: every call gets new task keys, so a shard file rewritten between two calls is
+    # read again instead of answered from results the scheduler may still hold.
+    opener = dask.delayed(_shards.open_shard)
     blocks = [da.from_delayed(opener(s), shape=s.shape, dtype=s.dtype,
                               meta=np.empty((0,) * len(s.shape), s.dtype)) for s in shards]
     return blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=0)
@@ -124,14 +126,14 @@ def _aligned(xs: List["da.Array"], t: "da.Array", shift: bool, names: Sequence[s
 def _parts(func: Callable[..., Any], xs: List["da.Array"], t: Optional["da.Array"],
            **kw: Any) -> List[Any]:
     """One delayed partial result per block of rows: func(blocks, target block, first index
-    of the block along each lead axis, **kw). The blocks come from ``to_delayed`` (the arrays'
-    graphs optimised, so e.g. zarr reads stay inside the tasks that use them). Without a
+    of the block along each lead axis, **kw). The blocks come from ``to_delayed`` (each array's
+    graph optimised): Dask runs each scoring task where its blocks were read. Without a
     target, func gets None for it."""
     xd = [x.to_delayed() for x in xs]
     lead = xs[0].chunks[:-1]
     td = t.to_delayed() if t is not None else None
     starts = [np.cumsum((0,) + c[:-1]) for c in lead]
-    task = dask.delayed(func, pure=True)
+    task = dask.delayed(func)
     out = []
     for idx in np.ndindex(*xd[0].shape[:-1]):
         first = tuple(int(s[i]) for s, i in zip(starts, idx))
@@ -145,9 +147,9 @@ def _tree(parts: List[Any], merge: Callable[..., Any], empty: Callable[[], Any],
     """Merge delayed partial results, ``split_every`` at a time, into one delayed result."""
     if split_every < 2:
         raise ValueError(f"split_every must be >= 2, got {split_every}")
-    level = parts or [dask.delayed(empty, pure=True)()]
+    level = parts or [dask.delayed(empty)()]
     while len(level) > 1:
-        level = [dask.delayed(merge, pure=True)(*level[i:i + split_every])
+        level = [dask.delayed(merge)(*level[i:i + split_every])
                  for i in range(0, len(level), split_every)]
     return level[0]
 
@@ -164,7 +166,7 @@ def _finish(result: Any, *args: Any) -> Any:
 
 
 def _run(root: Any, compute: bool, scheduler: Any, *args: Any) -> Any:
-    out = dask.delayed(_finish, pure=True)(root, *args)
+    out = dask.delayed(_finish)(root, *args)
     return out.compute(scheduler=scheduler) if compute else out
 
 
@@ -240,7 +242,7 @@ def _unit_task(run: Callable[..., Any], u: Any, opts: Dict[str, Any]) -> Any:
 
 
 def _file_parts(run: Callable[..., Any], us: List[Any], opts: Dict[str, Any]) -> List[Any]:
-    task = dask.delayed(_unit_task, pure=True)
+    task = dask.delayed(_unit_task)
     return [task(run, u, opts) for u in us]
 
 
