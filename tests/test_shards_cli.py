@@ -172,3 +172,28 @@ def test_cli_shard_errors_are_one_line(dumps: Dict[str, Any], tmp_path: Path) ->
     assert f"{files[9]}: target 99 at position 34 is out of range for 40 classes" in err
     code, _, err = run("eval", d / "x2", bad_dir / "t", "--shift")  # row 1233 predicts it
     assert code == 1 and f"{files[9]}: target 99 at position 34 " in err
+
+
+def test_one_sequence_across_shards_of_mixed_target_dtypes(tmp_path: Path) -> None:
+    """[N, C] with shift is one sequence: each shard's last row is scored against the next
+    shard's first target, whatever the shards' integer dtypes (uint64 next to int8 too)."""
+    import fastnll
+    from fastnll._shards import evaluate_files
+
+    rng = np.random.default_rng(8)
+    x = make_preds(rng, (300, 5), "logits", "float32")
+    t = make_targets(rng, (300,), 5)
+    t[t < 0] = 4
+    xs, ts = [], []
+    for i, dt in enumerate((np.int8, np.uint64, np.int16)):
+        xs.append(str(tmp_path / f"x{i}.npy"))
+        ts.append(str(tmp_path / f"t{i}.npy"))
+        np.save(xs[-1], x[100 * i:100 * (i + 1)])
+        np.save(ts[-1], t[100 * i:100 * (i + 1)].astype(dt))
+    opts = dict(kind="logits", ignore_index=-100, top_k=(1, 2), n_bins=10,
+                chunk_bytes=1 << 20, check_kind=True, shift=True)
+    got = evaluate_files(xs, ts, **opts)
+    want = fastnll.evaluate(x, t, shift=True, top_k=(1, 2), n_bins=10)
+    assert got.rows == want.rows == 299
+    assert got.bins == want.bins and got.top_k_accuracy == want.top_k_accuracy
+    assert got.mean_nll == pytest.approx(want.mean_nll, rel=1e-12)

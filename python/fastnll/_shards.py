@@ -314,7 +314,15 @@ def unit_arrays(u: Unit) -> Tuple[List[np.ndarray], np.ndarray, bool]:
     t = np.asarray(open_shard(u.target)).reshape(-1)
     if u.next_target is not None:
         head = np.asarray(open_shard(u.next_target)).reshape(-1)[:1]
-        return xs, np.concatenate([t[1:], head.astype(t.dtype, copy=False)]), False
+        dt = np.promote_types(t.dtype, head.dtype)
+        if dt.kind == "f":  # uint64 beside a signed type: int64 holds every valid class index
+            dt = np.dtype(np.int64)
+            big = np.iinfo(np.int64).max
+            for part, src in ((t, u.target.source), (head, u.next_target.source)):
+                if part.dtype.kind == "u" and part.size and int(part.max()) > big:
+                    raise IndexError(f"{src}: target {int(part.max())} is out of range (it "
+                                     f"does not even fit in int64)")
+        return xs, np.concatenate([t[1:].astype(dt), head.astype(dt)]), False
     return [x[:-1] for x in xs], t[1:], False
 
 
