@@ -389,6 +389,7 @@ def cluster(scheduler: Optional[str] = None, workers: Optional[int] = None,
     n = int(workers or 1)
     threads = max(1, (os.cpu_count() or 1) // n)
     level = logging.CRITICAL if quiet else logging.WARNING
+    # dashboard off, its HTTP server on a free port (no warning when 8787 is taken)
     with LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                      dashboard_address=None, silence_logs=level) as lc, Client(lc) as client:
+                      dashboard_address=":0", silence_logs=level) as lc, Client(lc) as client:
         yield client
