@@ -362,3 +362,37 @@ def test_docs_example_runs() -> None:
     runnable = [b for b in blocks if b.startswith("# example: runs in tests/test_dask.py")]
     assert len(runnable) == 1
     exec(compile(runnable[0], "docs/distributed.md", "exec"), {})
+
+
+def _rss_file() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status (not Linux)")
+
+
+def test_blocks_release_mapped_pages(tmp_path: Path) -> None:
+    """Mapped file pages count in RSS, which Dask's nanny holds to the worker's memory limit:
+    shards are scored in windows whose pages are released, so a shard larger than a worker's
+    memory limit does not get the worker killed. (A sparse 256 MiB .npy of zeros: no disk.)"""
+    from fastnll._inputs import prepare
+    from fastnll._partial import eval_dump
+
+    path = tmp_path / "zeros.npy"
+    shape = (8, 1024, 8192)
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+        fh.truncate(fh.tell() + int(np.prod(shape)) * 4)
+    t = np.zeros(shape[:2], np.int64)
+    x = np.load(path, mmap_mode="r")
+    before = _rss_file()
+    ours = fastnll.Evaluator(check_kind=False)
+    eval_dump(ours, prepare(x, t, shift=False), 16 << 20, lambda v, p: f"{v} {p}")
+    grown = _rss_file() - before  # the mapping is still open: nothing held but a window
+    plain = fastnll.Evaluator().update(x, t)  # the control: every page stays resident
+    held = _rss_file() - before
+    assert held > 200 << 20, held
+    assert grown < 48 << 20, grown
+    assert ours.result() == plain.result()

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any, Dict, Optional, Tuple
+import mmap
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from . import _arrays
-from ._inputs import check_declared_kind, chunks, name_of, prepare, reraise, shape_of, validate
+from ._inputs import (Dump, check_declared_kind, chunks, name_of, prepare, reraise, shape_of,
+                      validate)
 from ._report import CompareReport
 
-__all__ = ["FORMAT", "CompareSums", "LossSums"]
+__all__ = ["FORMAT", "CompareSums", "LossSums", "windows", "release", "bad_target",
+           "target_message", "as_block"]
 
 FORMAT = 1  # bump when the meaning of the fields below changes
 
@@ -156,3 +159,86 @@ def as_block(x: Any) -> np.ndarray:
     """A block as a plain ndarray view (file-backed blocks stay file-backed)."""
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     return arr.view(np.ndarray) if type(arr) is not np.ndarray else arr
+
+
+# ----------------------------------------------------------------------------- windows
+def release(*arrays: Any) -> None:
+    """Drop the resident pages of memory-mapped arrays from this process (they stay in the
+    page cache; touching them again is a minor fault). Mapped file pages count in a process's
+    RSS, which Dask's nanny compares with the worker's memory limit: without this, one shard
+    larger than the limit gets its worker killed, however little memory it really holds."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    for a in arrays:
+        while a is not None and not isinstance(a, mmap.mmap):
+            a = getattr(a, "base", None)
+        if a is not None and advice is not None and hasattr(a, "madvise"):
+            try:
+                a.madvise(advice)
+            except (OSError, ValueError):  # pragma: no cover - closed or unsupported
+                pass
+
+
+def windows(d: Dump, budget: int) -> Iterator[Tuple[Tuple[int, int, int, int], np.ndarray,
+                                                    np.ndarray]]:
+    """``((b0, b1, t0, t1), predictions, targets)`` windows of a dump (shift applied) of at
+    most ``budget`` bytes of predictions, each window's pages released after it is used."""
+    b, t, c = d.x.shape
+    for w in chunks(b, t, c * d.x.dtype.itemsize, budget):
+        xs, ts, _ = d.block(*w)
+        yield w, xs, ts
+        release(d.x, d.t)
+
+
+def bad_target(d: Dump, ts: np.ndarray, b0: int, t0: int, ignore_index: int
+               ) -> Optional[Tuple[int, Tuple[int, ...]]]:
+    """(value, position in the user's target array of this dump) of a window's first
+    out-of-range target, or None."""
+    c = d.x.shape[-1]
+    bad = np.argwhere((ts != ignore_index) & ((ts < 0) | (ts >= c)))
+    if not len(bad):
+        return None
+    idx = tuple(int(i) for i in bad[0])
+    value = int(ts[idx])
+    if d.two_d:
+        return value, (t0 + idx[0] + d.shift,)
+    return value, (b0 + idx[0], t0 + idx[1] + d.shift)
+
+
+def target_message(value: int, pos: Tuple[int, ...], classes: int, ignore_index: int,
+                   name: str = "") -> str:
+    """The out-of-range message fastnll gives everywhere, at a position of the whole input."""
+    where = str(pos[0]) if len(pos) == 1 else str(tuple(pos))
+    head = f"{name}: " if name else ""
+    return (f"{head}target {value} at position {where} is out of range for {classes} classes "
+            f"(valid: 0..{classes - 1}, or ignore_index={ignore_index})")
+
+
+def eval_dump(ev: Any, d: Dump, budget: int, where: Any) -> None:
+    """Add a dump to an Evaluator (built with shift=False, check_kind=False: the dump has the
+    shift applied and the caller checked the kind) window by window; an out-of-range target
+    raises IndexError with ``where(value, position)`` as its message."""
+    for (b0, _, t0, _), xs, ts in windows(d, budget):
+        try:
+            ev.update(xs, ts)
+        except IndexError:
+            bad = bad_target(d, ts, b0, t0, ev.ignore_index)
+            if bad is None:
+                raise
+            raise IndexError(where(*bad)) from None
+
+
+def compare_dumps(acc: CompareSums, db: Dump, dn: Dump, budget: int, where: Any) -> None:
+    """Add two dumps of one shard to comparison sums, window by window (as eval_dump)."""
+    if db.x.shape != dn.x.shape:
+        raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
+                         f"{shape_of(db)}: the two dumps must match")
+    for (b0, b1, t0, t1), xs, ts in windows(db, budget):
+        try:
+            acc.update(xs, dn.preds_block(b0, b1, t0, t1), ts, check_kind=False,
+                       chunk_bytes=budget)
+        except IndexError:
+            bad = bad_target(db, ts, b0, t0, acc.ignore_index)
+            if bad is None:
+                raise
+            raise IndexError(where(*bad)) from None
+        release(dn.x)

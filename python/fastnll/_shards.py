@@ -326,58 +326,72 @@ def unit_arrays(u: Unit) -> Tuple[List[np.ndarray], np.ndarray, bool]:
     return [x[:-1] for x in xs], t[1:], False
 
 
-def chained_error(u: Unit, exc: IndexError, ts: np.ndarray, classes: int,
-                  ignore_index: int) -> IndexError:
-    """An out-of-range target of a chained unit, named by its file and row."""
-    bad = np.flatnonzero((ts != ignore_index) & ((ts < 0) | (ts >= classes)))
-    if not bad.size:
-        return exc
-    i = int(bad[0])
-    n = u.target.rows
-    src, row = (u.target.source, i + 1) if i + 1 < n else (u.next_target.source, 0)  # type: ignore[union-attr]
-    return IndexError(f"{src}: target {int(ts[i])} at position {row} is out of range for "
-                      f"{classes} classes (valid: 0..{classes - 1}, or ignore_index="
-                      f"{ignore_index})")
+def chained_message(u: Unit, value: int, i: int, classes: int, ignore_index: int) -> str:
+    """The message for target ``i`` of a chained unit's targets, named by its file and row."""
+    from ._partial import target_message
+
+    if i + 1 < u.target.rows or u.next_target is None:
+        return target_message(value, (i + 1,), classes, ignore_index, u.target.source)
+    return target_message(value, (0,), classes, ignore_index, u.next_target.source)
 
 
 # ----------------------------------------------------------------------------- running units
 EVAL_KEYS = ("kind", "ignore_index", "top_k", "n_bins", "chunk_bytes", "check_kind")
 
 
+def _unit_dumps(u: Unit, opts: Dict[str, Any]) -> Tuple[List[Any], Any]:
+    """The unit's dumps (shift applied; files opened here) and how to word a bad target."""
+    from ._inputs import check_declared_kind, prepare
+    from ._partial import target_message
+
+    ii = int(opts["ignore_index"])
+    if not u.chained:
+        ds = [prepare(p.source, u.target.source, shift=bool(opts["shift"]), dtype=p.raw_dtype,
+                      shape=p.raw_shape, target_dtype=u.target.raw_dtype) for p in u.preds]
+        c, tname = ds[0].x.shape[-1], ds[0].tname
+
+        def where(value: int, pos: Tuple[int, ...]) -> str:
+            return target_message(value, pos, c, ii, tname)
+    else:
+        xs, ts, _ = unit_arrays(u)
+        ds = [prepare(x.view(np.ndarray), ts, shift=False) for x in xs]
+        for d, p in zip(ds, u.preds):
+            d.name = p.source
+        c = ds[0].x.shape[-1]
+
+        def where(value: int, pos: Tuple[int, ...]) -> str:
+            return chained_message(u, value, pos[0], c, ii)
+    if opts["check_kind"]:
+        for d in ds:
+            check_declared_kind(d, opts["kind"], ii, int(opts["chunk_bytes"]))
+    return ds, where
+
+
 def run_eval_unit(u: Unit, opts: Dict[str, Any]) -> Any:
-    """An Evaluator filled with one unit (files opened here; errors name the files)."""
+    """An Evaluator filled with one unit: files opened here, read in windows of chunk_bytes
+    whose pages are released as it goes; errors name the files."""
+    from ._partial import eval_dump
     from .evaluate import Evaluator
 
-    ev = Evaluator(shift=bool(opts["shift"]) and not u.chained, progress=False,
-                   **{k: opts[k] for k in EVAL_KEYS})
-    if not u.chained:
-        ev.update(u.preds[0].source, u.target.source, dtype=u.preds[0].raw_dtype,
-                  shape=u.preds[0].raw_shape, target_dtype=u.target.raw_dtype)
-        return ev
-    xs, ts, _ = unit_arrays(u)
-    try:
-        ev.update(xs[0].view(np.ndarray), ts)
-    except IndexError as exc:
-        raise chained_error(u, exc, ts, xs[0].shape[-1], int(opts["ignore_index"])) from None
+    (d,), where = _unit_dumps(u, opts)
+    ev = Evaluator(shift=False, progress=False, check_kind=False,
+                   **{k: opts[k] for k in EVAL_KEYS if k != "check_kind"})
+    eval_dump(ev, d, int(opts["chunk_bytes"]), where)
+    if ev.n_classes is None:
+        ev.n_classes = d.x.shape[-1]
     return ev
 
 
 def run_compare_unit(u: Unit, opts: Dict[str, Any]) -> Any:
     """CompareSums of one unit (base and new shards against the target shard)."""
-    from ._partial import CompareSums
+    from ._partial import CompareSums, compare_dumps
 
+    (db, dn), where = _unit_dumps(u, opts)
     acc = CompareSums(opts["kind"], opts["ignore_index"])
-    kw = dict(chunk_bytes=opts["chunk_bytes"], check_kind=opts["check_kind"])
-    if not u.chained:
-        b, n = u.preds
-        return acc.update(b.source, n.source, u.target.source, shift=bool(opts["shift"]),
-                          dtype=b.raw_dtype, shape=b.raw_shape,
-                          target_dtype=u.target.raw_dtype, **kw)
-    xs, ts, _ = unit_arrays(u)
-    try:
-        return acc.update(xs[0].view(np.ndarray), xs[1].view(np.ndarray), ts, **kw)
-    except IndexError as exc:
-        raise chained_error(u, exc, ts, xs[0].shape[-1], int(opts["ignore_index"])) from None
+    compare_dumps(acc, db, dn, int(opts["chunk_bytes"]), where)
+    if acc.n_classes is None:
+        acc.n_classes = db.x.shape[-1]
+    return acc
 
 
 def plan_eval(preds: Specs, target: Specs, opts: Dict[str, Any]) -> List[Unit]:

@@ -36,7 +36,8 @@ except ImportError as exc:  # pragma: no cover - exercised where dask is absent
 
 from . import _shards
 from ._arrays import float_tag
-from ._partial import CompareSums, LossSums, as_block
+from ._partial import (CompareSums, LossSums, as_block, compare_dumps, eval_dump, release,
+                       target_message)
 from .evaluate import Evaluator
 
 __all__ = ["evaluate", "compare", "cross_entropy", "from_shards", "cluster",
@@ -189,51 +190,51 @@ def use_worker_threads() -> int:
 
 
 # ----------------------------------------------------------------------------- block tasks
-def _position(starts: Tuple[int, ...], local: Tuple[int, ...], offset: int) -> str:
-    pos = [s + i for s, i in zip(starts, local)]
-    pos[-1] += offset
-    return str(pos[0]) if len(pos) == 1 else str(tuple(pos))
+def _where(starts: Tuple[int, ...], offset: int, classes: int, ignore_index: int
+           ) -> Callable[[int, Tuple[int, ...]], str]:
+    """Words a block's bad target at its position in the whole target array."""
+    def where(value: int, pos: Tuple[int, ...]) -> str:
+        full = [s + p for s, p in zip(starts, pos)]
+        full[-1] += offset
+        return target_message(value, tuple(full), classes, ignore_index)
+    return where
 
 
-def _target_error(exc: IndexError, t: np.ndarray, classes: int, ignore_index: int,
-                  starts: Tuple[Any, ...], offset: int) -> IndexError:
-    """An out-of-range target of a block at its position in the whole target array."""
-    bad = np.argwhere((t != ignore_index) & ((t < 0) | (t >= classes)))
-    if not len(bad):
-        return exc
-    local = tuple(int(i) for i in bad[0])
-    return IndexError(f"target {int(t[local])} at position {_position(starts, local, offset)} "
-                      f"is out of range for {classes} classes (valid: 0..{classes - 1}, or "
-                      f"ignore_index={ignore_index})")
+def _block_dumps(blocks: List[Any], tb: Any, opts: Dict[str, Any]) -> List[Any]:
+    from ._inputs import check_declared_kind, prepare
+
+    t = as_block(tb)
+    ds = [prepare(as_block(x), t, shift=opts["shift"]) for x in blocks]
+    if opts["check_kind"]:
+        for d in ds:
+            check_declared_kind(d, opts["kind"], opts["ignore_index"], opts["chunk_bytes"])
+    return ds
 
 
 def _eval_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
                 opts: Dict[str, Any]) -> Evaluator:
     use_worker_threads()
-    x, t = as_block(xb[0]), as_block(tb)
-    ev = Evaluator(progress=False, shift=opts["shift"],
-                   **{k: opts[k] for k in _shards.EVAL_KEYS})
-    try:
-        ev.update(x, t)
-    except IndexError as exc:
-        tt = t[:, 1:] if opts["shift"] else t
-        raise _target_error(exc, tt, x.shape[-1], opts["ignore_index"], starts,
-                            opts["offset"] + int(opts["shift"])) from None
+    (d,) = _block_dumps(xb, tb, opts)
+    ev = Evaluator(progress=False, shift=False, check_kind=False,
+                   **{k: opts[k] for k in _shards.EVAL_KEYS if k != "check_kind"})
+    c = d.x.shape[-1]
+    eval_dump(ev, d, opts["chunk_bytes"], _where(starts, opts["offset"], c, opts["ignore_index"]))
+    if ev.n_classes is None:
+        ev.n_classes = c
     return ev
 
 
 def _compare_block(bb: List[Any], tb: Any, starts: Tuple[int, ...], *,
                    opts: Dict[str, Any]) -> CompareSums:
     use_worker_threads()
-    b, n, t = as_block(bb[0]), as_block(bb[1]), as_block(tb)
+    db, dn = _block_dumps(bb, tb, opts)
     acc = CompareSums(opts["kind"], opts["ignore_index"])
-    try:
-        return acc.update(b, n, t, shift=opts["shift"], chunk_bytes=opts["chunk_bytes"],
-                          check_kind=opts["check_kind"])
-    except IndexError as exc:
-        tt = t[:, 1:] if opts["shift"] else t
-        raise _target_error(exc, tt, b.shape[-1], opts["ignore_index"], starts,
-                            opts["offset"] + int(opts["shift"])) from None
+    c = db.x.shape[-1]
+    compare_dumps(acc, db, dn, opts["chunk_bytes"],
+                  _where(starts, opts["offset"], c, opts["ignore_index"]))
+    if acc.n_classes is None:
+        acc.n_classes = c
+    return acc
 
 
 def _unit_task(run: Callable[..., Any], u: Any, opts: Dict[str, Any]) -> Any:
@@ -298,29 +299,42 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
     return _run(_tree(parts, _merge, lambda: empty, split_every), compute, scheduler)
 
 
+CE_WINDOW = 256 << 20  # bytes of logits per core call in a cross_entropy block
+
+
 def _ce_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
               opts: Dict[str, Any]) -> LossSums:
     from . import _core
-    from ._arrays import core_view
+    from ._arrays import as_target_array, core_view
 
     use_worker_threads()
     x, t = as_block(xb[0]), as_block(tb)
-    view, tag, swap = core_view(x)
-    ii = opts["ignore_index"]
-    if opts["soft"]:
-        yv, ytag, yswap = core_view(t)
-        s, w = _core.cross_entropy_soft(view, tag, swap, yv, ytag, yswap, opts["weight"],
-                                        opts["label_smoothing"], None)
-        return LossSums(s, w)
-    from ._arrays import as_target_array
-
-    ts = as_target_array(t)
-    try:
-        s, w = _core.cross_entropy(view, tag, swap, ts, opts["weight"], ii,
-                                   opts["label_smoothing"], None)
-    except IndexError as exc:
-        raise _target_error(exc, ts, x.shape[-1], ii, starts, 0) from None
-    return LossSums(s, w)
+    ii, c = opts["ignore_index"], x.shape[-1]
+    step = max(1, CE_WINDOW // max(1, x[:1].nbytes)) if x.shape[0] else 1
+    acc = LossSums()
+    for a in range(0, max(x.shape[0], 1), step):  # windows along the first axis
+        xw, tw = x[a:a + step], t[a:a + step]
+        view, tag, swap = core_view(xw)
+        if opts["soft"]:
+            yv, ytag, yswap = core_view(tw)
+            s, w = _core.cross_entropy_soft(view, tag, swap, yv, ytag, yswap, opts["weight"],
+                                            opts["label_smoothing"], None)
+        else:
+            ts = as_target_array(tw)
+            try:
+                s, w = _core.cross_entropy(view, tag, swap, ts, opts["weight"], ii,
+                                           opts["label_smoothing"], None)
+            except IndexError:
+                bad = np.argwhere((ts != ii) & ((ts < 0) | (ts >= c)))
+                if not len(bad):
+                    raise
+                pos = tuple(int(i) for i in bad[0])
+                full = tuple(s0 + p + (a if k == 0 else 0)
+                             for k, (s0, p) in enumerate(zip(starts, pos)))
+                raise IndexError(target_message(int(ts[pos]), full, c, ii)) from None
+        acc.merge(LossSums(s, w))
+        release(x, t)
+    return acc
 
 
 def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: int = -100,
