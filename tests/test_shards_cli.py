@@ -178,7 +178,7 @@ def test_one_sequence_across_shards_of_mixed_target_dtypes(tmp_path: Path) -> No
     """[N, C] with shift is one sequence: each shard's last row is scored against the next
     shard's first target, whatever the shards' integer dtypes (uint64 next to int8 too)."""
     import fastnll
-    from fastnll._shards import evaluate_files
+    from fastnll._shard_runs import evaluate_files
 
     rng = np.random.default_rng(8)
     x = make_preds(rng, (300, 5), "logits", "float32")

@@ -157,13 +157,13 @@ def _say(a: argparse.Namespace, text: str) -> None:
 
 def _cmd_eval(a: argparse.Namespace) -> Any:
     """Run 'eval' (also the demo's path); returns the EvalReport."""
-    from . import _shards
+    from . import _shard_runs
     from ._report import format_eval
     from .evaluate import evaluate
 
-    _shards.split_cli(a, ("preds", "targets"))
+    _shard_runs.split_cli(a, ("preds", "targets"))
     _check_usage(a, (a.shards or [[a.preds]])[0])
-    report = _shards.cli_evaluate(a) if a.shards else evaluate(
+    report = _shard_runs.cli_evaluate(a) if a.shards else evaluate(
         a.preds, a.targets, kind=a.kind, ignore_index=a.ignore_index, top_k=tuple(a.top_k),
         n_bins=a.bins, shift=a.shift, per_row=a.per_row or False,
         chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
@@ -185,13 +185,13 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
-    from . import _shards
+    from . import _shard_runs
     from ._report import format_compare
     from .evaluate import compare
 
-    _shards.split_cli(a, ("base", "new", "targets"))
+    _shard_runs.split_cli(a, ("base", "new", "targets"))
     _check_usage(a, a.shards[0] + a.shards[1] if a.shards else [a.base, a.new])
-    report = _shards.cli_compare(a) if a.shards else compare(
+    report = _shard_runs.cli_compare(a) if a.shards else compare(
         a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index, shift=a.shift,
         chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
         target_dtype=a.target_dtype, check_kind=not a.no_kind_check)

@@ -34,7 +34,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised where dask is absent
     raise ImportError("fastnll.dask needs dask: pip install 'fastnll[dask]'") from exc
 
-from . import _shards
+from . import _shard_runs, _shards
 from ._arrays import float_tag
 from ._partial import (CompareSums, LossSums, as_block, compare_dumps, eval_dump, release,
                        target_message)
@@ -216,7 +216,7 @@ def _eval_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
     use_worker_threads()
     (d,) = _block_dumps(xb, tb, opts)
     ev = Evaluator(progress=False, shift=False, check_kind=False,
-                   **{k: opts[k] for k in _shards.EVAL_KEYS if k != "check_kind"})
+                   **{k: opts[k] for k in _shard_runs.EVAL_KEYS if k != "check_kind"})
     c = d.x.shape[-1]
     eval_dump(ev, d, opts["chunk_bytes"], _where(starts, opts["offset"], c, opts["ignore_index"]))
     if ev.n_classes is None:
@@ -263,11 +263,11 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     opts: Dict[str, Any] = dict(kind=kind, ignore_index=int(ignore_index), top_k=tuple(top_k),
                                 n_bins=int(n_bins), chunk_bytes=int(chunk_bytes),
                                 check_kind=bool(check_kind), shift=bool(shift))
-    empty = Evaluator(progress=False, **{k: opts[k] for k in _shards.EVAL_KEYS}, shift=shift)
+    empty = Evaluator(progress=False, **{k: opts[k] for k in _shard_runs.EVAL_KEYS}, shift=shift)
     if _shards.is_specs(preds) and _shards.is_specs(target):
         opts.update(dtype=dtype, shape=shape, target_dtype=target_dtype)
-        us = _shards.plan_eval(preds, target, opts)
-        parts = _file_parts(_shards.run_eval_unit, us, opts)
+        us = _shard_runs.plan_eval(preds, target, opts)
+        parts = _file_parts(_shard_runs.run_eval_unit, us, opts)
     else:
         (x,), t, opts["shift"], opts["offset"] = _aligned(
             [_as_dask(preds, "preds")], _as_dask(target, "target", target=True), shift,
@@ -289,8 +289,8 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
     empty = CompareSums(kind, int(ignore_index))
     if all(map(_shards.is_specs, (base, new, target))):
         opts.update(dtype=dtype, shape=shape, target_dtype=target_dtype)
-        us = _shards.plan_compare(base, new, target, opts)
-        parts = _file_parts(_shards.run_compare_unit, us, opts)
+        us = _shard_runs.plan_compare(base, new, target, opts)
+        parts = _file_parts(_shard_runs.run_compare_unit, us, opts)
     else:
         (xb, xn), t, opts["shift"], opts["offset"] = _aligned(
             [_as_dask(base, "base"), _as_dask(new, "new")],
