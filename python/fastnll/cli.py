@@ -113,6 +113,11 @@ def _common(p: argparse.ArgumentParser, eval_opts: bool) -> None:
                    help="rows are read in chunks of about this many MiB (default: 256)")
     p.add_argument("--no-kind-check", action="store_true",
                    help="skip the sampled check that the data matches --kind")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on a running Dask cluster, e.g. tcp://host:8786 (fastnll[dask])")
+    where.add_argument("--workers", type=_positive, metavar="N",
+                       help="run on a new local Dask cluster of N worker processes")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="always show the progress bar")
@@ -126,14 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     ev = sub.add_parser("eval", help="evaluate one dump against its targets",
                         description="Evaluate a prediction dump against integer targets.")
-    ev.add_argument("preds", help="predictions: .npy, .npz[:key], .safetensors[:key], .pt[:key] or raw")
-    ev.add_argument("targets", help="integer targets: .npy, .npz[:key], .safetensors[:key], .pt[:key], raw")
+    ev.add_argument("paths", nargs="+", metavar="PREDS... TARGETS...",
+                    help="predictions (.npy, .npz[:key], .safetensors[:key], .pt[:key] or raw), "
+                    "then as many integer target files; each may be a glob or a directory of "
+                    "shards, matched by sorted name")
     _common(ev, True)
     cmp_ = sub.add_parser("compare", help="compare two models' dumps on the same targets",
                           description="KL(base || new), NLL difference and top-1 agreement.")
-    cmp_.add_argument("base", help="baseline model's predictions")
-    cmp_.add_argument("new", help="new model's predictions")
-    cmp_.add_argument("targets", help="integer targets")
+    cmp_.add_argument("paths", nargs="+", metavar="BASE... NEW... TARGETS...",
+                      help="baseline model's predictions, new model's predictions, integer "
+                      "targets (equal numbers of files, globs or directories of shards)")
     _common(cmp_, False)
     demo = sub.add_parser("demo", help="evaluate a small synthetic, calibrated dump",
                           description="Write a synthetic logits dump to a temporary directory "
@@ -213,11 +220,13 @@ def _say(a: argparse.Namespace, text: str) -> None:
 
 def _cmd_eval(a: argparse.Namespace) -> Any:
     """Run 'eval' (also the demo's path); returns the EvalReport."""
+    from . import _shard_runs
     from ._report import format_eval
     from .evaluate import evaluate
 
-    _check_usage(a, [a.preds])
-    report = evaluate(
+    _shard_runs.split_cli(a, ("preds", "targets"))
+    _check_usage(a, (a.shards or [[a.preds]])[0])
+    report = _shard_runs.cli_evaluate(a) if a.shards else evaluate(
         a.preds, a.targets, kind=a.kind, ignore_index=a.ignore_index, top_k=tuple(a.top_k),
         n_bins=a.bins, shift=a.shift, per_row=a.per_row or False,
         chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
@@ -241,14 +250,16 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
+    from . import _shard_runs
     from ._report import format_compare
     from .evaluate import compare
 
-    _check_usage(a, [a.base, a.new])
-    report = compare(a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index,
-                     shift=a.shift, chunk_bytes=a.chunk_mb << 20, progress=a.progress,
-                     dtype=a.dtype, shape=a.shape, target_dtype=a.target_dtype,
-                     check_kind=not a.no_kind_check)
+    _shard_runs.split_cli(a, ("base", "new", "targets"))
+    _check_usage(a, a.shards[0] + a.shards[1] if a.shards else [a.base, a.new])
+    report = _shard_runs.cli_compare(a) if a.shards else compare(
+        a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index, shift=a.shift,
+        chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
+        target_dtype=a.target_dtype, check_kind=not a.no_kind_check)
     _say(a, format_compare(report, f"fastnll compare: base {a.base}, new {a.new}, "
                                    f"targets {a.targets}"))
     if a.json:
