@@ -45,6 +45,7 @@ STORES = ("npy", "safetensors")
 
 BASE_DTYPE, BASE_TDTYPE, BASE_LAYOUT = "f32", "i64", "c"
 LABEL_SMOOTHING = 0.1
+COLD_FACTOR = 4  # the cold-cache cell's dump is 4x the size of the others (startup is fixed)
 
 LAYOUT_DOC = {
     "c": "C order",
@@ -117,7 +118,8 @@ class Cell:
                        layout=BASE_LAYOUT)
 
     def rows(self, nbytes: int) -> int:
-        """N such that one float input is about ``nbytes``."""
+        """N such that one float input is about ``nbytes`` (COLD_FACTOR times that when cold)."""
+        nbytes *= COLD_FACTOR if self.cold else 1
         return max(1, nbytes // (self.c * np_dtype(self.dtype).itemsize))
 
     def touch_bytes(self, nbytes: int) -> int:

@@ -124,6 +124,7 @@ class Roofline:
 
 
 def short(exc: BaseException, n: int = 120) -> str:
+    """One line: the exception type and the start of its message."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg[:n]}"
 
@@ -158,7 +159,9 @@ def torch_peers(torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budge
     if compile_too:
         try:
             torch._dynamo.reset()
-            cf = torch.compile(cases.torch_fn(torch, k.op, long_t), dynamic=False)
+            # inductor's gather takes int32/int64 indices only: other targets go through .long()
+            long_c = t is not None and t.dtype not in (torch.int64, torch.int32)
+            cf = torch.compile(cases.torch_fn(torch, k.op, long_t or long_c), dynamic=False)
             t0 = time.perf_counter()
             cf(x, t, y)
             comp_s = time.perf_counter() - t0
@@ -166,7 +169,7 @@ def torch_peers(torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budge
             out["compile"] = {"time_s": r["median_s"], "runs": len(r["times_s"]), "result": r["result"],
                               "compile_s": comp_s}
         except Exception as exc:
-            out["compile"] = {"error": short(exc, 160)}
+            out["compile"] = {"error": short(exc, 100)}
     return out
 
 
@@ -246,8 +249,7 @@ def mem_child(spec_json: str) -> None:
     else:
         inp = cases.DataCache(spec["nbytes"]).get(k)
     fn = cases.fastnll_call(fastnll, k, inp, spec["threads"])
-    fn()  # warm: page cache, lazy imports
-    gc.collect()
+    gc.collect()  # no warm-up call: the allocator would keep its output's pages for the next one
     deltas, method = [], "clear_refs"
     for _ in range(2):
         if k.is_file:
