@@ -297,7 +297,7 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--cases", metavar="REGEX", help="only cells whose name matches (re.search)")
     ap.add_argument("--mib", type=float, help=f"MiB per float input (default {FULL_MIB}; {QUICK_MIB} with --quick)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for fastnll and torch")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median), after one warm-up")
+    ap.add_argument("--repeat", type=int, help="timed runs per measurement (median), after one warm-up (default 5; 3 with --quick)")
     ap.add_argument("--peer-budget", type=float, default=30.0, metavar="SEC", help="cap on timed seconds per peer and cell")
     ap.add_argument("--no-peers", action="store_true", help="skip PyTorch")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
@@ -308,6 +308,7 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
     ap.add_argument("--list", action="store_true", help="print the selected cells and their count, then exit")
     args = ap.parse_args(argv)
+    args.repeat = args.repeat or (3 if args.quick else 5)
     if args.repeat < 1 or args.threads < 1:
         ap.error("--repeat and --threads must be >= 1")
     args.grid = args.grid or ("quick" if args.quick else "matrix")
