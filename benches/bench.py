@@ -79,6 +79,7 @@ def check_torch(rec: Dict[str, Any], k: Cell, ours: Any, peer: Dict[str, Any], n
     mine = cases.summary(ours)
     d = cases.rel_diff(mine, res)
     peer["max_rel_diff"] = d
+    res = res[0] if isinstance(res, tuple) else res
     theirs = res.detach().double().numpy() if hasattr(res, "detach") else np.asarray(res)
     if np.isfinite(np.asarray(mine, dtype=np.float64)).all() and not np.isfinite(theirs).all():
         rec["notes"].append(f"{name} result not finite")
@@ -254,6 +255,48 @@ def print_table(records: List[Dict[str, Any]]) -> None:
         print(line(r))
 
 
+def targets_report(records: List[Dict[str, Any]]) -> List[Tuple[str, int, int, str]]:
+    """The issue's bars, checked on this run: (bar, cells checked, cells missing, worst cell)."""
+    ok = [r for r in records if "error" not in r]
+    ax = lambda r: r["axes"]  # noqa: E731
+    out: List[Tuple[str, int, int, str]] = []
+
+    def bar(name: str, rows: List[Tuple[float, str]], limit: float, below: bool = False) -> None:
+        # a cell misses when its value is under the limit (over it when below=True)
+        miss = sorted((v for v in rows if (v[0] >= limit if below else v[0] < limit)), reverse=below)
+        worst = f"{miss[0][0]:.3g} at {miss[0][1]}" if miss else "-"
+        out.append((name, len(rows), len(miss), worst))
+
+    def roof(r: Dict[str, Any]) -> float:
+        return r["roofline_ratio"] * (1.1 / 0.6 if ax(r)["cold"] else 1.0)  # cold: within 1.1x of cat
+
+    bar("roofline >= 0.6 (cold: >= 1/1.1 of cat)", [(roof(r), r["cell"]) for r in ok if "roofline_ratio" in r], 0.6)
+    bar("f32 cross_entropy C >= 128: roofline >= 0.85",
+        [(r["roofline_ratio"], r["cell"]) for r in ok if ax(r)["op"] == "cross_entropy" and ax(r)["dtype"] == "f32"
+         and ax(r)["c"] >= 128 and ax(r)["store"] == "mem" and "roofline_ratio" in r], 0.85)
+    ce_ev = [r for r in ok if ax(r)["op"] in ("cross_entropy", "evaluate_logits") and ax(r)["store"] == "mem"
+             and ax(r)["tdtype"] in ("i64", "i32")]
+    for peer, limit in (("eager", 10.0), ("compile", 3.0)):
+        bar(f"cross_entropy / evaluate, i64 / i32 targets: >= {limit:g}x torch {peer}",
+            [(r["peers"][peer]["speedup"], r["cell"]) for r in ce_ev if "speedup" in r["peers"].get(peer, {})], limit)
+    f32 = {(ax(r)["op"], ax(r)["c"], ax(r)["tdtype"], ax(r)["layout"], ax(r)["store"]): r for r in ok
+           if ax(r)["dtype"] == "f32"}
+    half = []
+    for r in ok:
+        a = ax(r)
+        if a["dtype"] in ("bf16", "f16") and a["op"] in ("cross_entropy", "evaluate_logits") and a["c"] >= 1000:
+            b = f32.get((a["op"], a["c"], a["tdtype"], a["layout"], a["store"]))
+            if b is not None:
+                half.append((r["elements_per_ns"] / b["elements_per_ns"], r["cell"]))
+    bar("bf16 / f16 cross_entropy, evaluate C >= 1000: >= 1.5x f32 elements/ns", half, 1.5)
+    bar("reductions: extra peak < 1% of the input (%)",
+        [(r["extra_peak_pct"], r["cell"]) for r in ok if "extra_peak_pct" in r and ax(r)["op"] not in cases.NXC_OUTPUT_OPS],
+        1.0, below=True)
+    same = [(1.0 if r["identical_to_base"] else 0.0, r["cell"]) for r in ok if "identical_to_base" in r]
+    bar("bit-identical to the base cell (i64, C order)", same, 0.5)
+    return out
+
+
 def final_line(records: List[Dict[str, Any]], selected: int) -> str:
     """ONE line: cells, failures, the minimum roofline ratio and the minimum vs-torch ratios."""
     ok = [r for r in records if "error" not in r]
@@ -262,7 +305,7 @@ def final_line(records: List[Dict[str, Any]], selected: int) -> str:
         if not vals:
             return f"min {label} -"
         v, name = min(vals)
-        return f"min {label} {v:.2f} at {name}"
+        return f"min {label} {v:.3g} at {name}"
 
     roofs = [(r["roofline_ratio"], r["cell"]) for r in ok if "roofline_ratio" in r]
     eager = [(r["peers"]["eager"]["speedup"], r["cell"]) for r in ok if "speedup" in r["peers"].get("eager", {})]
@@ -382,8 +425,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in failed:
         print(f"FAILED {r['cell']}: {r['error']}")
     print(f"total {time.time() - t_start:.0f} s; {cases.count_line(cells)}")
+    bars = targets_report(ordered)
+    for name, checked, miss, worst in bars:
+        print(f"bar: {name}: {miss} of {checked} cells miss" + (f" (worst {worst})" if miss else ""))
     if args.json:
-        out = {"machine": info, "config": {k: v for k, v in vars(args).items()}, "cases": ordered}
+        out = {"machine": info, "config": {k: v for k, v in vars(args).items()}, "cases": ordered,
+               "bars": [dict(zip(("bar", "checked", "missing", "worst"), b)) for b in bars]}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
         log(f"wrote {args.json}")

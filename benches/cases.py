@@ -630,13 +630,16 @@ def torch_tensor(torch: Any, a: np.ndarray) -> Any:
 
 def torch_fn(torch: Any, op: str, long_targets: bool) -> Callable[..., Any]:
     """PyTorch's way to compute the cell's op (what a user would write), as f(x, t, y).
-    evaluate_* time the loss alone (fastnll's evaluate computes every metric in the same read);
+    evaluate_* time the loss and top-1 accuracy (fastnll's evaluate computes every metric);
     compare times KL(base || new) alone. ``long_targets`` converts targets with ``.long()``
     inside the call (PyTorch's losses need int64 class indices)."""
     F = torch.nn.functional
 
     def tl(t: Any) -> Any:
         return t.long() if long_targets else t
+
+    def acc(x: Any, t: Any) -> Any:  # top-1 accuracy
+        return (x.argmax(dim=-1) == tl(t)).float().mean()
 
     table: Dict[str, Callable[..., Any]] = {
         "cross_entropy": lambda x, t, y: F.cross_entropy(x, tl(t)),
@@ -646,9 +649,9 @@ def torch_fn(torch: Any, op: str, long_targets: bool) -> Callable[..., Any]:
         "logsumexp": lambda x, t, y: torch.logsumexp(x, dim=-1),
         "log_softmax": lambda x, t, y: torch.log_softmax(x, dim=-1),
         "softmax": lambda x, t, y: torch.softmax(x, dim=-1),
-        "evaluate_logits": lambda x, t, y: F.cross_entropy(x, tl(t)),
-        "evaluate_log_probs": lambda x, t, y: F.nll_loss(x, tl(t)),
-        "evaluate_probs": lambda x, t, y: F.nll_loss(torch.log(x), tl(t)),
+        "evaluate_logits": lambda x, t, y: (F.cross_entropy(x, tl(t)), acc(x, t)),
+        "evaluate_log_probs": lambda x, t, y: (F.nll_loss(x, tl(t)), acc(x, t)),
+        "evaluate_probs": lambda x, t, y: (F.nll_loss(torch.log(x), tl(t)), acc(x, t)),
         "compare": lambda x, t, y: F.kl_div(F.log_softmax(y, dim=-1), F.log_softmax(x, dim=-1),
                                             reduction="batchmean", log_target=True),
         "bce_with_logits": lambda x, t, y: F.binary_cross_entropy_with_logits(x, y),
@@ -693,6 +696,8 @@ def fingerprint(r: Any) -> Optional[str]:
 def rel_diff(a: Any, b: Any) -> Optional[float]:
     """max|a - b| / max(1, max|b|) of two results (torch tensors or NumPy), None if not comparable."""
     try:
+        if isinstance(b, tuple):  # PyTorch's evaluate: (loss, accuracy)
+            b = b[0]
         if hasattr(b, "detach"):
             b = b.detach().double().numpy()
         fa, fb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
