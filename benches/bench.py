@@ -177,8 +177,8 @@ def run_cell(k: Cell, data: cases.DataCache, roof: measure.Roofline, torch: Any,
         pk = measure.measure_peak(os.path.abspath(__file__), k, args.nbytes, args.threads, inp.paths)
         if "extra_peak_bytes" in pk:
             rec["extra_peak_bytes"] = pk["extra_peak_bytes"]
-            in_b = inp.touch_bytes
-            rec["extra_peak_pct"] = 100.0 * pk["extra_peak_bytes"] / in_b
+            rec["input_bytes"] = inp.input_bytes
+            rec["extra_peak_pct"] = 100.0 * pk["extra_peak_bytes"] / inp.input_bytes
             rec["peak_method"] = pk.get("method")
         else:
             rec["notes"].append(f"peak memory: {pk.get('error')}")

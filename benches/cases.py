@@ -342,6 +342,7 @@ class Inputs:
     y: Optional[np.ndarray]  # second float input (compare's new dump, soft or BCE targets)
     touch_bytes: int  # bytes the call must read (packed) plus per-row output bytes
     out_bytes: int  # N x C output bytes (log_softmax / softmax), else 0
+    input_bytes: int = 0  # the inputs' packed sizes (what extra peak memory is relative to)
     paths: Optional[Tuple[str, ...]] = None  # files: (preds, [new,] targets)
     file_bytes: int = 0
 
@@ -392,7 +393,8 @@ class DataCache:
         y = self.array(SECOND[k.op], n, k.c, k.dtype, k.layout) if k.op in SECOND else None
         touch = k.touch_bytes(self.nbytes)
         out_b = n * k.c * out_itemsize(k.dtype) if k.op in NXC_OUTPUT_OPS else 0
-        inp = Inputs(x, t, y, touch, out_b)
+        in_b = sum(packed_bytes(a) for a in (x, t, y) if a is not None)
+        inp = Inputs(x, t, y, touch, out_b, in_b)
         if k.is_file:
             if self.dump_dir is None:
                 raise RuntimeError("file cells need a dump directory")
@@ -400,7 +402,7 @@ class DataCache:
             names.append(self.write(k, "t", t))
             inp.paths = tuple(p for p, _ in names)
             inp.file_bytes = sum(b for _, b in names)
-            inp.touch_bytes = inp.file_bytes
+            inp.touch_bytes = inp.input_bytes = inp.file_bytes
         return inp
 
     def write(self, k: Cell, role: str, a: np.ndarray) -> Tuple[str, int]:

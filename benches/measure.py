@@ -245,7 +245,7 @@ def mem_child(spec_json: str) -> None:
     k = cases.Cell(**spec["cell"])
     if k.is_file:
         x = np.empty((1, k.c), dtype=np.float32)
-        inp = cases.Inputs(x, None, None, 0, 0, tuple(spec["paths"]))
+        inp = cases.Inputs(x, None, None, 0, 0, 0, tuple(spec["paths"]))
     else:
         inp = cases.DataCache(spec["nbytes"]).get(k)
     fn = cases.fastnll_call(fastnll, k, inp, spec["threads"])
