@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import cases  # noqa: E402
+import dumps  # noqa: E402
 import measure  # noqa: E402
 from cases import MiB, Cell  # noqa: E402
 
@@ -61,9 +62,9 @@ def fmt_ratio(r: Optional[float]) -> str:
 def roofline_for(k: Cell, inp: cases.Inputs, roof: measure.Roofline) -> Tuple[Any, float, str]:
     """(roofline callable, scale, what it is) for a cell (see README, "Rooflines")."""
     if k.is_file:
-        maps = [cases.file_mapping(inp.paths[0], k.dtype)]
+        maps = [dumps.file_mapping(inp.paths[0], cases.np_dtype(k.dtype))]
         if k.op == "compare":
-            maps.append(cases.file_mapping(inp.paths[1], k.dtype))
+            maps.append(dumps.file_mapping(inp.paths[1], cases.np_dtype(k.dtype)))
         mapped = sum(m.nbytes for m in maps)
         return roof.read_mappings(maps), inp.file_bytes / mapped, "threaded read of the file mapping"
     if k.op in cases.NXC_OUTPUT_OPS:
@@ -124,7 +125,7 @@ def run_cell(k: Cell, data: cases.DataCache, roof: measure.Roofline, torch: Any,
     if k.is_file:
         for p in inp.paths:
             subprocess.run(["cat", p], stdout=subprocess.DEVNULL, check=True)
-        res = min(cases.resident_fraction(p) or 0.0 for p in inp.paths)
+        res = min(dumps.resident_fraction(p) or 0.0 for p in inp.paths)
         rec["resident_fraction"] = res
         if res < 0.99:
             rec["notes"].append(f"only {res:.0%} of the files in the page cache")
@@ -189,16 +190,16 @@ def cold_run(k: Cell, inp: cases.Inputs, rec: Dict[str, Any], args: argparse.Nam
              startup_s: Optional[float]) -> Dict[str, Any]:
     """One run of the CLI from a cold page cache against ``cat`` of the same files from cold."""
     try:
-        method = cases.evict(inp.paths, args.cold_method)
-        left = max(cases.resident_fraction(p) or 0.0 for p in inp.paths)
+        method = dumps.evict(inp.paths, args.cold_method)
+        left = max(dumps.resident_fraction(p) or 0.0 for p in inp.paths)
         if left > 0.05:
             rec["error"] = f"cold cache not reached ({method}: {left:.0%} still resident)"
             return rec
         t0 = time.perf_counter()
         subprocess.run(["cat", *inp.paths], stdout=subprocess.DEVNULL, check=True)
         cat_s = time.perf_counter() - t0
-        cases.evict(inp.paths, args.cold_method)
-        cli_s = cases.run_cli(cases.cli_command(k, inp), args.threads)["wall_s"]
+        dumps.evict(inp.paths, args.cold_method)
+        cli_s = dumps.run_cli(dumps.cli_command(k.op == "compare", inp.paths), args.threads)["wall_s"]
     except OSError as exc:
         rec["error"] = f"cannot drop the page cache: {measure.short(exc)}"
         return rec
@@ -395,7 +396,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dump_dir = tmp.name
     if dump_dir:
         info["dump_dir"] = dump_dir
-        info["dump_fs"] = cases.fs_type(dump_dir)
+        info["dump_fs"] = dumps.fs_type(dump_dir)
     startup = cli_startup(args.threads) if any(k.via == "cli" for k in cells) else None
     data = cases.DataCache(args.nbytes, dump_dir)
     records: Dict[Cell, Dict[str, Any]] = {}
