@@ -6,18 +6,62 @@ list bench.py prints), grouped by cell so that peers (FASTNLL_BENCH_PEERS) sit b
     pytest benches/ --benchmark-only --benchmark-compare      # against the last saved run
 
 Not part of the test command (pytest's testpaths is tests/). The cold-cache cell is left out:
-a benchmark repeats its call, and only the first read of a file is cold.
+a benchmark repeats its call, and only the first read of a file is cold. Environment:
+FASTNLL_BENCH_MIB (MiB per float input, default 4), FASTNLL_BENCH_GRID (a selection of
+cases.py: matrix (default), quick or full), FASTNLL_BENCH_CASES (a regex on cell names),
+FASTNLL_BENCH_THREADS (default: all cores), FASTNLL_BENCH_PEERS (comma-separated, any of
+roofline, torch, compile: extra benchmarks in each cell's group; default none). The fixtures
+live here, not in a conftest.py, so that ``pytest tests benches`` does not see two modules
+named conftest.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 
 import numpy as np
 import pytest
 
 import cases
-from conftest import GRID, PATTERN, PEERS, THREADS
+
+MIB = float(os.environ.get("FASTNLL_BENCH_MIB", "4"))
+GRID = os.environ.get("FASTNLL_BENCH_GRID", "matrix")
+PATTERN = os.environ.get("FASTNLL_BENCH_CASES") or None
+THREADS = int(os.environ.get("FASTNLL_BENCH_THREADS", "0")) or (os.cpu_count() or 1)
+PEERS = [p for p in os.environ.get("FASTNLL_BENCH_PEERS", "").split(",") if p]
+
+
+@pytest.fixture(scope="session")
+def fnl():
+    """fastnll with FASTNLL_BENCH_THREADS threads."""
+    os.environ["FASTNLL_NUM_THREADS"] = str(THREADS)
+    import fastnll
+
+    fastnll.set_num_threads(THREADS)
+    return fastnll
+
+
+@pytest.fixture(scope="session")
+def data():
+    """One DataCache for the session (cells run in cases.run_order, so each array is built once);
+    dump files live in a temporary directory removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="fastnll-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as d:
+        cache = cases.DataCache(int(MIB * cases.MiB), d)
+        yield cache
+        cache.drop_files()
+
+
+@pytest.fixture(scope="session")
+def torch_mod():
+    torch = pytest.importorskip("torch", reason="FASTNLL_BENCH_PEERS names torch, which is not installed")
+    torch.set_num_threads(THREADS)
+    torch._dynamo.config.cache_size_limit = 1 << 16
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = 1 << 16
+    return torch
+
 
 CELLS = cases.run_order([k for k in cases.select(GRID, PATTERN) if not k.cold])
 PEER_CELLS = [(k, p) for k in CELLS for p in PEERS if not (k.is_file and p in ("torch", "compile"))]
