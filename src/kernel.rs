@@ -360,6 +360,131 @@ pub(crate) unsafe fn probs_stats<I: Isa, E: Elem>(x: &[E], pt: f32) -> ProbStats
     out
 }
 
+/// Binary cross-entropy with logits over a run of elements (PyTorch's stable form):
+/// l = (1-y)·x + (1 + (pw-1)·y)·(log1p(exp(-|x|)) + max(-x, 0)), times w, computed as
+/// lw·log1p(e) + (1-y)·max(x, 0) + pw·y·max(-x, 0) (tiny losses keep their relative accuracy
+/// where the first form cancels); per-element losses to `out` if given. Returns Σ l (f32 lanes within a block of `BLOCK`, f64 across blocks).
+///
+/// log1p(e) for e = exp(-|x|) in (0, 1] is ln(u) - ((u - 1) - e) with u = 1 + e rounded: the
+/// second term restores what the rounding of u lost, so tiny losses keep their relative
+/// accuracy (ln u alone would give 0 for e < 2^-24).
+#[inline(always)]
+pub(crate) unsafe fn bce_run<I: Isa>(
+    x: &[f32],
+    y: &[f32],
+    w: Option<&[f32]>,
+    pw: Option<&[f32]>,
+    mut out: Option<&mut [f32]>,
+) -> f64 {
+    let n = x.len();
+    let (zero, one) = (I::splat(0.0), I::splat(1.0));
+    // the loss of one vector; `m` masks a partial vector's padding lanes (x = y = 0 there)
+    macro_rules! loss {
+        ($vx:expr, $vy:expr, $vw:expr, $vp:expr) => {{
+            let (vx, vy) = ($vx, $vy);
+            let e = I::exp_le0(I::sub(zero, I::abs(vx)));
+            let u = I::add(one, e);
+            let l1p = I::sub(I::ln_ge1(u), I::sub(I::sub(u, one), e));
+            let pos = I::max_keep_nan(zero, vx);
+            let neg = I::max_keep_nan(zero, I::sub(zero, vx));
+            let (lw, pwy) = match $vp {
+                Some(p) => (I::fma(I::sub(p, one), vy, one), I::mul(p, vy)),
+                None => (one, vy),
+            };
+            // (1-y)·x + lw·max(-x, 0) rewritten as (1-y)·max(x, 0) + pw·y·max(-x, 0): the
+            // same value with no cancellation of x against max(-x, 0) for y in {0, 1}
+            // + 0·max(-x, 0): NaN at x = -inf, where PyTorch's form is NaN (-inf + inf)
+            let stable = I::fma(
+                lw,
+                l1p,
+                I::fma(I::sub(one, vy), pos, I::fma(pwy, neg, I::mul(zero, neg))),
+            );
+            // a non-finite target takes PyTorch's form itself (its inf/NaN pattern)
+            let torch = I::fma(lw, I::add(l1p, neg), I::mul(I::sub(one, vy), vx));
+            let yfin = I::ok_abs_below(vy, f32::INFINITY, one);
+            let l = I::blend_eq(yfin, 1.0, torch, stable);
+            match $vw {
+                Some(w) => I::mul(l, w),
+                None => l,
+            }
+        }};
+    }
+    let mut total = 0.0f64;
+    let mut i0 = 0;
+    while i0 < n {
+        let end = (i0 + BLOCK).min(n);
+        let mut acc = zero;
+        let mut i = i0;
+        while i + I::W <= end {
+            // (matches, not closures: a closure would not inherit the target features)
+            let vw = match w {
+                Some(w) => Some(I::load(w.as_ptr().add(i))),
+                None => None,
+            };
+            let vp = match pw {
+                Some(p) => Some(I::load(p.as_ptr().add(i))),
+                None => None,
+            };
+            let l = loss!(
+                I::load(x.as_ptr().add(i)),
+                I::load(y.as_ptr().add(i)),
+                vw,
+                vp
+            );
+            if let Some(o) = out.as_deref_mut() {
+                I::store(o.as_mut_ptr().add(i), l);
+            }
+            acc = I::add(acc, l);
+            i += I::W;
+        }
+        if i < end {
+            // the tail through zero-padded buffers; padding lanes get weight 0
+            let k = end - i;
+            let (mut xb, mut yb, mut wb, mut pb) = ([0f32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
+            xb[..k].copy_from_slice(&x[i..end]);
+            yb[..k].copy_from_slice(&y[i..end]);
+            match w {
+                Some(w) => wb[..k].copy_from_slice(&w[i..end]),
+                None => wb[..k].iter_mut().for_each(|v| *v = 1.0),
+            }
+            if let Some(p) = pw {
+                pb[..k].copy_from_slice(&p[i..end]);
+            }
+            let vp = match pw {
+                Some(_) => Some(I::load(pb.as_ptr())),
+                None => None,
+            };
+            let l = loss!(
+                I::load(xb.as_ptr()),
+                I::load(yb.as_ptr()),
+                Some(I::load(wb.as_ptr())),
+                vp
+            );
+            if let Some(o) = out.as_deref_mut() {
+                let mut b = [0f32; 16];
+                I::store(b.as_mut_ptr(), l);
+                o[i..end].copy_from_slice(&b[..k]);
+            }
+            acc = I::add(acc, l);
+        }
+        total += I::hsum(acc) as f64;
+        i0 = end;
+    }
+    total
+}
+
+/// [`bce_run`] with the unused storage parameter `dispatch!` expects.
+#[inline(always)]
+unsafe fn bce_run_e<I: Isa, E: Elem>(
+    x: &[f32],
+    y: &[f32],
+    w: Option<&[f32]>,
+    pw: Option<&[f32]>,
+    out: Option<&mut [f32]>,
+) -> f64 {
+    bce_run::<I>(x, y, w, pw, out)
+}
+
 /// Longest row the rows-in-lanes kernel takes: beyond it one row per call is faster.
 pub(crate) const LANES_MAX_C: usize = 32;
 
@@ -990,6 +1115,18 @@ dispatch! {
     /// Probabilities-row statistics (see [`probs_stats`]).
     pub(crate) fn probs_row<E>(x: &[E], pt: f32) -> ProbStats
     => probs_stats
+}
+
+dispatch! {
+    /// Binary cross-entropy with logits of a run of f32 elements (see [`bce_run`]).
+    pub(crate) fn bce_elems<E>(
+        x: &[f32],
+        y: &[f32],
+        w: Option<&[f32]>,
+        pw: Option<&[f32]>,
+        out: Option<&mut [f32]>
+    ) -> f64
+    => bce_run_e
 }
 
 dispatch! {

@@ -5,7 +5,7 @@
 //! for an empty or all-ignored batch, as PyTorch does.
 
 use crate::error::{Error, Result};
-use crate::kernel::BlockSums;
+use crate::kernel::{self, BlockSums};
 use crate::parallel;
 use crate::rows::{RowStats, Rows, Want, SEGMENT};
 use crate::simd::{self, Path, BF16, F16};
@@ -358,6 +358,9 @@ pub fn bce_with_logits<O: Out>(
             )));
         }
     }
+    if x.dtype != DType::F64 && simd::current() != Path::Scalar {
+        return bce_vector(x, y, weight, pos_weight, out);
+    }
     let per = chunk_per(x);
     let elem = |i: usize, j: usize, xr: &Rows, yr: &Rows, wr: Option<&Rows>| -> f64 {
         let (xv, yv) = (xr.value(i, j), yr.value(i, j));
@@ -395,4 +398,58 @@ pub fn bce_with_logits<O: Out>(
         sum: a.sum + p.sum,
         weight: a.weight + p.weight,
     }))
+}
+
+/// Elements per chunk of [`bce_vector`]: fixed (reproducible sums), about `CHUNK_BYTES` of f32.
+const BCE_CHUNK: usize = parallel::CHUNK_BYTES / 4;
+
+/// Binary cross-entropy with logits of 16/32-bit logits on a SIMD path: the flat element range
+/// is cut into fixed chunks (a 1-d input is split across threads like any other); each chunk
+/// walks its rows' column runs, reading float32 rows in place and widening others into f32
+/// scratch, through one vector kernel.
+fn bce_vector<O: Out>(
+    x: &View,
+    y: &View,
+    weight: Option<&View>,
+    pos_weight: Option<&[f64]>,
+    out: Option<&mut [O]>,
+) -> Result<Total> {
+    let (c, rows) = (x.cols(), x.rows());
+    let n = rows * c;
+    let path = simd::current();
+    let pw32: Option<Vec<f32>> = pos_weight.map(|p| p.iter().map(|&v| v as f32).collect());
+    let chunk = |r: Range<usize>, mut o: Option<&mut [f32]>| -> f64 {
+        let (mut bx, mut by, mut bw) = (Vec::new(), Vec::new(), Vec::new());
+        let mut sum = 0.0;
+        let mut e = r.start;
+        while e < r.end {
+            let (i, j0) = (e / c, e % c);
+            let j1 = c.min(j0 + (r.end - e));
+            let xs = x.f32_run(i, j0, j1, &mut bx);
+            let ys = y.f32_run(i, j0, j1, &mut by);
+            let ws = weight.map(|w| w.f32_run(i, j0, j1, &mut bw));
+            let ps = pw32.as_deref().map(|p| &p[j0..j1]);
+            let os = o
+                .as_deref_mut()
+                .map(|o| &mut o[e - r.start..e - r.start + (j1 - j0)]);
+            sum += kernel::bce_elems::<f32>(path, xs, ys, ws, ps, os);
+            e += j1 - j0;
+        }
+        sum
+    };
+    let parts: Vec<f64> = match out {
+        Some(o) => {
+            if o.len() != n {
+                return Err(Error::Shape("output size does not match the input".into()));
+            }
+            let o = O::as_f32(o)
+                .ok_or_else(|| Error::Type("16/32-bit input writes float32 losses".into()))?;
+            parallel::map_chunks_out(o, 1, BCE_CHUNK, |r, o| chunk(r, Some(o)))
+        }
+        None => parallel::map_chunks(n, BCE_CHUNK, |r| chunk(r, None)),
+    };
+    Ok(Total {
+        sum: parts.into_iter().sum(),
+        weight: n as f64,
+    })
 }

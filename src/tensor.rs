@@ -374,6 +374,33 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Elements `j0..j1` of row `i` as f32: borrowed for direct float32 rows, else widened
+    /// (any layout, byte order, 16/32/64-bit dtype) into `buf`.
+    pub(crate) fn f32_run<'s>(
+        &'s self,
+        i: usize,
+        j0: usize,
+        j1: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> &'s [f32] {
+        let base = self.elem_ptr(i, 0);
+        if self.dtype == DType::F32 && self.direct {
+            // SAFETY: direct rows are contiguous, aligned and native; j1 <= cols.
+            return unsafe { std::slice::from_raw_parts((base as *const f32).add(j0), j1 - j0) };
+        }
+        buf.clear();
+        match self.dtype {
+            DType::F32 => buf.extend((j0..j1).map(|j| self.at::<f32>(base, j))),
+            DType::F64 => buf.extend((j0..j1).map(|j| self.at::<f64>(base, j) as f32)),
+            DType::F16 => buf
+                .extend((j0..j1).map(|j| half::f16::from_bits(self.at::<F16>(base, j).0).to_f32())),
+            DType::BF16 => buf.extend(
+                (j0..j1).map(|j| f32::from_bits((self.at::<BF16>(base, j).0 as u32) << 16)),
+            ),
+        }
+        buf
+    }
+
     /// Row `i` as a slice: borrowed in place when possible, else gathered into `scratch`.
     #[inline]
     pub(crate) fn row<'s, T: Storage>(&'s self, i: usize, scratch: &'s mut Vec<T>) -> &'s [T] {
