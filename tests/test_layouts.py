@@ -160,3 +160,34 @@ def test_conf_out_and_argmax_ties(c):
     assert np.array_equal(rank_first[keep] == 0, x[keep].argmax(axis=1) == t[keep])
     with pytest.raises(ValueError, match="ties must be"):
         _eval_rows(x, t, ties="last")
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_softmax_out_writes_the_callers_array(log):
+    f = fastnll.log_softmax if log else fastnll.softmax
+    g = np.random.default_rng(2)
+    for shape, axis, dt in [((37, 10), -1, np.float32), ((5, 7, 300), 1, np.float64),
+                            ((64, 2), 0, ml_dtypes.bfloat16)]:
+        x = (g.standard_normal(shape) * 4).astype(dt)
+        want_dt = np.float64 if dt == np.float64 else np.float32
+        x64 = np.asarray(x, np.float64)
+        m = x64.max(axis=axis, keepdims=True)
+        ref = x64 - (m + np.log(np.exp(x64 - m).sum(axis=axis, keepdims=True)))
+        ref = ref if log else np.exp(ref)
+        out = np.moveaxis(np.full(np.moveaxis(x, axis, -1).shape, np.nan, want_dt), -1, axis)
+        got = f(x, axis=axis, out=out)
+        assert got is out
+        tol = 1e-12 if dt == np.float64 else 2e-6
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+        np.testing.assert_array_equal(out, f(x, axis=axis))
+    x = np.zeros((4, 3), np.float32)
+    for bad, err, msg in [(np.zeros((4, 3), np.float64), TypeError, "dtype"),
+                          (np.zeros((3, 4), np.float32), ValueError, "shape"),
+                          (np.zeros((4, 6), np.float32)[:, ::2], ValueError, "C-contiguous"),
+                          (x, ValueError, "overlap"), ([0.0] * 12, TypeError, "NumPy array")]:
+        with pytest.raises(err, match=msg):
+            f(x, out=bad)
+    ro = np.zeros((4, 3), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        f(x, out=ro)

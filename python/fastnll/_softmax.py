@@ -108,37 +108,65 @@ def logsumexp(
     return res
 
 
-def _softmax(x_in: Any, axis: int, log: bool) -> np.ndarray:
+def _check_out(out: Any, x: np.ndarray, ax: int) -> np.ndarray:
+    """The caller's ``out`` as the core writes it: the input's shape, the result dtype,
+    writeable, C-contiguous along the moved class axis, and not overlapping the input."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    want = np.dtype(_out_dtype(x))
+    if out.dtype != want:
+        raise TypeError(f"out has dtype {out.dtype}; the result is {want} for {x.dtype} input")
+    if out.shape != x.shape:
+        raise ValueError(f"out has shape {out.shape}, expected the input's shape {x.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    moved = np.moveaxis(out.reshape(1) if out.ndim == 0 else out, ax, -1)
+    if not moved.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous (with the softmax axis last)")
+    if np.shares_memory(out, x):
+        raise ValueError("out must not overlap the input (fastnll reads each row while writing)")
+    return moved
+
+
+def _softmax(x_in: Any, axis: int, log: bool, out: Optional[np.ndarray] = None) -> np.ndarray:
     x = as_float_array(x_in, "input")
     x0 = x.reshape(1) if x.ndim == 0 else x
-    if isinstance(axis, (tuple, list)) or axis is None:
+    if isinstance(axis, (tuple, list)) or axis is None or isinstance(axis, bool):
         raise TypeError(f"axis must be a single integer, got {axis!r}")
     ax = _norm_axes(axis, x0.ndim)[0]
     moved = np.moveaxis(x0, ax, -1)
-    out = np.empty(moved.shape, dtype=_out_dtype(x))
+    if out is not None:
+        dest = _check_out(out, x, ax)
+        view, tag, swap = core_view(moved)
+        _core.softmax(view, tag, swap, log, dest.reshape(-1))
+        return out
+    res = np.empty(moved.shape, dtype=_out_dtype(x))
     view, tag, swap = core_view(moved)
-    _core.softmax(view, tag, swap, log, out.reshape(-1))
-    return np.moveaxis(out, -1, ax).reshape(x.shape)
+    _core.softmax(view, tag, swap, log, res.reshape(-1))
+    return np.moveaxis(res, -1, ax).reshape(x.shape)
 
 
-def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
+def log_softmax(x: Any, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``x - logsumexp(x, axis, keepdims=True)``, as PyTorch's ``log_softmax`` (``dim=axis``).
 
-    Writes a new array of the input's shape: float32 for 16/32-bit input, float64 for float64.
+    Writes a new array of the input's shape: float32 for 16/32-bit input, float64 for float64;
+    or into ``out`` (that shape and dtype, C-contiguous with ``axis`` last, not overlapping the
+    input), which is returned.
     A row holding ``+inf`` gives NaN there and ``-inf`` elsewhere; an all ``-inf`` row gives NaN.
 
     >>> import fastnll
     >>> fastnll.log_softmax([0.0, 0.0]).round(6).tolist()
     [-0.693147, -0.693147]
     """
-    return _softmax(x, axis, True)
+    return _softmax(x, axis, True, out)
 
 
-def softmax(x: Any, axis: int = -1) -> np.ndarray:
-    """``exp(log_softmax(x, axis))``, as PyTorch's ``softmax`` (``dim=axis``).
+def softmax(x: Any, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``exp(log_softmax(x, axis))``, as PyTorch's ``softmax`` (``dim=axis``); ``out`` as for
+    :func:`log_softmax`.
 
     >>> import fastnll
     >>> fastnll.softmax([0.0, 0.0]).tolist()
     [0.5, 0.5]
     """
-    return _softmax(x, axis, False)
+    return _softmax(x, axis, False, out)
