@@ -735,14 +735,15 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem, const M: u8>(
 /// logsumexp of short rows into `out`, W rows per step, until the end or the first block
 /// holding an inf/NaN row. Returns the rows done.
 #[inline(always)]
-pub(crate) unsafe fn lse_short<I: Isa, E: Elem, const M: u8>(
+pub(crate) unsafe fn lse_short<I: Isa, E: Elem, const M: u8, const SPLIT: bool>(
     b: Block<E>,
     out: &mut [f32],
 ) -> usize {
     let w = I::W;
     let (c, st) = (b.c, b.st);
     let mut done = 0;
-    if c == 0 || c > LANES_MAX_C || out.len() < b.n {
+    let need = if SPLIT { 2 * b.n } else { b.n };
+    if c == 0 || c > LANES_MAX_C || out.len() < need {
         return 0;
     }
     let (zero, idx) = (I::splat(0.0), [0i32; 16]);
@@ -759,10 +760,75 @@ pub(crate) unsafe fn lse_short<I: Isa, E: Elem, const M: u8>(
         if !finite {
             break;
         }
-        I::store(out.as_mut_ptr().add(done), I::add(vm, ln_s));
+        if SPLIT {
+            // the max and ln s apart, for log-probabilities (x - m) - ln s (see `write_row`)
+            I::store(out.as_mut_ptr().add(done), vm);
+            I::store(out.as_mut_ptr().add(b.n + done), ln_s);
+        } else {
+            I::store(out.as_mut_ptr().add(done), I::add(vm, ln_s));
+        }
         done += w;
     }
     done
+}
+
+/// log_softmax (`LOG`) or softmax of packed rows of `c` classes given each row's max `m` and
+/// `ls` = ln Σ exp(x - m): out = (x - m) - ln s (or its exp), over the flat run, with the two
+/// per-row values spread per element in `spread` (2 · rows · c floats of scratch).
+#[inline(always)]
+pub(crate) unsafe fn write_rows<I: Isa, E: Elem, const LOG: bool>(
+    x: &[E],
+    c: usize,
+    m: &[f32],
+    ls: &[f32],
+    spread: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let n = x.len();
+    spread.clear();
+    spread.resize(2 * n, 0.0);
+    let (sm, sl) = spread.split_at_mut(n);
+    for (r, (&mv, &lv)) in m.iter().zip(ls).enumerate() {
+        sm[r * c..(r + 1) * c].fill(mv);
+        sl[r * c..(r + 1) * c].fill(lv);
+    }
+    let w = I::W;
+    let mut i = 0;
+    macro_rules! f {
+        ($v:expr, $i:expr) => {{
+            let y = I::sub(
+                I::sub($v, I::load(sm.as_ptr().add($i))),
+                I::load(sl.as_ptr().add($i)),
+            );
+            if LOG {
+                y
+            } else {
+                I::exp_le0(y)
+            }
+        }};
+    }
+    while i + w <= n {
+        I::store(
+            out.as_mut_ptr().add(i),
+            f!(E::load::<I>(x.as_ptr().add(i)), i),
+        );
+        i += w;
+    }
+    if i < n {
+        let k = n - i;
+        let (mut bm, mut bl) = ([0f32; 16], [0f32; 16]);
+        bm[..k].copy_from_slice(&sm[i..n]);
+        bl[..k].copy_from_slice(&sl[i..n]);
+        let y = I::sub(
+            I::sub(
+                E::load_tail::<I>(x.as_ptr().add(i), k),
+                I::load(bm.as_ptr()),
+            ),
+            I::load(bl.as_ptr()),
+        );
+        let v = if LOG { y } else { I::exp_le0(y) };
+        I::store_tail(out.as_mut_ptr().add(i), v, k);
+    }
 }
 
 /// Loads the c columns of W short rows into `cols` (see `GATHER`, `COLS`, `TRANSPOSE`) and
@@ -1095,7 +1161,7 @@ dispatch! {
 
 dispatch! {
     /// logsumexp of short rows (see [`lse_short`]).
-    pub(crate) fn lse_short_rows<E, const M: u8>(b: Block<E>, out: &mut [f32]) -> usize
+    pub(crate) fn lse_short_rows<E, const M: u8, const SPLIT: bool>(b: Block<E>, out: &mut [f32]) -> usize
     => lse_short
 }
 
@@ -1127,6 +1193,19 @@ dispatch! {
         out: Option<&mut [f32]>
     ) -> f64
     => bce_run_e
+}
+
+dispatch! {
+    /// log_softmax / softmax of packed short rows (see [`write_rows`]).
+    pub(crate) fn write_short_rows<E, const LOG: bool>(
+        x: &[E],
+        c: usize,
+        m: &[f32],
+        ls: &[f32],
+        spread: &mut Vec<f32>,
+        out: &mut [f32]
+    ) -> ()
+    => write_rows
 }
 
 dispatch! {

@@ -142,10 +142,32 @@ pub fn softmax_f32(x: &View, log: bool, out: &mut [f32]) -> Result<()> {
     }
     let c = x.cols();
     check_out(out.len(), x.rows() * c)?;
+    let path = crate::simd::current();
+    let short = path != crate::simd::Path::Scalar && (1..=crate::kernel::LANES_MAX_C).contains(&c);
     parallel::map_chunks_out(out, c, per(x), |r, o| {
         let mut rw = Rows::new(x);
-        for (k, i) in r.enumerate() {
-            rw.write_f32(i, log, &mut o[k * c..(k + 1) * c]);
+        let (mut scratch, mut parts, mut spread) = (Scratch::default(), Vec::new(), Vec::new());
+        let mut i = r.start;
+        while i < r.end {
+            if short {
+                let oo = &mut o[(i - r.start) * c..];
+                let (s, p, sp) = (&mut scratch, &mut parts, &mut spread);
+                i += match x.dtype {
+                    DType::F32 => stage::softmax_short::<f32>(path, x, i..r.end, log, oo, p, sp, s),
+                    DType::F16 => stage::softmax_short::<F16>(path, x, i..r.end, log, oo, p, sp, s),
+                    DType::BF16 => {
+                        stage::softmax_short::<BF16>(path, x, i..r.end, log, oo, p, sp, s)
+                    }
+                    DType::F64 => unreachable!("float64 is written by softmax_f64"),
+                };
+            }
+            // rows the lanes left (a block holding a row that is not ordinary), or all rows
+            let stop = if short { (i + 16).min(r.end) } else { r.end };
+            while i < stop {
+                let k = i - r.start;
+                rw.write_f32(i, log, &mut o[k * c..(k + 1) * c]);
+                i += 1;
+            }
         }
     });
     Ok(())

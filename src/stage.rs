@@ -159,9 +159,11 @@ pub(crate) fn lse<E: Tile>(
         let b = Block { p, st, n: m, c };
         let got = match mode {
             _ if c > LANES_MAX_C => kernel::lse_long_rows(path, b, o),
-            kernel::COLS => kernel::lse_short_rows::<E, { kernel::COLS }>(path, b, o),
-            kernel::TRANSPOSE => kernel::lse_short_rows::<E, { kernel::TRANSPOSE }>(path, b, o),
-            _ => kernel::lse_short_rows::<E, { kernel::GATHER }>(path, b, o),
+            kernel::COLS => kernel::lse_short_rows::<E, { kernel::COLS }, false>(path, b, o),
+            kernel::TRANSPOSE => {
+                kernel::lse_short_rows::<E, { kernel::TRANSPOSE }, false>(path, b, o)
+            }
+            _ => kernel::lse_short_rows::<E, { kernel::GATHER }, false>(path, b, o),
         };
         done += got;
         if got != m {
@@ -202,4 +204,78 @@ pub(crate) fn eval_block<E: Tile>(
         (_, false) => ev::<E, GATHER, false>(path, p, st, c, kf, o),
         (_, true) => ev::<E, GATHER, true>(path, p, st, c, kf, o),
     }
+}
+
+/// log_softmax (`log`) or softmax of short rows `r` (C <= `LANES_MAX_C`) into the packed f32
+/// `out`, a tile at a time: each row's max and ln s in lanes, then one flat vector pass over
+/// the tile's rows (read in place when packed, else staged). Returns the rows done; it stops
+/// at the first block holding a row that is not ordinary (left to the row writer).
+pub(crate) fn softmax_short<E: Tile>(
+    path: Path,
+    x: &View,
+    r: Range<usize>,
+    log: bool,
+    out: &mut [f32],
+    parts: &mut Vec<f32>,
+    spread: &mut Vec<f32>,
+    s: &mut Scratch,
+) -> usize {
+    let c = x.cols();
+    let scheme = simd::short_scheme();
+    let xbuf = E::bufs(s).0;
+    let (n, mut done) = (r.len(), 0);
+    while done < n {
+        let i = r.start + done;
+        let m = SHORT_TILE.min(n - done);
+        parts.clear();
+        parts.resize(2 * m, 0.0);
+        let (p, st, mode) = source(x, i, m, scheme, xbuf);
+        let b = Block { p, st, n: m, c };
+        let got = match mode {
+            kernel::COLS => kernel::lse_short_rows::<E, { kernel::COLS }, true>(path, b, parts),
+            kernel::TRANSPOSE => {
+                kernel::lse_short_rows::<E, { kernel::TRANSPOSE }, true>(path, b, parts)
+            }
+            _ => kernel::lse_short_rows::<E, { kernel::GATHER }, true>(path, b, parts),
+        };
+        if got > 0 {
+            // the rows packed row-major: in place when they are, else staged
+            let rows: &[E] = match x.row_run::<E>(i) {
+                // SAFETY: packed rows i..i+got exist, so their got·c elements are readable.
+                Some((p, st)) if st == c => unsafe { std::slice::from_raw_parts(p, got * c) },
+                _ => {
+                    x.copy_rows(i, got, xbuf);
+                    &xbuf[..]
+                }
+            };
+            let (pm, pl) = parts.split_at(m);
+            let o = &mut out[done * c..(done + got) * c];
+            if log {
+                kernel::write_short_rows::<E, true>(
+                    path,
+                    rows,
+                    c,
+                    &pm[..got],
+                    &pl[..got],
+                    spread,
+                    o,
+                );
+            } else {
+                kernel::write_short_rows::<E, false>(
+                    path,
+                    rows,
+                    c,
+                    &pm[..got],
+                    &pl[..got],
+                    spread,
+                    o,
+                );
+            }
+        }
+        done += got;
+        if got != m {
+            break;
+        }
+    }
+    done
 }
