@@ -4,6 +4,7 @@
 //! The core is pure Rust (no Python); the PyO3 bindings live in `py` behind the `python`
 //! feature. Inputs are [`View`]s of caller memory with any strides, dtype f32/f64/f16/bf16.
 
+pub mod compare;
 pub mod error;
 pub mod eval;
 pub(crate) mod kernel;
@@ -18,7 +19,8 @@ pub mod tensor;
 mod py;
 
 pub use error::{Error, Result};
-pub use eval::{compare, evaluate, CompareSums, EvalOptions, EvalSums, Kind};
+pub use compare::{compare, compare_rows, CompareOut, CompareSums};
+pub use eval::{evaluate, EvalOptions, EvalSums, Kind};
 pub use kernel::Stats;
 pub use loss::{bce_with_logits, cross_entropy, cross_entropy_soft, nll_loss, ClassOptions, Total};
 pub use softmax::{logsumexp, logsumexp_b, softmax_f32, softmax_f64, stream_sum};

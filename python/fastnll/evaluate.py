@@ -19,6 +19,7 @@ import numpy as np
 from . import _arrays
 from ._inputs import (KINDS, Dump, check_declared_kind, chunks, name_of, prepare, reraise,
                       shape_of, validate)
+from . import _traps
 from ._progress import Progress
 from ._report import SCHEMA_VERSION, BinStat, CompareReport, EvalReport
 from .readers import PathLike
@@ -82,6 +83,8 @@ class Evaluator:
     def _update(self, d: Dump, sink: Optional[RowSink]) -> None:
         b, t, c = d.x.shape
         self._take_classes(c, d.name)
+        _traps.warn_input(d, self.kind, self.ignore_index, bool(d.shift), self.chunk_bytes,
+                          self.check_kind)
         if self.check_kind:
             check_declared_kind(d, self.kind, self.ignore_index, self.chunk_bytes)
         core = _core()
@@ -230,45 +233,90 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
 
 
 # ----------------------------------------------------------------------------- compare
+_COMPARE_FIELDS = (("kl", "<f8"), ("dp", "<f8"), ("nll_base", "<f8"), ("nll_new", "<f8"),
+                   ("same_top1", "i1"))
+
+
+def _compare_store(d: Dump, per_row: Union[bool, PathLike]) -> Tuple[Any, Dict[str, np.ndarray]]:
+    """Per-row compare outputs in memory (True) or streamed to a .npy of records (a path)."""
+    if per_row is True:
+        arrays = {k: np.empty(d.out_shape, np.dtype(t)) for k, t in _COMPARE_FIELDS}
+        flat = {k: a.reshape(-1) for k, a in arrays.items()}
+        rec = None
+    else:
+        rec = np.lib.format.open_memmap(os.fspath(per_row), mode="w+",
+                                        dtype=list(_COMPARE_FIELDS), shape=d.out_shape)
+        arrays = {k: rec[k] for k, _ in _COMPARE_FIELDS}
+        flat_rec = rec.reshape(-1)
+        flat = {k: flat_rec[k] for k, _ in _COMPARE_FIELDS}
+    return rec, {"arrays": arrays, "flat": flat}  # type: ignore[dict-item]
+
+
 def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
-            ignore_index: int = -100, shift: bool = False, chunk_bytes: int = 256 << 20,
+            ignore_index: int = -100, shift: bool = False, per_row: Union[bool, PathLike] = False,
+            max_exact_rows: int = 1 << 26, chunk_bytes: int = 256 << 20,
             progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
             target_dtype: Any = None, check_kind: bool = True) -> CompareReport:
-    """KL(base || new), NLL difference (new - base) and top-1 agreement in one read of both
-    dumps (same shape; dtypes may differ). Inputs as for :func:`evaluate`."""
+    """llama.cpp ``--kl-divergence`` statistics of two dumps (same shape; dtypes may differ) in
+    one read of each: KL(base || new) mean +- SE and percentiles, delta-p = p_new(t) - p_base(t)
+    mean +- SE, percentiles and RMS, same top-1 +- SE, PPL(base), PPL(new), their ratio and
+    difference +- SE. Inputs as for :func:`evaluate`. ``per_row=True`` adds ``row_kl``,
+    ``row_dp``, ``row_nll_base``, ``row_nll_new`` (NaN for ignored rows) and ``row_same_top1``
+    (int8, -1 for ignored rows); a path streams them to a .npy of records instead.
+    Percentiles are exact (16 bytes per row held) up to ``max_exact_rows`` scored-or-not rows,
+    else read from log-spaced histograms (error stated in the report); docs/evaluate.md."""
+    from ._compare_stats import CompareAccumulator, summary
+
     validate(kind, (1,), 1, chunk_bytes)
+    if int(max_exact_rows) < 0:
+        raise ValueError(f"max_exact_rows must be >= 0, got {max_exact_rows}")
     db = prepare(base, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     db.name, dn.name = name_of(base, "base"), name_of(new, "new")
     if db.x.shape != dn.x.shape:
         raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
                          f"{shape_of(db)}: the two dumps must match")
+    _traps.warn_input(db, kind, ignore_index, shift, chunk_bytes, check_kind)
+    _traps.warn_input(dn, kind, ignore_index, shift, chunk_bytes, check_kind, shift_warned=True)
     if check_kind:
         check_declared_kind(db, kind, ignore_index, chunk_bytes)
         check_declared_kind(dn, kind, ignore_index, chunk_bytes)
     b, t, c = db.x.shape
     row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
     core = _core()
-    n = n_ign = agree = 0
-    s_kl = s_d = s_d2 = 0.0
+    acc = CompareAccumulator(exact=b * t <= int(max_exact_rows))
+    rec, store = (None, None) if per_row is False or per_row is None else \
+        _compare_store(db, per_row)
     with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
         for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
             xb, ts, lead = db.block(b0, b1, t0, t1)
             vb, tb, sb = _arrays.core_view(xb)
             vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
+            rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
+            outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
             try:
-                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, int(ignore_index), lead)
+                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, int(ignore_index), lead,
+                                      *outs)
             except (IndexError, ValueError) as exc:
                 reraise(exc, db, ts, b0, t0, int(ignore_index))
-            n += int(r["n"])
-            n_ign += int(r["n_ignored"])
-            s_kl += float(r["sum_kl"])
-            s_d += float(r["sum_dnll"])
-            s_d2 += float(r["sum_dnll_sq"])
-            agree += int(r["top1_agree"])
-            bar.advance((b1 - b0) * (t1 - t0) * row_bytes)
-    nan = float("nan")
-    return CompareReport(kind=kind, n_classes=c, rows=n, ignored=n_ign,
-                         mean_kl=s_kl / n if n else nan, sum_kl=s_kl,
-                         mean_dnll=s_d / n if n else nan, sum_dnll=s_d,
-                         dnll_se=_se(s_d, s_d2, n), top1_agreement=agree / n if n else nan)
+            acc.add(r, outs[0], outs[1], outs[4])
+            if store is not None:
+                for (k, _), v in zip(_COMPARE_FIELDS, outs):
+                    store["flat"][k][offset:offset + rows] = v
+            bar.advance(rows * row_bytes)
+    if rec is not None:
+        rec.flush()
+    s = summary(acc.sums)
+    kl_p, dp_p, method, err = acc.percentiles()
+    edges, counts = acc.kl_hist.coarse(10)
+    rep = CompareReport(
+        kind=kind, n_classes=c, rows=int(acc.sums["n"]), ignored=int(acc.sums["n_ignored"]),
+        sum_kl=float(acc.sums["sum_kl"]), sum_dnll=float(acc.sums["sum_dnll"]),
+        kl_percentiles=kl_p, dp_percentiles=dp_p, percentile_method=method,
+        percentile_rel_error=err, kl_hist_edges=edges, kl_hist_counts=counts,
+        **{k: v for k, v in s.items() if k in CompareReport.SCALARS})
+    if store is not None:
+        a = store["arrays"]
+        rep = replace(rep, row_kl=a["kl"], row_dp=a["dp"], row_nll_base=a["nll_base"],
+                      row_nll_new=a["nll_new"], row_same_top1=a["same_top1"])
+    return rep
