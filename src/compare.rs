@@ -184,6 +184,7 @@ unsafe fn kl_vec<I: Isa>(
     g: I::V,
     acc: &mut I::V,
     inf: &mut I::V,
+    sums: &mut [I::V; 2],
 ) {
     let floor = I::splat(FLOOR);
     let zero = I::splat(0.0);
@@ -191,6 +192,8 @@ unsafe fn kl_vec<I: Isa>(
     let yb = I::max_keep_nan(floor, I::sub(xb, mb));
     let ea = I::exp_le0(ya);
     let eb = I::exp_le0(yb);
+    sums[0] = I::add(sums[0], ea);
+    sums[1] = I::add(sums[1], eb);
     let r = I::add(I::sub(yb, ya), c);
     let big = I::count_gt(zero, I::abs(r), I::splat(SERIES));
     let small = I::sub(I::splat(1.0), big);
@@ -204,8 +207,8 @@ unsafe fn kl_vec<I: Isa>(
 }
 
 /// Σ_j e^(ya_j)·f(r_j) over two finite-max rows (see the module doc), given the maxima, the
-/// normaliser difference c = ln s_a - ln s_b and g = e^c. Returns (Σ, lanes with p_a > 0 but
-/// p_b = 0). Sums are f32 lanes within a block of 4096 and f64 across blocks.
+/// normaliser difference c and g = e^c. Returns [Σ h, lanes with p_a > 0 but p_b = 0,
+/// Σ e^ya, Σ e^yb]. Sums are f32 lanes within a block of 4096 and f64 across blocks.
 #[inline(always)]
 unsafe fn kl_rows<I: Isa, A: Elem, B: Elem>(
     xa: &[A],
@@ -214,40 +217,42 @@ unsafe fn kl_rows<I: Isa, A: Elem, B: Elem>(
     mb: f32,
     c: f32,
     g: f32,
-) -> (f64, f64) {
+) -> [f64; 4] {
     let w = I::W;
     let (vma, vmb, vc, vg) = (I::splat(ma), I::splat(mb), I::splat(c), I::splat(g));
     let n = xa.len().min(xb.len());
     let (pa, pb) = (xa.as_ptr(), xb.as_ptr());
-    let (mut total, mut total_inf) = (0f64, 0f64);
+    let mut total = [0f64; 4];
     let mut start = 0;
     while start < n {
         let end = (start + 4096).min(n);
         let z = I::splat(0.0);
-        let (mut a0, mut a1, mut inf) = (z, z, z);
+        let (mut a0, mut a1, mut inf, mut sums) = (z, z, z, [z, z]);
         let mut i = start;
         while i + 2 * w <= end {
             kl_vec::<I>(A::load::<I>(pa.add(i)), B::load::<I>(pb.add(i)), vma, vmb, vc, vg,
-                        &mut a0, &mut inf);
+                        &mut a0, &mut inf, &mut sums);
             kl_vec::<I>(A::load::<I>(pa.add(i + w)), B::load::<I>(pb.add(i + w)), vma, vmb,
-                        vc, vg, &mut a1, &mut inf);
+                        vc, vg, &mut a1, &mut inf, &mut sums);
             i += 2 * w;
         }
         while i + w <= end {
             kl_vec::<I>(A::load::<I>(pa.add(i)), B::load::<I>(pb.add(i)), vma, vmb, vc, vg,
-                        &mut a0, &mut inf);
+                        &mut a0, &mut inf, &mut sums);
             i += w;
         }
         if i < end {
             // lanes past the end hold -inf in both rows: they add 0
             let (ta, tb) = (A::load_tail::<I>(pa.add(i), end - i), B::load_tail::<I>(pb.add(i), end - i));
-            kl_vec::<I>(ta, tb, vma, vmb, vc, vg, &mut a1, &mut inf);
+            kl_vec::<I>(ta, tb, vma, vmb, vc, vg, &mut a1, &mut inf, &mut sums);
         }
-        total += I::hsum(I::add(a0, a1)) as f64;
-        total_inf += I::hsum(inf) as f64;
+        total[0] += I::hsum(I::add(a0, a1)) as f64;
+        total[1] += I::hsum(inf) as f64;
+        total[2] += I::hsum(sums[0]) as f64;
+        total[3] += I::hsum(sums[1]) as f64;
         start = end;
     }
-    (total, total_inf)
+    total
 }
 
 macro_rules! dispatch2 {
@@ -260,20 +265,20 @@ macro_rules! dispatch2 {
             mb: f32,
             c: f32,
             g: f32,
-        ) -> (f64, f64) {
+        ) -> [f64; 4] {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-            unsafe fn avx2<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> (f64, f64) {
+            unsafe fn avx2<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 4] {
                 $kernel::<simd::avx2::Avx2, A, B>(xa, xb, ma, mb, c, g)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,popcnt")]
-            unsafe fn avx512<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> (f64, f64) {
+            unsafe fn avx512<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 4] {
                 $kernel::<simd::avx512::Avx512, A, B>(xa, xb, ma, mb, c, g)
             }
             #[cfg(target_arch = "aarch64")]
             #[target_feature(enable = "neon")]
-            unsafe fn neon<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> (f64, f64) {
+            unsafe fn neon<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 4] {
                 $kernel::<simd::neon::Neon, A, B>(xa, xb, ma, mb, c, g)
             }
             match path {
@@ -320,15 +325,17 @@ fn f_r(r: f64) -> f64 {
 }
 
 /// KL of two rows given as natural-log probabilities up to per-row constants:
-/// ln p_j = la_j - na, ln q_j = lb_j - nb (float64, any values; -inf = probability 0).
+/// ln p_j = la_j - na, ln q_j = lb_j - nb (float64, any values; -inf = probability 0), as
+/// Σ p f(r) + Σ p - Σ q (= Σ p ln(p/q) even for rows that do not sum to 1), clamped at 0.
 fn kl_scalar(la: impl Iterator<Item = f64>, lb: impl Iterator<Item = f64>, na: f64, nb: f64) -> f64 {
-    let mut kl = 0.0;
+    let (mut kl, mut sp, mut sq) = (0.0, 0.0, 0.0);
     for (a, b) in la.zip(lb) {
         if a.is_nan() || b.is_nan() {
             return f64::NAN;
         }
         let lp = a - na;
         let lq = b - nb;
+        sq += lq.exp();
         if lp == f64::NEG_INFINITY {
             kl += lq.exp(); // p = 0: the term q - p - p·r is q
             continue;
@@ -337,13 +344,14 @@ fn kl_scalar(la: impl Iterator<Item = f64>, lb: impl Iterator<Item = f64>, na: f
             return f64::INFINITY;
         }
         let r = lq - lp;
+        sp += lp.exp();
         kl += if r.abs() <= 0.5 {
             lp.exp() * f_r(r)
         } else {
             lq.exp() - lp.exp() * (1.0 + r)
         };
     }
-    kl.max(0.0)
+    (kl + (sp - sq)).max(0.0)
 }
 
 /// A row read once, with its statistics (for logits and log-probabilities).
@@ -378,7 +386,7 @@ fn sweep_typed(
     mb: f32,
     c: f32,
     g: f32,
-) -> (f64, f64) {
+) -> [f64; 4] {
     macro_rules! second {
         ($xa:expr) => {
             match b.dtype {
@@ -443,26 +451,30 @@ fn row_logits(
         && pa.rs.m.abs() < 1.0e30
         && pb.rs.m.abs() < 1.0e30;
     let kl = if simd_ok {
-        // KL of the renormalised rows: ln p = (x - m) - ln s on both sides
-        let c = pa.ln_s - pb.ln_s;
-        let (sum, inf) = sweep_typed(
-            path,
-            a,
-            b,
-            i,
-            bufs,
-            pa.rs.m as f32,
-            pb.rs.m as f32,
-            c as f32,
-            c.exp() as f32,
-        );
+        // logits: ln p = (x - m) - ln s (renormalised rows). log-probabilities: ln p = x as
+        // given (as `evaluate` reads them), with the Σ p - Σ q term for rows off 1.
+        let logits = kind == Kind::Logits;
+        let (na, nb) = if logits {
+            (pa.ln_s, pb.ln_s)
+        } else {
+            (-pa.rs.m, -pb.rs.m)
+        };
+        let c = na - nb;
+        let g = c.exp() as f32;
+        let [sum, inf, sa, sb] =
+            sweep_typed(path, a, b, i, bufs, pa.rs.m as f32, pb.rs.m as f32, c as f32, g);
         if inf > 0.0 {
             f64::INFINITY
-        } else {
+        } else if logits {
             (sum / pa.rs.st.s).max(0.0)
+        } else {
+            ((sum + sa - g as f64 * sb) * (-na).exp()).max(0.0)
         }
     } else {
-        let (la, lb) = (pa.rs.lse(), pb.rs.lse());
+        let (la, lb) = match kind {
+            Kind::Logits => (pa.rs.lse(), pb.rs.lse()),
+            _ => (0.0, 0.0),
+        };
         if !la.is_finite() || !lb.is_finite() {
             f64::NAN
         } else {
@@ -486,21 +498,14 @@ fn row_logits(
 /// One scored row of probabilities (float64 scalar: classifier-sized rows).
 fn row_probs(ra: &Rows, rb: &Rows, i: usize, k: usize) -> RowCompare {
     let c = ra.cols();
-    let (sa, sb): (f64, f64) = (
-        (0..c).map(|j| ra.value(i, j)).sum(),
-        (0..c).map(|j| rb.value(i, j)).sum(),
-    );
     let (pt_a, pt_b) = (ra.value(i, k), rb.value(i, k));
-    let kl = if sa > 0.0 && sb > 0.0 {
-        kl_scalar(
-            (0..c).map(|j| ra.value(i, j).ln()),
-            (0..c).map(|j| rb.value(i, j).ln()),
-            sa.ln(),
-            sb.ln(),
-        )
-    } else {
-        f64::NAN
-    };
+    // p as given (as `evaluate` reads them); a negative probability has no log: NaN
+    let kl = kl_scalar(
+        (0..c).map(|j| ra.value(i, j).ln()),
+        (0..c).map(|j| rb.value(i, j).ln()),
+        0.0,
+        0.0,
+    );
     let am = |rw: &Rows| {
         let mut best = (f64::NEG_INFINITY, 0);
         for j in 0..c {

@@ -230,12 +230,12 @@ def format_compare(r: CompareReport, title: str = "") -> str:
         ("Mean PPL(new)-PPL(base)", _pm(r.ppl_diff, r.ppl_diff_se)),
         ("NLL new - base", _pm(r.mean_dnll, r.dnll_se)),
     ]
-    kl = [("Mean KLD", _pm(r.mean_kl, r.kl_se))]
+    kl = [("Mean KL(base || new)", _pm(r.mean_kl, r.kl_se))]
     kl += [(f"{_level(k)} KLD", _g(v)) for k, v in r.kl_percentiles.items()]
     dp = [("Mean dp", _pm(r.mean_dp, r.dp_se, 5, pc, " %"))]
     dp += [(f"{_level(k)} dp", f"{_g(pc * v)} %") for k, v in r.dp_percentiles.items()]
     dp += [("RMS dp", _pm(r.dp_rms, r.dp_rms_se, 5, pc, " %")),
-           ("Same top p", _pm(r.top1_agreement, r.top1_agreement_se, 5, pc, " %"))]
+           ("Same top p (top-1 agreement)", _pm(r.top1_agreement, r.top1_agreement_se, 5, pc, " %"))]
     how = ("exact (from per-row values)" if r.percentile_method == "exact" else
            f"log-spaced histogram (relative error <= {_g(r.percentile_rel_error, 3)})")
     lines = [title] if title else []
