@@ -2,7 +2,10 @@
 //! KL(base || new), Δp = p_new(t) - p_base(t), both NLLs and whether the argmaxes agree, with
 //! mergeable sums of them, reading each dump once.
 //!
-//! KL is summed in the form Σ_j p_j·f(r_j), f(r) = e^r - 1 - r >= 0, r_j = ln q_j - ln p_j
+//! KL is that of the rows renormalised (for every kind: log-probabilities and probabilities
+//! of a low-precision dump are off 1 by rounding, which would otherwise add Σq - Σp, of
+//! either sign and up to ~1e-3 for bfloat16, to a divergence that can be 1e-5); the NLLs and
+//! Δp use the values as given, as `evaluate` reads them. KL is summed in the form Σ_j p_j·f(r_j), f(r) = e^r - 1 - r >= 0, r_j = ln q_j - ln p_j
 //! (p base, q new). It equals Σ p (ln p - ln q) because Σ q = Σ p = 1, every term is >= 0
 //! (so a row's KL is never negative and identical rows give exactly 0), and an error ε in the
 //! normalisers moves it only by about ε·KL + ε²/2 instead of ε. f is a series for |r| <= 1/2
@@ -451,30 +454,19 @@ fn row_logits(
         && pa.rs.m.abs() < 1.0e30
         && pb.rs.m.abs() < 1.0e30;
     let kl = if simd_ok {
-        // logits: ln p = (x - m) - ln s (renormalised rows). log-probabilities: ln p = x as
-        // given (as `evaluate` reads them), with the Σ p - Σ q term for rows off 1.
-        let logits = kind == Kind::Logits;
-        let (na, nb) = if logits {
-            (pa.ln_s, pb.ln_s)
-        } else {
-            (-pa.rs.m, -pb.rs.m)
-        };
-        let c = na - nb;
+        // KL of the renormalised rows, ln p = (x - m) - ln s, for log-probabilities too (a
+        // low-precision dump's rows are off 1 by rounding; see the module doc)
+        let c = pa.ln_s - pb.ln_s;
         let g = c.exp() as f32;
-        let [sum, inf, sa, sb] =
+        let [sum, inf, _, _] =
             sweep_typed(path, a, b, i, bufs, pa.rs.m as f32, pb.rs.m as f32, c as f32, g);
         if inf > 0.0 {
             f64::INFINITY
-        } else if logits {
-            (sum / pa.rs.st.s).max(0.0)
         } else {
-            ((sum + sa - g as f64 * sb) * (-na).exp()).max(0.0)
+            (sum / pa.rs.st.s).max(0.0)
         }
     } else {
-        let (la, lb) = match kind {
-            Kind::Logits => (pa.rs.lse(), pb.rs.lse()),
-            _ => (0.0, 0.0),
-        };
+        let (la, lb) = (pa.rs.lse(), pb.rs.lse());
         if !la.is_finite() || !lb.is_finite() {
             f64::NAN
         } else {
@@ -499,13 +491,22 @@ fn row_logits(
 fn row_probs(ra: &Rows, rb: &Rows, i: usize, k: usize) -> RowCompare {
     let c = ra.cols();
     let (pt_a, pt_b) = (ra.value(i, k), rb.value(i, k));
-    // p as given (as `evaluate` reads them); a negative probability has no log: NaN
-    let kl = kl_scalar(
-        (0..c).map(|j| ra.value(i, j).ln()),
-        (0..c).map(|j| rb.value(i, j).ln()),
-        0.0,
-        0.0,
+    // KL of the renormalised rows (NLL and Δp use p as given, as `evaluate` reads them); a
+    // negative probability has no log: NaN
+    let (sa, sb): (f64, f64) = (
+        (0..c).map(|j| ra.value(i, j)).sum(),
+        (0..c).map(|j| rb.value(i, j)).sum(),
     );
+    let kl = if sa > 0.0 && sb > 0.0 {
+        kl_scalar(
+            (0..c).map(|j| ra.value(i, j).ln()),
+            (0..c).map(|j| rb.value(i, j).ln()),
+            sa.ln(),
+            sb.ln(),
+        )
+    } else {
+        f64::NAN
+    };
     let am = |rw: &Rows| {
         let mut best = (f64::NEG_INFINITY, 0);
         for j in 0..c {

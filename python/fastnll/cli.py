@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("new", help="new model's predictions")
     cmp_.add_argument("targets", help="integer targets")
     _common(cmp_, False)
+    cmp_.add_argument("--per-row", metavar="FILE.npy",
+                      help="write per-row records (kl, dp, nll_base, nll_new float64, "
+                      "same_top1 int8) to a .npy file")
+    cmp_.add_argument("--plot", metavar="FILE.png",
+                      help="write a histogram of the per-row KL (needs matplotlib)")
     demo = sub.add_parser("demo", help="evaluate a small synthetic, calibrated dump",
                           description="Write a synthetic logits dump to a temporary directory "
                           "and evaluate it through the same path as 'eval'.")
@@ -183,9 +188,17 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     report = compare(a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index,
                      shift=a.shift, chunk_bytes=a.chunk_mb << 20, progress=a.progress,
                      dtype=a.dtype, shape=a.shape, target_dtype=a.target_dtype,
-                     check_kind=not a.no_kind_check)
+                     check_kind=not a.no_kind_check, per_row=a.per_row or False)
     _say(a, format_compare(report, f"fastnll compare: base {a.base}, new {a.new}, "
                                    f"targets {a.targets}"))
+    if a.per_row:
+        _say(a, f"\nper-row kl/dp/nll_base/nll_new/same_top1 records written to {a.per_row}")
+    if a.plot:
+        from ._plot import kl_histogram
+
+        kl_histogram(report, a.plot, title=f"{os.path.basename(a.new)} vs "
+                                           f"{os.path.basename(a.base)}")
+        _say(a, f"KL histogram written to {a.plot}")
     if a.json:
         obj = report.to_dict()
         obj["inputs"] = {"base": a.base, "new": a.new, "targets": a.targets,
