@@ -1,0 +1,106 @@
+"""fastnll.fit_temperature against float64 NumPy / SciPy references."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fastnll
+
+
+def nll64(z: np.ndarray, t: np.ndarray, temp: float) -> float:
+    """float64 mean NLL of softmax(z / T)."""
+    u = z.astype(np.float64) / temp
+    lse = np.logaddexp.reduce(u, axis=1)
+    return float(np.mean(lse - u[np.arange(t.size), t]))
+
+
+def ece64(z: np.ndarray, t: np.ndarray, temp: float, n_bins: int = 15) -> float:
+    u = z.astype(np.float64) / temp
+    p = np.exp(u - np.logaddexp.reduce(u, axis=1, keepdims=True))
+    conf = p.max(1)
+    correct = (u >= u[np.arange(t.size), t][:, None]).sum(1) == 1  # ties count (none here)
+    b = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for i in range(n_bins):
+        m = b == i
+        if m.any():
+            ece += m.sum() / t.size * abs(correct[m].mean() - conf[m].mean())
+    return ece
+
+
+def synthetic(rng: np.random.Generator, n: int, c: int, temp: float):
+    """Logits z and targets drawn from softmax(z / temp): the MLE temperature is ~temp."""
+    z = rng.standard_normal((n, c)) * 3.0
+    u = z / temp
+    p = np.exp(u - np.logaddexp.reduce(u, axis=1, keepdims=True))
+    t = np.minimum((p.cumsum(1) < rng.random((n, 1))).sum(1), c - 1)
+    return z.astype(np.float32), t
+
+
+@pytest.mark.parametrize("temp", [0.6, 1.7, 3.0])
+def test_recovers_known_temperature_within_1_percent(temp: float) -> None:
+    z, t = synthetic(np.random.default_rng(int(temp * 10)), 60000, 20, temp)
+    fit = fastnll.fit_temperature(z, t, chunk_bytes=1 << 20)
+    assert fit.converged and abs(fit.temperature / temp - 1) < 0.01
+    assert fit.nll_after <= fit.nll_before
+
+
+def test_nll_and_ece_match_float64_reference_and_scipy_minimum() -> None:
+    scipy_opt = pytest.importorskip("scipy.optimize")
+    z, t = synthetic(np.random.default_rng(1), 8000, 37, 2.2)
+    t[::50] = -100
+    fit = fastnll.fit_temperature(z, t, chunk_bytes=40_000)
+    keep = t != -100
+    zz, tt = z[keep], t[keep]
+    ref = scipy_opt.minimize_scalar(lambda T: nll64(zz, tt, T), bounds=(0.1, 10),
+                                    method="bounded", options={"xatol": 1e-9})
+    assert fit.temperature == pytest.approx(ref.x, rel=1e-4)
+    assert fit.nll_before == pytest.approx(nll64(zz, tt, 1.0), rel=1e-6)
+    assert fit.nll_after == pytest.approx(nll64(zz, tt, fit.temperature), rel=1e-6)
+    assert fit.ece_before == pytest.approx(ece64(zz, tt, 1.0), abs=1e-6)
+    assert fit.ece_after == pytest.approx(ece64(zz, tt, fit.temperature), abs=1e-5)
+    assert fit.rows == keep.sum() and fit.ece_after < fit.ece_before
+
+
+def test_bfloat16_3d_and_paths(tmp_path) -> None:
+    z, t = synthetic(np.random.default_rng(2), 6000, 16, 0.8)
+    zb = z.astype(ml_dtypes.bfloat16).reshape(20, 300, 16)
+    np.save(tmp_path / "z.npy", zb)
+    np.save(tmp_path / "t.npy", t.reshape(20, 300))
+    fit = fastnll.fit_temperature(tmp_path / "z.npy", tmp_path / "t.npy")
+    zf = zb.astype(np.float64).reshape(-1, 16)
+    ref = min((nll64(zf, t, T), T) for T in np.linspace(0.7, 0.9, 201))[1]
+    assert fit.temperature == pytest.approx(ref, abs=1.5e-3)
+    assert fit.nll_after == pytest.approx(nll64(zf, t, fit.temperature), rel=1e-5)
+
+
+def test_errors_are_clear() -> None:
+    z = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="no scored rows"):
+        fastnll.fit_temperature(z, np.full(4, -100))
+    with pytest.raises(ValueError, match="kind='logits' or 'log_probs'"):
+        fastnll.fit_temperature(z, np.zeros(4, int), kind="probs")
+    with pytest.raises(IndexError, match="target 7"):
+        fastnll.fit_temperature(z, np.array([0, 1, 7, 2]))
+    perfect = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]] * 5
+    with pytest.raises(ValueError, match="no finite temperature"):
+        fastnll.fit_temperature(perfect, np.array([0, 1, 2, 0]))
+
+
+def test_cli_fit_temperature(tmp_path) -> None:
+    import json
+
+    from fastnll.cli import main
+
+    z, t = synthetic(np.random.default_rng(3), 5000, 10, 2.0)
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "t.npy", t)
+    code = main(["eval", str(tmp_path / "z.npy"), str(tmp_path / "t.npy"), "--fit-temperature",
+                 "--no-progress", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    d = json.loads((tmp_path / "r.json").read_text())["temperature"]
+    assert math.isclose(d["temperature"], 2.0, rel_tol=0.03) and d["nll_after"] < d["nll_before"]
