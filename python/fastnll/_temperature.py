@@ -66,10 +66,11 @@ def _rows(d: Dump, chunk_bytes: int, ignore_index: int):
 
 
 def _pass(d: Dump, beta: float, chunk_bytes: int, ignore_index: int
-          ) -> Tuple[float, float, float, int]:
-    """(Σ NLL, Σ L', Σ L'', n) at β, in float64 sums over float32 rows."""
+          ) -> Tuple[float, float, float, int, int]:
+    """(Σ NLL, Σ L', Σ L'', n, rows whose target is the unique max) at β, in float64 sums
+    over float32 rows."""
     s_nll = s_g = s_h = 0.0
-    n = 0
+    n = n_sep = 0
     b32 = np.float32(beta)
     for x, tt in _rows(d, chunk_bytes, ignore_index):
         u = x * b32
@@ -85,7 +86,8 @@ def _pass(d: Dump, beta: float, chunk_bytes: int, ignore_index: int
         s_g += float((ex - xt).sum())
         s_h += float(np.maximum(ex2 - ex * ex, 0.0).sum())
         n += tt.size
-    return s_nll, s_g, s_h, n
+        n_sep += int(((x >= x[np.arange(tt.size), tt][:, None]).sum(axis=1) == 1).sum())
+    return s_nll, s_g, s_h, n, n_sep
 
 
 def _scaled_report(d: Dump, beta: float, chunk_bytes: int, ignore_index: int,
@@ -125,9 +127,13 @@ def fit_temperature(preds: Any, target: Any, *, kind: str = "logits",
     cb = int(chunk_bytes)
     before = _scaled_report(d, 1.0, cb, ignore_index, n_bins)
     beta, it, converged = 1.0, 0, False
-    nll, g, h, n = _pass(d, beta, cb, ignore_index)
+    nll, g, h, n, n_sep = _pass(d, beta, cb, ignore_index)
     if n == 0:
         raise ValueError("fit_temperature: no scored rows (every target is ignore_index)")
+    if n_sep == n:
+        raise ValueError(f"fit_temperature: every one of the {n} rows ranks its target "
+                         "strictly first, so the NLL keeps falling as T -> 0: no finite "
+                         "temperature")
     if not math.isfinite(nll):
         raise ValueError("fit_temperature: the NLL at T = 1 is not finite (NaN or +inf "
                          "logits in the dump)")
@@ -141,7 +147,7 @@ def fit_temperature(preds: Any, target: Any, *, kind: str = "logits",
             if nb <= 0:
                 step /= 2
                 continue
-            nll_new, g_new, h_new, _ = _pass(d, nb, cb, ignore_index)
+            nll_new, g_new, h_new, _, _ = _pass(d, nb, cb, ignore_index)
             if nll_new <= nll + 1e-12 * abs(nll) or abs(step) < tol * beta:
                 break
             step /= 2
@@ -152,10 +158,9 @@ def fit_temperature(preds: Any, target: Any, *, kind: str = "logits",
             break
     if not converged and abs(g) / n < 1e-9:
         converged = True
-    if not converged and g < 0:
-        raise ValueError(f"fit_temperature: the NLL keeps falling as T -> 0 (T = {1 / beta:.3g} "
-                         f"after {it} passes, NLL {nll / n:.3g}): the rows already rank every "
-                         "target first; no finite temperature")
+    if not converged:
+        raise ValueError(f"fit_temperature: no convergence in max_iter={max_iter} passes "
+                         f"(T = {1 / beta:.6g}, dNLL/d(1/T) = {g / n:.3g})")
     after = _scaled_report(d, beta, cb, ignore_index, n_bins)
     return TemperatureFit(temperature=1.0 / beta, nll_before=before.mean_nll,
                           nll_after=after.mean_nll, ece_before=before.ece,
