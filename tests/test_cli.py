@@ -19,7 +19,7 @@ from fastnll._progress import Progress, format_bytes, format_duration
 EVAL_KEYS = {"schema", "schema_version", "kind", "n_classes", "rows", "ignored", "sum_nll",
              "mean_nll", "nll_se", "perplexity", "bits_per_token", "accuracy",
              "top_k_accuracy", "mean_entropy", "brier", "ece", "mce", "n_bins", "bins",
-             "inputs"}
+             "inputs", "ties"}  # schema_version 2 adds "ties" (and "extras" when asked for)
 BIN_KEYS = {"lower", "upper", "count", "mean_confidence", "accuracy"}
 COMPARE_KEYS = {"schema", "schema_version", "kind", "n_classes", "rows", "ignored", "mean_kl",
                 "sum_kl", "mean_dnll", "sum_dnll", "dnll_se", "top1_agreement", "inputs",

@@ -66,10 +66,19 @@ class EvalReport:
     bins: Tuple[BinStat, ...]
     row_nll: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     row_rank: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    ties: str = "target"  # the top-1 rule used: a target tied with the best class is correct
+    extras: Any = field(default=None, repr=False, compare=False)  # _report_extras.Extras
 
     def to_dict(self) -> Dict[str, Any]:
         """The documented JSON object (per-row arrays are not included)."""
         f = _json_float
+        d = self._base_dict(f)
+        d["ties"] = self.ties
+        if self.extras is not None:
+            d["extras"] = self.extras.to_dict()
+        return d
+
+    def _base_dict(self, f: Any) -> Dict[str, Any]:
         return {
             "schema": "fastnll.evaluate", "schema_version": SCHEMA_VERSION,
             "kind": self.kind, "n_classes": self.n_classes, "rows": self.rows,
@@ -189,6 +198,9 @@ def format_eval(r: EvalReport, title: str = "") -> str:
         (f"ECE ({r.n_bins} bins)", _num(r.ece)),
         ("MCE", _num(r.mce)),
     ]
+    e = r.extras
+    if e is not None:
+        pairs += _extra_pairs(e)
     lines = [title] if title else []
     lines += _rows(pairs)
     lines += ["", "  calibration bins (confidence = max probability; ties count as correct)",
@@ -212,6 +224,30 @@ def _g(v: Optional[float], digits: int = 5) -> str:
 
 def _pm(v: float, se: float, digits: int = 5, scale: float = 1.0, unit: str = "") -> str:
     return f"{_g(v * scale, digits)} +/- {_g(se * scale, digits)}{unit}"
+
+
+def _extra_pairs(e: Any) -> List[Tuple[str, str]]:
+    out: List[Tuple[str, str]] = []
+    if e.sequence_count is not None:
+        out.append(("sequences", f"{int((e.sequence_count > 0).sum()):,} scored; mean NLL "
+                                 f"{_num(e.sequence_nll_mean)} +/- {_num(e.sequence_nll_se)}, "
+                                 f"mean perplexity {_num(e.sequence_perplexity_mean, '.4f')} "
+                                 f"+/- {_num(e.sequence_perplexity_se, '.4f')} (SE across "
+                                 "sequences)"))
+    if e.n_bytes is not None:
+        out.append(("bits per byte", f"{_num(e.bits_per_byte)} ({e.n_bytes:,.0f} bytes)"))
+    if e.n_words is not None:
+        out.append(("word perplexity", f"{_num(e.word_perplexity, '.4f')} "
+                                       f"({e.n_words:,.0f} words)"))
+    if e.zero_prob_rows is not None:
+        out.append(("target probability 0", f"{e.zero_prob_rows:,} rows (NLL +inf"
+                    + (f"; clipped at {e.clip:g}: {e.clipped_rows:,} rows)" if e.clip
+                       else "; pass clip= to clip)")))
+    if e.position_count is not None:
+        out.append(("per position", f"{e.position_count.size} positions (see extras)"))
+    if e.class_count is not None:
+        out.append(("per class", f"{e.class_count.size} classes (see extras)"))
+    return out
 
 
 def format_compare(r: CompareReport, title: str = "") -> str:

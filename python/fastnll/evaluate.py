@@ -19,6 +19,7 @@ import numpy as np
 from . import _arrays
 from ._inputs import (KINDS, Dump, check_declared_kind, chunks, name_of, prepare, reraise,
                       shape_of, validate)
+from . import _report_extras as _extras
 from . import _traps
 from ._progress import Progress
 from ._report import SCHEMA_VERSION, BinStat, CompareReport, EvalReport
@@ -207,7 +208,10 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
              top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
              per_row: Union[bool, PathLike] = False, chunk_bytes: int = 256 << 20,
              progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
-             target_dtype: Any = None, check_kind: bool = True) -> EvalReport:
+             target_dtype: Any = None, check_kind: bool = True, mask: Any = None,
+             min_position: int = 0, per_position: bool = False, per_sequence: bool = False,
+             per_class: bool = False, n_bytes: Any = None, n_words: Any = None,
+             clip: Optional[float] = None) -> EvalReport:
     """Score a whole dump in one streaming read; see docs/evaluate.md.
 
     ``preds``: [N, C] or [B, T, V] array, memmap, or a path (.npy, .npz[:key],
@@ -216,20 +220,32 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     int64). ``shift=True`` scores preds[:, :-1] against target[:, 1:]. ``per_row=True`` adds
     ``row_nll``/``row_rank`` arrays; a path instead streams them to a .npy of records
     (``nll``, ``rank``). ``progress``: None = a bar on stderr only when it is a terminal.
+
+    Extras (``report.extras``, docs/evaluate.md): ``mask=`` (0 = not scored, shaped like the
+    targets) and ``min_position=`` drop rows before scoring; ``per_position``,
+    ``per_sequence``, ``per_class``, ``n_bytes=``/``n_words=`` (bits per byte, word
+    perplexity) and ``clip=`` (probabilities: NLL of max(p_t, clip)) are computed from the
+    per-row NLL and rank of the same read.
     """
     ev = Evaluator(kind=kind, ignore_index=ignore_index, top_k=top_k, n_bins=n_bins,
                    shift=shift, chunk_bytes=chunk_bytes, progress=progress,
                    check_kind=check_kind)
+    if mask is not None or min_position:
+        target = _extras.masked_target(target, mask, min_position, ignore_index, shift)
     d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
                 target_dtype=target_dtype)
-    if per_row is False or per_row is None:
+    ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words, clip)
+    if (per_row is False or per_row is None) and ex is None:
         ev._update(d, None)
         return ev.result()
-    sink, nll, rank = _row_store(d, per_row)
-    ev._update(d, sink)
+    sink, nll, rank = _row_store(d, per_row) if per_row else (None, None, None)
+    ev._update(d, _extras.chain(d, sink, ex))
     if isinstance(nll, np.memmap):
         nll.flush()  # flushes the whole record file
-    return replace(ev.result(), row_nll=nll, row_rank=rank)
+    rep = ev.result()
+    if per_row:
+        rep = replace(rep, row_nll=nll, row_rank=rank)
+    return rep if ex is None else _extras.attach(rep, ex)
 
 
 # ----------------------------------------------------------------------------- compare
