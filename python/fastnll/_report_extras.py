@@ -72,6 +72,7 @@ class Extras:
     position_count: Optional[np.ndarray] = None  # [T] scored rows per position
     position_mean_nll: Optional[np.ndarray] = None  # [T] (NaN where no row)
     position_accuracy: Optional[np.ndarray] = None
+    position_nll_se: Optional[np.ndarray] = None  # [T] SE of the mean (NaN below 2 rows)
     sequence_count: Optional[np.ndarray] = None  # [B]
     sequence_mean_nll: Optional[np.ndarray] = None
     sequence_perplexity: Optional[np.ndarray] = None
@@ -103,7 +104,8 @@ class Extras:
         if self.position_count is not None:
             out["positions"] = {"count": j(self.position_count),
                                 "mean_nll": j(self.position_mean_nll),
-                                "accuracy": j(self.position_accuracy)}
+                                "accuracy": j(self.position_accuracy),
+                                "nll_se": j(self.position_nll_se)}
         if self.sequence_count is not None:
             out["sequences"] = {"count": j(self.sequence_count),
                                 "mean_nll": j(self.sequence_mean_nll),
@@ -148,7 +150,7 @@ class ExtrasAccumulator:
         self.n_bytes = _counts(n_bytes, "n_bytes", b)
         self.n_words = _counts(n_words, "n_words", b)
         z = lambda n: np.zeros(n, np.float64)  # noqa: E731
-        self.pos_n, self.pos_nll, self.pos_ok = z(t), z(t), z(t)
+        self.pos_n, self.pos_nll, self.pos_ok, self.pos_sq = z(t), z(t), z(t), z(t)
         self.seq_n, self.seq_nll = z(b), z(b)
         self.cls_n, self.cls_nll, self.cls_ok = z(self.c), z(self.c), z(self.c)
         self.sum_nll = 0.0
@@ -170,6 +172,7 @@ class ExtrasAccumulator:
             self.pos_n += np.bincount(p, minlength=self.t)
             self.pos_nll += np.bincount(p, weights=v, minlength=self.t)
             self.pos_ok += np.bincount(p, weights=(r == 0), minlength=self.t)
+            self.pos_sq += np.bincount(p, weights=v * v, minlength=self.t)
         if per_sequence or self.n_bytes is not None and self.n_bytes.size > 1:
             s = rows // self.t
             self.seq_n += np.bincount(s, minlength=self.b)
@@ -192,7 +195,7 @@ class ExtrasAccumulator:
         """Add another accumulator's sums (same shape and options)."""
         if (o.b, o.t, o.c, o.flags) != (self.b, self.t, self.c, self.flags):
             raise ValueError("cannot merge extras of different shapes or options")
-        for name in ("pos_n", "pos_nll", "pos_ok", "seq_n", "seq_nll", "cls_n", "cls_nll",
+        for name in ("pos_n", "pos_nll", "pos_ok", "pos_sq", "seq_n", "seq_nll", "cls_n", "cls_nll",
                      "cls_ok"):
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.sum_nll += o.sum_nll
@@ -212,6 +215,9 @@ class ExtrasAccumulator:
                 e.position_count = self.pos_n.astype(np.int64)
                 e.position_mean_nll = np.where(self.pos_n > 0, self.pos_nll / self.pos_n, np.nan)
                 e.position_accuracy = np.where(self.pos_n > 0, self.pos_ok / self.pos_n, np.nan)
+                n = self.pos_n
+                var = (self.pos_sq - self.pos_nll ** 2 / n) / (n - 1)
+                e.position_nll_se = np.where(n > 1, np.sqrt(np.maximum(var, 0) / n), np.nan)
             if per_sequence:
                 e.sequence_count = self.seq_n.astype(np.int64)
                 m = np.where(self.seq_n > 0, self.seq_nll / self.seq_n, np.nan)
