@@ -187,7 +187,6 @@ unsafe fn kl_vec<I: Isa>(
     g: I::V,
     acc: &mut I::V,
     inf: &mut I::V,
-    sums: &mut [I::V; 2],
 ) {
     let floor = I::splat(FLOOR);
     let zero = I::splat(0.0);
@@ -195,8 +194,6 @@ unsafe fn kl_vec<I: Isa>(
     let yb = I::max_keep_nan(floor, I::sub(xb, mb));
     let ea = I::exp_le0(ya);
     let eb = I::exp_le0(yb);
-    sums[0] = I::add(sums[0], ea);
-    sums[1] = I::add(sums[1], eb);
     let r = I::add(I::sub(yb, ya), c);
     let big = I::count_gt(zero, I::abs(r), I::splat(SERIES));
     let small = I::sub(I::splat(1.0), big);
@@ -210,8 +207,8 @@ unsafe fn kl_vec<I: Isa>(
 }
 
 /// Σ_j e^(ya_j)·f(r_j) over two finite-max rows (see the module doc), given the maxima, the
-/// normaliser difference c and g = e^c. Returns [Σ h, lanes with p_a > 0 but p_b = 0,
-/// Σ e^ya, Σ e^yb]. Sums are f32 lanes within a block of 4096 and f64 across blocks.
+/// normaliser difference c and g = e^c. Returns [Σ h, lanes with p_a > 0 but p_b = 0].
+/// Sums are f32 lanes within a block of 4096 and f64 across blocks.
 #[inline(always)]
 unsafe fn kl_rows<I: Isa, A: Elem, B: Elem>(
     xa: &[A],
@@ -220,39 +217,37 @@ unsafe fn kl_rows<I: Isa, A: Elem, B: Elem>(
     mb: f32,
     c: f32,
     g: f32,
-) -> [f64; 4] {
+) -> [f64; 2] {
     let w = I::W;
     let (vma, vmb, vc, vg) = (I::splat(ma), I::splat(mb), I::splat(c), I::splat(g));
     let n = xa.len().min(xb.len());
     let (pa, pb) = (xa.as_ptr(), xb.as_ptr());
-    let mut total = [0f64; 4];
+    let mut total = [0f64; 2];
     let mut start = 0;
     while start < n {
         let end = (start + 4096).min(n);
         let z = I::splat(0.0);
-        let (mut a0, mut a1, mut inf, mut sums) = (z, z, z, [z, z]);
+        let (mut a0, mut a1, mut inf) = (z, z, z);
         let mut i = start;
         while i + 2 * w <= end {
             kl_vec::<I>(A::load::<I>(pa.add(i)), B::load::<I>(pb.add(i)), vma, vmb, vc, vg,
-                        &mut a0, &mut inf, &mut sums);
+                        &mut a0, &mut inf);
             kl_vec::<I>(A::load::<I>(pa.add(i + w)), B::load::<I>(pb.add(i + w)), vma, vmb,
-                        vc, vg, &mut a1, &mut inf, &mut sums);
+                        vc, vg, &mut a1, &mut inf);
             i += 2 * w;
         }
         while i + w <= end {
             kl_vec::<I>(A::load::<I>(pa.add(i)), B::load::<I>(pb.add(i)), vma, vmb, vc, vg,
-                        &mut a0, &mut inf, &mut sums);
+                        &mut a0, &mut inf);
             i += w;
         }
         if i < end {
             // lanes past the end hold -inf in both rows: they add 0
             let (ta, tb) = (A::load_tail::<I>(pa.add(i), end - i), B::load_tail::<I>(pb.add(i), end - i));
-            kl_vec::<I>(ta, tb, vma, vmb, vc, vg, &mut a1, &mut inf, &mut sums);
+            kl_vec::<I>(ta, tb, vma, vmb, vc, vg, &mut a1, &mut inf);
         }
         total[0] += I::hsum(I::add(a0, a1)) as f64;
         total[1] += I::hsum(inf) as f64;
-        total[2] += I::hsum(sums[0]) as f64;
-        total[3] += I::hsum(sums[1]) as f64;
         start = end;
     }
     total
@@ -268,20 +263,20 @@ macro_rules! dispatch2 {
             mb: f32,
             c: f32,
             g: f32,
-        ) -> [f64; 4] {
+        ) -> [f64; 2] {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-            unsafe fn avx2<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 4] {
+            unsafe fn avx2<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 2] {
                 $kernel::<simd::avx2::Avx2, A, B>(xa, xb, ma, mb, c, g)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,popcnt")]
-            unsafe fn avx512<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 4] {
+            unsafe fn avx512<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 2] {
                 $kernel::<simd::avx512::Avx512, A, B>(xa, xb, ma, mb, c, g)
             }
             #[cfg(target_arch = "aarch64")]
             #[target_feature(enable = "neon")]
-            unsafe fn neon<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 4] {
+            unsafe fn neon<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 2] {
                 $kernel::<simd::neon::Neon, A, B>(xa, xb, ma, mb, c, g)
             }
             match path {
@@ -389,7 +384,7 @@ fn sweep_typed(
     mb: f32,
     c: f32,
     g: f32,
-) -> [f64; 4] {
+) -> [f64; 2] {
     macro_rules! second {
         ($xa:expr) => {
             match b.dtype {
@@ -458,7 +453,7 @@ fn row_logits(
         // low-precision dump's rows are off 1 by rounding; see the module doc)
         let c = pa.ln_s - pb.ln_s;
         let g = c.exp() as f32;
-        let [sum, inf, _, _] =
+        let [sum, inf] =
             sweep_typed(path, a, b, i, bufs, pa.rs.m as f32, pb.rs.m as f32, c as f32, g);
         if inf > 0.0 {
             f64::INFINITY
@@ -604,4 +599,85 @@ pub fn compare(
     ignore_index: i64,
 ) -> Result<CompareSums> {
     compare_rows(base, new, t, kind, ignore_index, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> f64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// (lse, ln s, max) of an f32 row in f64.
+    fn norm(x: &[f32]) -> (f64, f64, f32) {
+        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let s: f64 = x.iter().map(|&v| (v as f64 - m as f64).exp()).sum();
+        (m as f64 + s.ln(), s.ln(), m)
+    }
+
+    fn sweep_kl(p: Path, a: &[f32], b: &[f32]) -> f64 {
+        let ((_, lsa, ma), (_, lsb, mb)) = (norm(a), norm(b));
+        let s_a: f64 = lsa.exp();
+        let c = lsa - lsb;
+        let [sum, inf] = kl_sweep(p, a, b, ma, mb, c as f32, c.exp() as f32);
+        if inf > 0.0 {
+            f64::INFINITY
+        } else {
+            sum / s_a
+        }
+    }
+
+    #[test]
+    fn simd_kl_matches_float64_and_is_zero_for_identical_rows() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for &c in &[1usize, 2, 7, 16, 33, 1000, 4099, 9000] {
+            for noise in [1e-3, 3e-2, 1.0] {
+                let a: Vec<f32> = (0..c).map(|_| (rng(&mut seed) * 8.0 - 4.0) as f32).collect();
+                let mut b: Vec<f32> =
+                    a.iter().map(|&v| v + ((rng(&mut seed) - 0.5) * noise) as f32).collect();
+                let mut a = a;
+                if c > 5 {
+                    a[3] = f32::NEG_INFINITY; // masked in both
+                    b[3] = f32::NEG_INFINITY;
+                    a[4] = f32::NEG_INFINITY; // masked in base only: finite
+                }
+                let (la, lb) = (norm(&a).0, norm(&b).0);
+                let want = kl_scalar(
+                    a.iter().map(|&v| v as f64),
+                    b.iter().map(|&v| v as f64),
+                    la,
+                    lb,
+                );
+                for p in Path::ALL.into_iter().filter(|p| p.available()) {
+                    let got = sweep_kl(p, &a, &b);
+                    assert!(
+                        (got - want).abs() <= 2e-5 * want + 1e-12,
+                        "{p:?} C={c} noise={noise}: {got} vs {want}"
+                    );
+                    assert_eq!(sweep_kl(p, &a, &a), 0.0, "{p:?} C={c}");
+                    if c > 5 {
+                        let mut z = b.clone();
+                        z[5] = f32::NEG_INFINITY; // the new row gives 0 where base has mass
+                        assert_eq!(sweep_kl(p, &a, &z), f64::INFINITY);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_kl_is_nonnegative_and_exact_on_small_cases() {
+        // p = (1/2, 1/2), q = (1/4, 3/4): KL = ½ln2 + ½ln(2/3)
+        let (a, b) = ([0.5f64.ln(), 0.5f64.ln()], [0.25f64.ln(), 0.75f64.ln()]);
+        let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
+        let got = kl_scalar(a.iter().cloned(), b.iter().cloned(), 0.0, 0.0);
+        assert!((got - want).abs() < 1e-15);
+        assert_eq!(kl_scalar(a.iter().cloned(), a.iter().cloned(), 0.0, 0.0), 0.0);
+        let z = [0.0, f64::NEG_INFINITY];
+        assert_eq!(kl_scalar(a.iter().cloned(), z.iter().cloned(), 0.0, 0.0), f64::INFINITY);
+    }
 }
