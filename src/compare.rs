@@ -373,7 +373,26 @@ fn argmax_first(rw: &Rows, i: usize, m: f64) -> usize {
     })
 }
 
-/// Row `i` of both dumps as one typed pair, for the SIMD sweep.
+/// The KL sweep of two typed rows and the first index of each row's max (the rows' maxima
+/// `ma`, `mb` are values of the rows, so the search is exact).
+#[allow(clippy::too_many_arguments)]
+fn sweep_pair<A: Elem, B: Elem>(
+    path: Path,
+    xa: &[A],
+    xb: &[B],
+    ma: f32,
+    mb: f32,
+    c: f32,
+    g: f32,
+) -> ([f64; 2], bool) {
+    let kl = kl_sweep(path, xa, xb, ma, mb, c, g);
+    let ia = xa.iter().position(|v| v.to_f32() == ma);
+    let ib = xb.iter().position(|v| v.to_f32() == mb);
+    (kl, ia == ib)
+}
+
+/// Row `i` of both dumps as one typed pair: (KL sweep, argmaxes agree).
+#[allow(clippy::too_many_arguments)]
 fn sweep_typed(
     path: Path,
     a: &View,
@@ -384,13 +403,13 @@ fn sweep_typed(
     mb: f32,
     c: f32,
     g: f32,
-) -> [f64; 2] {
+) -> ([f64; 2], bool) {
     macro_rules! second {
         ($xa:expr) => {
             match b.dtype {
-                DType::F32 => kl_sweep(path, $xa, b.row(i, &mut bufs.b32), ma, mb, c, g),
-                DType::F16 => kl_sweep(path, $xa, b.row(i, &mut bufs.b16), ma, mb, c, g),
-                DType::BF16 => kl_sweep(path, $xa, b.row(i, &mut bufs.bb16), ma, mb, c, g),
+                DType::F32 => sweep_pair(path, $xa, b.row(i, &mut bufs.b32), ma, mb, c, g),
+                DType::F16 => sweep_pair(path, $xa, b.row(i, &mut bufs.b16), ma, mb, c, g),
+                DType::BF16 => sweep_pair(path, $xa, b.row(i, &mut bufs.bb16), ma, mb, c, g),
                 DType::F64 => unreachable!("float64 rows take the scalar path"),
             }
         };
@@ -440,7 +459,6 @@ fn row_logits(
         _ => -xt,
     };
     let (nll_base, nll_new) = (nll(&pa, xa_t), nll(&pb, xb_t));
-    let same = argmax_first(ra, i, pa.rs.m) == argmax_first(rb, i, pb.rs.m);
     let dp = (-nll_new).exp() - (-nll_base).exp();
     let simd_ok = pa.rs.finite()
         && pb.rs.finite()
@@ -448,13 +466,15 @@ fn row_logits(
         && b.dtype != DType::F64
         && pa.rs.m.abs() < 1.0e30
         && pb.rs.m.abs() < 1.0e30;
+    let mut same = None;
     let kl = if simd_ok {
         // KL of the renormalised rows, ln p = (x - m) - ln s, for log-probabilities too (a
         // low-precision dump's rows are off 1 by rounding; see the module doc)
         let c = pa.ln_s - pb.ln_s;
         let g = c.exp() as f32;
-        let [sum, inf] =
+        let ([sum, inf], agree) =
             sweep_typed(path, a, b, i, bufs, pa.rs.m as f32, pb.rs.m as f32, c as f32, g);
+        same = Some(agree);
         if inf > 0.0 {
             f64::INFINITY
         } else {
@@ -473,6 +493,8 @@ fn row_logits(
             )
         }
     };
+    let same = same
+        .unwrap_or_else(|| argmax_first(ra, i, pa.rs.m) == argmax_first(rb, i, pb.rs.m));
     RowCompare {
         kl,
         dp,
@@ -624,6 +646,7 @@ mod tests {
         let s_a: f64 = lsa.exp();
         let c = lsa - lsb;
         let [sum, inf] = kl_sweep(p, a, b, ma, mb, c as f32, c.exp() as f32);
+        let _ = sweep_pair::<f32, f32>; // (the pair also finds the argmaxes)
         if inf > 0.0 {
             f64::INFINITY
         } else {
