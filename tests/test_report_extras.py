@@ -202,3 +202,27 @@ def test_cli_plot_positions(tmp_path, lm) -> None:
     code = main(["eval", str(tmp_path / "x.npy"), str(tmp_path / "t.npy"), "--shift",
                  "--plot-positions", str(out), "--no-progress"])
     assert code == 0 and out.stat().st_size > 1000
+
+
+def test_classwise_ece_matches_definition() -> None:
+    """Classwise ECE (Kull et al. 2019): mean over classes k of sum_b n_kb / N |freq - conf|
+    with equal-width bins of p_k; float64 reference from the definition."""
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((4000, 6)) * 2
+    t = rng.integers(0, 6, 4000)
+    t[::41] = -100
+    rep = evaluate(z.astype(np.float32), t, classwise_ece=True, n_bins=10, chunk_bytes=5000)
+    v = t != -100
+    p = np.exp(z - np.logaddexp.reduce(z, axis=1, keepdims=True))[v]
+    y = t[v]
+    per = []
+    for k in range(6):
+        b = np.minimum((p[:, k] * 10).astype(int), 9)
+        e = 0.0
+        for i in range(10):
+            m = b == i
+            if m.any():
+                e += m.sum() / y.size * abs((y[m] == k).mean() - p[m, k].mean())
+        per.append(e)
+    np.testing.assert_allclose(rep.extras.class_ece, per, rtol=1e-5, atol=1e-7)
+    assert rep.extras.classwise_ece == pytest.approx(np.mean(per), rel=1e-5)

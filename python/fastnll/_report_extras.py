@@ -6,6 +6,8 @@ already writes (``_core.eval_rows(..., nll_out=, rank_out=)``), in the same read
 * bits per byte and word perplexity (lm-evaluation-harness): -Σ ll / (n_bytes ln 2) and
   exp(-Σ ll / n_words), from byte / word counts the user passes (totals or per sequence);
 * per class (C <= MAX_CLASSES): rows, mean NLL, recall (top-1 accuracy of the class's rows);
+* classwise ECE (C <= MAX_CLASSES; optional, it re-reads each chunk to form its softmax in
+  float32): the mean over classes k of Σ_b (n_kb / N) |freq_kb - conf_kb|, bins of p_k;
 * probabilities: rows whose target probability is 0 (NLL +inf), and with ``clip=eps`` the NLL
   of max(p_t, eps) (sklearn's ``log_loss`` clipping) and the rows at the clip.
 
@@ -87,6 +89,8 @@ class Extras:
     class_count: Optional[np.ndarray] = None  # [C]
     class_mean_nll: Optional[np.ndarray] = None
     class_recall: Optional[np.ndarray] = None
+    classwise_ece: float = math.nan  # only with classwise_ece=True
+    class_ece: Optional[np.ndarray] = None  # [C] each class's ECE
     zero_prob_rows: Optional[int] = None  # probabilities only
     clip: Optional[float] = None
     clipped_rows: Optional[int] = None
@@ -121,6 +125,9 @@ class Extras:
         if self.class_count is not None:
             out["classes"] = {"count": j(self.class_count), "mean_nll": j(self.class_mean_nll),
                               "recall": j(self.class_recall)}
+        if self.class_ece is not None:
+            out["classwise_ece"] = j(self.classwise_ece)
+            out["class_ece"] = j(self.class_ece)
         if self.zero_prob_rows is not None:
             out["zero_prob_rows"] = self.zero_prob_rows
         if self.clip is not None:
@@ -134,7 +141,7 @@ class ExtrasAccumulator:
     def __init__(self, shape: Sequence[int], n_classes: int, *, per_position: bool = False,
                  per_sequence: bool = False, per_class: bool = False, probs: bool = False,
                  clip: Optional[float] = None, n_bytes: Count = None,
-                 n_words: Count = None) -> None:
+                 n_words: Count = None, classwise_bins: int = 0) -> None:
         b, t = (1, int(shape[0])) if len(shape) == 1 else (int(shape[0]), int(shape[1]))
         self.b, self.t, self.c = b, t, int(n_classes)
         if per_position and len(shape) != 2:
@@ -144,6 +151,15 @@ class ExtrasAccumulator:
         if per_class and self.c > MAX_CLASSES:
             raise ValueError(f"per_class is kept for at most {MAX_CLASSES} classes, "
                              f"the dump has {self.c}")
+        if classwise_bins and self.c > MAX_CLASSES:
+            raise ValueError(f"classwise_ece is computed for at most {MAX_CLASSES} classes, "
+                             f"the dump has {self.c}")
+        self.cw_bins = int(classwise_bins)
+        nb = max(self.cw_bins, 1)
+        self.cw_n = np.zeros(self.c * nb, np.float64)  # rows per (class, bin of p_k)
+        self.cw_p = np.zeros(self.c * nb, np.float64)  # Σ p_k
+        self.cw_y = np.zeros(self.c * nb, np.float64)  # Σ 1[target = k]
+        self.cw_rows = 0
         if clip is not None and not 0 < float(clip) < 1:
             raise ValueError(f"clip must be in (0, 1), got {clip}")
         self.flags = (per_position, per_sequence, per_class, probs, clip)
@@ -191,11 +207,25 @@ class ExtrasAccumulator:
             self.sum_clipped += float(w.sum())
             self.sum_clipped_sq += float((w * w).sum())
 
+    def add_probs(self, p: np.ndarray, target: np.ndarray) -> None:
+        """Classwise-ECE sums of scored rows' probabilities p [r, C] and targets [r]."""
+        nb = self.cw_bins
+        b = np.minimum((p * nb).astype(np.int64), nb - 1)
+        b = np.maximum(b, 0) + np.arange(self.c)[None, :] * nb
+        self.cw_n += np.bincount(b.ravel(), minlength=self.cw_n.size)
+        self.cw_p += np.bincount(b.ravel(), weights=p.ravel().astype(np.float64),
+                                 minlength=self.cw_n.size)
+        self.cw_y += np.bincount(b[np.arange(target.size), target], minlength=self.cw_n.size)
+        self.cw_rows += target.size
+
     def merge(self, o: "ExtrasAccumulator") -> "ExtrasAccumulator":
         """Add another accumulator's sums (same shape and options)."""
         if (o.b, o.t, o.c, o.flags) != (self.b, self.t, self.c, self.flags):
             raise ValueError("cannot merge extras of different shapes or options")
-        for name in ("pos_n", "pos_nll", "pos_ok", "pos_sq", "seq_n", "seq_nll", "cls_n", "cls_nll",
+        if o.cw_bins != self.cw_bins:
+            raise ValueError("cannot merge extras of different options")
+        self.cw_rows += o.cw_rows
+        for name in ("cw_n", "cw_p", "cw_y", "pos_n", "pos_nll", "pos_ok", "pos_sq", "seq_n", "seq_nll", "cls_n", "cls_nll",
                      "cls_ok"):
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.sum_nll += o.sum_nll
@@ -234,6 +264,11 @@ class ExtrasAccumulator:
                 e.class_count = self.cls_n.astype(np.int64)
                 e.class_mean_nll = np.where(self.cls_n > 0, self.cls_nll / self.cls_n, np.nan)
                 e.class_recall = np.where(self.cls_n > 0, self.cls_ok / self.cls_n, np.nan)
+        if self.cw_bins:
+            nb, n = self.cw_bins, max(self.cw_rows, 1)
+            gap = np.abs(self.cw_y - self.cw_p).reshape(self.c, nb).sum(axis=1) / n
+            e.class_ece = gap if self.cw_rows else np.full(self.c, np.nan)
+            e.classwise_ece = float(gap.mean()) if self.cw_rows else math.nan
         if self.n_bytes is not None:
             e.n_bytes = float(self.n_bytes.sum())
             e.bits_per_byte = self.sum_nll / (e.n_bytes * math.log(2))
@@ -277,23 +312,37 @@ def per_position(preds: Any, target: Any, **kw: Any) -> Extras:
 
 
 def make(d: Any, kind: str, per_position: bool, per_sequence: bool, per_class: bool,
-         n_bytes: Count, n_words: Count, clip: Optional[float]) -> Optional[ExtrasAccumulator]:
+         n_bytes: Count, n_words: Count, clip: Optional[float], classwise_ece: bool = False,
+         n_bins: int = 15) -> Optional[ExtrasAccumulator]:
     """The accumulator :func:`fastnll.evaluate` feeds, or None when no extra is asked for
     (probabilities always count their zero-probability targets)."""
     if clip is not None and kind != "probs":
         raise ValueError(f"clip= applies to kind='probs' (got kind={kind!r}): logits and "
                          "log-probabilities have no probability to clip")
     wanted = per_position or per_sequence or per_class or n_bytes is not None \
-        or n_words is not None or kind == "probs"
+        or n_words is not None or kind == "probs" or classwise_ece
     if not wanted:
         return None
     return ExtrasAccumulator(d.out_shape, d.x.shape[-1], per_position=per_position,
                              per_sequence=per_sequence, per_class=per_class,
                              probs=kind == "probs", clip=clip, n_bytes=n_bytes,
-                             n_words=n_words)
+                             n_words=n_words, classwise_bins=n_bins if classwise_ece else 0)
 
 
-def chain(d: Any, sink: Any, ex: Optional[ExtrasAccumulator]) -> Any:
+def _probs(x: np.ndarray, kind: str) -> np.ndarray:
+    """float32 probabilities of rows of x [r, C]."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if kind == "probs":
+            return x
+        if kind == "log_probs":
+            return np.exp(x)
+        m = x.max(axis=1, keepdims=True)
+        e = np.exp(x - np.where(np.isfinite(m), m, 0))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def chain(d: Any, sink: Any, ex: Optional[ExtrasAccumulator], kind: str = "logits") -> Any:
     """One row sink feeding the per-row store (if any) and the extras (if any)."""
     if ex is None:
         return sink
@@ -304,10 +353,14 @@ def chain(d: Any, sink: Any, ex: Optional[ExtrasAccumulator]) -> Any:
         if sink is not None:
             sink(offset, nll, rank)
         tgt = None
-        if want_t:
+        if want_t or ex.cw_bins:
             b0, b1, t0, t1 = block_of(offset, nll.size, t_len)
             tgt = np.asarray(d.t[b0:b1, t0:t1]).reshape(-1)
         ex.add(offset, nll, rank, tgt)
+        if ex.cw_bins and tgt is not None:
+            ok = rank >= 0
+            x = np.asarray(d.x[b0:b1, t0:t1]).reshape(-1, d.x.shape[-1])[ok]
+            ex.add_probs(_probs(x, kind), tgt[ok].astype(np.int64))
 
     return both
 

@@ -211,7 +211,7 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
              target_dtype: Any = None, check_kind: bool = True, mask: Any = None,
              min_position: int = 0, per_position: bool = False, per_sequence: bool = False,
              per_class: bool = False, n_bytes: Any = None, n_words: Any = None,
-             clip: Optional[float] = None) -> EvalReport:
+             clip: Optional[float] = None, classwise_ece: bool = False) -> EvalReport:
     """Score a whole dump in one streaming read; see docs/evaluate.md.
 
     ``preds``: [N, C] or [B, T, V] array, memmap, or a path (.npy, .npz[:key],
@@ -225,7 +225,8 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     targets) and ``min_position=`` drop rows before scoring; ``per_position``,
     ``per_sequence``, ``per_class``, ``n_bytes=``/``n_words=`` (bits per byte, word
     perplexity) and ``clip=`` (probabilities: NLL of max(p_t, clip)) are computed from the
-    per-row NLL and rank of the same read.
+    per-row NLL and rank of the same read; ``classwise_ece=True`` (C <= 4096) re-reads each
+    chunk for its softmax.
     """
     ev = Evaluator(kind=kind, ignore_index=ignore_index, top_k=top_k, n_bins=n_bins,
                    shift=shift, chunk_bytes=chunk_bytes, progress=progress,
@@ -234,12 +235,13 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
         target = _extras.masked_target(target, mask, min_position, ignore_index, shift)
     d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
                 target_dtype=target_dtype)
-    ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words, clip)
+    ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words, clip,
+                      classwise_ece, n_bins)
     if (per_row is False or per_row is None) and ex is None:
         ev._update(d, None)
         return ev.result()
     sink, nll, rank = _row_store(d, per_row) if per_row else (None, None, None)
-    ev._update(d, _extras.chain(d, sink, ex))
+    ev._update(d, _extras.chain(d, sink, ex, kind))
     if isinstance(nll, np.memmap):
         nll.flush()  # flushes the whole record file
     rep = ev.result()
