@@ -250,13 +250,13 @@ class CompareAccumulator:
         for k in SUM_KEYS:
             self.sums[k] += r[k]
         scored = same >= 0
-        k, d = kl[scored], dp[scored]
-        self.kl_hist.add(k)  # always: the plot's histogram, and a fallback
+        kv, dv = kl[scored], dp[scored]
+        self.kl_hist.add(kv)  # always: the plot's histogram, and a fallback
         if self.exact:
-            self._kl.append(k.copy())
-            self._dp.append(d.copy())
+            self._kl.append(kv.copy())
+            self._dp.append(dv.copy())
         else:
-            self.dp_hist.add(d)
+            self.dp_hist.add(dv)
 
     def percentiles(self) -> Tuple[Dict[str, float], Dict[str, float], str, Optional[float]]:
         """(KL percentiles, Δp percentiles, method, relative error bound or None)."""

@@ -265,8 +265,8 @@ class ExtrasAccumulator:
                 e.class_mean_nll = np.where(self.cls_n > 0, self.cls_nll / self.cls_n, np.nan)
                 e.class_recall = np.where(self.cls_n > 0, self.cls_ok / self.cls_n, np.nan)
         if self.cw_bins:
-            nb, n = self.cw_bins, max(self.cw_rows, 1)
-            gap = np.abs(self.cw_y - self.cw_p).reshape(self.c, nb).sum(axis=1) / n
+            nb, rows = self.cw_bins, max(self.cw_rows, 1)
+            gap = np.abs(self.cw_y - self.cw_p).reshape(self.c, nb).sum(axis=1) / rows
             e.class_ece = gap if self.cw_rows else np.full(self.c, np.nan)
             e.classwise_ece = float(gap.mean()) if self.cw_rows else math.nan
         if self.n_bytes is not None:

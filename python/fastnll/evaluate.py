@@ -191,6 +191,7 @@ def _row_store(d: Dump, per_row: Union[bool, PathLike]
         flat_nll, flat_rank = nll.reshape(-1), rank.reshape(-1)
     else:
         assert per_row is not False
+        assert per_row is not False
         rec = np.lib.format.open_memmap(os.fspath(per_row), mode="w+", dtype=rec_dtype,
                                         shape=d.out_shape)
         nll, rank = rec["nll"], rec["rank"]
@@ -262,6 +263,7 @@ def _compare_store(d: Dump, per_row: Union[bool, PathLike]) -> Tuple[Any, Dict[s
         flat = {k: a.reshape(-1) for k, a in arrays.items()}
         rec = None
     else:
+        assert per_row is not False
         rec = np.lib.format.open_memmap(os.fspath(per_row), mode="w+",
                                         dtype=list(_COMPARE_FIELDS), shape=d.out_shape)
         arrays = {k: rec[k] for k, _ in _COMPARE_FIELDS}
@@ -332,7 +334,7 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
         sum_kl=float(acc.sums["sum_kl"]), sum_dnll=float(acc.sums["sum_dnll"]),
         kl_percentiles=kl_p, dp_percentiles=dp_p, percentile_method=method,
         percentile_rel_error=err, kl_hist_edges=edges, kl_hist_counts=counts,
-        **{k: v for k, v in s.items() if k in CompareReport.SCALARS})
+        **{k: v for k, v in s.items() if k in CompareReport.SCALARS})  # type: ignore[arg-type]
     if store is not None:
         a = store["arrays"]
         rep = replace(rep, row_kl=a["kl"], row_dp=a["dp"], row_nll_base=a["nll_base"],
