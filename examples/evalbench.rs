@@ -50,6 +50,7 @@ fn main() {
             ignore_index: -100,
             top_k: vec![1, 5],
             n_bins: 15,
+            ties_first: false,
         };
         let mut best = [f64::INFINITY; 3];
         let mut lse = vec![0f32; n];

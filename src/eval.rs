@@ -4,11 +4,13 @@
 
 use crate::error::{Error, Result};
 use crate::kernel;
+use crate::kernel::Stats;
 use crate::loss::class_of;
 use crate::parallel;
 use crate::rows::{RowStats, Rows, Want};
-use crate::simd;
-use crate::tensor::{check_target_shape, IntView, View};
+use crate::simd::{self, BF16, F16};
+use crate::stage::{self, Scratch};
+use crate::tensor::{check_target_shape, DType, IntView, View};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -40,6 +42,9 @@ pub struct EvalOptions {
     pub ignore_index: i64,
     pub top_k: Vec<usize>,
     pub n_bins: usize,
+    /// Ties in rank: false counts a tie for the target (rank = #classes above it); true is the
+    /// argmax rule (torch.argmax, first maximal index wins): ties before the target count too.
+    pub ties_first: bool,
 }
 
 /// Mergeable sums of the metrics.
@@ -162,13 +167,31 @@ fn finish(kind: Kind, xt: f64, rs: &RowStats) -> RowMetrics {
     }
 }
 
-/// Rows whose statistics are finished together (see [`evaluate`]).
+/// Rows whose statistics are taken and finished together (see [`evaluate`]).
 const BATCH: usize = 16;
+
+/// Per-row outputs of [`evaluate`]: NLL, rank and (optionally) confidence, one per row (NaN,
+/// -1 and NaN for ignored rows).
+pub struct PerRow<'a> {
+    pub nll: &'a mut [f64],
+    pub rank: &'a mut [i64],
+    pub conf: Option<&'a mut [f64]>,
+}
+
+impl PerRow<'_> {
+    fn set(&mut self, idx: usize, nll: f64, rank: i64, conf: f64) {
+        self.nll[idx] = nll;
+        self.rank[idx] = rank;
+        if let Some(c) = self.conf.as_deref_mut() {
+            c[idx] = conf;
+        }
+    }
+}
 
 /// Adds one scored row's metrics to the sums (and its per-row outputs at `idx`).
 fn add_row(
     acc: &mut EvalSums,
-    o: &mut Option<(&mut [f64], &mut [i64])>,
+    o: &mut Option<PerRow>,
     idx: usize,
     m: &RowMetrics,
     opt: &EvalOptions,
@@ -192,19 +215,32 @@ fn add_row(
     };
     acc.bin_count[b] += 1;
     acc.bin_correct[b] += (m.rank == 0) as u64;
-    if let Some((nll, rank)) = o.as_mut() {
-        nll[idx] = m.nll;
-        rank[idx] = m.rank as i64;
+    if let Some(o) = o.as_mut() {
+        o.set(idx, m.nll, m.rank as i64, m.conf);
     }
 }
 
-/// Metrics of `x` `[..., C]` against `t` `[...]`; per-row NLL and rank optionally written
-/// (NaN and -1 for ignored rows). Both outputs or neither.
+/// Whether `evaluate` takes the rows-in-lanes statistics for this input: a SIMD path, 16/32-bit
+/// logits or log-probabilities of at most `LANES_MAX_C` classes.
+fn lanes_apply(x: &View, kind: Kind) -> bool {
+    let c = x.cols();
+    kind != Kind::Probs
+        && x.dtype != DType::F64
+        && (1..=kernel::LANES_MAX_C).contains(&c)
+        && simd::current() != simd::Path::Scalar
+}
+
+/// Metrics of `x` `[..., C]` against `t` `[...]`, with optional per-row outputs.
+///
+/// Rows are taken 16 at a time: their targets decoded, their statistics taken (rows in SIMD
+/// lanes for short rows, the row kernel otherwise and for rows that are not ordinary), then
+/// finished together (one vector log and exp per 16 rows). A row's statistics never depend on
+/// which rows share its group, so whole, chunked and merged runs score every row the same.
 pub fn evaluate(
     x: &View,
     t: &IntView,
     opt: &EvalOptions,
-    per_row: Option<(&mut [f64], &mut [i64])>,
+    per_row: Option<PerRow>,
 ) -> Result<EvalSums> {
     check_target_shape(x, t.shape(), "target")?;
     if opt.n_bins == 0 {
@@ -213,69 +249,155 @@ pub fn evaluate(
     if let Some(&k) = opt.top_k.iter().find(|&&k| k == 0) {
         return Err(Error::Value(format!("top_k values must be >= 1, got {k}")));
     }
-    let chunk = |r: Range<usize>, mut o: Option<(&mut [f64], &mut [i64])>| -> Result<EvalSums> {
+    let lanes = lanes_apply(x, opt.kind);
+    let path = simd::current();
+    // The f32 finishing (vector ln and exp) is for 16/32-bit inputs; float64 rows are
+    // finished in float64 so that they are exact.
+    let f32_finish = x.dtype != DType::F64;
+    let chunk = |r: Range<usize>, mut o: Option<PerRow>| -> Result<EvalSums> {
         let mut rw = Rows::new(x);
+        let mut scratch = Scratch::default();
         let mut acc = EvalSums::new(opt);
-        // Row statistics are taken BATCH rows at a time and finished afterwards, so the
-        // sweeps run back to back and the finishing's long latency chains (log, exp,
-        // division) overlap each other instead of stalling the next row's sweep.
-        let mut batch: Vec<(usize, f64, RowStats)> = Vec::with_capacity(BATCH);
-        let mut rows = r.enumerate().peekable();
-        while rows.peek().is_some() {
-            batch.clear();
-            for (idx, i) in rows.by_ref() {
-                let Some(k) = class_of(t, x, i, opt.ignore_index)? else {
-                    acc.n_ignored += 1;
-                    if let Some((nll, rank)) = o.as_mut() {
-                        nll[idx] = f64::NAN;
-                        rank[idx] = -1;
+        let mut i = r.start;
+        while i < r.end {
+            let g = (r.end - i).min(BATCH);
+            // targets: (class, target value) of scored rows
+            let mut rows: [Option<(usize, f64)>; BATCH] = [None; BATCH];
+            for (l, slot) in rows.iter_mut().enumerate().take(g) {
+                match class_of(t, x, i + l, opt.ignore_index)? {
+                    None => {
+                        acc.n_ignored += 1;
+                        if let Some(o) = o.as_mut() {
+                            o.set(i + l - r.start, f64::NAN, -1, f64::NAN);
+                        }
                     }
-                    continue;
-                };
-                if opt.kind == Kind::Probs {
-                    add_row(&mut acc, &mut o, idx, &probs_metrics(&mut rw, i, k), opt);
-                    continue;
-                }
-                let xt = rw.value(i, k);
-                batch.push((idx, xt, rw.stats(i, xt, Want { eval: true })));
-                if batch.len() == BATCH {
-                    break;
+                    Some(k) => *slot = Some((k, rw.value(i + l, k))),
                 }
             }
-            // ordinary logits rows: ln s and exp(x_t - m) for the whole batch in SIMD
-            let fast = |rs: &RowStats| opt.kind == Kind::Logits && rs.finite();
-            let (mut ln_s, mut e_t) = ([1f32; BATCH], [0f32; BATCH]);
-            for (l, (_, xt, rs)) in batch.iter().enumerate() {
-                if fast(rs) {
-                    (ln_s[l], e_t[l]) = (rs.st.s as f32, (xt - rs.m) as f32);
+            if opt.kind == Kind::Probs {
+                for (l, row) in rows.iter().enumerate().take(g) {
+                    if let Some((k, _)) = *row {
+                        let mut m = probs_metrics(&mut rw, i + l, k);
+                        if opt.ties_first {
+                            m.rank += rw.count_eq_before(i + l, k);
+                        }
+                        add_row(&mut acc, &mut o, i + l - r.start, &m, opt);
+                    }
+                }
+                i += g;
+                continue;
+            }
+            // statistics
+            let mut st: [Option<RowStats>; BATCH] = [None; BATCH];
+            let mut lane = kernel::LaneStats::default();
+            if lanes {
+                let mut xt = [f32::INFINITY; BATCH];
+                for (l, row) in rows.iter().enumerate().take(g) {
+                    if let Some((_, v)) = row {
+                        xt[l] = *v as f32;
+                    }
+                }
+                match x.dtype {
+                    DType::F32 => {
+                        stage::eval_block::<f32>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                    }
+                    DType::F16 => {
+                        stage::eval_block::<F16>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                    }
+                    DType::BF16 => {
+                        stage::eval_block::<BF16>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                    }
+                    DType::F64 => unreachable!("lanes_apply excludes float64"),
                 }
             }
-            kernel::ln_exp16::<f32>(simd::current(), &mut ln_s, &mut e_t);
-            for (l, (idx, xt, rs)) in batch.iter().enumerate() {
-                let m = if fast(rs) {
-                    finish_logits(*xt, rs, ln_s[l] as f64, e_t[l] as f64)
+            for l in 0..g {
+                let Some((_, xt)) = rows[l] else { continue };
+                st[l] = Some(if lanes && lane.ok[l] != 0.0 {
+                    let s = Stats {
+                        m: lane.m[l],
+                        s: lane.s[l] as f64,
+                        t: lane.t[l] as f64,
+                        q: lane.q[l] as f64,
+                        gt: lane.gt[l] as u64,
+                        nan: false,
+                    };
+                    RowStats {
+                        m: s.m as f64,
+                        st: s,
+                    }
                 } else {
-                    finish(opt.kind, *xt, rs)
-                };
-                add_row(&mut acc, &mut o, *idx, &m, opt);
+                    rw.stats(i + l, xt, Want { eval: true })
+                });
             }
+            // finishing: ordinary logits rows take ln s and exp(x_t - m) in SIMD (16/32-bit)
+            let fast = |rs: &RowStats| f32_finish && opt.kind == Kind::Logits && rs.finite();
+            let (mut ln_s, mut e_t) = ([1f32; BATCH], [0f32; BATCH]);
+            for l in 0..g {
+                if let (Some((_, xt)), Some(rs)) = (rows[l], st[l]) {
+                    if fast(&rs) {
+                        (ln_s[l], e_t[l]) = (rs.st.s as f32, (xt - rs.m) as f32);
+                    }
+                }
+            }
+            kernel::ln_exp16::<f32>(path, &mut ln_s, &mut e_t);
+            for l in 0..g {
+                let (Some((k, xt)), Some(rs)) = (rows[l], st[l]) else {
+                    continue;
+                };
+                let mut m = if fast(&rs) {
+                    finish_logits(xt, &rs, ln_s[l] as f64, e_t[l] as f64)
+                } else if opt.kind == Kind::Logits && rs.finite() {
+                    finish_logits(xt, &rs, rs.st.s.ln(), (xt - rs.m).exp())
+                } else {
+                    finish(opt.kind, xt, &rs)
+                };
+                if opt.ties_first {
+                    m.rank += rw.count_eq_before(i + l, k);
+                }
+                add_row(&mut acc, &mut o, i + l - r.start, &m, opt);
+            }
+            i += g;
         }
         Ok(acc)
     };
     let n = x.rows();
     let per = parallel::chunk_rows(x.cols() * x.dtype.size());
     let parts: Vec<Result<EvalSums>> = match per_row {
-        Some((nll, rank)) => {
-            if nll.len() != n || rank.len() != n {
+        Some(pr) => {
+            let PerRow { nll, rank, conf } = pr;
+            if nll.len() != n || rank.len() != n || conf.as_ref().is_some_and(|c| c.len() != n) {
                 return Err(Error::Shape(format!(
                     "per-row outputs must have {n} elements"
                 )));
             }
+            // one PerRow per chunk, split off in order
+            let mut outs = Vec::new();
+            let (mut a, mut b, mut cf) = (nll, rank, conf);
+            for rg in parallel::chunks(n, per) {
+                let len = rg.len();
+                let (a1, a2) = std::mem::take(&mut a).split_at_mut(len);
+                let (b1, b2) = std::mem::take(&mut b).split_at_mut(len);
+                let c1 = match cf.take() {
+                    Some(c) => {
+                        let (c1, c2) = c.split_at_mut(len);
+                        cf = Some(c2);
+                        Some(c1)
+                    }
+                    None => None,
+                };
+                (a, b) = (a2, b2);
+                outs.push((
+                    rg,
+                    PerRow {
+                        nll: a1,
+                        rank: b1,
+                        conf: c1,
+                    },
+                ));
+            }
             parallel::install(|| {
-                nll.par_chunks_mut(per)
-                    .zip(rank.par_chunks_mut(per))
-                    .enumerate()
-                    .map(|(k, (a, b))| chunk(k * per..k * per + a.len(), Some((a, b))))
+                outs.into_par_iter()
+                    .map(|(rg, o)| chunk(rg, Some(o)))
                     .collect()
             })
         }

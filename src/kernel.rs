@@ -260,20 +260,24 @@ pub(crate) unsafe fn write_row<I: Isa, E: Elem, const LOG: bool>(
     let vl = I::splat(ln_s);
     let n = x.len();
     let mut i = 0;
-    let f = |v: I::V| {
-        let y = I::sub(I::sub(v, vm), vl);
-        if LOG {
-            y
-        } else {
-            I::exp_le0(y)
-        }
-    };
+    // A macro, not a closure: closures do not inherit the target features of the function
+    // they are inlined into, so every vector operation in one would be an out-of-line call.
+    macro_rules! f {
+        ($v:expr) => {{
+            let y = I::sub(I::sub($v, vm), vl);
+            if LOG {
+                y
+            } else {
+                I::exp_le0(y)
+            }
+        }};
+    }
     while i + w <= n {
-        I::store(out.as_mut_ptr().add(i), f(E::load::<I>(x.as_ptr().add(i))));
+        I::store(out.as_mut_ptr().add(i), f!(E::load::<I>(x.as_ptr().add(i))));
         i += w;
     }
     if i < n {
-        let v = f(E::load_tail::<I>(x.as_ptr().add(i), n - i));
+        let v = f!(E::load_tail::<I>(x.as_ptr().add(i), n - i));
         I::store_tail(out.as_mut_ptr().add(i), v, n - i);
     }
 }
@@ -309,59 +313,111 @@ pub struct BlockSums {
     pub rows: usize,
 }
 
-/// Max, exp-sum and log of W packed rows of `c` (1..=LANES_MAX_C) elements, one row per lane.
-/// Returns (m, ln s, finite) where finite is false if any lane has an inf/NaN max or sum, or a
-/// max of magnitude >= BIG (see `stats`): such blocks are left to the row kernel.
+/// How a short-row block's columns reach the lanes (the `M` parameter of the kernels below):
+/// row l at `p + l·st`, each column gathered.
+pub(crate) const GATHER: u8 = 0;
+/// Column j at `p + j·st`, row l at offset l (a column-major tile, or a Fortran-order input
+/// read in place): plain vector loads.
+pub(crate) const COLS: u8 = 1;
+/// Row l at `p + l·st`, loaded row by row and transposed in registers (`Isa::rows_to_cols`).
+pub(crate) const TRANSPOSE: u8 = 2;
+
+/// Max, exp-sum and log of W rows of `c` (1..=LANES_MAX_C) elements, one row per lane, and
+/// (with `PICK`) each lane's value at its class `kf` (f32) / `idx` (element offsets, for the
+/// gathers of `GATHER`; the other modes pick by a compare and blend per column).
+///
+/// Returns (m, ln s, finite, x_t) where finite is false if any lane has an inf/NaN max or
+/// sum, or a max of magnitude >= BIG (see `stats`): such blocks are left to the row kernel.
 #[inline(always)]
-unsafe fn lane_lse<I: Isa, E: Elem>(p: *const E, c: usize) -> (I::V, I::V, bool) {
+unsafe fn lane_lse<I: Isa, E: Elem, const M: u8, const PICK: bool>(
+    p: *const E,
+    st: usize,
+    c: usize,
+    kf: I::V,
+    idx: &[i32; 16],
+) -> (I::V, I::V, bool, I::V) {
+    let zero = I::splat(0.0);
     if c == 2 {
         // Binary rows: m = max(a, b) and s = 1 + 2^(-|a - b|·log2 e), no shift to correct.
         // One check: e is NaN where a or b is NaN or both are the same inf, m must be finite
         // and below BIG (as in `stats`; it also keeps m - x from overflowing). A -inf beside
         // a finite value (a masked class) stays: e = 0, s = 1.
-        let (a, b) = E::load_pair::<I>(p);
+        let (a, b) = if M == COLS {
+            (E::load::<I>(p), E::load::<I>(p.add(st)))
+        } else if st == 2 {
+            E::load_pair::<I>(p)
+        } else if M == TRANSPOSE {
+            let mut ab = std::mem::MaybeUninit::<[I::V; 2]>::uninit();
+            let q = ab.as_mut_ptr() as *mut I::V;
+            I::rows_to_cols::<E>(p, st, 2, q);
+            (q.read(), q.add(1).read())
+        } else {
+            (E::load_col::<I>(p, st), E::load_col::<I>(p.add(1), st))
+        };
         let vm = I::max_ignore_nan(a, b);
         let d = I::abs(I::sub(a, b));
         let e = I::exp2_sum(I::mul(d, I::splat(-exp2c::LOG2E)));
-        let finite = I::all_abs_below(I::fma(e, I::splat(0.0), vm), exp2c::BIG);
-        return (vm, I::ln_ge1(I::add(I::splat(1.0), e)), finite);
+        let finite = I::all_abs_below(I::fma(e, zero, vm), exp2c::BIG);
+        let xt = if PICK {
+            I::blend_eq(kf, 1.0, a, b)
+        } else {
+            zero
+        };
+        return (vm, I::ln_ge1(I::add(I::splat(1.0), e)), finite, xt);
     }
     // Only the first c columns are written and read: no need to initialise the rest.
     let mut tile = std::mem::MaybeUninit::<[I::V; LANES_MAX_C]>::uninit();
     let cols = tile.as_mut_ptr() as *mut I::V;
     let mut vm = I::splat(f32::NEG_INFINITY);
+    let mut xt = zero;
+    if M == TRANSPOSE {
+        I::rows_to_cols::<E>(p, st, c, cols);
+    }
     for j in 0..c {
-        let v = E::load_col::<I>(p.add(j), c);
-        cols.add(j).write(v);
+        let v = match M {
+            COLS => E::load::<I>(p.add(j * st)),
+            TRANSPOSE => cols.add(j).read(),
+            _ => E::load_col::<I>(p.add(j), st),
+        };
+        if M != TRANSPOSE {
+            cols.add(j).write(v);
+        }
         vm = I::max_ignore_nan(vm, v);
+        if PICK && M != GATHER {
+            xt = I::blend_eq(kf, j as f32, xt, v);
+        }
+    }
+    if PICK && M == GATHER {
+        xt = E::load_idx::<I>(p, idx);
     }
     // Σ 2^(x·L - tm) with tm = m·L rounded, times 2^(m·L - tm) (see `stats`).
     let vl = I::splat(exp2c::LOG2E);
     let tm = I::mul(vm, vl);
-    let vnt = I::sub(I::splat(0.0), tm);
-    let mut vs = I::splat(0.0);
+    let vnt = I::sub(zero, tm);
+    let mut vs = zero;
     for j in 0..c {
         vs = I::add(vs, I::exp2_sum(I::fma(cols.add(j).read(), vl, vnt)));
     }
     let vs = I::mul(vs, I::exp2_sum(I::fma(vm, I::splat(-exp2c::LOG2E), tm)));
     // One check for all lanes: vs·0 + m is NaN where vs is inf/NaN, and m must be finite
     // and below BIG (see `stats`); other blocks are left to the row kernel.
-    let finite = I::all_abs_below(I::fma(vs, I::splat(0.0), vm), exp2c::BIG);
+    let finite = I::all_abs_below(I::fma(vs, zero, vm), exp2c::BIG);
     let ln_s = I::ln_ge1(I::max_ignore_nan(I::splat(1.0), vs));
-    (vm, ln_s, finite)
+    (vm, ln_s, finite, xt)
 }
 
 /// How far ahead of the rows in lanes their data is prefetched, in bytes.
 const SHORT_AHEAD: usize = 4096;
 
-/// Prefetches the logits `SHORT_AHEAD` bytes past the W rows of c at `p`, when rows are short
-/// (<= 32 bytes): it lifts C = 2 cross-entropy from 0.6 to 0.85 of the read-only roofline (the
-/// hardware prefetcher alone falls behind two equal streams, logits and targets), but one
-/// prefetch per line costs more than it gains at C = 32 (0.72 -> 0.56), measured (AVX-512).
+/// Prefetches the logits `SHORT_AHEAD` bytes past the W rows of stride `st` at `p`, when rows
+/// are short (<= 32 bytes): it lifts C = 2 cross-entropy from 0.6 to 0.85 of the read-only
+/// roofline (the hardware prefetcher alone falls behind two equal streams, logits and
+/// targets), but one prefetch per line costs more than it gains at C = 32 (0.72 -> 0.56),
+/// measured (AVX-512).
 #[inline(always)]
-unsafe fn short_prefetch<I: Isa, E: Elem>(p: *const E, c: usize) {
-    let bytes = I::W * c * std::mem::size_of::<E>();
-    if c * std::mem::size_of::<E>() <= 32 {
+unsafe fn short_prefetch<I: Isa, E: Elem>(p: *const E, st: usize) {
+    let bytes = I::W * st * std::mem::size_of::<E>();
+    if st * std::mem::size_of::<E>() <= 32 {
         let p = p as *const u8;
         for k in (0..bytes).step_by(64) {
             I::prefetch(p.wrapping_add(SHORT_AHEAD + k));
@@ -389,93 +445,134 @@ fn decode_target(
     Some(wt.map_or((k, 1.0, 1.0, 1.0), |(a, b)| (k, 1.0, a[k], b[k])))
 }
 
-/// Cross-entropy of packed short rows against packed i64 targets, W rows per step, until the
-/// end or the first block holding a target out of range or an inf/NaN row (left to the row
-/// kernel, which reports or handles it). `wt` (f32 class weights) and `wt64` (their f64
-/// values for the denominator) go together. Writes per-row losses to `out` if given.
+/// Where a run of `n` rows of `c` classes is, for the kernels below: row l at `p + l·st`
+/// (`cm` false) or column j at `p + j·st` with row l at offset l (`cm` true, short rows only).
+/// The caller guarantees every addressed element is readable.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Block<E> {
+    pub p: *const E,
+    pub st: usize,
+    pub n: usize,
+    pub c: usize,
+}
+
+// SAFETY: a Block only addresses memory its creator keeps alive and unaliased by writers for
+// the call (a borrowed input or this thread's tile).
+unsafe impl<E: Send> Send for Block<E> {}
+
+/// The class-target side of a cross-entropy block: packed i64 targets (one per row), the
+/// ignore index, optional (f32, f64) class weights, and an optional per-row f32 output.
+pub(crate) struct CeArgs<'a> {
+    pub t: &'a [i64],
+    pub ignore: i64,
+    pub wt: Option<(&'a [f32], &'a [f64])>,
+    pub out: Option<&'a mut [f32]>,
+}
+
+/// Cross-entropy of short rows, W rows per step, added to `acc`, until the end or the first
+/// block holding a target out of range or an inf/NaN row (left to the row kernel, which
+/// reports or handles it). Returns the rows done.
 #[inline(always)]
-pub(crate) unsafe fn ce_short<I: Isa, E: Elem>(
-    x: &[E],
-    t: &[i64],
-    c: usize,
-    ignore: i64,
-    wt: Option<(&[f32], &[f64])>,
-    mut out: Option<&mut [f32]>,
-) -> BlockSums {
+pub(crate) unsafe fn ce_short<I: Isa, E: Elem, const M: u8>(
+    b: Block<E>,
+    a: &mut CeArgs,
+    acc: &mut BlockSums,
+) -> usize {
     let w = I::W;
-    let mut acc = BlockSums::default();
-    if c == 0 || c > LANES_MAX_C || x.len() < t.len() * c {
-        return acc;
+    let (c, st, t) = (b.c, b.st, a.t);
+    if c == 0 || c > LANES_MAX_C || t.len() < b.n {
+        return 0;
     }
-    let (mut idx, mut wl, mut sl) = ([0i32; 16], [0f32; 16], [0f32; 16]);
-    while acc.rows + w <= t.len() {
-        let r0 = acc.rows;
+    // Element offsets of the targets for the gathers (rows mode only).
+    let istride = if M == GATHER { st } else { 0 };
+    let (mut idx, mut wl, mut sl, mut kl) = ([0i32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
+    let mut done = 0;
+    while done + w <= b.n {
+        let r0 = done;
         // (weights, scored lanes): an ignored row's lane must give 0 even if the class it
         // reads is -inf (0·inf would be NaN), so it is masked, not multiplied.
-        let (weights, scored, wsum, bad) = match wt {
+        let (weights, scored, wsum, bad, kf) = match a.wt {
             None => {
-                let (v, n, bad) = I::targets(t.as_ptr().add(r0), c, ignore, &mut idx);
-                (v, v, n as f64, bad)
+                let (v, n, bad, kf) =
+                    I::targets(t.as_ptr().add(r0), c, istride, a.ignore, &mut idx);
+                (v, v, n as f64, bad, kf)
             }
             Some(_) => {
                 let (mut bad, mut wsum) = (false, 0.0f64);
                 for l in 0..w {
-                    match decode_target(t[r0 + l], c, ignore, wt) {
+                    match decode_target(t[r0 + l], c, a.ignore, a.wt) {
                         Some((k, sc, w32, w64)) => {
-                            idx[l] = (l * c + k) as i32;
-                            (sl[l], wl[l]) = (sc, w32);
+                            idx[l] = (l * istride + k) as i32;
+                            (sl[l], wl[l], kl[l]) = (sc, w32, k as f32);
                             wsum += w64;
                         }
                         None => bad = true,
                     }
                 }
-                (I::load(wl.as_ptr()), I::load(sl.as_ptr()), wsum, bad)
+                (
+                    I::load(wl.as_ptr()),
+                    I::load(sl.as_ptr()),
+                    wsum,
+                    bad,
+                    I::load(kl.as_ptr()),
+                )
             }
         };
         if bad {
             break;
         }
-        let p = x.as_ptr().add(r0 * c);
-        short_prefetch::<I, E>(p, c);
+        let p = if M == COLS {
+            b.p.add(r0)
+        } else {
+            b.p.add(r0 * st)
+        };
+        if M != COLS {
+            short_prefetch::<I, E>(p, st);
+        }
         let pt = (t.as_ptr().add(r0) as *const u8).wrapping_add(SHORT_AHEAD);
         for k in (0..w * 8).step_by(64) {
             I::prefetch(pt.wrapping_add(k));
         }
-        let (vm, ln_s, finite) = lane_lse::<I, E>(p, c);
+        let (vm, ln_s, finite, xt) = lane_lse::<I, E, M, true>(p, st, c, kf, &idx);
         if !finite {
             break;
         }
-        let xt = if c == 2 {
-            // idx = 2l + target: its parity picks the column
-            let (a, b) = E::load_pair::<I>(p);
-            I::select_odd(&idx, a, b)
-        } else {
-            E::load_idx::<I>(p, &idx)
-        };
         let loss = I::zero_where_zero(scored, I::mul(I::add(I::sub(vm, xt), ln_s), weights));
-        if let Some(o) = out.as_deref_mut() {
+        if let Some(o) = a.out.as_deref_mut() {
             I::store(o.as_mut_ptr().add(r0), loss);
         }
         acc.sum += I::hsum(loss) as f64;
         acc.weight += wsum;
-        acc.rows += w;
+        done += w;
     }
-    acc
+    acc.rows += done;
+    done
 }
 
-/// logsumexp of packed short rows into `out`, W rows per step, until the end or the first
-/// block holding an inf/NaN row. Returns the rows done.
+/// logsumexp of short rows into `out`, W rows per step, until the end or the first block
+/// holding an inf/NaN row. Returns the rows done.
 #[inline(always)]
-pub(crate) unsafe fn lse_short<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f32]) -> usize {
+pub(crate) unsafe fn lse_short<I: Isa, E: Elem, const M: u8>(
+    b: Block<E>,
+    out: &mut [f32],
+) -> usize {
     let w = I::W;
+    let (c, st) = (b.c, b.st);
     let mut done = 0;
-    if c == 0 || c > LANES_MAX_C || x.len() < out.len() * c {
+    if c == 0 || c > LANES_MAX_C || out.len() < b.n {
         return 0;
     }
-    while done + w <= out.len() {
-        let p = x.as_ptr().add(done * c);
-        short_prefetch::<I, E>(p, c);
-        let (vm, ln_s, finite) = lane_lse::<I, E>(p, c);
+    let (zero, idx) = (I::splat(0.0), [0i32; 16]);
+    while done + w <= b.n {
+        let p = if M == COLS {
+            b.p.add(done)
+        } else {
+            b.p.add(done * st)
+        };
+        if M != COLS {
+            short_prefetch::<I, E>(p, st);
+        }
+        let (vm, ln_s, finite, _) = lane_lse::<I, E, M, false>(p, st, c, zero, &idx);
         if !finite {
             break;
         }
@@ -485,8 +582,109 @@ pub(crate) unsafe fn lse_short<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f3
     done
 }
 
+/// Loads the c columns of W short rows into `cols` (see `GATHER`, `COLS`, `TRANSPOSE`) and
+/// returns their lane-wise max (NaN ignored).
+#[inline(always)]
+unsafe fn load_cols<I: Isa, E: Elem, const M: u8>(
+    p: *const E,
+    st: usize,
+    c: usize,
+    cols: *mut I::V,
+) -> I::V {
+    if c == 2 && st == 2 && M != COLS {
+        let (a, b) = E::load_pair::<I>(p);
+        cols.write(a);
+        cols.add(1).write(b);
+    } else if M == TRANSPOSE {
+        I::rows_to_cols::<E>(p, st, c, cols);
+    } else {
+        for j in 0..c {
+            let v = if M == COLS {
+                E::load::<I>(p.add(j * st))
+            } else {
+                E::load_col::<I>(p.add(j), st)
+            };
+            cols.add(j).write(v);
+        }
+    }
+    let mut vm = I::splat(f32::NEG_INFINITY);
+    for j in 0..c {
+        vm = I::max_ignore_nan(vm, cols.add(j).read());
+    }
+    vm
+}
+
+/// Row statistics of 16 short rows for the metrics, one row per lane (see [`Stats`]): max,
+/// Σ e, Σ e·(x - m), Σ e², the count of x > x_t, and whether the row is ordinary (finite max
+/// below BIG and finite sums; other rows are left to the row kernel).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LaneStats {
+    pub m: [f32; 16],
+    pub s: [f32; 16],
+    pub t: [f32; 16],
+    pub q: [f32; 16],
+    pub gt: [f32; 16],
+    pub ok: [f32; 16],
+}
+
+/// [`LaneStats`] of the 16 short rows at `p` (mode `M`, stride `st`) against their target
+/// values `xt`, W lanes at a time.
+#[inline(always)]
+pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8>(
+    p: *const E,
+    st: usize,
+    c: usize,
+    xt: &[f32; 16],
+    o: &mut LaneStats,
+) {
+    let mut tile = std::mem::MaybeUninit::<[I::V; LANES_MAX_C]>::uninit();
+    let cols = tile.as_mut_ptr() as *mut I::V;
+    let (zero, one, vl) = (I::splat(0.0), I::splat(1.0), I::splat(exp2c::LOG2E));
+    for g in (0..16).step_by(I::W) {
+        let pb = if M == COLS { p.add(g) } else { p.add(g * st) };
+        let vm = load_cols::<I, E, M>(pb, st, c, cols);
+        let vxt = I::load(xt.as_ptr().add(g));
+        // base-2 sums with the shift tm = m·L rounded (see `stats`), t clamped so e·t stays
+        // finite where x = -inf
+        let tm = I::mul(vm, vl);
+        let vnt = I::sub(zero, tm);
+        let (mut s, mut et, mut q, mut gt) = (zero, zero, zero, zero);
+        for j in 0..c {
+            let x = cols.add(j).read();
+            let t = I::max_keep_nan(I::splat(exp2c::LO2), I::fma(x, vl, vnt));
+            let e = I::exp2_sum(t);
+            s = I::add(s, e);
+            et = I::fma(e, t, et);
+            q = I::fma(e, e, q);
+            gt = I::count_gt(gt, x, vxt);
+        }
+        // back to the shift m: exp(x - m) = e·2^k with k = tm - m·L, x - m = (t + k)/L
+        let k = I::fma(vm, I::splat(-exp2c::LOG2E), tm);
+        let corr = I::exp2_sum(k);
+        let sm = I::mul(s, corr);
+        let tv = I::mul(
+            I::mul(corr, I::fma(k, s, et)),
+            I::splat(exp2c::INV_LOG2E as f32),
+        );
+        let qm = I::mul(I::mul(corr, corr), q);
+        // ordinary lanes: |m| < BIG and finite sums (NaN anywhere makes a sum NaN)
+        let chk = I::fma(I::add(I::add(sm, tv), qm), zero, vm);
+        let okv = I::ok_abs_below(chk, exp2c::BIG, one);
+        for (a, v) in [
+            (&mut o.m, vm),
+            (&mut o.s, sm),
+            (&mut o.t, tv),
+            (&mut o.q, qm),
+            (&mut o.gt, gt),
+            (&mut o.ok, okv),
+        ] {
+            I::store(a.as_mut_ptr().add(g), v);
+        }
+    }
+}
+
 /// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
-const GROUP: usize = 16;
+pub(crate) const GROUP: usize = 16;
 
 /// A group's class targets, ignore index and (f32, f64) class weights.
 type Targets<'a> = (&'a [i64], i64, Option<(&'a [f32], &'a [f64])>);
@@ -501,12 +699,13 @@ struct Group {
     wsum: f64,
 }
 
-/// One group of packed rows of any length: per-row max, exp-sum (the blocked row kernel,
-/// inlined) and target value, for rows that are finite. None at a bad target or an inf/NaN
-/// row (left to the row kernel).
+/// One group of rows of any length (row l at `p + l·st`): per-row max, exp-sum (the blocked
+/// row kernel, inlined) and target value, for rows that are finite. None at a bad target or
+/// an inf/NaN row (left to the row kernel).
 #[inline(always)]
 unsafe fn group_stats<I: Isa, E: Elem>(
-    x: &[E],
+    p: *const E,
+    st: usize,
     c: usize,
     targets: Option<Targets>,
 ) -> Option<Group> {
@@ -519,7 +718,7 @@ unsafe fn group_stats<I: Isa, E: Elem>(
         wsum: 0.0,
     };
     for l in 0..GROUP {
-        let row = &x[l * c..(l + 1) * c];
+        let row = std::slice::from_raw_parts(p.add(l * st), c);
         let k = match targets {
             None => 0,
             Some((t, ignore, wt)) => {
@@ -538,59 +737,66 @@ unsafe fn group_stats<I: Isa, E: Elem>(
     Some(g)
 }
 
-/// Cross-entropy of packed rows of any length against packed i64 targets, GROUP rows at a
-/// time with one vector log per W rows (no per-row call or scalar log), until the end or the
-/// first group holding a bad target or an inf/NaN row. Arguments as for [`ce_short`].
+/// Cross-entropy of rows of any length (row l at `p + l·st`), GROUP rows at a time with one
+/// vector log per W rows (no per-row call or scalar log), added to `acc`, until the end or
+/// the first group holding a bad target or an inf/NaN row. Returns the rows done.
 #[inline(always)]
 pub(crate) unsafe fn ce_rows<I: Isa, E: Elem>(
-    x: &[E],
-    t: &[i64],
-    c: usize,
-    ignore: i64,
-    wt: Option<(&[f32], &[f64])>,
-    mut out: Option<&mut [f32]>,
-) -> BlockSums {
-    let mut acc = BlockSums::default();
-    if c == 0 || x.len() < t.len() * c {
-        return acc;
+    b: Block<E>,
+    a: &mut CeArgs,
+    acc: &mut BlockSums,
+) -> usize {
+    let (c, st) = (b.c, b.st);
+    if c == 0 || a.t.len() < b.n {
+        return 0;
     }
-    while acc.rows + GROUP <= t.len() {
-        let r0 = acc.rows;
-        let tg = Some((&t[r0..r0 + GROUP], ignore, wt));
-        let Some(gr) = group_stats::<I, E>(&x[r0 * c..], c, tg) else {
+    let mut done = 0;
+    while done + GROUP <= b.n {
+        let r0 = done;
+        let tg = Some((&a.t[r0..r0 + GROUP], a.ignore, a.wt));
+        let Some(gr) = group_stats::<I, E>(b.p.add(r0 * st), st, c, tg) else {
             break;
         };
         for g in (0..GROUP).step_by(I::W) {
-            let ld = |a: &[f32; GROUP]| I::load(a.as_ptr().add(g));
-            let nll = I::add(I::sub(ld(&gr.m), ld(&gr.xt)), I::ln_ge1(ld(&gr.s)));
-            let loss = I::zero_where_zero(ld(&gr.scored), I::mul(nll, ld(&gr.w)));
-            if let Some(o) = out.as_deref_mut() {
+            macro_rules! ld {
+                ($a:expr) => {
+                    I::load($a.as_ptr().add(g))
+                };
+            }
+            let nll = I::add(I::sub(ld!(gr.m), ld!(gr.xt)), I::ln_ge1(ld!(gr.s)));
+            let loss = I::zero_where_zero(ld!(gr.scored), I::mul(nll, ld!(gr.w)));
+            if let Some(o) = a.out.as_deref_mut() {
                 I::store(o.as_mut_ptr().add(r0 + g), loss);
             }
             acc.sum += I::hsum(loss) as f64;
         }
         acc.weight += gr.wsum;
-        acc.rows += GROUP;
+        done += GROUP;
     }
-    acc
+    acc.rows += done;
+    done
 }
 
-/// logsumexp of packed rows of any length, GROUP rows at a time (see [`ce_rows`]).
+/// logsumexp of rows of any length, GROUP rows at a time (see [`ce_rows`]).
 #[inline(always)]
-pub(crate) unsafe fn lse_rows<I: Isa, E: Elem>(x: &[E], c: usize, out: &mut [f32]) -> usize {
+pub(crate) unsafe fn lse_rows<I: Isa, E: Elem>(b: Block<E>, out: &mut [f32]) -> usize {
     let mut done = 0;
-    if c == 0 || x.len() < out.len() * c {
+    if b.c == 0 || out.len() < b.n {
         return 0;
     }
-    while done + GROUP <= out.len() {
-        let Some(gr) = group_stats::<I, E>(&x[done * c..], c, None) else {
+    while done + GROUP <= b.n {
+        let Some(gr) = group_stats::<I, E>(b.p.add(done * b.st), b.st, b.c, None) else {
             break;
         };
         for g in (0..GROUP).step_by(I::W) {
-            let ld = |a: &[f32; GROUP]| I::load(a.as_ptr().add(g));
+            macro_rules! ld {
+                ($a:expr) => {
+                    I::load($a.as_ptr().add(g))
+                };
+            }
             I::store(
                 out.as_mut_ptr().add(done + g),
-                I::add(ld(&gr.m), I::ln_ge1(ld(&gr.s))),
+                I::add(ld!(gr.m), I::ln_ge1(ld!(gr.s))),
             );
         }
         done += GROUP;
@@ -653,41 +859,39 @@ dispatch! {
 }
 
 dispatch! {
-    /// Cross-entropy of packed short rows (see [`ce_short`]).
-    pub(crate) fn ce_short_rows<E>(
-        x: &[E],
-        t: &[i64],
-        c: usize,
-        ignore: i64,
-        wt: Option<(&[f32], &[f64])>,
-        out: Option<&mut [f32]>
-    ) -> BlockSums
+    /// Cross-entropy of short rows (see [`ce_short`]).
+    pub(crate) fn ce_short_rows<E, const M: u8>(b: Block<E>, a: &mut CeArgs, acc: &mut BlockSums) -> usize
     => ce_short
 }
 
 dispatch! {
-    /// Cross-entropy of packed rows of any length (see [`ce_rows`]).
-    pub(crate) fn ce_long_rows<E>(
-        x: &[E],
-        t: &[i64],
-        c: usize,
-        ignore: i64,
-        wt: Option<(&[f32], &[f64])>,
-        out: Option<&mut [f32]>
-    ) -> BlockSums
+    /// Cross-entropy of rows of any length (see [`ce_rows`]).
+    pub(crate) fn ce_long_rows<E>(b: Block<E>, a: &mut CeArgs, acc: &mut BlockSums) -> usize
     => ce_rows
 }
 
 dispatch! {
-    /// logsumexp of packed rows of any length (see [`lse_rows`]).
-    pub(crate) fn lse_long_rows<E>(x: &[E], c: usize, out: &mut [f32]) -> usize
+    /// logsumexp of rows of any length (see [`lse_rows`]).
+    pub(crate) fn lse_long_rows<E>(b: Block<E>, out: &mut [f32]) -> usize
     => lse_rows
 }
 
 dispatch! {
-    /// logsumexp of packed short rows (see [`lse_short`]).
-    pub(crate) fn lse_short_rows<E>(x: &[E], c: usize, out: &mut [f32]) -> usize
+    /// logsumexp of short rows (see [`lse_short`]).
+    pub(crate) fn lse_short_rows<E, const M: u8>(b: Block<E>, out: &mut [f32]) -> usize
     => lse_short
+}
+
+dispatch! {
+    /// Metric statistics of 16 short rows (see [`eval_short`]).
+    pub(crate) fn eval_short_rows<E, const M: u8>(
+        p: *const E,
+        st: usize,
+        c: usize,
+        xt: &[f32; 16],
+        o: &mut LaneStats
+    ) -> ()
+    => eval_short
 }
 
 dispatch! {

@@ -13,6 +13,7 @@ pub mod parallel;
 pub mod rows;
 pub mod simd;
 pub mod softmax;
+pub(crate) mod stage;
 pub mod tensor;
 
 #[cfg(feature = "python")]
@@ -28,3 +29,5 @@ pub use tensor::{DType, IntType, IntView, View};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_layout;

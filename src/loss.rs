@@ -5,10 +5,11 @@
 //! for an empty or all-ignored batch, as PyTorch does.
 
 use crate::error::{Error, Result};
-use crate::kernel::{self, BlockSums, LANES_MAX_C};
+use crate::kernel::BlockSums;
 use crate::parallel;
 use crate::rows::{RowStats, Rows, Want, SEGMENT};
 use crate::simd::{self, Path, BF16, F16};
+use crate::stage::{self, Scratch};
 use crate::tensor::{check_target_shape, DType, IntView, View};
 use std::ops::Range;
 
@@ -98,18 +99,19 @@ fn drive<O: Out>(
     per: usize,
     out: Option<&mut [O]>,
     row: impl Fn(&mut Rows, usize) -> Result<(f64, f64)> + Sync + Send,
-    fast: impl Fn(Range<usize>, Option<&mut [O]>) -> Option<BlockSums> + Sync + Send,
+    fast: impl Fn(Range<usize>, Option<&mut [O]>, &mut Scratch) -> Option<BlockSums> + Sync + Send,
 ) -> Result<Total> {
     let rows = view.rows();
     let chunk = |r: Range<usize>, mut o: Option<&mut [O]>| -> Result<Total> {
         let mut rw = Rows::new(view);
+        let mut scratch = Scratch::default();
         let mut t = Total::default();
         let mut i = r.start;
         let mut use_fast = true;
         while i < r.end {
             if use_fast {
                 let sub = o.as_deref_mut().map(|o| &mut o[i - r.start..]);
-                match fast(i..r.end, sub) {
+                match fast(i..r.end, sub, &mut scratch) {
                     None => use_fast = false,
                     Some(b) => {
                         t.sum += b.sum;
@@ -154,13 +156,13 @@ fn drive<O: Out>(
 }
 
 /// No fast path: every row goes through the row kernel.
-fn no_fast<O>(_: Range<usize>, _: Option<&mut [O]>) -> Option<BlockSums> {
+fn no_fast<O>(_: Range<usize>, _: Option<&mut [O]>, _: &mut Scratch) -> Option<BlockSums> {
     None
 }
 
-/// The vectorised cross-entropy over rows `r`, where it applies: a SIMD path, packed 16/32-bit
-/// rows (rows in lanes up to `LANES_MAX_C` classes, grouped rows beyond, except rows long
-/// enough to be split across threads), packed int64 targets, f32 outputs.
+/// The vectorised cross-entropy over rows `r`, where it applies: a SIMD path, 16/32-bit rows
+/// of any layout (rows long enough to be split across threads excepted), targets of any
+/// integer dtype, f32 outputs (see `stage`).
 fn ce_fast(
     x: &View,
     t: &IntView,
@@ -168,27 +170,17 @@ fn ce_fast(
     ignore: i64,
     wt: Option<(&[f32], &[f64])>,
     out: Option<&mut [f32]>,
+    s: &mut Scratch,
 ) -> Option<BlockSums> {
     let path = simd::current();
     let c = x.cols();
     if path == Path::Scalar || c == 0 || c > 2 * SEGMENT {
         return None;
     }
-    let ts = t.packed_i64(r.start, r.len())?;
-    macro_rules! go {
-        ($e:ty) => {{
-            let xs = x.packed_rows::<$e>(r.start, r.len())?;
-            if c <= LANES_MAX_C {
-                kernel::ce_short_rows(path, xs, ts, c, ignore, wt, out)
-            } else {
-                kernel::ce_long_rows(path, xs, ts, c, ignore, wt, out)
-            }
-        }};
-    }
     Some(match x.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(F16),
-        DType::BF16 => go!(BF16),
+        DType::F32 => stage::ce::<f32>(path, x, t, r, ignore, wt, out, s),
+        DType::F16 => stage::ce::<F16>(path, x, t, r, ignore, wt, out, s),
+        DType::BF16 => stage::ce::<BF16>(path, x, t, r, ignore, wt, out, s),
         DType::F64 => return None,
     })
 }
@@ -251,7 +243,7 @@ pub fn cross_entropy<O: Out>(
     };
     let w32: Option<Vec<f32>> = opt.weight.map(|w| w.iter().map(|&v| v as f32).collect());
     let wt = w32.as_deref().zip(opt.weight);
-    let fast = |r: Range<usize>, o: Option<&mut [O]>| -> Option<BlockSums> {
+    let fast = |r: Range<usize>, o: Option<&mut [O]>, s: &mut Scratch| -> Option<BlockSums> {
         if eps > 0.0 {
             return None;
         }
@@ -259,7 +251,7 @@ pub fn cross_entropy<O: Out>(
             Some(o) => Some(O::as_f32(o)?),
             None => None,
         };
-        ce_fast(x, t, r, opt.ignore_index, wt, o)
+        ce_fast(x, t, r, opt.ignore_index, wt, o, s)
     };
     drive(x, chunk_per(x), out, row, fast)
 }

@@ -212,6 +212,31 @@ impl<'v, 'a> Rows<'v, 'a> {
         }
     }
 
+    /// The number of classes before `k` whose value equals the target's (row i): what the
+    /// argmax tie rule adds to a rank (the first maximal index wins).
+    pub fn count_eq_before(&mut self, i: usize, k: usize) -> u64 {
+        fn go<T: Copy + PartialEq>(x: &[T], k: usize) -> u64 {
+            let xt = x[k];
+            x[..k].iter().filter(|&&v| v == xt).count() as u64
+        }
+        let view = self.view;
+        match view.dtype {
+            DType::F32 => go(view.row(i, &mut self.s32), k),
+            DType::F64 => go(view.row(i, &mut self.s64), k),
+            // equal bits are equal values for finite halves; -0 / +0 and NaN compared as f32
+            DType::F16 => {
+                let r = view.row(i, &mut self.s16);
+                let w: Vec<f32> = r[..=k].iter().map(|v| simd::Elem::to_f32(*v)).collect();
+                go(&w, k)
+            }
+            DType::BF16 => {
+                let r = view.row(i, &mut self.sb16);
+                let w: Vec<f32> = r[..=k].iter().map(|v| simd::Elem::to_f32(*v)).collect();
+                go(&w, k)
+            }
+        }
+    }
+
     /// Read-only sum of row `i` (the streaming roofline).
     pub fn sum(&mut self, i: usize) -> f64 {
         let (view, path) = (self.view, self.path);

@@ -2,11 +2,11 @@
 //! asked for it), and the read-only streaming sum the benchmarks use as a roofline.
 
 use crate::error::{Error, Result};
-use crate::kernel;
 use crate::loss::Out;
 use crate::parallel;
 use crate::rows::{Rows, Want};
 use crate::simd::{BF16, F16};
+use crate::stage::{self, Scratch};
 use crate::tensor::{DType, View};
 use std::ops::Range;
 
@@ -24,27 +24,17 @@ fn check_out(len: usize, want: usize) -> Result<()> {
 }
 
 /// The vectorised logsumexp over rows `r` where it applies (see `loss::ce_fast`).
-fn lse_fast(x: &View, r: Range<usize>, out: Option<&mut [f32]>) -> Option<usize> {
+fn lse_fast(x: &View, r: Range<usize>, out: Option<&mut [f32]>, s: &mut Scratch) -> Option<usize> {
     let path = crate::simd::current();
     let c = x.cols();
     if path == crate::simd::Path::Scalar || c == 0 || c > 2 * crate::rows::SEGMENT {
         return None;
     }
     let out = &mut out?[..r.len()];
-    macro_rules! go {
-        ($e:ty) => {{
-            let xs = x.packed_rows::<$e>(r.start, r.len())?;
-            if c <= kernel::LANES_MAX_C {
-                kernel::lse_short_rows(path, xs, c, out)
-            } else {
-                kernel::lse_long_rows(path, xs, c, out)
-            }
-        }};
-    }
     Some(match x.dtype {
-        DType::F32 => go!(f32),
-        DType::F16 => go!(F16),
-        DType::BF16 => go!(BF16),
+        DType::F32 => stage::lse::<f32>(path, x, r, out, s),
+        DType::F16 => stage::lse::<F16>(path, x, r, out, s),
+        DType::BF16 => stage::lse::<BF16>(path, x, r, out, s),
         DType::F64 => return None,
     })
 }
@@ -55,11 +45,12 @@ pub fn logsumexp<O: Out>(x: &View, out: &mut [O]) -> Result<()> {
     check_out(out.len(), x.rows())?;
     parallel::map_chunks_out(out, 1, per(x), |r, o| {
         let mut rw = Rows::new(x);
+        let mut scratch = Scratch::default();
         let mut i = r.start;
         let mut use_fast = true;
         while i < r.end {
             if use_fast {
-                match lse_fast(x, i..r.end, O::as_f32(&mut o[i - r.start..])) {
+                match lse_fast(x, i..r.end, O::as_f32(&mut o[i - r.start..]), &mut scratch) {
                     Some(n) => i += n,
                     None => use_fast = false,
                 }

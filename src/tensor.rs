@@ -269,6 +269,111 @@ impl<'a> View<'a> {
         })
     }
 
+    /// Rows `i..` as (pointer to row i, row stride in elements) when they can be read in place
+    /// by the row kernels: contiguous, aligned, native rows a uniform non-negative stride apart.
+    #[inline]
+    pub(crate) fn row_run<T: Storage>(&self, i: usize) -> Option<(*const T, usize)> {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        let size = self.dtype.size() as isize;
+        match self.index.uniform {
+            Some(s) if self.direct && s >= 0 && s % size == 0 && i < self.rows() => {
+                Some((self.elem_ptr(i, 0) as *const T, (s / size) as usize))
+            }
+            _ => None,
+        }
+    }
+
+    /// Rows `i..` as (pointer to row i, column stride in elements) when the input is column
+    /// major there (Fortran order, or a transposed array): row i + l at offset l of every
+    /// column, aligned and native, so short rows load a column of W rows with one vector load.
+    #[inline]
+    pub(crate) fn col_run<T: Storage>(&self, i: usize) -> Option<(*const T, usize)> {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        let size = self.dtype.size() as isize;
+        let aligned = (self.ptr as usize).is_multiple_of(self.dtype.size());
+        let cs = self.col_stride;
+        match self.index.uniform {
+            Some(s) if !self.swap && aligned && s == size && cs > 0 && cs % size == 0 => {
+                (i < self.rows()).then(|| (self.elem_ptr(i, 0) as *const T, (cs / size) as usize))
+            }
+            _ => None,
+        }
+    }
+
+    /// Element j of the row that starts at `base` (any alignment and byte order).
+    #[inline(always)]
+    fn at<T: Storage>(&self, base: *const u8, j: usize) -> T {
+        // SAFETY: callers pass the start of a row of this view and j < cols; the constructor's
+        // contract makes it readable, and read_unaligned tolerates any alignment.
+        let v = unsafe {
+            (base.wrapping_offset(j as isize * self.col_stride) as *const T).read_unaligned()
+        };
+        if self.swap {
+            v.bswap()
+        } else {
+            v
+        }
+    }
+
+    /// Copies rows `i..i + n` into `dst` packed row-major (`dst[r·C + j]`): the staging of a
+    /// bounded tile for rows the kernels cannot read in place.
+    pub(crate) fn copy_rows<T: Storage>(&self, i: usize, n: usize, dst: &mut Vec<T>) {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        let c = self.cols();
+        dst.clear();
+        if let (Some((p, cs)), true) = (self.col_run::<T>(i), n > 0 && c > 0) {
+            // Column major: read each column's n values as one run, write them strided.
+            // SAFETY: `col_run` checked alignment and order; rows i..i+n are readable.
+            let first = unsafe { *p };
+            dst.resize(n * c, first);
+            for j in 0..c {
+                let col = unsafe { std::slice::from_raw_parts(p.add(j * cs), n) };
+                for (r, &v) in col.iter().enumerate() {
+                    dst[r * c + j] = v;
+                }
+            }
+            return;
+        }
+        for r in i..i + n {
+            let base = self.elem_ptr(r, 0);
+            if self.direct {
+                // SAFETY: direct rows are contiguous, aligned and native (see `row`).
+                dst.extend_from_slice(unsafe { std::slice::from_raw_parts(base as *const T, c) });
+            } else {
+                dst.extend((0..c).map(|j| self.at::<T>(base, j)));
+            }
+        }
+    }
+
+    /// Copies rows `i..i + n` into `dst` column-major with column stride `cs >= n`
+    /// (`dst[j·cs + r]`; rows n..cs padded with a copy of the first element): a short-row tile
+    /// whose columns the lanes kernels load without gathers.
+    pub(crate) fn copy_cols<T: Storage>(&self, i: usize, n: usize, cs: usize, dst: &mut Vec<T>) {
+        debug_assert_eq!(T::DTYPE, self.dtype);
+        debug_assert!(cs >= n);
+        let c = self.cols();
+        dst.clear();
+        if n == 0 || c == 0 {
+            return;
+        }
+        let first = self.at::<T>(self.elem_ptr(i, 0), 0);
+        dst.resize(cs * c, first);
+        for r in 0..n {
+            let base = self.elem_ptr(i + r, 0);
+            if self.direct {
+                // SAFETY: as in `copy_rows`.
+                let row = unsafe { std::slice::from_raw_parts(base as *const T, c) };
+                for (j, &v) in row.iter().enumerate() {
+                    dst[j * cs + r] = v;
+                }
+            } else {
+                for j in 0..c {
+                    dst[j * cs + r] = self.at::<T>(base, j);
+                }
+            }
+        }
+    }
+
     /// Row `i` as a slice: borrowed in place when possible, else gathered into `scratch`.
     #[inline]
     pub(crate) fn row<'s, T: Storage>(&'s self, i: usize, scratch: &'s mut Vec<T>) -> &'s [T] {
@@ -367,6 +472,61 @@ impl<'a> IntView<'a> {
         }
         // SAFETY: packed, aligned int64 targets; rows i..i+n exist and are readable for 'a.
         Some(unsafe { std::slice::from_raw_parts((self.ptr as *const i64).add(i), n) })
+    }
+
+    /// Targets `i..i + n` as int64: borrowed when packed native int64, else widened into
+    /// `buf`. A u64 above i64::MAX becomes a value that is out of range for any C and is not
+    /// `ignore` (so the kernels leave its row to the row kernel, which reports the true value).
+    pub(crate) fn to_i64<'s>(
+        &'s self,
+        i: usize,
+        n: usize,
+        ignore: i64,
+        buf: &'s mut Vec<i64>,
+    ) -> &'s [i64] {
+        if let Some(s) = self.packed_i64(i, n) {
+            return s;
+        }
+        let big = if ignore == i64::MAX {
+            i64::MAX - 1
+        } else {
+            i64::MAX
+        };
+        buf.clear();
+        // One match on the type, then a tight loop (uniform strides: one add per target).
+        macro_rules! widen {
+            ($t:ty, $f:expr) => {{
+                let f = $f;
+                match self.index.uniform {
+                    Some(s) => {
+                        let p = self.ptr.wrapping_offset(i as isize * s);
+                        buf.extend((0..n).map(|k| {
+                            // SAFETY: rows i..i+n exist (callers), so each address is readable.
+                            let v = unsafe {
+                                (p.wrapping_offset(k as isize * s) as *const $t).read_unaligned()
+                            };
+                            f(v)
+                        }));
+                    }
+                    None => buf.extend((i..i + n).map(|r| {
+                        let p = self.ptr.wrapping_offset(self.index.offset(r));
+                        // SAFETY: as above.
+                        f(unsafe { (p as *const $t).read_unaligned() })
+                    })),
+                }
+            }};
+        }
+        match self.ty {
+            IntType::I8 => widen!(i8, |v: i8| v as i64),
+            IntType::I16 => widen!(i16, |v: i16| v as i64),
+            IntType::I32 => widen!(i32, |v: i32| v as i64),
+            IntType::I64 => widen!(i64, |v: i64| v),
+            IntType::U8 => widen!(u8, |v: u8| v as i64),
+            IntType::U16 => widen!(u16, |v: u16| v as i64),
+            IntType::U32 => widen!(u32, |v: u32| v as i64),
+            IntType::U64 => widen!(u64, |v: u64| i64::try_from(v).unwrap_or(big)),
+        }
+        buf
     }
 
     /// Target of flat row `i`, widened so that every u64 and i64 value is exact.

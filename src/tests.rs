@@ -24,17 +24,22 @@ fn paths() -> Vec<Path> {
     Path::ALL.into_iter().filter(|p| p.available()).collect()
 }
 
-fn on_each_path(mut f: impl FnMut(Path)) {
+/// Runs `f` on every SIMD path, each with every short-row scheme (gathers and transposes).
+pub(crate) fn on_each_path(mut f: impl FnMut(Path)) {
     let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for p in paths() {
         assert!(simd::set_path(p));
-        f(p);
+        for s in simd::Short::ALL {
+            simd::set_short_scheme(s);
+            f(p);
+        }
     }
     simd::set_path(simd::path_from_env().unwrap_or_else(|_| Path::best()));
+    simd::set_short_scheme(simd::Short::detect());
 }
 
 /// A small deterministic generator (xorshift), so tests need no extra crate.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -42,12 +47,12 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
         let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
         (-2.0 * (u + 1e-300).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }
@@ -60,7 +65,7 @@ fn ref_lse(row: &[f64]) -> f64 {
     m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
 }
 
-fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
+pub(crate) fn close(got: f64, want: f64, rtol: f64, atol: f64) -> bool {
     (got.is_nan() && want.is_nan()) || got == want || (got - want).abs() <= atol + rtol * want.abs()
 }
 
@@ -521,6 +526,7 @@ fn evaluate_metrics_and_compare() {
         ignore_index: -100,
         top_k: vec![1, 2],
         n_bins: 10,
+        ties_first: false,
     };
     on_each_path(|_| {
         let s = evaluate(&v, &IntView::from_slice(&t), &opt, None).unwrap();

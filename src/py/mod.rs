@@ -264,7 +264,7 @@ fn roofline_sum(py: Python<'_>, x: &Arr, tag: &str, swap: bool) -> PyResult<f64>
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, tag, swap, target, kind, ignore_index, top_k, n_bins, row_offset=0, nll_out=None, rank_out=None))]
+#[pyo3(signature = (x, tag, swap, target, kind, ignore_index, top_k, n_bins, row_offset=0, nll_out=None, rank_out=None, conf_out=None, ties="target"))]
 #[allow(clippy::too_many_arguments)]
 fn eval_rows<'py>(
     py: Python<'py>,
@@ -279,21 +279,45 @@ fn eval_rows<'py>(
     row_offset: usize,
     nll_out: Option<&Arr<'py>>,
     rank_out: Option<&Arr<'py>>,
+    conf_out: Option<&Arr<'py>>,
+    ties: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
+    let ties_first = match ties {
+        "target" => false,
+        "first" => true,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "ties must be 'target' or 'first', got {ties:?}"
+            )))
+        }
+    };
     let opt = EvalOptions {
         kind: Kind::parse(kind).map_err(to_py)?,
         ignore_index,
         top_k,
         n_bins,
+        ties_first,
     };
     let mut guards = match (nll_out, rank_out) {
         (Some(a), Some(b)) => Some((rw::<f64>(a)?, rw::<i64>(b)?)),
         (None, None) => None,
         _ => return Err(PyValueError::new_err("nll_out and rank_out go together")),
     };
+    let mut conf_guard = match conf_out {
+        Some(c) if guards.is_some() => Some(rw::<f64>(c)?),
+        Some(_) => return Err(PyValueError::new_err("conf_out needs nll_out and rank_out")),
+        None => None,
+    };
     let per_row = match guards.as_mut() {
-        Some((a, b)) => Some((contig(a)?, contig(b)?)),
+        Some((a, b)) => Some(crate::eval::PerRow {
+            nll: contig(a)?,
+            rank: contig(b)?,
+            conf: match conf_guard.as_mut() {
+                Some(c) => Some(contig(c)?),
+                None => None,
+            },
+        }),
         None => None,
     };
     let s = run(py, move || {
@@ -421,6 +445,27 @@ fn available_simd_paths() -> Vec<&'static str> {
         .collect()
 }
 
+/// The short-row scheme in use ("gather" or "transpose"; see `simd::Short`).
+#[pyfunction]
+fn short_scheme() -> &'static str {
+    simd::short_scheme().name()
+}
+
+/// Forces the short-row scheme ("gather", "transpose", or "auto" for this CPU's default).
+#[pyfunction]
+fn set_short_scheme(name: &str) -> PyResult<()> {
+    let s = match name {
+        "auto" => simd::Short::detect(),
+        _ => simd::Short::parse(name).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "unknown short-row scheme {name:?}; expected 'gather', 'transpose' or 'auto'"
+            ))
+        })?,
+    };
+    simd::set_short_scheme(s);
+    Ok(())
+}
+
 /// Error text if FASTNLL_SIMD names an unknown or unavailable path, else None.
 #[pyfunction]
 fn simd_env_problem() -> Option<String> {
@@ -450,6 +495,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(eval_rows, m)?)?;
     m.add_function(wrap_pyfunction!(compare_rows, m)?)?;
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
+    m.add_function(wrap_pyfunction!(short_scheme, m)?)?;
+    m.add_function(wrap_pyfunction!(set_short_scheme, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(available_simd_paths, m)?)?;
     m.add_function(wrap_pyfunction!(simd_env_problem, m)?)?;

@@ -1,6 +1,6 @@
 //! AVX-512 (F, BW, VL, DQ): 16 f32 lanes.
 
-use super::{exp2c, expc, lnc, Isa};
+use super::{exp2c, expc, lnc, Elem, Isa};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -112,6 +112,11 @@ impl Isa for Avx512 {
         _mm512_abs_ps(v)
     }
     #[inline(always)]
+    unsafe fn ok_abs_below(v: __m512, b: f32, one: __m512) -> __m512 {
+        let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(b));
+        _mm512_maskz_mov_ps(m, one)
+    }
+    #[inline(always)]
     unsafe fn all_abs_below(v: __m512, b: f32) -> bool {
         _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(b)) == 0xFFFF
     }
@@ -144,6 +149,29 @@ impl Isa for Avx512 {
         _mm512_i32gather_ps::<4>(idx, p)
     }
     #[inline(always)]
+    unsafe fn rows_to_cols<E: Elem>(p: *const E, st: usize, c: usize, cols: *mut __m512) {
+        // 16 rows of up to 16 columns per pass: one (masked) load per row, then a 16 x 16
+        // transpose by unpacks and 128-bit lane shuffles (64 shuffles, no gather).
+        let mut h = 0;
+        while h < c {
+            let w = (c - h).min(16);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (l, v) in r.iter_mut().enumerate() {
+                let q = p.add(l * st + h);
+                *v = if w == 16 {
+                    E::load::<Self>(q)
+                } else {
+                    E::load_tail::<Self>(q, w)
+                };
+            }
+            let t = transpose16(r);
+            for (j, v) in t.iter().enumerate().take(w) {
+                cols.add(h + j).write(*v);
+            }
+            h += 16;
+        }
+    }
+    #[inline(always)]
     unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> __m512 {
         _mm512_i32gather_ps::<4>(_mm512_loadu_si512(idx.as_ptr() as *const _), p)
     }
@@ -158,17 +186,17 @@ impl Isa for Avx512 {
         )
     }
     #[inline(always)]
-    unsafe fn select_odd(idx: &[i32; 16], a: __m512, b: __m512) -> __m512 {
-        let v = _mm512_loadu_si512(idx.as_ptr() as *const _);
-        _mm512_mask_blend_ps(_mm512_test_epi32_mask(v, _mm512_set1_epi32(1)), a, b)
+    unsafe fn blend_eq(k: __m512, j: f32, a: __m512, b: __m512) -> __m512 {
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(k, _mm512_set1_ps(j)), a, b)
     }
     #[inline(always)]
     unsafe fn targets(
         t: *const i64,
         c: usize,
+        stride: usize,
         ignore: i64,
         idx: &mut [i32; 16],
-    ) -> (__m512, u32, bool) {
+    ) -> (__m512, u32, bool, __m512) {
         let (vc, vi) = (_mm512_set1_epi64(c as i64), _mm512_set1_epi64(ignore));
         let t0 = _mm512_loadu_si512(t as *const _);
         let t1 = _mm512_loadu_si512(t.add(8) as *const _);
@@ -188,7 +216,7 @@ impl Isa for Avx512 {
         let tt = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
         let base = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(c as i32),
+            _mm512_set1_epi32(stride as i32),
         );
         _mm512_storeu_si512(idx.as_mut_ptr() as *mut _, _mm512_add_epi32(base, tt));
         let mask = ok0 as u16 | (ok1 as u16) << 8;
@@ -196,6 +224,7 @@ impl Isa for Avx512 {
             _mm512_maskz_mov_ps(mask, _mm512_set1_ps(1.0)),
             mask.count_ones(),
             bad,
+            _mm512_cvtepi32_ps(tt),
         )
     }
     #[inline(always)]
@@ -220,4 +249,44 @@ impl Isa for Avx512 {
         let r = _mm512_mul_ps(_mm512_add_ps(z, z), p);
         _mm512_fmadd_ps(e, _mm512_set1_ps(lnc::LN2), r)
     }
+}
+
+/// Transposes 16 rows of 16 f32 into 16 columns: unpacks pair rows (lo/hi ps, then pd), then
+/// two rounds of 128-bit lane shuffles join the 4-row groups.
+#[inline(always)]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4g + k]: column k (+4, +8, +12 in the other 128-bit lanes) of rows 4g..4g+4
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (a, b) = (_mm512_castps_pd(t[4 * g]), _mm512_castps_pd(t[4 * g + 2]));
+        let (c, e) = (
+            _mm512_castps_pd(t[4 * g + 1]),
+            _mm512_castps_pd(t[4 * g + 3]),
+        );
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, e));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, e));
+    }
+    // v[8h + k] (k < 4): columns k and k + 8 of rows 8h..8h+8; v[8h + 4 + k]: k + 4, k + 12
+    let mut v = [_mm512_setzero_ps(); 16];
+    for hh in 0..2 {
+        for k in 0..4 {
+            let (a, b) = (u[8 * hh + k], u[8 * hh + 4 + k]);
+            v[8 * hh + k] = _mm512_shuffle_f32x4::<0x88>(a, b);
+            v[8 * hh + 4 + k] = _mm512_shuffle_f32x4::<0xDD>(a, b);
+        }
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for k in 0..8 {
+        // v[k] holds columns k and k + 8 of rows 0..8, v[8 + k] the same of rows 8..16
+        out[k] = _mm512_shuffle_f32x4::<0x88>(v[k], v[8 + k]);
+        out[k + 8] = _mm512_shuffle_f32x4::<0xDD>(v[k], v[8 + k]);
+    }
+    out
 }

@@ -144,6 +144,92 @@ pub fn set_path(p: Path) -> bool {
     true
 }
 
+/// How the rows of a short-row block (C <= `kernel::LANES_MAX_C`) reach the SIMD lanes.
+///
+/// `Gather` reads each column of W rows with one gather; `Transpose` copies W rows into a
+/// small column-major tile first (or reads a column-major input in place) and loads columns
+/// with plain vector loads. Gathers are fast on Intel's cores and microcoded on AMD's (Zen 4
+/// runs the gather kernels at a quarter of bandwidth), so the default is chosen per CPU
+/// vendor; `FASTNLL_SHORT=gather|transpose` forces one, and the tests run both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Short {
+    Gather,
+    Transpose,
+}
+
+impl Short {
+    pub const ALL: [Short; 2] = [Short::Gather, Short::Transpose];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Short::Gather => "gather",
+            Short::Transpose => "transpose",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Short> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "gather" => Some(Short::Gather),
+            "transpose" => Some(Short::Transpose),
+            _ => None,
+        }
+    }
+
+    /// The scheme for this CPU: gathers on Intel (and anything not AMD), transposes on AMD.
+    pub fn detect() -> Short {
+        if cpu_vendor() == "AuthenticAMD" {
+            Short::Transpose
+        } else {
+            Short::Gather
+        }
+    }
+}
+
+/// The CPUID vendor string ("GenuineIntel", "AuthenticAMD", ...), or "" off x86.
+pub fn cpu_vendor() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0 (the vendor) exists on every x86-64 CPU.
+        let r = std::arch::x86_64::__cpuid(0);
+        let mut v = Vec::with_capacity(12);
+        for w in [r.ebx, r.edx, r.ecx] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        String::from_utf8_lossy(&v).into_owned()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        String::new()
+    }
+}
+
+static SHORT: AtomicU8 = AtomicU8::new(UNSET);
+
+/// The short-row scheme in use: `FASTNLL_SHORT` if set to a known scheme, else [`Short::detect`].
+pub fn short_scheme() -> Short {
+    match SHORT.load(Ordering::Relaxed) {
+        1 => Short::Gather,
+        2 => Short::Transpose,
+        _ => {
+            let s = std::env::var("FASTNLL_SHORT")
+                .ok()
+                .and_then(|v| Short::parse(&v))
+                .unwrap_or_else(Short::detect);
+            set_short_scheme(s);
+            s
+        }
+    }
+}
+
+/// Forces the short-row scheme for the whole process.
+pub fn set_short_scheme(s: Short) {
+    let v = match s {
+        Short::Gather => 1,
+        Short::Transpose => 2,
+    };
+    SHORT.store(v, Ordering::Relaxed);
+}
+
 /// A vector of f32 lanes. All methods are `unsafe` because they may only run on a CPU that has
 /// the instruction set; pointer arguments must be valid for `W` elements.
 pub(crate) trait Isa: Copy {
@@ -188,6 +274,8 @@ pub(crate) trait Isa: Copy {
     unsafe fn abs(v: Self::V) -> Self::V;
     /// Whether |v| < b in every lane (false where v is NaN); b > 0.
     unsafe fn all_abs_below(v: Self::V, b: f32) -> bool;
+    /// `one` in the lanes where |v| < b (not where v is NaN), else 0.
+    unsafe fn ok_abs_below(v: Self::V, b: f32, one: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
     /// v where mask != 0, else 0 (also where v is NaN or inf).
@@ -196,21 +284,33 @@ pub(crate) trait Isa: Copy {
     unsafe fn count_gt(acc: Self::V, v: Self::V, t: Self::V) -> Self::V;
     /// Lane l = p[l * stride] for l < W (a column of W rows).
     unsafe fn gather(p: *const f32, stride: usize) -> Self::V;
+    /// The first `c` (<= 32) columns of W rows, row l at `p + l·st`, into `cols[0..c]`.
+    /// This default gathers each column; the x86 paths override it with contiguous row loads
+    /// and an in-register transpose (the `Short::Transpose` scheme: no gather instruction).
+    #[inline(always)]
+    unsafe fn rows_to_cols<E: Elem>(p: *const E, st: usize, c: usize, cols: *mut Self::V) {
+        for j in 0..c {
+            cols.add(j).write(E::load_col::<Self>(p.add(j), st));
+        }
+    }
     /// Lane l = p[idx[l]] for l < W.
     unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> Self::V;
     /// (p[2l], p[2l + 1]) for l < W: the two columns of W packed rows of 2 (reads 2W values).
     unsafe fn deinterleave2(p: *const f32) -> (Self::V, Self::V);
-    /// Lane l = b[l] where idx[l] is odd, else a[l].
-    unsafe fn select_odd(idx: &[i32; 16], a: Self::V, b: Self::V) -> Self::V;
-    /// W int64 class targets at `t`: writes idx[l] = l*c + t_l (l*c where t_l is ignored or
-    /// out of range); returns the 0/1 vector of scored lanes, their number, and whether a
-    /// target other than `ignore` is outside [0, c).
+    /// Lane l = b[l] where k[l] == j, else a[l] (a column-major row block picks each lane's
+    /// target column with one compare and one blend per column: no gather).
+    unsafe fn blend_eq(k: Self::V, j: f32, a: Self::V, b: Self::V) -> Self::V;
+    /// W int64 class targets at `t`: writes idx[l] = l*stride + t_l (l*stride where t_l is
+    /// ignored or out of range); returns the 0/1 vector of scored lanes, their number, whether
+    /// a target other than `ignore` is outside [0, c), and the lanes' classes as f32 (0 where
+    /// not scored).
     unsafe fn targets(
         t: *const i64,
         c: usize,
+        stride: usize,
         ignore: i64,
         idx: &mut [i32; 16],
-    ) -> (Self::V, u32, bool);
+    ) -> (Self::V, u32, bool, Self::V);
     /// ln(x) for finite x >= 1 (the exp-sums of shifted rows); about 1 ulp.
     unsafe fn ln_ge1(x: Self::V) -> Self::V;
 }

@@ -152,6 +152,11 @@ impl Isa for Neon {
         vabsq_f32(v)
     }
     #[inline(always)]
+    unsafe fn ok_abs_below(v: float32x4_t, b: f32, one: float32x4_t) -> float32x4_t {
+        let lt = vcltq_f32(vabsq_f32(v), vdupq_n_f32(b));
+        vreinterpretq_f32_u32(vandq_u32(lt, vreinterpretq_u32_f32(one)))
+    }
+    #[inline(always)]
     unsafe fn all_abs_below(v: float32x4_t, b: f32) -> bool {
         // |v| < |b|, false for NaN
         vminvq_u32(vcaltq_f32(v, vdupq_n_f32(b))) != 0
@@ -188,28 +193,30 @@ impl Isa for Neon {
         (v.0, v.1)
     }
     #[inline(always)]
-    unsafe fn select_odd(idx: &[i32; 16], a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        let odd = vshrq_n_s32::<31>(vshlq_n_s32::<31>(vld1q_s32(idx.as_ptr())));
-        vbslq_f32(vreinterpretq_u32_s32(odd), b, a)
+    unsafe fn blend_eq(k: float32x4_t, j: f32, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vbslq_f32(vceqq_f32(k, vdupq_n_f32(j)), b, a)
     }
     #[inline(always)]
     unsafe fn targets(
         t: *const i64,
         c: usize,
+        stride: usize,
         ignore: i64,
         idx: &mut [i32; 16],
-    ) -> (float32x4_t, u32, bool) {
-        let (mut ok, mut n, mut bad) = ([0f32; 4], 0u32, false);
+    ) -> (float32x4_t, u32, bool, float32x4_t) {
+        let (mut ok, mut n, mut bad, mut kf) = ([0f32; 4], 0u32, false, [0f32; 4]);
         for l in 0..4 {
             let v = *t.add(l);
             let inr = (v as u64) < c as u64;
             let scored = inr && v != ignore;
-            idx[l] = (l * c) as i32 + if scored { v as i32 } else { 0 };
+            let k = if scored { v as i32 } else { 0 };
+            idx[l] = (l * stride) as i32 + k;
             ok[l] = scored as u32 as f32;
+            kf[l] = k as f32;
             n += scored as u32;
             bad |= !inr && v != ignore;
         }
-        (from_lanes(ok), n, bad)
+        (from_lanes(ok), n, bad, from_lanes(kf))
     }
     #[inline(always)]
     unsafe fn ln_ge1(x: float32x4_t) -> float32x4_t {

@@ -125,6 +125,14 @@ impl Isa for Scalar {
         v.abs()
     }
     #[inline(always)]
+    unsafe fn ok_abs_below(v: f32, b: f32, one: f32) -> f32 {
+        if v.abs() < b {
+            one
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
     unsafe fn all_abs_below(v: f32, b: f32) -> bool {
         v.abs() < b
     }
@@ -161,8 +169,8 @@ impl Isa for Scalar {
         (*p, *p.add(1))
     }
     #[inline(always)]
-    unsafe fn select_odd(idx: &[i32; 16], a: f32, b: f32) -> f32 {
-        if idx[0] & 1 == 1 {
+    unsafe fn blend_eq(k: f32, j: f32, a: f32, b: f32) -> f32 {
+        if k == j {
             b
         } else {
             a
@@ -172,14 +180,16 @@ impl Isa for Scalar {
     unsafe fn targets(
         t: *const i64,
         c: usize,
+        _stride: usize,
         ignore: i64,
         idx: &mut [i32; 16],
-    ) -> (f32, u32, bool) {
+    ) -> (f32, u32, bool, f32) {
         let v = *t;
         let inr = (v as u64) < c as u64;
         let ok = inr && v != ignore;
         idx[0] = if ok { v as i32 } else { 0 };
-        (ok as u32 as f32, ok as u32, !inr && v != ignore)
+        let k = idx[0] as f32;
+        (ok as u32 as f32, ok as u32, !inr && v != ignore, k)
     }
     #[inline(always)]
     unsafe fn ln_ge1(x: f32) -> f32 {

@@ -1,0 +1,201 @@
+//! The one way rows reach the vector kernels, whatever their layout and target dtype.
+//!
+//! A run of rows is cut into tiles of a multiple of 16 rows. Each tile is read in place when
+//! the kernels can (packed or row-strided rows; column-major short rows), else staged into this
+//! thread's bounded scratch (rows packed, bytes swapped, columns transposed) and run through
+//! the same kernel; targets of any integer dtype are widened to int64 per tile. Sums are
+//! carried across tiles in one accumulator, in row order, so every layout, target dtype and
+//! short-row scheme gives the same bits. Rows a kernel stops at (a bad target, an inf/NaN row)
+//! are left to the caller's row kernel.
+
+use crate::kernel::{self, Block, BlockSums, CeArgs, LANES_MAX_C};
+use crate::simd::{self, Elem, Path, Short, BF16, F16};
+use crate::tensor::{IntView, Storage, View};
+use std::ops::Range;
+
+/// Bytes of logits per staged tile of rows that are not short: small enough for L2.
+const TILE_BYTES: usize = 64 << 10;
+/// Rows per tile of short rows (C <= LANES_MAX_C): at most 32 KiB of f32 column-major tile.
+const SHORT_TILE: usize = 256;
+
+/// This thread's staging memory for one call (reused tile after tile).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    f32: Vec<f32>,
+    f16: Vec<F16>,
+    bf16: Vec<BF16>,
+    t: Vec<i64>,
+}
+
+/// A storage type the tiles hold: picks its buffer (and the targets') from a [`Scratch`].
+pub(crate) trait Tile: Elem + Storage {
+    fn bufs(s: &mut Scratch) -> (&mut Vec<Self>, &mut Vec<i64>);
+}
+
+macro_rules! tile_buf {
+    ($t:ty, $f:ident) => {
+        impl Tile for $t {
+            fn bufs(s: &mut Scratch) -> (&mut Vec<Self>, &mut Vec<i64>) {
+                (&mut s.$f, &mut s.t)
+            }
+        }
+    };
+}
+tile_buf!(f32, f32);
+tile_buf!(F16, f16);
+tile_buf!(BF16, bf16);
+
+/// Rows per tile: a multiple of 16 (so the lanes blocks and row groups fall on the same rows
+/// in every layout), about `TILE_BYTES` of input, at least 16 rows.
+fn tile_rows(c: usize, size: usize) -> usize {
+    if c <= LANES_MAX_C {
+        return SHORT_TILE;
+    }
+    ((TILE_BYTES / (c * size).max(1)) & !15).max(16)
+}
+
+/// How a tile's rows are read: (pointer, stride, kernel mode), the mode one of
+/// `kernel::{GATHER, COLS, TRANSPOSE}` for short rows (long rows always go row by row).
+type Src<E> = (*const E, usize, u8);
+
+/// Chooses how rows `i..i + n` are read, staging them into `buf` only when they cannot be read
+/// in place (byte-swapped, misaligned, column-strided, or reversed rows).
+fn source<E: Elem + Storage>(
+    x: &View,
+    i: usize,
+    n: usize,
+    scheme: Short,
+    buf: &mut Vec<E>,
+) -> Src<E> {
+    let c = x.cols();
+    if c <= LANES_MAX_C {
+        if let Some((p, cs)) = x.col_run::<E>(i) {
+            return (p, cs, kernel::COLS);
+        }
+        if let Some((p, st)) = x.row_run::<E>(i) {
+            // C = 2 packed rows are deinterleaved by two loads and shuffles in either scheme.
+            let mode = match scheme {
+                Short::Gather => kernel::GATHER,
+                Short::Transpose => kernel::TRANSPOSE,
+            };
+            return (p, st, mode);
+        }
+        x.copy_cols(i, n, n, buf);
+        return (buf.as_ptr(), n, kernel::COLS);
+    }
+    if let Some((p, st)) = x.row_run::<E>(i) {
+        return (p, st, kernel::GATHER);
+    }
+    x.copy_rows(i, n, buf);
+    (buf.as_ptr(), c, kernel::GATHER)
+}
+
+/// Cross-entropy of rows `r` on a SIMD `path` with class targets `t`, carried in one
+/// accumulator; stops at the first block the kernels leave (its rows are `acc.rows` on).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ce<E: Tile>(
+    path: Path,
+    x: &View,
+    t: &IntView,
+    r: Range<usize>,
+    ignore: i64,
+    wt: Option<(&[f32], &[f64])>,
+    mut out: Option<&mut [f32]>,
+    s: &mut Scratch,
+) -> BlockSums {
+    let (xbuf, tbuf) = E::bufs(s);
+    let c = x.cols();
+    let tile = tile_rows(c, std::mem::size_of::<E>());
+    let scheme = simd::short_scheme();
+    let mut acc = BlockSums::default();
+    let n = r.len();
+    let mut done = 0;
+    while done < n {
+        let i = r.start + done;
+        let m = tile.min(n - done);
+        let ts = t.to_i64(i, m, ignore, tbuf);
+        let mut args = CeArgs {
+            t: ts,
+            ignore,
+            wt,
+            out: out.as_deref_mut().map(|o| &mut o[done..done + m]),
+        };
+        let (p, st, mode) = source(x, i, m, scheme, xbuf);
+        let b = Block { p, st, n: m, c };
+        let (a, acc) = (&mut args, &mut acc);
+        let got = match mode {
+            _ if c > LANES_MAX_C => kernel::ce_long_rows(path, b, a, acc),
+            kernel::COLS => kernel::ce_short_rows::<E, { kernel::COLS }>(path, b, a, acc),
+            kernel::TRANSPOSE => kernel::ce_short_rows::<E, { kernel::TRANSPOSE }>(path, b, a, acc),
+            _ => kernel::ce_short_rows::<E, { kernel::GATHER }>(path, b, a, acc),
+        };
+        done += got;
+        if got != m {
+            break;
+        }
+    }
+    acc
+}
+
+/// logsumexp of rows `r` into `out` (one f32 per row); returns the rows done (see [`ce`]).
+pub(crate) fn lse<E: Tile>(
+    path: Path,
+    x: &View,
+    r: Range<usize>,
+    out: &mut [f32],
+    s: &mut Scratch,
+) -> usize {
+    let xbuf = E::bufs(s).0;
+    let c = x.cols();
+    let tile = tile_rows(c, std::mem::size_of::<E>());
+    let scheme = simd::short_scheme();
+    let n = r.len();
+    let mut done = 0;
+    while done < n {
+        let i = r.start + done;
+        let m = tile.min(n - done);
+        let o = &mut out[done..done + m];
+        let (p, st, mode) = source(x, i, m, scheme, xbuf);
+        let b = Block { p, st, n: m, c };
+        let got = match mode {
+            _ if c > LANES_MAX_C => kernel::lse_long_rows(path, b, o),
+            kernel::COLS => kernel::lse_short_rows::<E, { kernel::COLS }>(path, b, o),
+            kernel::TRANSPOSE => kernel::lse_short_rows::<E, { kernel::TRANSPOSE }>(path, b, o),
+            _ => kernel::lse_short_rows::<E, { kernel::GATHER }>(path, b, o),
+        };
+        done += got;
+        if got != m {
+            break;
+        }
+    }
+    done
+}
+
+/// Metric statistics of rows `i..i + n` (n <= 16) in lanes (see `kernel::eval_short`); a
+/// group shorter than 16 is staged padded, so every row is scored by the same arithmetic
+/// whatever group it falls in.
+pub(crate) fn eval_block<E: Tile>(
+    path: Path,
+    x: &View,
+    i: usize,
+    n: usize,
+    xt: &[f32; 16],
+    o: &mut kernel::LaneStats,
+    s: &mut Scratch,
+) {
+    let c = x.cols();
+    let buf = E::bufs(s).0;
+    let (p, st, mode) = if n == 16 {
+        source(x, i, 16, simd::short_scheme(), buf)
+    } else {
+        x.copy_cols(i, n, 16, buf);
+        (buf.as_ptr(), 16, kernel::COLS)
+    };
+    match mode {
+        kernel::COLS => kernel::eval_short_rows::<E, { kernel::COLS }>(path, p, st, c, xt, o),
+        kernel::TRANSPOSE => {
+            kernel::eval_short_rows::<E, { kernel::TRANSPOSE }>(path, p, st, c, xt, o)
+        }
+        _ => kernel::eval_short_rows::<E, { kernel::GATHER }>(path, p, st, c, xt, o),
+    }
+}

@@ -1,0 +1,162 @@
+"""The same data in every layout and target dtype gives bit-identical results (issue 14), on
+every short-row scheme; float64 evaluate is exact; the core's per-row confidence and argmax tie
+rule match float64 / torch references written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnll
+from fastnll import _core
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16, "f64": np.float64}
+
+
+def _data(n: int, c: int, dt, seed: int):
+    g = np.random.default_rng(seed)
+    x = (g.standard_normal((n, c)) * 3).astype(dt)
+    t = g.integers(0, c, n)
+    t[::23] = -100
+    if c > 1:
+        x[7, (t[7] + 1) % c] = -np.inf  # a masked class
+    x[11, 0] = np.nan  # rows the kernels leave to the row kernel
+    x[13] = (x[13].astype(np.float64) + 3000).astype(dt)
+    return x, t
+
+
+def _layouts(x: np.ndarray):
+    """Views of the same logical matrix in the layouts users have."""
+    n, c = x.shape
+    wide = np.zeros((n, c + 5), x.dtype)
+    wide[:, :c] = x
+    twice = np.zeros((2 * n, c), x.dtype)
+    twice[::2] = x
+    swapped = x.astype(x.dtype.newbyteorder(">")) if x.dtype != DTYPES["bf16"] else None
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    mis = raw[1:].view(x.dtype).reshape(n, c)  # misaligned by one byte
+    mis[...] = x
+    out = {"C": x, "F": np.asfortranarray(x), "rows[::2]": twice[::2], "x[:, :C]": wide[:, :c],
+           "reversed": x[::-1].copy()[::-1], "misaligned": mis}
+    if swapped is not None:
+        out["byteswapped"] = swapped
+    return out
+
+
+def _results(x, t):
+    res = {
+        "ce_mean": fastnll.cross_entropy(x, t),
+        "ce_none": fastnll.cross_entropy(x, t, reduction="none"),
+        "ce_w": fastnll.cross_entropy(x, t, weight=np.linspace(0.5, 2, x.shape[1])),
+        "lse": fastnll.logsumexp(x, axis=-1),
+    }
+    rep = fastnll.evaluate(x, t, per_row=True, check_kind=False)
+    res.update(ev_nll=rep.sum_nll, ev_acc=rep.accuracy, ev_top=rep.top_k_accuracy,
+               ev_ece=rep.ece, ev_ent=rep.mean_entropy, ev_brier=rep.brier,
+               ev_rows=rep.row_nll, ev_rank=rep.row_rank)
+    return res
+
+
+def _same(a, b, what):
+    for k in a:
+        va, vb = a[k], b[k]
+        if isinstance(va, np.ndarray):
+            assert va.dtype == vb.dtype and np.array_equal(va.view(np.uint8), vb.view(np.uint8)), \
+                f"{what}: {k} differs"
+        elif isinstance(va, float):
+            assert np.float64(va).tobytes() == np.float64(vb).tobytes(), f"{what}: {k} {va} != {vb}"
+        else:
+            assert va == vb, f"{what}: {k}"
+
+
+@pytest.mark.parametrize("scheme", ["gather", "transpose"])
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 32, 33, 1000])
+@pytest.mark.parametrize("tag", ["f32", "bf16", "f16", "f64"])
+def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
+    _core.set_short_scheme(scheme)
+    try:
+        n = 150 if c >= 1000 else 613
+        x, t = _data(n, c, DTYPES[tag], seed=c)
+        want = _results(x, t)
+        for name, xv in _layouts(x).items():
+            assert np.array_equal(np.asarray(xv, np.float64), np.asarray(x, np.float64), equal_nan=True)
+            _same(want, _results(xv, t), f"{tag} C={c} layout {name}")
+        for tdt in (np.int32, np.int16, np.uint16, np.uint8, np.uint32, np.int64):
+            if np.iinfo(tdt).max < c:
+                continue
+            tt = t.astype(tdt)
+            ign = -100 if np.issubdtype(tdt, np.signedinteger) else None
+            if ign is None:
+                # unsigned dumps mark ignored rows with a value of their own
+                tt = np.where(t == -100, np.iinfo(tdt).max, t).astype(tdt)
+                got = {
+                    "ce_mean": fastnll.cross_entropy(x, tt, ignore_index=int(np.iinfo(tdt).max)),
+                    "ce_none": fastnll.cross_entropy(x, tt, reduction="none",
+                                                     ignore_index=int(np.iinfo(tdt).max)),
+                }
+                _same({k: want[k] for k in got}, got, f"{tag} C={c} targets {tdt.__name__}")
+                continue
+            _same(want, _results(x, tt), f"{tag} C={c} targets {tdt.__name__}")
+            strided = np.zeros(2 * n, tdt)
+            strided[::2] = tt
+            _same(want, _results(x, strided[::2]), f"{tag} C={c} strided {tdt.__name__}")
+    finally:
+        _core.set_short_scheme("auto")
+
+
+def _ref_rows(x: np.ndarray, t: np.ndarray):
+    """float64 reference: per-row NLL, rank (ties for the target), argmax rank, confidence."""
+    x = np.asarray(x, np.float64)
+    m = x.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+    xt = x[np.arange(len(t)), t]
+    rank = (x > xt[:, None]).sum(axis=1)
+    before = np.arange(x.shape[1])[None, :] < t[:, None]
+    rank_first = rank + ((x == xt[:, None]) & before).sum(axis=1)
+    return lse - xt, rank, rank_first, np.exp(m[:, 0] - lse)
+
+
+@pytest.mark.parametrize("c", [2, 5, 10, 32, 300])
+def test_float64_evaluate_is_exact(c):
+    g = np.random.default_rng(5)
+    x = g.normal(size=(300, c))
+    t = g.integers(0, c, 300)
+    rep = fastnll.evaluate(x, t, per_row=True)
+    nll, rank, _, conf = _ref_rows(x, t)
+    assert abs(rep.mean_nll - nll.mean()) <= 1e-12 * abs(nll.mean())
+    np.testing.assert_allclose(rep.row_nll, nll, rtol=1e-12, atol=0)
+    assert np.array_equal(rep.row_rank, rank)
+    assert abs(rep.mean_nll - fastnll.cross_entropy(x, t)) <= 1e-13
+
+
+def _eval_rows(x, t, ties="target"):
+    n = x.shape[0]
+    nll, rank, conf = np.empty(n), np.empty(n, np.int64), np.empty(n)
+    xv, tag, swap = fastnll._arrays.core_view(x)
+    _core.eval_rows(xv, tag, swap, t, "logits", -100, [1], 15,
+                    nll_out=nll, rank_out=rank, conf_out=conf, ties=ties)
+    return nll, rank, conf
+
+
+@pytest.mark.parametrize("c", [3, 10, 50])
+def test_conf_out_and_argmax_ties(c):
+    g = np.random.default_rng(c)
+    # few distinct values: many ties, as in bfloat16 dumps
+    x = g.integers(-3, 3, size=(500, c)).astype(np.float32)
+    t = g.integers(0, c, 500)
+    t[::17] = -100
+    keep = t != -100
+    nll_ref, rank_ref, first_ref, conf_ref = _ref_rows(x[keep], t[keep])
+    nll, rank, conf = _eval_rows(x, t)
+    assert np.array_equal(rank[keep], rank_ref)
+    assert np.all(rank[~keep] == -1) and np.all(np.isnan(conf[~keep]))
+    np.testing.assert_allclose(conf[keep], conf_ref, rtol=2e-6)
+    np.testing.assert_allclose(nll[keep], nll_ref, rtol=2e-6, atol=2e-6)
+    _, rank_first, _ = _eval_rows(x, t, ties="first")
+    assert np.array_equal(rank_first[keep], first_ref)
+    # the argmax rule is torch's: top-1 correct exactly where argmax (first max) is the target
+    assert np.array_equal(rank_first[keep] == 0, x[keep].argmax(axis=1) == t[keep])
+    with pytest.raises(ValueError, match="ties must be"):
+        _eval_rows(x, t, ties="last")
