@@ -226,3 +226,56 @@ def test_classwise_ece_matches_definition() -> None:
         per.append(e)
     np.testing.assert_allclose(rep.extras.class_ece, per, rtol=1e-5, atol=1e-7)
     assert rep.extras.classwise_ece == pytest.approx(np.mean(per), rel=1e-5)
+
+
+def test_ties_first_is_torch_argmax_on_bfloat16() -> None:
+    """A bfloat16 dump has many ties: ties='target' counts them for the target, ties='first'
+    gives torch's argmax accuracy; the report says which rule it used."""
+    import ml_dtypes
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((5000, 64)) * 0.3).astype(ml_dtypes.bfloat16)
+    xf = x.astype(np.float32)
+    t = np.argsort(-xf, axis=1, kind="stable")[:, 1]  # the second of a tie, where there is one
+    tie = xf[np.arange(5000), t] == xf.max(1)
+    assert tie.sum() > 50
+    first = evaluate(x, t, ties="first")
+    want = (torch.from_numpy(xf).argmax(-1).numpy() == t).mean()
+    assert first.accuracy == pytest.approx(want, abs=0) and first.ties == "first"
+    assert evaluate(x, t).accuracy == pytest.approx(tie.mean(), abs=0)
+    assert evaluate(x, t).to_dict()["ties"] == "target"
+    with pytest.raises(ValueError, match="ties must be"):
+        evaluate(x, t, ties="last")
+
+
+def _mass_reference(conf: np.ndarray, correct: np.ndarray, nb: int) -> float:
+    order = np.argsort(conf, kind="stable")
+    c, k = conf[order], correct[order].astype(float)
+    edges = (np.arange(nb + 1) * c.size) // nb
+    return float(sum(abs(k[a:b].sum() - c[a:b].sum()) for a, b in zip(edges[:-1], edges[1:]))
+                 / c.size)
+
+
+def test_equal_mass_ece_matches_reference(monkeypatch) -> None:
+    from fastnll import _report_extras
+
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((6000, 12)) * 2
+    t = rng.integers(0, 12, 6000)
+    t[::13] = -100
+    rep = evaluate(z.astype(np.float32), t, equal_mass_ece=True, n_bins=10, chunk_bytes=7000)
+    v = t != -100
+    p = np.exp(z - np.logaddexp.reduce(z, axis=1, keepdims=True))[v]
+    correct = np.argmax(z[v], 1) == t[v]
+    ref = _mass_reference(p.max(1), correct, 10)
+    e = rep.extras
+    assert e.equal_mass_exact and e.ece_equal_mass == pytest.approx(ref, rel=1e-5, abs=1e-7)
+    counts = [b["count"] for b in e.equal_mass_bins]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == v.sum()
+    # past the exact bound: the 2^16 fine bins, within one fine bin per bin of the exact one
+    monkeypatch.setattr(_report_extras, "MAX_EXACT_ROWS", 1000)
+    approx = evaluate(z.astype(np.float32), t, equal_mass_ece=True, n_bins=10,
+                      chunk_bytes=7000).extras
+    assert not approx.equal_mass_exact
+    assert approx.ece_equal_mass == pytest.approx(ref, abs=2e-3)

@@ -189,7 +189,8 @@ def format_eval(r: EvalReport, title: str = "") -> str:
         ("sum NLL", _num(r.sum_nll, ".4f")),
         ("perplexity", _num(r.perplexity, ".4f")),
         ("bits per token", _num(r.bits_per_token)),
-        ("top-1 accuracy", _pct(r.accuracy)),
+        ("top-1 accuracy", _pct(r.accuracy) + ("" if r.ties == "target" else
+                                                " (ties='first': argmax rule)")),
     ]
     pairs += [(f"top-{k} accuracy", _pct(v)) for k, v in r.top_k_accuracy.items() if k != 1]
     pairs += [
@@ -203,7 +204,9 @@ def format_eval(r: EvalReport, title: str = "") -> str:
         pairs += _extra_pairs(e)
     lines = [title] if title else []
     lines += _rows(pairs)
-    lines += ["", "  calibration bins (confidence = max probability; ties count as correct)",
+    rule = ("ties count as correct" if r.ties == "target" else
+            "top-1 = first maximal index, as argmax")
+    lines += ["", f"  calibration bins (confidence = max probability; {rule})",
               f"  {'confidence':<13} {'rows':>10} {'mean conf':>10} {'accuracy':>10} {'gap':>8}"]
     for b in r.bins:
         if not b.count:
@@ -234,6 +237,12 @@ def _extra_pairs(e: Any) -> List[Tuple[str, str]]:
                                  f"mean perplexity {_num(e.sequence_perplexity_mean, '.4f')} "
                                  f"+/- {_num(e.sequence_perplexity_se, '.4f')} (SE across "
                                  "sequences)"))
+    if e.equal_mass_bins is not None:
+        out.append((f"ECE equal-mass ({len(e.equal_mass_bins)} bins)",
+                    _num(e.ece_equal_mass) + ("" if e.equal_mass_exact else
+                                              " (from 2^16 fine bins)")))
+    if e.class_ece is not None:
+        out.append(("classwise ECE", _num(e.classwise_ece)))
     if e.n_bytes is not None:
         out.append(("bits per byte", f"{_num(e.bits_per_byte)} ({e.n_bytes:,.0f} bytes)"))
     if e.n_words is not None:

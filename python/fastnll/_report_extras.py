@@ -8,6 +8,9 @@ already writes (``_core.eval_rows(..., nll_out=, rank_out=)``), in the same read
 * per class (C <= MAX_CLASSES): rows, mean NLL, recall (top-1 accuracy of the class's rows);
 * classwise ECE (C <= MAX_CLASSES; optional, it re-reads each chunk to form its softmax in
   float32): the mean over classes k of Σ_b (n_kb / N) |freq_kb - conf_kb|, bins of p_k;
+* equal-mass (adaptive) ECE: rows sorted by confidence (the core's ``conf_out``) split into
+  n_bins bins of equal counts, exact up to MAX_EXACT_ROWS rows (9 bytes per row held), beyond
+  from 2^16 equal-width fine bins (each bin then holds N/n_bins rows ± one fine bin's rows);
 * probabilities: rows whose target probability is 0 (NLL +inf), and with ``clip=eps`` the NLL
   of max(p_t, eps) (sklearn's ``log_loss`` clipping) and the rows at the clip.
 
@@ -26,6 +29,8 @@ import numpy as np
 __all__ = ["MAX_CLASSES", "Extras", "ExtrasAccumulator", "masked_target", "per_position"]
 
 MAX_CLASSES = 4096  # per-class statistics are kept for at most this many classes
+MAX_EXACT_ROWS = 1 << 26  # equal-mass ECE from the rows themselves up to this many rows
+FINE_BINS = 1 << 16
 Count = Union[int, Sequence[int], np.ndarray, None]
 
 
@@ -91,6 +96,9 @@ class Extras:
     class_recall: Optional[np.ndarray] = None
     classwise_ece: float = math.nan  # only with classwise_ece=True
     class_ece: Optional[np.ndarray] = None  # [C] each class's ECE
+    ece_equal_mass: float = math.nan  # only with equal_mass_ece=True
+    equal_mass_bins: Optional[list] = None  # [{lower, upper, count, mean_confidence, accuracy}]
+    equal_mass_exact: Optional[bool] = None
     zero_prob_rows: Optional[int] = None  # probabilities only
     clip: Optional[float] = None
     clipped_rows: Optional[int] = None
@@ -128,6 +136,11 @@ class Extras:
         if self.class_ece is not None:
             out["classwise_ece"] = j(self.classwise_ece)
             out["class_ece"] = j(self.class_ece)
+        if self.equal_mass_bins is not None:
+            out["ece_equal_mass"] = j(self.ece_equal_mass)
+            out["equal_mass_exact"] = self.equal_mass_exact
+            out["equal_mass_bins"] = [{k: j(v) for k, v in b.items()}
+                                      for b in self.equal_mass_bins]
         if self.zero_prob_rows is not None:
             out["zero_prob_rows"] = self.zero_prob_rows
         if self.clip is not None:
@@ -141,7 +154,7 @@ class ExtrasAccumulator:
     def __init__(self, shape: Sequence[int], n_classes: int, *, per_position: bool = False,
                  per_sequence: bool = False, per_class: bool = False, probs: bool = False,
                  clip: Optional[float] = None, n_bytes: Count = None,
-                 n_words: Count = None, classwise_bins: int = 0) -> None:
+                 n_words: Count = None, classwise_bins: int = 0, mass_bins: int = 0) -> None:
         b, t = (1, int(shape[0])) if len(shape) == 1 else (int(shape[0]), int(shape[1]))
         self.b, self.t, self.c = b, t, int(n_classes)
         if per_position and len(shape) != 2:
@@ -160,6 +173,11 @@ class ExtrasAccumulator:
         self.cw_p = np.zeros(self.c * nb, np.float64)  # Σ p_k
         self.cw_y = np.zeros(self.c * nb, np.float64)  # Σ 1[target = k]
         self.cw_rows = 0
+        self.mass_bins = int(mass_bins)
+        self._conf: list = []
+        self._ok: list = []
+        self._kept = 0
+        self.fine = None  # (count, Σ conf, Σ correct) per fine bin once past MAX_EXACT_ROWS
         if clip is not None and not 0 < float(clip) < 1:
             raise ValueError(f"clip must be in (0, 1), got {clip}")
         self.flags = (per_position, per_sequence, per_class, probs, clip)
@@ -174,11 +192,28 @@ class ExtrasAccumulator:
         self.sum_clipped = self.sum_clipped_sq = 0.0
         self.n = 0
 
+    def _fold(self) -> None:
+        """Move the kept confidences into the fine histogram (past MAX_EXACT_ROWS)."""
+        if self.fine is None:
+            self.fine = np.zeros((3, FINE_BINS), np.float64)
+        for c, k in zip(self._conf, self._ok):
+            b = np.clip((c * FINE_BINS).astype(np.int64), 0, FINE_BINS - 1)
+            self.fine[0] += np.bincount(b, minlength=FINE_BINS)
+            self.fine[1] += np.bincount(b, weights=c, minlength=FINE_BINS)
+            self.fine[2] += np.bincount(b, weights=k, minlength=FINE_BINS)
+        self._conf, self._ok, self._kept = [], [], 0
+
     def add(self, offset: int, nll: np.ndarray, rank: np.ndarray,
-            target: Optional[np.ndarray]) -> None:
+            target: Optional[np.ndarray], conf: Optional[np.ndarray] = None) -> None:
         """Rows offset .. offset + len(nll) of the flat [B*T] order (ignored rows: rank -1)."""
         per_position, per_sequence, per_class, probs, clip = self.flags
         ok = rank >= 0
+        if self.mass_bins and conf is not None:
+            self._conf.append(conf[ok].copy())
+            self._ok.append(rank[ok] == 0)
+            self._kept += int(ok.sum())
+            if self.fine is not None or self._kept > MAX_EXACT_ROWS:
+                self._fold()
         rows = np.arange(offset, offset + nll.size)[ok]
         v, r = nll[ok], rank[ok]
         self.n += v.size
@@ -222,8 +257,17 @@ class ExtrasAccumulator:
         """Add another accumulator's sums (same shape and options)."""
         if (o.b, o.t, o.c, o.flags) != (self.b, self.t, self.c, self.flags):
             raise ValueError("cannot merge extras of different shapes or options")
-        if o.cw_bins != self.cw_bins:
+        if o.cw_bins != self.cw_bins or o.mass_bins != self.mass_bins:
             raise ValueError("cannot merge extras of different options")
+        self._conf += o._conf
+        self._ok += o._ok
+        self._kept += o._kept
+        if o.fine is not None:
+            self._fold()
+            assert self.fine is not None
+            self.fine += o.fine
+        elif self.fine is not None or self._kept > MAX_EXACT_ROWS:
+            self._fold()
         self.cw_rows += o.cw_rows
         for name in ("cw_n", "cw_p", "cw_y", "pos_n", "pos_nll", "pos_ok", "pos_sq", "seq_n", "seq_nll", "cls_n", "cls_nll",
                      "cls_ok"):
@@ -269,6 +313,8 @@ class ExtrasAccumulator:
             gap = np.abs(self.cw_y - self.cw_p).reshape(self.c, nb).sum(axis=1) / rows
             e.class_ece = gap if self.cw_rows else np.full(self.c, np.nan)
             e.classwise_ece = float(gap.mean()) if self.cw_rows else math.nan
+        if self.mass_bins:
+            e.ece_equal_mass, e.equal_mass_bins, e.equal_mass_exact = self._equal_mass()
         if self.n_bytes is not None:
             e.n_bytes = float(self.n_bytes.sum())
             e.bits_per_byte = self.sum_nll / (e.n_bytes * math.log(2))
@@ -280,6 +326,51 @@ class ExtrasAccumulator:
         if clip is not None:
             e.clip, e.clipped_rows = float(clip), self.clipped
         return e
+
+    def _equal_mass(self) -> tuple:
+        """(ECE, bins, exact) over n_bins bins of equal row counts by confidence."""
+        nb = self.mass_bins
+        if self.fine is None:
+            c = np.concatenate(self._conf) if self._conf else np.zeros(0)
+            k = np.concatenate(self._ok) if self._ok else np.zeros(0, bool)
+            n = c.size
+            if n == 0:
+                return math.nan, [], True
+            order = np.argsort(c, kind="stable")
+            c, k = c[order], k[order].astype(np.float64)
+            edges = (np.arange(nb + 1) * n) // nb
+            cnt = np.diff(edges)
+            cs, ks = np.add.reduceat(c, edges[:-1]), np.add.reduceat(k, edges[:-1])
+            lo, hi = c[edges[:-1]], c[np.maximum(edges[1:] - 1, 0)]
+            keep = cnt > 0
+            cnt, cs, ks, lo, hi = cnt[keep], cs[keep], ks[keep], lo[keep], hi[keep]
+            exact = True
+        else:
+            f = self.fine
+            n = int(f[0].sum())
+            if n == 0:
+                return math.nan, [], False
+            cum = np.cumsum(f[0])
+            # fine bin j goes to equal-mass bin floor(nb * rows before its middle / n)
+            mid = cum - f[0] / 2
+            g = np.minimum((mid * nb / n).astype(np.int64), nb - 1)
+            cnt = np.bincount(g, weights=f[0], minlength=nb)
+            cs = np.bincount(g, weights=f[1], minlength=nb)
+            ks = np.bincount(g, weights=f[2], minlength=nb)
+            idx = np.arange(FINE_BINS)
+            occupied = f[0] > 0
+            lo = np.array([idx[(g == b) & occupied].min() / FINE_BINS if cnt[b] else np.nan
+                           for b in range(nb)])
+            hi = np.array([(idx[(g == b) & occupied].max() + 1) / FINE_BINS if cnt[b] else np.nan
+                           for b in range(nb)])
+            keep = cnt > 0
+            cnt, cs, ks, lo, hi = cnt[keep], cs[keep], ks[keep], lo[keep], hi[keep]
+            exact = False
+        ece = float(np.sum(np.abs(ks - cs)) / n)
+        bins = [{"lower": float(a), "upper": float(b), "count": int(m),
+                 "mean_confidence": float(x / m), "accuracy": float(y / m)}
+                for a, b, m, x, y in zip(lo, hi, cnt, cs, ks)]
+        return ece, bins, exact
 
     def clipped_nll(self) -> tuple:
         """(Σ, Σ²) of min(nll, -ln clip) over scored rows."""
@@ -313,20 +404,21 @@ def per_position(preds: Any, target: Any, **kw: Any) -> Extras:
 
 def make(d: Any, kind: str, per_position: bool, per_sequence: bool, per_class: bool,
          n_bytes: Count, n_words: Count, clip: Optional[float], classwise_ece: bool = False,
-         n_bins: int = 15) -> Optional[ExtrasAccumulator]:
+         n_bins: int = 15, equal_mass_ece: bool = False) -> Optional[ExtrasAccumulator]:
     """The accumulator :func:`fastnll.evaluate` feeds, or None when no extra is asked for
     (probabilities always count their zero-probability targets)."""
     if clip is not None and kind != "probs":
         raise ValueError(f"clip= applies to kind='probs' (got kind={kind!r}): logits and "
                          "log-probabilities have no probability to clip")
     wanted = per_position or per_sequence or per_class or n_bytes is not None \
-        or n_words is not None or kind == "probs" or classwise_ece
+        or n_words is not None or kind == "probs" or classwise_ece or equal_mass_ece
     if not wanted:
         return None
     return ExtrasAccumulator(d.out_shape, d.x.shape[-1], per_position=per_position,
                              per_sequence=per_sequence, per_class=per_class,
                              probs=kind == "probs", clip=clip, n_bytes=n_bytes,
-                             n_words=n_words, classwise_bins=n_bins if classwise_ece else 0)
+                             n_words=n_words, classwise_bins=n_bins if classwise_ece else 0,
+                             mass_bins=n_bins if equal_mass_ece else 0)
 
 
 def _probs(x: np.ndarray, kind: str) -> np.ndarray:
@@ -349,14 +441,15 @@ def chain(d: Any, sink: Any, ex: Optional[ExtrasAccumulator], kind: str = "logit
     t_len = d.x.shape[1]
     want_t = ex.flags[2]
 
-    def both(offset: int, nll: np.ndarray, rank: np.ndarray) -> None:
+    def both(offset: int, nll: np.ndarray, rank: np.ndarray,
+             conf: Optional[np.ndarray] = None) -> None:
         if sink is not None:
-            sink(offset, nll, rank)
+            sink(offset, nll, rank, conf)
         tgt = None
         if want_t or ex.cw_bins:
             b0, b1, t0, t1 = block_of(offset, nll.size, t_len)
             tgt = np.asarray(d.t[b0:b1, t0:t1]).reshape(-1)
-        ex.add(offset, nll, rank, tgt)
+        ex.add(offset, nll, rank, tgt, conf)
         if ex.cw_bins and tgt is not None:
             ok = rank >= 0
             x = np.asarray(d.x[b0:b1, t0:t1]).reshape(-1, d.x.shape[-1])[ok]

@@ -73,6 +73,9 @@ def _common(p: argparse.ArgumentParser, eval_opts: bool) -> None:
                        help="write a reliability diagram (needs matplotlib: fastnll[plot])")
         p.add_argument("--per-row", metavar="FILE.npy",
                        help="write per-row records (nll float64, rank int64) to a .npy file")
+        p.add_argument("--ties", choices=("target", "first"), default="target",
+                       help="top-1 rule: a tie with the best class counts for the target "
+                       "(default) or the first maximal index wins (torch's argmax)")
         p.add_argument("--fit-temperature", action="store_true",
                        help="also fit the temperature T of softmax(x / T) that minimises the "
                        "NLL (a few more reads) and report NLL / ECE before and after")
@@ -168,7 +171,7 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
         a.preds, a.targets, kind=a.kind, ignore_index=a.ignore_index, top_k=tuple(a.top_k),
         n_bins=a.bins, shift=a.shift, per_row=a.per_row or False,
         chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
-        target_dtype=a.target_dtype, check_kind=not a.no_kind_check)
+        target_dtype=a.target_dtype, check_kind=not a.no_kind_check, ties=a.ties)
     _say(a, format_eval(report, f"fastnll eval: {a.preds} against {a.targets}"))
     if a.per_row:
         _say(a, f"\nper-row nll/rank records written to {a.per_row}")

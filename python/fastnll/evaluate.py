@@ -35,7 +35,8 @@ def _core() -> Any:
 
 
 # ----------------------------------------------------------------------------- evaluator
-RowSink = Callable[[int, np.ndarray, np.ndarray], None]
+RowSink = Callable[[int, np.ndarray, np.ndarray, Optional[np.ndarray]], None]
+TIES = ("target", "first")
 
 
 class Evaluator:
@@ -49,8 +50,12 @@ class Evaluator:
     def __init__(self, *, kind: str = "logits", ignore_index: int = -100,
                  top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
                  chunk_bytes: int = 256 << 20, progress: Optional[bool] = None,
-                 check_kind: bool = True) -> None:
+                 check_kind: bool = True, ties: str = "target") -> None:
         self.top_k = validate(kind, top_k, n_bins, chunk_bytes)
+        if ties not in TIES:
+            raise ValueError(f"ties must be 'target' or 'first', got {ties!r}")
+        self.ties = ties
+        self.want_conf = False  # per-row confidence for the sink (equal-mass ECE)
         self.kind, self.ignore_index, self.n_bins = kind, int(ignore_index), int(n_bins)
         self.shift, self.chunk_bytes, self.progress = bool(shift), int(chunk_bytes), progress
         self.check_kind = check_kind
@@ -67,7 +72,7 @@ class Evaluator:
         self.bin_correct = np.zeros(self.n_bins, dtype=np.int64)
 
     def _config(self) -> Tuple[Any, ...]:
-        return (self.kind, self.ignore_index, self.top_k, self.n_bins)
+        return (self.kind, self.ignore_index, self.top_k, self.n_bins, self.ties)
 
     def _take_classes(self, c: int, who: str) -> None:
         if self.n_classes is not None and self.n_classes != c:
@@ -97,14 +102,16 @@ class Evaluator:
                 rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
                 nll = np.empty(rows, np.float64) if sink else None
                 rank = np.empty(rows, np.int64) if sink else None
+                conf = np.empty(rows, np.float64) if sink and self.want_conf else None
                 try:
                     r = core.eval_rows(view, tag, swap, ts, self.kind, self.ignore_index,
-                                       self._ks, self.n_bins, lead, nll, rank)
+                                       self._ks, self.n_bins, lead, nll, rank, conf,
+                                       self.ties)
                 except (IndexError, ValueError) as exc:
                     reraise(exc, d, ts, b0, t0, self.ignore_index)
                 self._add(r)
                 if sink is not None and nll is not None and rank is not None:
-                    sink(offset, nll, rank)
+                    sink(offset, nll, rank, conf)
                 bar.advance(rows * row_bytes)
 
     def _add(self, r: Dict[str, Any]) -> None:
@@ -127,7 +134,7 @@ class Evaluator:
         if other._config() != self._config():
             raise ValueError(f"cannot merge evaluators with different settings: "
                              f"{other._config()} vs {self._config()} "
-                             f"(kind, ignore_index, top_k, n_bins)")
+                             f"(kind, ignore_index, top_k, n_bins, ties)")
         if other.n_classes is not None:
             self._take_classes(other.n_classes, "the merged evaluator")
         self._add({"n": other.n, "n_ignored": other.n_ignored, "sum_nll": other.sum_nll,
@@ -163,7 +170,8 @@ class Evaluator:
             top_k_accuracy={k: (correct[k] / n if n else nan) for k in self.top_k},
             mean_entropy=self.sum_entropy / n if n else nan,
             brier=self.sum_brier / n if n else nan, ece=ece,
-            mce=nan if bad or not gaps else max(gaps), n_bins=self.n_bins, bins=tuple(bins))
+            mce=nan if bad or not gaps else max(gaps), n_bins=self.n_bins, bins=tuple(bins),
+            ties=self.ties)
 
 
 def _se(s: float, sq: float, n: int) -> float:
@@ -198,7 +206,8 @@ def _row_store(d: Dump, per_row: Union[bool, PathLike]
         flat = rec.reshape(-1)  # the file is C-contiguous: a view
         flat_nll, flat_rank = flat["nll"], flat["rank"]
 
-    def sink(offset: int, n: np.ndarray, r: np.ndarray) -> None:
+    def sink(offset: int, n: np.ndarray, r: np.ndarray, conf: Optional[np.ndarray] = None
+             ) -> None:
         flat_nll[offset:offset + n.size] = n
         flat_rank[offset:offset + r.size] = r
 
@@ -212,7 +221,8 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
              target_dtype: Any = None, check_kind: bool = True, mask: Any = None,
              min_position: int = 0, per_position: bool = False, per_sequence: bool = False,
              per_class: bool = False, n_bytes: Any = None, n_words: Any = None,
-             clip: Optional[float] = None, classwise_ece: bool = False) -> EvalReport:
+             clip: Optional[float] = None, classwise_ece: bool = False,
+             equal_mass_ece: bool = False, ties: str = "target") -> EvalReport:
     """Score a whole dump in one streaming read; see docs/evaluate.md.
 
     ``preds``: [N, C] or [B, T, V] array, memmap, or a path (.npy, .npz[:key],
@@ -227,17 +237,20 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     ``per_sequence``, ``per_class``, ``n_bytes=``/``n_words=`` (bits per byte, word
     perplexity) and ``clip=`` (probabilities: NLL of max(p_t, clip)) are computed from the
     per-row NLL and rank of the same read; ``classwise_ece=True`` (C <= 4096) re-reads each
-    chunk for its softmax.
+    chunk for its softmax; ``equal_mass_ece=True`` adds ECE over ``n_bins`` bins of equal row
+    counts. ``ties="first"`` scores top-1 by the first maximal index (torch's argmax) instead
+    of counting a tie for the target.
     """
     ev = Evaluator(kind=kind, ignore_index=ignore_index, top_k=top_k, n_bins=n_bins,
                    shift=shift, chunk_bytes=chunk_bytes, progress=progress,
-                   check_kind=check_kind)
+                   check_kind=check_kind, ties=ties)
     if mask is not None or min_position:
         target = _extras.masked_target(target, mask, min_position, ignore_index, shift)
     d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
                 target_dtype=target_dtype)
     ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words, clip,
-                      classwise_ece, n_bins)
+                      classwise_ece, n_bins, equal_mass_ece)
+    ev.want_conf = bool(equal_mass_ece)
     if (per_row is False or per_row is None) and ex is None:
         ev._update(d, None)
         return ev.result()
