@@ -86,6 +86,12 @@ def test_errors_are_clear() -> None:
         fastnll.fit_temperature(z, np.zeros(4, int), kind="probs")
     with pytest.raises(IndexError, match="target 7"):
         fastnll.fit_temperature(z, np.array([0, 1, 7, 2]))
+    rng = np.random.default_rng(9)
+    noise = rng.standard_normal((3000, 8)).astype(np.float32) * 3
+    y = rng.integers(0, 8, 3000)
+    y = np.where((noise[np.arange(3000), y] > 0), (y + 1) % 8, y)  # targets shun the logits
+    with pytest.raises(ValueError, match="T -> infinity"):
+        fastnll.fit_temperature(noise, y)
     perfect = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]] * 5
     with pytest.raises(ValueError, match="no finite temperature"):
         fastnll.fit_temperature(perfect, np.array([0, 1, 2, 0]))
