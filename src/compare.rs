@@ -97,9 +97,15 @@ pub struct CompareOut<'a> {
 
 impl<'a> CompareOut<'a> {
     fn len_ok(&self, n: usize) -> bool {
-        [self.kl.len(), self.dp.len(), self.nll_base.len(), self.nll_new.len(), self.same.len()]
-            .iter()
-            .all(|&l| l == n)
+        [
+            self.kl.len(),
+            self.dp.len(),
+            self.nll_base.len(),
+            self.nll_new.len(),
+            self.same.len(),
+        ]
+        .iter()
+        .all(|&l| l == n)
     }
 
     fn split(self, per: usize) -> Vec<CompareOut<'a>> {
@@ -199,7 +205,10 @@ unsafe fn kl_vec<I: Isa>(
     let small = I::sub(I::splat(1.0), big);
     let h_small = I::mul(ea, series::<I>(r));
     let h_big = I::sub(I::mul(eb, g), I::fma(ea, r, ea));
-    let h = I::add(I::zero_where_zero(big, h_big), I::zero_where_zero(small, h_small));
+    let h = I::add(
+        I::zero_where_zero(big, h_big),
+        I::zero_where_zero(small, h_small),
+    );
     *acc = I::add(*acc, h);
     let has_a = I::count_gt(zero, ya, floor);
     let has_b = I::count_gt(zero, yb, floor);
@@ -230,20 +239,47 @@ unsafe fn kl_rows<I: Isa, A: Elem, B: Elem>(
         let (mut a0, mut a1, mut inf) = (z, z, z);
         let mut i = start;
         while i + 2 * w <= end {
-            kl_vec::<I>(A::load::<I>(pa.add(i)), B::load::<I>(pb.add(i)), vma, vmb, vc, vg,
-                        &mut a0, &mut inf);
-            kl_vec::<I>(A::load::<I>(pa.add(i + w)), B::load::<I>(pb.add(i + w)), vma, vmb,
-                        vc, vg, &mut a1, &mut inf);
+            kl_vec::<I>(
+                A::load::<I>(pa.add(i)),
+                B::load::<I>(pb.add(i)),
+                vma,
+                vmb,
+                vc,
+                vg,
+                &mut a0,
+                &mut inf,
+            );
+            kl_vec::<I>(
+                A::load::<I>(pa.add(i + w)),
+                B::load::<I>(pb.add(i + w)),
+                vma,
+                vmb,
+                vc,
+                vg,
+                &mut a1,
+                &mut inf,
+            );
             i += 2 * w;
         }
         while i + w <= end {
-            kl_vec::<I>(A::load::<I>(pa.add(i)), B::load::<I>(pb.add(i)), vma, vmb, vc, vg,
-                        &mut a0, &mut inf);
+            kl_vec::<I>(
+                A::load::<I>(pa.add(i)),
+                B::load::<I>(pb.add(i)),
+                vma,
+                vmb,
+                vc,
+                vg,
+                &mut a0,
+                &mut inf,
+            );
             i += w;
         }
         if i < end {
             // lanes past the end hold -inf in both rows: they add 0
-            let (ta, tb) = (A::load_tail::<I>(pa.add(i), end - i), B::load_tail::<I>(pb.add(i), end - i));
+            let (ta, tb) = (
+                A::load_tail::<I>(pa.add(i), end - i),
+                B::load_tail::<I>(pb.add(i), end - i),
+            );
             kl_vec::<I>(ta, tb, vma, vmb, vc, vg, &mut a1, &mut inf);
         }
         total[0] += I::hsum(I::add(a0, a1)) as f64;
@@ -266,17 +302,38 @@ macro_rules! dispatch2 {
         ) -> [f64; 2] {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,popcnt")]
-            unsafe fn avx2<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 2] {
+            unsafe fn avx2<A: Elem, B: Elem>(
+                xa: &[A],
+                xb: &[B],
+                ma: f32,
+                mb: f32,
+                c: f32,
+                g: f32,
+            ) -> [f64; 2] {
                 $kernel::<simd::avx2::Avx2, A, B>(xa, xb, ma, mb, c, g)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,popcnt")]
-            unsafe fn avx512<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 2] {
+            unsafe fn avx512<A: Elem, B: Elem>(
+                xa: &[A],
+                xb: &[B],
+                ma: f32,
+                mb: f32,
+                c: f32,
+                g: f32,
+            ) -> [f64; 2] {
                 $kernel::<simd::avx512::Avx512, A, B>(xa, xb, ma, mb, c, g)
             }
             #[cfg(target_arch = "aarch64")]
             #[target_feature(enable = "neon")]
-            unsafe fn neon<A: Elem, B: Elem>(xa: &[A], xb: &[B], ma: f32, mb: f32, c: f32, g: f32) -> [f64; 2] {
+            unsafe fn neon<A: Elem, B: Elem>(
+                xa: &[A],
+                xb: &[B],
+                ma: f32,
+                mb: f32,
+                c: f32,
+                g: f32,
+            ) -> [f64; 2] {
                 $kernel::<simd::neon::Neon, A, B>(xa, xb, ma, mb, c, g)
             }
             match path {
@@ -325,7 +382,12 @@ fn f_r(r: f64) -> f64 {
 /// KL of two rows given as natural-log probabilities up to per-row constants:
 /// ln p_j = la_j - na, ln q_j = lb_j - nb (float64, any values; -inf = probability 0), as
 /// Σ p f(r) + Σ p - Σ q (= Σ p ln(p/q) even for rows that do not sum to 1), clamped at 0.
-fn kl_scalar(la: impl Iterator<Item = f64>, lb: impl Iterator<Item = f64>, na: f64, nb: f64) -> f64 {
+fn kl_scalar(
+    la: impl Iterator<Item = f64>,
+    lb: impl Iterator<Item = f64>,
+    na: f64,
+    nb: f64,
+) -> f64 {
     let (mut kl, mut sp, mut sq) = (0.0, 0.0, 0.0);
     for (a, b) in la.zip(lb) {
         if a.is_nan() || b.is_nan() {
@@ -361,16 +423,18 @@ struct RowRead {
 
 fn argmax_first(rw: &Rows, i: usize, m: f64) -> usize {
     // first index holding the row max (NaN rows: the first non-NaN maximum, as the scan)
-    (0..rw.cols()).find(|&j| rw.value(i, j) == m).unwrap_or_else(|| {
-        let mut best = (f64::NEG_INFINITY, 0);
-        for j in 0..rw.cols() {
-            let v = rw.value(i, j);
-            if v > best.0 {
-                best = (v, j);
+    (0..rw.cols())
+        .find(|&j| rw.value(i, j) == m)
+        .unwrap_or_else(|| {
+            let mut best = (f64::NEG_INFINITY, 0);
+            for j in 0..rw.cols() {
+                let v = rw.value(i, j);
+                if v > best.0 {
+                    best = (v, j);
+                }
             }
-        }
-        best.1
-    })
+            best.1
+        })
 }
 
 /// The KL sweep of two typed rows and the first index of each row's max (the rows' maxima
@@ -472,8 +536,17 @@ fn row_logits(
         // low-precision dump's rows are off 1 by rounding; see the module doc)
         let c = pa.ln_s - pb.ln_s;
         let g = c.exp() as f32;
-        let ([sum, inf], agree) =
-            sweep_typed(path, a, b, i, bufs, pa.rs.m as f32, pb.rs.m as f32, c as f32, g);
+        let ([sum, inf], agree) = sweep_typed(
+            path,
+            a,
+            b,
+            i,
+            bufs,
+            pa.rs.m as f32,
+            pb.rs.m as f32,
+            c as f32,
+            g,
+        );
         same = Some(agree);
         if inf > 0.0 {
             f64::INFINITY
@@ -493,8 +566,7 @@ fn row_logits(
             )
         }
     };
-    let same = same
-        .unwrap_or_else(|| argmax_first(ra, i, pa.rs.m) == argmax_first(rb, i, pb.rs.m));
+    let same = same.unwrap_or_else(|| argmax_first(ra, i, pa.rs.m) == argmax_first(rb, i, pb.rs.m));
     RowCompare {
         kl,
         dp,
@@ -589,7 +661,9 @@ pub fn compare_rows(
     let parts: Vec<Result<CompareSums>> = match out {
         Some(o) => {
             if !o.len_ok(n) {
-                return Err(Error::Shape(format!("per-row outputs must have {n} elements")));
+                return Err(Error::Shape(format!(
+                    "per-row outputs must have {n} elements"
+                )));
             }
             let pieces = o.split(per);
             parallel::install(|| {
@@ -659,9 +733,13 @@ mod tests {
         let mut seed = 0x9e3779b97f4a7c15u64;
         for &c in &[1usize, 2, 7, 16, 33, 1000, 4099, 9000] {
             for noise in [1e-3, 3e-2, 1.0] {
-                let a: Vec<f32> = (0..c).map(|_| (rng(&mut seed) * 8.0 - 4.0) as f32).collect();
-                let mut b: Vec<f32> =
-                    a.iter().map(|&v| v + ((rng(&mut seed) - 0.5) * noise) as f32).collect();
+                let a: Vec<f32> = (0..c)
+                    .map(|_| (rng(&mut seed) * 8.0 - 4.0) as f32)
+                    .collect();
+                let mut b: Vec<f32> = a
+                    .iter()
+                    .map(|&v| v + ((rng(&mut seed) - 0.5) * noise) as f32)
+                    .collect();
                 let mut a = a;
                 if c > 5 {
                     a[3] = f32::NEG_INFINITY; // masked in both
@@ -699,8 +777,14 @@ mod tests {
         let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
         let got = kl_scalar(a.iter().cloned(), b.iter().cloned(), 0.0, 0.0);
         assert!((got - want).abs() < 1e-15);
-        assert_eq!(kl_scalar(a.iter().cloned(), a.iter().cloned(), 0.0, 0.0), 0.0);
+        assert_eq!(
+            kl_scalar(a.iter().cloned(), a.iter().cloned(), 0.0, 0.0),
+            0.0
+        );
         let z = [0.0, f64::NEG_INFINITY];
-        assert_eq!(kl_scalar(a.iter().cloned(), z.iter().cloned(), 0.0, 0.0), f64::INFINITY);
+        assert_eq!(
+            kl_scalar(a.iter().cloned(), z.iter().cloned(), 0.0, 0.0),
+            f64::INFINITY
+        );
     }
 }

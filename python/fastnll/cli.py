@@ -188,7 +188,7 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
                               else "logits", ignore_index=a.ignore_index, shift=a.shift,
                               n_bins=a.bins, chunk_bytes=a.chunk_mb << 20, dtype=a.dtype,
                               shape=a.shape, target_dtype=a.target_dtype)
-        _say(a, f"\n  fitted temperature  T = {fit.temperature:.6g} ({fit.iterations} Newton "
+        _say(a, f"\n  fitted temperature  T = {fit.temperature:.6g} ({fit.iterations} "
                 f"passes)\n  NLL  {fit.nll_before:.6f} -> {fit.nll_after:.6f}\n"
                 f"  ECE  {fit.ece_before:.6f} -> {fit.ece_after:.6f}")
     if getattr(a, "plot_positions", None):
