@@ -139,7 +139,7 @@ def _check_usage(a: argparse.Namespace, pred_paths: Sequence[str]) -> None:
     if a.dtype is not None and not any(_is_raw(p) for p in pred_paths):
         raise UsageError("--dtype/--shape are only for raw binary files; "
                          f"{pred_paths[0]} records its own dtype and shape")
-    if getattr(a, "plot", None):
+    if getattr(a, "plot", None) or getattr(a, "plot_positions", None):
         from ._plot import require_matplotlib
 
         require_matplotlib()
@@ -171,7 +171,8 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
         a.preds, a.targets, kind=a.kind, ignore_index=a.ignore_index, top_k=tuple(a.top_k),
         n_bins=a.bins, shift=a.shift, per_row=a.per_row or False,
         chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
-        target_dtype=a.target_dtype, check_kind=not a.no_kind_check, ties=a.ties)
+        target_dtype=a.target_dtype, check_kind=not a.no_kind_check, ties=a.ties,
+        per_position=bool(getattr(a, "plot_positions", None)))
     _say(a, format_eval(report, f"fastnll eval: {a.preds} against {a.targets}"))
     if a.per_row:
         _say(a, f"\nper-row nll/rank records written to {a.per_row}")
@@ -193,12 +194,8 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
                 f"  ECE  {fit.ece_before:.6f} -> {fit.ece_after:.6f}")
     if getattr(a, "plot_positions", None):
         from ._plot import position_curve
-        from ._report_extras import per_position
 
-        pos = per_position(a.preds, a.targets, kind=a.kind, ignore_index=a.ignore_index,
-                           shift=a.shift, chunk_bytes=a.chunk_mb << 20, dtype=a.dtype,
-                           shape=a.shape, target_dtype=a.target_dtype)
-        position_curve(pos, a.plot_positions, title=os.path.basename(a.preds))
+        position_curve(report.extras, a.plot_positions, title=os.path.basename(a.preds))
         _say(a, f"per-position NLL curve written to {a.plot_positions}")
     if a.json:
         obj = report.to_dict()
