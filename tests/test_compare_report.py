@@ -239,3 +239,20 @@ def test_cli_compare_per_row(tmp_path) -> None:
     rec = np.load(tmp_path / "r.npy")
     np.testing.assert_allclose(rec["kl"], reference(base, new, t)["kl"], rtol=1e-4)
     assert json.loads((tmp_path / "c.json").read_text())["rows"] == 200
+
+
+def test_failed_compare_leaves_per_row_file_untouched(tmp_path) -> None:
+    """A target out of range in the last chunk: IndexError naming it, the existing records
+    file unchanged and no partial file left beside it."""
+    rng = np.random.default_rng(8)
+    base, new = _pair(rng, (2, 50, 9), 0.3)
+    t = rng.integers(0, 9, (2, 50))
+    t[1, 45] = 9
+    path = tmp_path / "rows.npy"
+    path.write_bytes(b"previous results")
+    with pytest.raises(IndexError, match=r"target 9 at position \(1, 45\)"):
+        compare(base, new, t, per_row=path, chunk_bytes=300)
+    assert path.read_bytes() == b"previous results"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy"]
+    with pytest.raises(OSError, match="nodir/rows.npy: cannot write per-row records"):
+        compare(base, new, np.zeros((2, 50), int), per_row=tmp_path / "nodir" / "rows.npy")

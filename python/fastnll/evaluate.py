@@ -269,20 +269,52 @@ _COMPARE_FIELDS = (("kl", "<f8"), ("dp", "<f8"), ("nll_base", "<f8"), ("nll_new"
                    ("same_top1", "i1"))
 
 
-def _compare_store(d: Dump, per_row: Union[bool, PathLike]) -> Tuple[Any, Dict[str, np.ndarray]]:
-    """Per-row compare outputs in memory (True) or streamed to a .npy of records (a path)."""
+def _compare_store(d: Dump, per_row: Union[bool, PathLike]
+                   ) -> Tuple[Any, Dict[str, Any], Optional[Tuple[str, str]]]:
+    """Per-row compare outputs in memory (True) or streamed to a .npy of records (a path):
+    written to a hidden temporary file beside it, renamed over it only on success."""
     if per_row is True:
         arrays = {k: np.empty(d.out_shape, np.dtype(t)) for k, t in _COMPARE_FIELDS}
         flat = {k: a.reshape(-1) for k, a in arrays.items()}
-        rec = None
-    else:
-        assert per_row is not False
-        rec = np.lib.format.open_memmap(os.fspath(per_row), mode="w+",
-                                        dtype=list(_COMPARE_FIELDS), shape=d.out_shape)
-        arrays = {k: rec[k] for k, _ in _COMPARE_FIELDS}
-        flat_rec = rec.reshape(-1)
-        flat = {k: flat_rec[k] for k, _ in _COMPARE_FIELDS}
-    return rec, {"arrays": arrays, "flat": flat}  # type: ignore[dict-item]
+        return None, {"arrays": arrays, "flat": flat}, None
+    assert per_row is not False
+    final = os.fspath(per_row)
+    head, tail = os.path.split(final)
+    tmp = os.path.join(head, f".{tail}.{os.getpid()}.partial")
+    try:
+        rec = np.lib.format.open_memmap(tmp, mode="w+", dtype=list(_COMPARE_FIELDS),
+                                        shape=d.out_shape)
+    except OSError as exc:
+        raise OSError(f"{final}: cannot write per-row records ({exc.strerror or exc})") from None
+    arrays = {k: rec[k] for k, _ in _COMPARE_FIELDS}
+    flat_rec = rec.reshape(-1)
+    flat = {k: flat_rec[k] for k, _ in _COMPARE_FIELDS}
+    return rec, {"arrays": arrays, "flat": flat}, (tmp, final)
+
+
+def _compare_chunks(core: Any, db: Dump, dn: Dump, kind: str, ignore_index: int,
+                    chunk_bytes: int, progress: Optional[bool], acc: Any,
+                    store: Optional[Dict[str, Any]]) -> None:
+    """One read of both dumps, chunk by chunk: the core's sums and per-row outputs."""
+    b, t, c = db.x.shape
+    row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
+    with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
+        for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
+            xb, ts, lead = db.block(b0, b1, t0, t1)
+            vb, tb, sb = _arrays.core_view(xb)
+            vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
+            rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
+            outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
+            try:
+                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, ignore_index, lead,
+                                      *outs)
+            except (IndexError, ValueError) as exc:
+                reraise(exc, db, ts, b0, t0, ignore_index)
+            acc.add(r, outs[0], outs[1], outs[4])
+            if store is not None:
+                for (k, _), v in zip(_COMPARE_FIELDS, outs):
+                    store["flat"][k][offset:offset + rows] = v
+            bar.advance(rows * row_bytes)
 
 
 def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
@@ -315,30 +347,24 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
         check_declared_kind(db, kind, ignore_index, chunk_bytes)
         check_declared_kind(dn, kind, ignore_index, chunk_bytes)
     b, t, c = db.x.shape
-    row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
     core = _core()
     acc = CompareAccumulator(exact=b * t <= int(max_exact_rows))
-    rec, store = (None, None) if per_row is False or per_row is None else \
+    rec, store, files = (None, None, None) if per_row is False or per_row is None else \
         _compare_store(db, per_row)
-    with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
-        for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
-            xb, ts, lead = db.block(b0, b1, t0, t1)
-            vb, tb, sb = _arrays.core_view(xb)
-            vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
-            rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
-            outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
+    try:
+        _compare_chunks(core, db, dn, kind, int(ignore_index), chunk_bytes, progress, acc,
+                        store)
+    except BaseException:
+        if files is not None:  # never a half-written (or clobbered) records file
+            del rec, store
             try:
-                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, int(ignore_index), lead,
-                                      *outs)
-            except (IndexError, ValueError) as exc:
-                reraise(exc, db, ts, b0, t0, int(ignore_index))
-            acc.add(r, outs[0], outs[1], outs[4])
-            if store is not None:
-                for (k, _), v in zip(_COMPARE_FIELDS, outs):
-                    store["flat"][k][offset:offset + rows] = v
-            bar.advance(rows * row_bytes)
-    if rec is not None:
+                os.unlink(files[0])
+            except OSError:
+                pass
+        raise
+    if rec is not None and files is not None:
         rec.flush()
+        os.replace(*files)
     s = summary(acc.sums)
     kl_p, dp_p, method, err = acc.percentiles()
     edges, counts = acc.kl_hist.coarse(10)
