@@ -177,7 +177,8 @@ class ExtrasAccumulator:
         self._conf: list = []
         self._ok: list = []
         self._kept = 0
-        self.fine = None  # (count, Σ conf, Σ correct) per fine bin once past MAX_EXACT_ROWS
+        self.fine: Optional[np.ndarray] = None  # (count, Σ conf, Σ correct) per fine bin
+        # once past MAX_EXACT_ROWS
         if clip is not None and not 0 < float(clip) < 1:
             raise ValueError(f"clip must be in (0, 1), got {clip}")
         self.flags = (per_position, per_sequence, per_class, probs, clip)
