@@ -110,3 +110,34 @@ def test_cli_fit_temperature(tmp_path) -> None:
     assert code == 0
     d = json.loads((tmp_path / "r.json").read_text())["temperature"]
     assert math.isclose(d["temperature"], 2.0, rel_tol=0.03) and d["nll_after"] < d["nll_before"]
+
+
+def test_matches_sklearn_temperature_scaling() -> None:
+    """sklearn >= 1.8: CalibratedClassifierCV(method="temperature") on the same logits (a frozen
+    identity estimator whose decision_function is the logits) fits beta_ = 1/T."""
+    calibration = pytest.importorskip("sklearn.calibration")
+    frozen = pytest.importorskip("sklearn.frozen")
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class Identity(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y):
+            self.classes_ = np.unique(y)
+            return self
+
+        def decision_function(self, X):
+            return X
+
+        def predict(self, X):
+            return np.argmax(X, axis=1)
+
+    z, t = synthetic(np.random.default_rng(4), 20000, 10, 1.7)
+    z64 = z.astype(np.float64)
+    try:
+        cal = calibration.CalibratedClassifierCV(
+            frozen.FrozenEstimator(Identity().fit(z64, t)), method="temperature").fit(z64, t)
+    except ValueError as exc:  # sklearn < 1.8: InvalidParameterError for method
+        if "method" in str(exc):
+            pytest.skip("this sklearn has no method='temperature'")
+        raise
+    beta = cal.calibrated_classifiers_[0].calibrators[0].beta_
+    assert fastnll.fit_temperature(z, t).temperature == pytest.approx(1 / beta, rel=1e-4)
