@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["MAX_CLASSES", "Extras", "ExtrasAccumulator", "masked_target", "per_position"]
+__all__ = ["MAX_CLASSES", "Extras", "ExtrasAccumulator", "masked_target"]
 
 MAX_CLASSES = 4096  # per-class statistics are kept for at most this many classes
 MAX_EXACT_ROWS = 1 << 26  # equal-mass ECE from the rows themselves up to this many rows
@@ -392,15 +392,6 @@ def block_of(offset: int, rows: int, t: int) -> tuple:
     if t0 + rows <= t:
         return b0, b0 + 1, t0, t0 + rows
     return b0, b0 + rows // t, 0, t
-
-
-def per_position(preds: Any, target: Any, **kw: Any) -> Extras:
-    """Mean NLL and accuracy per position t of a [B, T, V] dump (``evaluate``'s options)."""
-    from .evaluate import evaluate
-
-    rep = evaluate(preds, target, per_position=True, **kw)
-    assert rep.extras is not None
-    return rep.extras
 
 
 def make(d: Any, kind: str, per_position: bool, per_sequence: bool, per_class: bool,
