@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::kernel;
-use crate::kernel::Stats;
 use crate::loss::class_of;
 use crate::parallel;
 use crate::rows::{RowStats, Rows, Want};
@@ -110,25 +109,16 @@ struct RowMetrics {
     conf: f64,
 }
 
-/// Metrics of a probabilities row (a scalar float64 pass).
+/// Metrics of a probabilities row: one SIMD pass for 16/32-bit rows, float64 for float64.
 fn probs_metrics(rw: &mut Rows, i: usize, k: usize) -> RowMetrics {
     let xt = rw.value(i, k);
-    let (mut pmax, mut sq, mut plogp, mut gt) = (f64::NEG_INFINITY, 0.0, 0.0, 0u64);
-    for j in 0..rw.cols() {
-        let p = rw.value(i, j);
-        pmax = pmax.max(p);
-        sq += p * p;
-        if p > 0.0 {
-            plogp += p * p.ln();
-        }
-        gt += (p > xt) as u64;
-    }
+    let ps = rw.probs(i, xt);
     RowMetrics {
         nll: -xt.ln(),
-        rank: gt,
-        entropy: -plogp,
-        brier: sq - 2.0 * xt + 1.0,
-        conf: pmax,
+        rank: ps.gt,
+        entropy: -ps.plogp,
+        brier: ps.sq - 2.0 * xt + 1.0,
+        conf: ps.pmax,
     }
 }
 
@@ -189,6 +179,7 @@ impl PerRow<'_> {
 }
 
 /// Adds one scored row's metrics to the sums (and its per-row outputs at `idx`).
+#[inline]
 fn add_row(
     acc: &mut EvalSums,
     o: &mut Option<PerRow>,
@@ -206,8 +197,10 @@ fn add_row(
         *c += (m.rank < kk as u64) as u64;
     }
     let b = if m.conf.is_finite() {
-        let b = ((m.conf.max(0.0) * nb as f64) as usize).min(nb - 1);
-        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].saturating_add(conf_fixed(m.conf));
+        // conf in [0, 1] for valid inputs; the cast saturates (NaN excluded above)
+        let b = ((m.conf * nb as f64) as usize).min(nb - 1);
+        // a u128 of units of 2^-60 cannot overflow before 2^64 rows
+        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].wrapping_add(conf_fixed(m.conf));
         b
     } else {
         acc.conf_nonfinite += 1;
@@ -220,7 +213,7 @@ fn add_row(
     }
 }
 
-/// Whether `evaluate` takes the rows-in-lanes statistics for this input: a SIMD path, 16/32-bit
+/// Whether `evaluate` takes the rows-in-lanes metrics for this input: a SIMD path, 16/32-bit
 /// logits or log-probabilities of at most `LANES_MAX_C` classes.
 fn lanes_apply(x: &View, kind: Kind) -> bool {
     let c = x.cols();
@@ -250,6 +243,7 @@ pub fn evaluate(
         return Err(Error::Value(format!("top_k values must be >= 1, got {k}")));
     }
     let lanes = lanes_apply(x, opt.kind);
+    let c = x.cols();
     let path = simd::current();
     // The f32 finishing (vector ln and exp) is for 16/32-bit inputs; float64 rows are
     // finished in float64 so that they are exact.
@@ -257,21 +251,35 @@ pub fn evaluate(
     let chunk = |r: Range<usize>, mut o: Option<PerRow>| -> Result<EvalSums> {
         let mut rw = Rows::new(x);
         let mut scratch = Scratch::default();
+        let mut lane = kernel::LaneMetrics::default();
+        let mut tbuf: Vec<i64> = Vec::new();
+        // per-lane f64 sums of NLL, NLL², entropy and Brier of the clean lane groups
+        let mut lacc = [[0f64; BATCH]; 4];
         let mut acc = EvalSums::new(opt);
         let mut i = r.start;
         while i < r.end {
             let g = (r.end - i).min(BATCH);
             // targets: (class, target value) of scored rows
             let mut rows: [Option<(usize, f64)>; BATCH] = [None; BATCH];
+            // targets widened in one typed pass; class_of (with its exact error) only for
+            // values that are not plainly in range
+            let tv = t.to_i64(i, g, opt.ignore_index, &mut tbuf);
             for (l, slot) in rows.iter_mut().enumerate().take(g) {
-                match class_of(t, x, i + l, opt.ignore_index)? {
+                let v = tv[l];
+                let decoded = if v != opt.ignore_index && (v as u64) < c as u64 {
+                    Some(v as usize)
+                } else {
+                    class_of(t, x, i + l, opt.ignore_index)?
+                };
+                match decoded {
                     None => {
                         acc.n_ignored += 1;
                         if let Some(o) = o.as_mut() {
                             o.set(i + l - r.start, f64::NAN, -1, f64::NAN);
                         }
                     }
-                    Some(k) => *slot = Some((k, rw.value(i + l, k))),
+                    // the lanes pick the target value themselves
+                    Some(k) => *slot = Some((k, if lanes { f64::NAN } else { rw.value(i + l, k) })),
                 }
             }
             if opt.kind == Kind::Probs {
@@ -287,47 +295,111 @@ pub fn evaluate(
                 i += g;
                 continue;
             }
-            // statistics
-            let mut st: [Option<RowStats>; BATCH] = [None; BATCH];
-            let mut lane = kernel::LaneStats::default();
             if lanes {
-                let mut xt = [f32::INFINITY; BATCH];
+                // short rows: the metrics of all 16 lanes in SIMD, the rows that are not
+                // ordinary again by the row kernel
+                let mut kf = [0f32; BATCH];
                 for (l, row) in rows.iter().enumerate().take(g) {
-                    if let Some((_, v)) = row {
-                        xt[l] = *v as f32;
+                    if let Some((k, _)) = row {
+                        kf[l] = *k as f32;
                     }
                 }
+                let lp = opt.kind == Kind::LogProbs;
+                let lm = &mut lane;
                 match x.dtype {
                     DType::F32 => {
-                        stage::eval_block::<f32>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                        stage::eval_block::<f32>(path, x, i, g, &kf, lp, lm, &mut scratch)
                     }
                     DType::F16 => {
-                        stage::eval_block::<F16>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                        stage::eval_block::<F16>(path, x, i, g, &kf, lp, lm, &mut scratch)
                     }
                     DType::BF16 => {
-                        stage::eval_block::<BF16>(path, x, i, g, &xt, &mut lane, &mut scratch)
+                        stage::eval_block::<BF16>(path, x, i, g, &kf, lp, lm, &mut scratch)
                     }
                     DType::F64 => unreachable!("lanes_apply excludes float64"),
                 }
+                let clean = g == BATCH
+                    && !opt.ties_first
+                    && (0..BATCH).all(|l| rows[l].is_some() && lane.ok[l] != 0.0);
+                if clean {
+                    // every row scored and ordinary: sums in per-lane f64 accumulators (the
+                    // loops vectorise), counts by lane, only the bins row by row
+                    for l in 0..BATCH {
+                        let v = lane.nll[l] as f64;
+                        lacc[0][l] += v;
+                        lacc[1][l] += v * v;
+                        lacc[2][l] += lane.ent[l] as f64;
+                        lacc[3][l] += lane.brier[l] as f64;
+                    }
+                    for (cnt, &kk) in acc.topk_correct.iter_mut().zip(&opt.top_k) {
+                        *cnt += lane
+                            .rank
+                            .iter()
+                            .filter(|&&rk| (rk as u64) < kk as u64)
+                            .count() as u64;
+                    }
+                    acc.n += BATCH as u64;
+                    let nb = opt.n_bins;
+                    for l in 0..BATCH {
+                        let cf = if lp {
+                            (lane.conf[l] as f64).exp()
+                        } else {
+                            1.0 / lane.conf[l] as f64
+                        };
+                        let b = if cf.is_finite() {
+                            let b = ((cf * nb as f64) as usize).min(nb - 1);
+                            acc.bin_conf_fixed[b] =
+                                acc.bin_conf_fixed[b].wrapping_add(conf_fixed(cf));
+                            b
+                        } else {
+                            acc.conf_nonfinite += 1;
+                            0
+                        };
+                        acc.bin_count[b] += 1;
+                        acc.bin_correct[b] += (lane.rank[l] == 0.0) as u64;
+                        if let Some(o) = o.as_mut() {
+                            o.set(i + l - r.start, lane.nll[l] as f64, lane.rank[l] as i64, cf);
+                        }
+                    }
+                    i += g;
+                    continue;
+                }
+                for l in 0..g {
+                    let Some((k, _)) = rows[l] else { continue };
+                    let mut m = if lane.ok[l] != 0.0 {
+                        RowMetrics {
+                            nll: lane.nll[l] as f64,
+                            rank: lane.rank[l] as u64,
+                            entropy: lane.ent[l] as f64,
+                            brier: lane.brier[l] as f64,
+                            conf: if lp {
+                                (lane.conf[l] as f64).exp()
+                            } else {
+                                1.0 / lane.conf[l] as f64
+                            },
+                        }
+                    } else {
+                        let xt = rw.value(i + l, k);
+                        let rs = rw.stats(i + l, xt, Want { eval: true });
+                        if opt.kind == Kind::Logits && rs.finite() {
+                            finish_logits(xt, &rs, rs.st.s.ln(), (xt - rs.m).exp())
+                        } else {
+                            finish(opt.kind, xt, &rs)
+                        }
+                    };
+                    if opt.ties_first {
+                        m.rank += rw.count_eq_before(i + l, k);
+                    }
+                    add_row(&mut acc, &mut o, i + l - r.start, &m, opt);
+                }
+                i += g;
+                continue;
             }
+            // statistics by the row kernel
+            let mut st: [Option<RowStats>; BATCH] = [None; BATCH];
             for l in 0..g {
                 let Some((_, xt)) = rows[l] else { continue };
-                st[l] = Some(if lanes && lane.ok[l] != 0.0 {
-                    let s = Stats {
-                        m: lane.m[l],
-                        s: lane.s[l] as f64,
-                        t: lane.t[l] as f64,
-                        q: lane.q[l] as f64,
-                        gt: lane.gt[l] as u64,
-                        nan: false,
-                    };
-                    RowStats {
-                        m: s.m as f64,
-                        st: s,
-                    }
-                } else {
-                    rw.stats(i + l, xt, Want { eval: true })
-                });
+                st[l] = Some(rw.stats(i + l, xt, Want { eval: true }));
             }
             // finishing: ordinary logits rows take ln s and exp(x_t - m) in SIMD (16/32-bit)
             let fast = |rs: &RowStats| f32_finish && opt.kind == Kind::Logits && rs.finite();
@@ -358,6 +430,11 @@ pub fn evaluate(
             }
             i += g;
         }
+        let lane_sum = |a: &[f64; BATCH]| a.iter().sum::<f64>();
+        acc.sum_nll += lane_sum(&lacc[0]);
+        acc.sum_nll_sq += lane_sum(&lacc[1]);
+        acc.sum_entropy += lane_sum(&lacc[2]);
+        acc.sum_brier += lane_sum(&lacc[3]);
         Ok(acc)
     };
     let n = x.rows();

@@ -302,6 +302,64 @@ pub(crate) unsafe fn sum<I: Isa, E: Elem>(x: &[E]) -> f64 {
     I::hsum(I::add(I::add(a0, a1), I::add(a2, a3))) as f64 + tail
 }
 
+/// Statistics of a probabilities row for the metrics: max p, Σ p², Σ p·ln p (p > 0), the
+/// count of p > p_t, and whether a NaN was seen. f32 lanes within a block, f64 across blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct ProbStats {
+    pub pmax: f64,
+    pub sq: f64,
+    pub plogp: f64,
+    pub gt: u64,
+    pub nan: bool,
+}
+
+#[inline(always)]
+unsafe fn probs_vec<I: Isa>(p: I::V, vpt: I::V, acc: &mut [I::V; 4]) {
+    // ln of p > 0 by the same log as the sums (exponent + atanh series: any positive normal
+    // value); p = 0 (or subnormal) contributes 0, NaN propagates through the sums
+    let tiny = I::splat(f32::MIN_POSITIVE);
+    let pc = I::max_keep_nan(tiny, p);
+    let pl = I::mul(p, I::ln_ge1(pc));
+    acc[0] = I::max_ignore_nan(acc[0], p);
+    acc[1] = I::fma(p, p, acc[1]);
+    acc[2] = I::add(acc[2], I::zero_where_zero(p, pl));
+    acc[3] = I::count_gt(acc[3], p, vpt);
+}
+
+/// [`ProbStats`] of one row of probabilities against the target's probability `pt`.
+#[inline(always)]
+pub(crate) unsafe fn probs_stats<I: Isa, E: Elem>(x: &[E], pt: f32) -> ProbStats {
+    let w = I::W;
+    let vpt = I::splat(pt);
+    let mut out = ProbStats {
+        pmax: f64::NEG_INFINITY,
+        ..ProbStats::default()
+    };
+    for blk in x.chunks(BLOCK) {
+        let z = I::splat(0.0);
+        let mut acc = [I::splat(f32::NEG_INFINITY), z, z, z];
+        let p = blk.as_ptr();
+        let mut i = 0;
+        while i + w <= blk.len() {
+            probs_vec::<I>(E::load::<I>(p.add(i)), vpt, &mut acc);
+            i += w;
+        }
+        if i < blk.len() {
+            // the tail padded with zeros, which change no statistic (max p >= 0 anyway when
+            // a row has a non-negative entry; a row of negatives is not probabilities)
+            let mut buf = [E::ZERO; 16];
+            buf[..blk.len() - i].copy_from_slice(&blk[i..]);
+            probs_vec::<I>(E::load::<I>(buf.as_ptr()), vpt, &mut acc);
+        }
+        out.pmax = out.pmax.max(I::hmax(acc[0]) as f64);
+        out.sq += I::hsum(acc[1]) as f64;
+        out.plogp += I::hsum(acc[2]) as f64;
+        out.gt += I::hsum(acc[3]) as u64;
+    }
+    out.nan = out.sq.is_nan() || out.plogp.is_nan();
+    out
+}
+
 /// Longest row the rows-in-lanes kernel takes: beyond it one row per call is faster.
 pub(crate) const LANES_MAX_C: usize = 32;
 
@@ -614,28 +672,34 @@ unsafe fn load_cols<I: Isa, E: Elem, const M: u8>(
     vm
 }
 
-/// Row statistics of 16 short rows for the metrics, one row per lane (see [`Stats`]): max,
-/// Σ e, Σ e·(x - m), Σ e², the count of x > x_t, and whether the row is ordinary (finite max
-/// below BIG and finite sums; other rows are left to the row kernel).
+/// Per-row metrics of 16 short rows, one row per lane: NLL, entropy, Brier score, what the
+/// confidence is made of (the exp-sum s for logits, κ = 1/s; the max m for log-probabilities,
+/// κ = exp(m): taken in f64 by the caller, since calibration errors are small differences of
+/// confidences), rank (classes above the target), and `ok` = 1 where the row is ordinary
+/// (finite max below BIG and finite sums; other rows are left to the row kernel).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct LaneStats {
-    pub m: [f32; 16],
-    pub s: [f32; 16],
-    pub t: [f32; 16],
-    pub q: [f32; 16],
-    pub gt: [f32; 16],
+pub(crate) struct LaneMetrics {
+    pub nll: [f32; 16],
+    pub ent: [f32; 16],
+    pub brier: [f32; 16],
+    pub conf: [f32; 16],
+    pub rank: [f32; 16],
     pub ok: [f32; 16],
 }
 
-/// [`LaneStats`] of the 16 short rows at `p` (mode `M`, stride `st`) against their target
-/// values `xt`, W lanes at a time.
+/// [`LaneMetrics`] of the 16 short rows at `p` (mode `M`, stride `st`), lane l scored against
+/// class `kf[l]` (as f32), as logits or (`LOGP`) log-probabilities, W lanes at a time.
+///
+/// Sums are taken in base 2 with the shift tm = m·L rounded (see `stats`), t clamped so that
+/// e·t stays finite where x = -inf, then brought back to the shift m; the metrics follow
+/// `eval::finish_logits` / `eval::finish` (κ = exp(m - lse)), in f32.
 #[inline(always)]
-pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8>(
+pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8, const LOGP: bool>(
     p: *const E,
     st: usize,
     c: usize,
-    xt: &[f32; 16],
-    o: &mut LaneStats,
+    kf: &[f32; 16],
+    o: &mut LaneMetrics,
 ) {
     let mut tile = std::mem::MaybeUninit::<[I::V; LANES_MAX_C]>::uninit();
     let cols = tile.as_mut_ptr() as *mut I::V;
@@ -643,9 +707,11 @@ pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8>(
     for g in (0..16).step_by(I::W) {
         let pb = if M == COLS { p.add(g) } else { p.add(g * st) };
         let vm = load_cols::<I, E, M>(pb, st, c, cols);
-        let vxt = I::load(xt.as_ptr().add(g));
-        // base-2 sums with the shift tm = m·L rounded (see `stats`), t clamped so e·t stays
-        // finite where x = -inf
+        let vk = I::load(kf.as_ptr().add(g));
+        let mut xt = zero;
+        for j in 0..c {
+            xt = I::blend_eq(vk, j as f32, xt, cols.add(j).read());
+        }
         let tm = I::mul(vm, vl);
         let vnt = I::sub(zero, tm);
         let (mut s, mut et, mut q, mut gt) = (zero, zero, zero, zero);
@@ -656,7 +722,7 @@ pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8>(
             s = I::add(s, e);
             et = I::fma(e, t, et);
             q = I::fma(e, e, q);
-            gt = I::count_gt(gt, x, vxt);
+            gt = I::count_gt(gt, x, xt);
         }
         // back to the shift m: exp(x - m) = e·2^k with k = tm - m·L, x - m = (t + k)/L
         let k = I::fma(vm, I::splat(-exp2c::LOG2E), tm);
@@ -669,13 +735,39 @@ pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8>(
         let qm = I::mul(I::mul(corr, corr), q);
         // ordinary lanes: |m| < BIG and finite sums (NaN anywhere makes a sum NaN)
         let chk = I::fma(I::add(I::add(sm, tv), qm), zero, vm);
-        let okv = I::ok_abs_below(chk, exp2c::BIG, one);
+        let mut okv = I::ok_abs_below(chk, exp2c::BIG, one);
+        let (nll, ent, brier, conf);
+        if LOGP {
+            // κ = exp(m): log-probabilities above 0 are not ordinary (left to the row kernel)
+            okv = I::mul(
+                okv,
+                I::ok_abs_below(I::max_keep_nan(zero, vm), f32::MIN_POSITIVE, one),
+            );
+            let vmc = I::max_ignore_nan(I::splat(expc::LO), I::sub(zero, I::abs(vm)));
+            let kappa = I::exp_le0(vmc);
+            nll = I::sub(zero, xt);
+            ent = I::sub(zero, I::mul(kappa, I::fma(vm, sm, tv)));
+            let et_ = I::exp_le0(I::sub(zero, I::abs(xt)));
+            brier = I::add(
+                I::fma(I::mul(kappa, kappa), qm, I::mul(I::splat(-2.0), et_)),
+                one,
+            );
+            conf = vm;
+        } else {
+            let ln_s = I::ln_ge1(I::max_ignore_nan(one, sm));
+            nll = I::add(I::sub(vm, xt), ln_s);
+            let kappa = I::exp_le0(I::sub(zero, ln_s));
+            let e_t = I::exp_le0(I::sub(xt, vm));
+            ent = I::sub(ln_s, I::mul(kappa, tv));
+            brier = I::fma(kappa, I::fma(kappa, qm, I::mul(I::splat(-2.0), e_t)), one);
+            conf = sm;
+        }
         for (a, v) in [
-            (&mut o.m, vm),
-            (&mut o.s, sm),
-            (&mut o.t, tv),
-            (&mut o.q, qm),
-            (&mut o.gt, gt),
+            (&mut o.nll, nll),
+            (&mut o.ent, ent),
+            (&mut o.brier, brier),
+            (&mut o.conf, conf),
+            (&mut o.rank, gt),
             (&mut o.ok, okv),
         ] {
             I::store(a.as_mut_ptr().add(g), v);
@@ -883,15 +975,21 @@ dispatch! {
 }
 
 dispatch! {
-    /// Metric statistics of 16 short rows (see [`eval_short`]).
-    pub(crate) fn eval_short_rows<E, const M: u8>(
+    /// Metrics of 16 short rows (see [`eval_short`]).
+    pub(crate) fn eval_short_rows<E, const M: u8, const LOGP: bool>(
         p: *const E,
         st: usize,
         c: usize,
-        xt: &[f32; 16],
-        o: &mut LaneStats
+        kf: &[f32; 16],
+        o: &mut LaneMetrics
     ) -> ()
     => eval_short
+}
+
+dispatch! {
+    /// Probabilities-row statistics (see [`probs_stats`]).
+    pub(crate) fn probs_row<E>(x: &[E], pt: f32) -> ProbStats
+    => probs_stats
 }
 
 dispatch! {

@@ -4,10 +4,19 @@
 //! boundaries depend only on the row length and dtype, never on the thread count, and partial
 //! results are combined in chunk order, so every reduction is identical bit for bit whatever
 //! the number of threads.
+//!
+//! A call run through [`run_cancellable`] can be cancelled between chunks (Ctrl-C): every
+//! chunk first looks at its call's flag and, once it is set, unwinds with a [`Cancelled`]
+//! payload instead of computing, so a long call stops within one chunk's time.
 
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub const CHUNK_BYTES: usize = 1024 << 10;
 
@@ -72,6 +81,134 @@ fn pool() -> Arc<rayon::ThreadPool> {
     pool
 }
 
+/// The panic payload of a chunk whose call was cancelled; [`run_cancellable`] returns it as
+/// its `Err`. It is raised with `resume_unwind`, so no panic message is printed.
+pub struct Cancelled;
+
+/// How often the caller of [`run_cancellable`] asks whether to cancel.
+pub const POLL: Duration = Duration::from_millis(50);
+
+type Token = Option<Arc<AtomicBool>>;
+
+thread_local! {
+    /// The cancellation flag of the call this thread is working for (set for the call's own
+    /// job and for every chunk it runs, so nested `map_chunks` see the right flag).
+    static TOKEN: RefCell<Token> = const { RefCell::new(None) };
+}
+
+/// Sets this thread's token; the previous one comes back on drop (also when unwinding).
+struct TokenScope(Token);
+
+impl TokenScope {
+    fn set(t: Token) -> Self {
+        TokenScope(TOKEN.with(|c| c.replace(t)))
+    }
+}
+
+impl Drop for TokenScope {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        TOKEN.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+fn current_token() -> Token {
+    TOKEN.with(|c| c.borrow().clone())
+}
+
+/// Before a chunk: unwind with [`Cancelled`] if its call was cancelled, else run the chunk
+/// with the call's token (no cost when the call is not cancellable).
+fn enter_chunk(tok: &Token) -> Option<TokenScope> {
+    let t = tok.as_ref()?;
+    if t.load(Ordering::Relaxed) {
+        resume_unwind(Box::new(Cancelled));
+    }
+    Some(TokenScope::set(Some(t.clone())))
+}
+
+/// A cancellable call on its calling thread: its flag and how to ask whether to cancel.
+struct Call {
+    flag: Arc<AtomicBool>,
+    poll: Box<dyn FnMut() -> bool>,
+}
+
+thread_local! {
+    static CALL: RefCell<Option<Call>> = const { RefCell::new(None) };
+}
+
+/// Parallel sections of at least this many chunks (each about `CHUNK_BYTES`, so a few ms of
+/// work) are watched: the calling thread waits on them with a timeout and polls. Smaller ones
+/// keep the plain blocking `install` (a watched section costs a few tens of microseconds).
+const WATCH_CHUNKS: usize = 16;
+
+/// Runs `job` on this thread as a cancellable call: while one of its parallel sections is
+/// long ([`WATCH_CHUNKS`]), this thread waits for the pool with a timeout and calls
+/// `interrupted` every [`POLL`]; once it returns true the call's remaining chunks are skipped
+/// and the call ends with an `Err` holding [`Cancelled`]. A panic in the job is returned as
+/// `Err` too (as `catch_unwind`). The flag belongs to this call only: other calls running at
+/// the same time are not affected.
+pub fn run_cancellable<R>(
+    job: impl FnOnce() -> R,
+    interrupted: impl FnMut() -> bool + 'static,
+) -> std::thread::Result<R> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let call = Call {
+        flag: flag.clone(),
+        poll: Box::new(interrupted),
+    };
+    let prev = CALL.with(|c| c.replace(Some(call)));
+    let r = {
+        let _scope = TokenScope::set(Some(flag));
+        catch_unwind(AssertUnwindSafe(job))
+    };
+    CALL.with(|c| *c.borrow_mut() = prev);
+    r
+}
+
+fn watching() -> bool {
+    CALL.with(|c| c.borrow().is_some())
+}
+
+/// Runs `work` on the pool while this (calling) thread polls its call (see
+/// [`run_cancellable`]); a panic or cancellation in `work` is resumed here.
+fn watched<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let Some(mut call) = CALL.with(|c| c.borrow_mut().take()) else {
+        return install(work);
+    };
+    let (tx, rx) = channel();
+    let tok = Some(call.flag.clone());
+    let out = pool().in_place_scope(|s| {
+        s.spawn(move |_| {
+            let _scope = TokenScope::set(tok);
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(work)));
+        });
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(r) => break r,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !call.flag.load(Ordering::Relaxed) && (call.poll)() {
+                        call.flag.store(true, Ordering::Relaxed);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    break Err(Box::new("a parallel section ended without a result"));
+                }
+            }
+        }
+    });
+    CALL.with(|c| *c.borrow_mut() = Some(call));
+    out.unwrap_or_else(|p| resume_unwind(p))
+}
+
+/// Runs a parallel section: watched when it is long and this is a cancellable call's thread.
+fn section<T: Send>(chunks: usize, work: impl FnOnce() -> T + Send) -> T {
+    if chunks >= WATCH_CHUNKS && watching() {
+        watched(work)
+    } else {
+        install(work)
+    }
+}
+
 /// Runs `f` on the fastnll pool.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
@@ -96,7 +233,18 @@ pub fn map_chunks<T: Send>(
     f: impl Fn(Range<usize>) -> T + Sync + Send,
 ) -> Vec<T> {
     let ranges = chunks(n, per);
-    install(|| ranges.into_par_iter().map(&f).collect())
+    let tok = current_token();
+    let _ = enter_chunk(&tok);
+    section(ranges.len(), || {
+        ranges
+            .into_par_iter()
+            .map(|r| {
+                let _scope = enter_chunk(&tok);
+                f(r)
+            })
+            .panic_fuse() // once a chunk unwinds (cancelled), the others stop at once
+            .collect()
+    })
 }
 
 /// Like [`map_chunks`], handing each chunk its slice of `out` (`width` elements per row).
@@ -110,10 +258,59 @@ pub fn map_chunks_out<T: Send, O: Send>(
         return Vec::new();
     }
     let n = out.len() / width;
-    install(|| {
+    let tok = current_token();
+    let _ = enter_chunk(&tok);
+    section(n.div_ceil(per.max(1)), || {
         out.par_chunks_mut(per * width)
             .enumerate()
-            .map(|(k, o)| f(k * per..(k * per + o.len() / width).min(n), o))
+            .map(|(k, o)| {
+                let _scope = enter_chunk(&tok);
+                f(k * per..(k * per + o.len() / width).min(n), o)
+            })
+            .panic_fuse()
             .collect()
     })
+}
+
+#[cfg(test)]
+mod cancel_tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_cancelled_call_skips_its_remaining_chunks() {
+        let done = AtomicUsize::new(0);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let seen = polls.clone();
+        let r = run_cancellable(
+            || {
+                map_chunks(10_000, 1, |_| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    done.fetch_add(1, Ordering::Relaxed);
+                })
+            },
+            move || {
+                seen.fetch_add(1, Ordering::Relaxed);
+                true
+            },
+        );
+        let e = r.expect_err("cancelled");
+        assert!(e.is::<Cancelled>());
+        assert!(polls.load(Ordering::Relaxed) >= 1);
+        assert!(done.load(Ordering::Relaxed) < 10_000);
+    }
+
+    #[test]
+    fn an_uncancelled_call_returns_its_result_and_panics_come_back() {
+        let r = run_cancellable(
+            || map_chunks(100, 7, |r| r.len()).iter().sum::<usize>(),
+            || false,
+        );
+        assert_eq!(r.ok(), Some(100));
+        let r = run_cancellable(|| -> usize { panic!("boom") }, || false);
+        assert!(r.is_err());
+        // Outside run_cancellable nothing is cancellable and the thread keeps no token.
+        assert!(current_token().is_none());
+        assert_eq!(map_chunks(5, 1, |r| r.start), vec![0, 1, 2, 3, 4]);
+    }
 }

@@ -212,6 +212,33 @@ impl<'v, 'a> Rows<'v, 'a> {
         }
     }
 
+    /// Probabilities-row statistics of row i (`pt`: the target's probability): the SIMD
+    /// kernel for 16/32-bit rows, a float64 loop for float64 rows.
+    pub(crate) fn probs(&mut self, i: usize, pt: f64) -> kernel::ProbStats {
+        let (view, path) = (self.view, self.path);
+        match view.dtype {
+            DType::F32 => kernel::probs_row(path, view.row(i, &mut self.s32), pt as f32),
+            DType::F16 => kernel::probs_row(path, view.row(i, &mut self.s16), pt as f32),
+            DType::BF16 => kernel::probs_row(path, view.row(i, &mut self.sb16), pt as f32),
+            DType::F64 => {
+                let mut o = kernel::ProbStats {
+                    pmax: f64::NEG_INFINITY,
+                    ..Default::default()
+                };
+                for &p in view.row(i, &mut self.s64) {
+                    o.pmax = o.pmax.max(p);
+                    o.sq += p * p;
+                    if p > 0.0 {
+                        o.plogp += p * p.ln();
+                    }
+                    o.gt += (p > pt) as u64;
+                    o.nan |= p.is_nan();
+                }
+                o
+            }
+        }
+    }
+
     /// The number of classes before `k` whose value equals the target's (row i): what the
     /// argmax tie rule adds to a rank (the first maximal index wins).
     pub fn count_eq_before(&mut self, i: usize, k: usize) -> u64 {

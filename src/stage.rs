@@ -171,16 +171,18 @@ pub(crate) fn lse<E: Tile>(
     done
 }
 
-/// Metric statistics of rows `i..i + n` (n <= 16) in lanes (see `kernel::eval_short`); a
-/// group shorter than 16 is staged padded, so every row is scored by the same arithmetic
-/// whatever group it falls in.
+/// Metrics of rows `i..i + n` (n <= 16) in lanes (see `kernel::eval_short`), lane l against
+/// class `kf[l]`; a group shorter than 16 is staged padded, so every row is scored by the same
+/// arithmetic whatever group it falls in.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn eval_block<E: Tile>(
     path: Path,
     x: &View,
     i: usize,
     n: usize,
-    xt: &[f32; 16],
-    o: &mut kernel::LaneStats,
+    kf: &[f32; 16],
+    log_probs: bool,
+    o: &mut kernel::LaneMetrics,
     s: &mut Scratch,
 ) {
     let c = x.cols();
@@ -191,11 +193,13 @@ pub(crate) fn eval_block<E: Tile>(
         x.copy_cols(i, n, 16, buf);
         (buf.as_ptr(), 16, kernel::COLS)
     };
-    match mode {
-        kernel::COLS => kernel::eval_short_rows::<E, { kernel::COLS }>(path, p, st, c, xt, o),
-        kernel::TRANSPOSE => {
-            kernel::eval_short_rows::<E, { kernel::TRANSPOSE }>(path, p, st, c, xt, o)
-        }
-        _ => kernel::eval_short_rows::<E, { kernel::GATHER }>(path, p, st, c, xt, o),
+    use kernel::{eval_short_rows as ev, COLS, GATHER, TRANSPOSE};
+    match (mode, log_probs) {
+        (COLS, false) => ev::<E, COLS, false>(path, p, st, c, kf, o),
+        (COLS, true) => ev::<E, COLS, true>(path, p, st, c, kf, o),
+        (TRANSPOSE, false) => ev::<E, TRANSPOSE, false>(path, p, st, c, kf, o),
+        (TRANSPOSE, true) => ev::<E, TRANSPOSE, true>(path, p, st, c, kf, o),
+        (_, false) => ev::<E, GATHER, false>(path, p, st, c, kf, o),
+        (_, true) => ev::<E, GATHER, true>(path, p, st, c, kf, o),
     }
 }

@@ -17,6 +17,7 @@ from ._softmax import log_softmax, logsumexp, softmax
 from ._temperature import TemperatureFit, fit_temperature
 from ._traps import InputWarning
 from .evaluate import BinStat, CompareReport, EvalReport, Evaluator, compare, evaluate
+from .readers import DumpError
 
 __version__ = "0.1.0"
 
@@ -50,12 +51,26 @@ def available_simd_paths() -> list[str]:
     return list(_core.available_simd_paths())
 
 
+def _warm_up() -> None:
+    """The core's first array argument makes rust-numpy import NumPy's C API (Python code):
+    do it now, with Ctrl-C held back, so a KeyboardInterrupt there cannot become a panic."""
+    import numpy as _np
+
+    from ._atomic import _signals_deferred
+
+    with _signals_deferred():
+        _core.roofline_sum(_np.zeros(1, _np.float32), "f32", False)
+
+
+_warm_up()
+
 if _os.environ.get("FASTNLL_SIMD") and _core.simd_env_problem():
     _warnings.warn(f"{_core.simd_env_problem()}; using {simd_path()}", RuntimeWarning, stacklevel=2)
 
 __all__ = [
     "BinStat",
     "CompareReport",
+    "DumpError",
     "EvalReport",
     "Evaluator",
     "InputWarning",

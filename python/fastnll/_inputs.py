@@ -11,6 +11,9 @@ from typing import Any, Iterator, NoReturn, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _arrays
+from ._guard import FileGuard, guard_for
+from ._options import (check_bool, check_chunk_bytes, check_ignore_index, check_n_bins,
+                       check_top_k)
 from .readers import KNOWN_SUFFIXES, is_path, load_array, split_key
 
 KINDS = ("logits", "log_probs", "probs")
@@ -29,16 +32,37 @@ class Dump:
     out_shape: Tuple[int, ...]  # shape of per-row outputs
     two_d: bool = False  # the user's preds were [N, C] (held here as [1, N, C])
     shift: int = 0
+    xg: Optional[FileGuard] = None  # guards of file-backed inputs (see _guard)
+    tg: Optional[FileGuard] = None
 
     def preds_block(self, b0: int, b1: int, t0: int, t1: int) -> np.ndarray:
-        """The predictions of a block of rows, as a view."""
-        return self.x[0, t0:t1] if self.two_d else self.x[b0:b1, t0:t1]
+        """The predictions of a block of rows: a view, or a copy when mapped reads are not
+        safe (valid until the next block is read)."""
+        v = self.x[0, t0:t1] if self.two_d else self.x[b0:b1, t0:t1]
+        return self.xg.fetch(v) if self.xg is not None else v
 
     def block(self, b0: int, b1: int, t0: int, t1: int) -> Tuple[np.ndarray, np.ndarray, int]:
         """(preds view, targets, leading-index offset) of a block of rows for the core."""
         t = self.t[0, t0:t1] if self.two_d else self.t[b0:b1, t0:t1]
+        if self.tg is not None:
+            t = self.tg.fetch(t)  # a view, or a copy valid until the next block
         ts = _arrays.as_target_array(t, self.tname)
         return self.preds_block(b0, b1, t0, t1), ts, t0 if self.two_d else b0
+
+    def rows(self, bi: np.ndarray, ti: np.ndarray) -> np.ndarray:
+        """Predictions at (bi, ti) as a new array (never faulting on a shrunk file)."""
+        return self.xg.take(self.x, (bi, ti)) if self.xg is not None else self.x[bi, ti]
+
+    def targets_at(self, bi: np.ndarray, ti: np.ndarray) -> np.ndarray:
+        """Targets at (bi, ti) as a new array."""
+        return self.tg.take(self.t, (bi, ti)) if self.tg is not None else self.t[bi, ti]
+
+    def close(self) -> None:
+        """Release the file guards (leases, descriptors)."""
+        for g in (self.xg, self.tg):
+            if g is not None:
+                g.close()
+        self.xg = self.tg = None
 
     def target_error(self, ts: np.ndarray, b0: int, t0: int, ignore_index: int) -> str:
         """Message for the first out-of-range target of a block, in the user's coordinates."""
@@ -96,7 +120,15 @@ def prepare(preds: Any, target: Any, *, shift: bool, dtype: Any = None, shape: A
     if shift:
         x, t = x[:, :-1], t[:, 1:]
     out_shape = x.shape[1:-1] if len(lead) == 1 else x.shape[:-1]
-    return Dump(x, t, name, tname, tuple(out_shape), two_d=len(lead) == 1, shift=int(shift))
+    xg = guard_for(x)
+    try:
+        tg = guard_for(t)
+    except BaseException:
+        if xg is not None:
+            xg.close()
+        raise
+    return Dump(x, t, name, tname, tuple(out_shape), two_d=len(lead) == 1, shift=int(shift),
+                xg=xg, tg=tg)
 
 
 def chunks(b: int, t: int, row_bytes: int,
@@ -136,14 +168,14 @@ def _sample(d: Dump, ignore_index: int, budget: int) -> Optional[np.ndarray]:
         return None
     cand = np.unique(np.linspace(0, total - 1, min(total, 1024)).astype(np.int64))
     bi, ti = np.divmod(cand, t)
-    keep = cand[np.asarray(d.t[bi, ti]) != ignore_index]
+    keep = cand[np.asarray(d.targets_at(bi, ti)) != ignore_index]
     if keep.size == 0:
         return None
     m = max(1, min(SAMPLE_ROWS, budget // (8 * c)))
     if keep.size > m:
         keep = keep[np.linspace(0, keep.size - 1, m).astype(np.int64)]
     bi, ti = np.divmod(keep, t)
-    return np.asarray(d.x[bi, ti]).astype(np.float64)
+    return np.asarray(d.rows(bi, ti)).astype(np.float64)
 
 
 def _lse(rows: np.ndarray) -> np.ndarray:
@@ -213,18 +245,28 @@ def check_declared_kind(d: Dump, kind: str, ignore_index: int, budget: int = 64 
     raise ValueError(f"{head} {problem}; {_guess(rows, tol)}")
 
 
-def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int) -> Tuple[int, ...]:
-    """Check the settings; returns the sorted distinct top-k values."""
-    if kind not in KINDS:
+def check_kind(kind: Any) -> str:
+    """One of KINDS."""
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    ks = tuple(sorted({int(k) for k in top_k}))
-    if any(k < 1 for k in ks):
-        raise ValueError(f"top_k values must be >= 1, got {tuple(top_k)}")
-    if int(n_bins) < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    if int(chunk_bytes) < 1:
-        raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
-    return ks
+    return kind
+
+
+def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int) -> Tuple[int, ...]:
+    """Check the settings (strictly, see :func:`check_settings`); returns the sorted distinct
+    top-k values."""
+    return check_settings(kind, top_k, n_bins, chunk_bytes)[1]
+
+
+def check_settings(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int,
+                   ignore_index: Any = -100, shift: Any = False, check: Any = True
+                   ) -> Tuple[str, Tuple[int, ...], int, int, int, bool, bool]:
+    """Check every setting the same way (bool and float are not integers; sizes bounded).
+    Returns (kind, sorted distinct top_k, n_bins, chunk_bytes, ignore_index, shift,
+    check_kind) as validated values."""
+    return (check_kind(kind), check_top_k(top_k), check_n_bins(n_bins),
+            check_chunk_bytes(chunk_bytes), check_ignore_index(ignore_index),
+            check_bool("shift", shift), check_bool("check_kind", check))
 
 
 def reraise(exc: Exception, d: Dump, ts: np.ndarray, b0: int, t0: int,

@@ -7,13 +7,13 @@ input in place (any strides, dtype float32/float64/float16/bfloat16) with the GI
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Literal, Optional, Tuple
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_float_array, as_target_array, core_view, float_tag
+from ._options import check_ignore_index
 
 Reduction = Literal["none", "mean", "sum"]
 ArrayLike = Any
@@ -30,13 +30,7 @@ def _check_reduction(reduction: str) -> None:
 
 
 def _check_ignore_index(ignore_index: Any) -> int:
-    try:
-        v = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
-    if not _INT64[0] <= v <= _INT64[1]:
-        raise ValueError(f"ignore_index {v} does not fit in int64")
-    return v
+    return check_ignore_index(ignore_index)  # one check for the whole API (_options)
 
 
 def _check_smoothing(label_smoothing: Any) -> float:
@@ -142,6 +136,9 @@ def cross_entropy(
                 f"probability target shape {y.shape} does not match input shape {x.shape} "
                 "(class-index targets must be integers)"
             )
+        if ii >= 0:  # as PyTorch: a class index cannot be ignored in probability targets
+            raise ValueError(f"ignore_index={ii} is not supported with probability (floating "
+                             f"point) targets: there is no class index to ignore")
         yv, ytag, yswap = core_view(y)
         out, flat = _per_row_out(x.shape[:-1], x, reduction)
         total = _core.cross_entropy_soft(view, tag, swap, yv, ytag, yswap, w, ls, flat)

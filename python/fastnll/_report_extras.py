@@ -450,10 +450,12 @@ def chain(d: Any, sink: Any, ex: Optional[ExtrasAccumulator], kind: str = "logit
     return both
 
 
-def attach(rep: Any, ex: ExtrasAccumulator) -> Any:
+def attach(rep: Any, ex: Optional[ExtrasAccumulator]) -> Any:
     """The report with its extras; with clip= its NLL fields are the clipped NLL's."""
     from dataclasses import replace
 
+    if ex is None:
+        return rep
     e = ex.result()
     rep = replace(rep, extras=e)
     if e.clip is None or not rep.rows:

@@ -1,8 +1,12 @@
 """The ``fastnll`` command: ``eval``, ``compare`` and ``demo``.
 
 Exit codes: 0 success, 1 bad data (missing or unreadable file, bad shape, wrong kind, target
-out of range, missing matplotlib for --plot...), 2 usage error, 130 interrupted. Every failure
-is one line on stderr, never a traceback (set FASTNLL_DEBUG=1 to see one for internal errors).
+out of range, missing matplotlib for --plot, a full disk, a closed stdout...), 2 usage error
+(including out-of-range values and an output that is also an input), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM). Every failure is one line on stderr, never a traceback
+(set FASTNLL_DEBUG=1 to see one for internal errors). Outputs (--json, --per-row, --plot) are
+written to a temporary file and renamed into place only on success: a failed or interrupted
+run leaves no partial file and an existing file as it was.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._atomic import AtomicOutput, check_output_path
+from ._options import BINS_WHY, INT64, MAX_BINS, MAX_TOP_K, TOP_K_WHY
 from .readers import KNOWN_SUFFIXES, parse_dtype, parse_shape, split_key
 
 __all__ = ["main", "build_parser"]
@@ -26,6 +32,15 @@ PROG = "fastnll"
 
 class UsageError(Exception):
     """Bad command-line usage found after parsing (exit 2)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised by the CLI's handler so outputs are cleaned up; exit 143)."""
+
+
+# demo: the dump is built in memory with float64 temporaries (~40 bytes per element)
+MAX_DEMO_ELEMENTS = 1 << 24
+MAX_CHUNK_MB = 1 << 20
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,28 +62,42 @@ def _shape_arg(text: str) -> Tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _int_in(lo: int, hi: int, why: str = "") -> Any:
+    """An argparse type: an integer in [lo, hi], else a usage error saying the bound."""
+    want = "a positive integer" if lo == 1 else "an integer" if lo < 0 else f"an integer >= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not lo <= v <= hi:
+            reason = f" ({why})" if why else ""
+            if (lo, hi) == INT64:
+                raise argparse.ArgumentTypeError(f"{v} does not fit in int64{reason}")
+            raise argparse.ArgumentTypeError(f"expected {want} of at most {hi}, got "
+                                             f"{v}{reason}")
+        return v
+    return parse
+
+
+_positive = _int_in(1, 2**63 - 1)
 
 
 def _common(p: argparse.ArgumentParser, eval_opts: bool) -> None:
     p.add_argument("--kind", choices=("logits", "log_probs", "probs"), default="logits",
                    help="what the dump holds (default: logits)")
-    p.add_argument("--ignore-index", type=int, default=-100, metavar="N",
+    p.add_argument("--ignore-index", type=_int_in(*INT64), default=-100, metavar="N",
                    help="target value of rows not scored (default: -100)")
     p.add_argument("--shift", action="store_true",
                    help="causal LM dump: score preds[:, :-1] against targets[:, 1:]")
     if eval_opts:
-        p.add_argument("--top-k", type=_positive, nargs="+", default=[1, 5], metavar="K",
+        p.add_argument("--top-k", type=_int_in(1, MAX_TOP_K, TOP_K_WHY), nargs="+",
+                       default=[1, 5], metavar="K",
                        help="k values for top-k accuracy (default: 1 5)")
-        p.add_argument("--bins", type=_positive, default=15, metavar="N",
-                       help="equal-width confidence bins for ECE/MCE (default: 15)")
+        p.add_argument("--bins", type=_int_in(1, MAX_BINS, BINS_WHY), default=15, metavar="N",
+                       help=f"equal-width confidence bins for ECE/MCE (default: 15, at most "
+                            f"{MAX_BINS})")
         p.add_argument("--plot", metavar="FILE.png",
                        help="write a reliability diagram (needs matplotlib: fastnll[plot])")
         p.add_argument("--per-row", metavar="FILE.npy",
@@ -87,7 +116,8 @@ def _common(p: argparse.ArgumentParser, eval_opts: bool) -> None:
                    help="shape of raw binary prediction files, e.g. 1000,50257 (one -1 allowed)")
     p.add_argument("--target-dtype", type=_dtype_arg, default=None,
                    help="dtype of a raw binary targets file (default: int64)")
-    p.add_argument("--chunk-mb", type=_positive, default=256, metavar="MB",
+    p.add_argument("--chunk-mb", type=_int_in(1, MAX_CHUNK_MB, "a chunk is read at once"),
+                   default=256, metavar="MB",
                    help="rows are read in chunks of about this many MiB (default: 256)")
     p.add_argument("--no-kind-check", action="store_true",
                    help="skip the sampled check that the data matches --kind")
@@ -121,9 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="evaluate a small synthetic, calibrated dump",
                           description="Write a synthetic logits dump to a temporary directory "
                           "and evaluate it through the same path as 'eval'.")
-    demo.add_argument("--rows", type=_positive, default=20000)
-    demo.add_argument("--classes", type=_positive, default=100)
-    demo.add_argument("--seed", type=int, default=0)
+    demo_why = "the demo builds its dump in memory"
+    demo.add_argument("--rows", type=_int_in(1, MAX_DEMO_ELEMENTS, demo_why), default=20000)
+    demo.add_argument("--classes", type=_int_in(1, MAX_DEMO_ELEMENTS, demo_why), default=100)
+    demo.add_argument("--seed", type=_int_in(0, 2**128), default=0)
     demo.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' = stdout)")
     demo.add_argument("--plot", metavar="FILE.png", help="write a reliability diagram")
     return parser
@@ -133,7 +164,33 @@ def _is_raw(path: str) -> bool:
     return split_key(path)[0].suffix.lower() not in KNOWN_SUFFIXES
 
 
+def _outputs(a: argparse.Namespace) -> List[Tuple[str, str]]:
+    """(option, path) of every file this run writes."""
+    out = [("--json", a.json)] if getattr(a, "json", None) not in (None, "-") else []
+    for flag, attr in (("--per-row", "per_row"), ("--plot", "plot"),
+                       ("--plot-positions", "plot_positions")):
+        if getattr(a, attr, None):
+            out.append((flag, getattr(a, attr)))
+    return out
+
+
+def _check_outputs(a: argparse.Namespace, inputs: Sequence[str]) -> None:
+    """An output may not be an input (it would destroy it) nor another output."""
+    files = [os.fspath(split_key(p)[0]) for p in inputs]
+    outs = _outputs(a)
+    for flag, path in outs:
+        try:
+            check_output_path(path, files, flag)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    real = [os.path.realpath(p) for _, p in outs]
+    for i, (flag, path) in enumerate(outs):
+        if real[i] in real[:i]:
+            raise UsageError(f"{flag} {path} names the same file as another output")
+
+
 def _check_usage(a: argparse.Namespace, pred_paths: Sequence[str]) -> None:
+    _check_outputs(a, list(pred_paths) + [a.targets])
     if (a.dtype is None) != (a.shape is None):
         raise UsageError("--dtype and --shape go together (they describe raw binary files)")
     if a.dtype is not None and not any(_is_raw(p) for p in pred_paths):
@@ -145,20 +202,27 @@ def _check_usage(a: argparse.Namespace, pred_paths: Sequence[str]) -> None:
         require_matplotlib()
 
 
-def _write_json(dest: str, obj: Dict[str, Any]) -> None:
+def _write_json(dest: str, obj: Dict[str, Any], inputs: Sequence[str] = ()) -> None:
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     if dest == "-":
-        sys.stdout.write(text)
+        _stream(sys.stdout, "standard output").write(text)
         return
-    try:
-        Path(dest).write_text(text)
-    except OSError as exc:
-        raise OSError(f"{dest}: cannot write JSON ({exc.strerror or exc})") from None
+    with AtomicOutput(dest, [os.fspath(split_key(p)[0]) for p in inputs], "--json") as out:
+        out.file.write(text.encode())
+
+
+def _stream(stream: Any, name: str) -> Any:
+    if stream is None:
+        raise OSError(f"cannot write the report: {name} is closed")
+    return stream
 
 
 def _say(a: argparse.Namespace, text: str) -> None:
     """Human output goes to stdout unless stdout carries the JSON."""
-    print(text, file=sys.stderr if getattr(a, "json", None) == "-" else sys.stdout)
+    if getattr(a, "json", None) == "-":
+        print(text, file=_stream(sys.stderr, "standard error"))
+    else:
+        print(text, file=_stream(sys.stdout, "standard output"))
 
 
 def _cmd_eval(a: argparse.Namespace) -> Any:
@@ -179,7 +243,9 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
     if a.plot:
         from ._plot import reliability_diagram
 
-        reliability_diagram(report, a.plot, title=os.path.basename(a.preds))
+        with AtomicOutput(a.plot, [split_key(p)[0] for p in (a.preds, a.targets)],
+                          "--plot") as out:
+            reliability_diagram(report, out.path, title=os.path.basename(a.preds))
         _say(a, f"reliability diagram written to {a.plot}")
     fit = None
     if getattr(a, "fit_temperature", False):
@@ -195,7 +261,9 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
     if getattr(a, "plot_positions", None):
         from ._plot import position_curve
 
-        position_curve(report.extras, a.plot_positions, title=os.path.basename(a.preds))
+        with AtomicOutput(a.plot_positions, [split_key(p)[0] for p in (a.preds, a.targets)],
+                          "--plot-positions") as out:
+            position_curve(report.extras, out.path, title=os.path.basename(a.preds))
         _say(a, f"per-position NLL curve written to {a.plot_positions}")
     if a.json:
         obj = report.to_dict()
@@ -203,7 +271,7 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
                          "shift": a.shift}
         if fit is not None:
             obj["temperature"] = fit.to_dict()
-        _write_json(a.json, obj)
+        _write_json(a.json, obj, [a.preds, a.targets])
     return report
 
 
@@ -223,14 +291,16 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     if a.plot:
         from ._plot import kl_histogram
 
-        kl_histogram(report, a.plot, title=f"{os.path.basename(a.new)} vs "
-                                           f"{os.path.basename(a.base)}")
+        with AtomicOutput(a.plot, [split_key(p)[0] for p in (a.base, a.new, a.targets)],
+                          "--plot") as out:
+            kl_histogram(report, out.path, title=f"{os.path.basename(a.new)} vs "
+                                                 f"{os.path.basename(a.base)}")
         _say(a, f"KL histogram written to {a.plot}")
     if a.json:
         obj = report.to_dict()
         obj["inputs"] = {"base": a.base, "new": a.new, "targets": a.targets,
                          "ignore_index": a.ignore_index, "shift": a.shift}
-        _write_json(a.json, obj)
+        _write_json(a.json, obj, [a.base, a.new, a.targets])
     return 0
 
 
@@ -253,6 +323,11 @@ def make_demo_dump(directory: str, rows: int, classes: int, seed: int) -> Dict[s
 
 
 def _cmd_demo(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if a.rows * a.classes > MAX_DEMO_ELEMENTS:
+        raise UsageError(f"demo --rows x --classes must be at most {MAX_DEMO_ELEMENTS:,} "
+                         f"elements, got {a.rows * a.classes:,} (the demo builds its dump in "
+                         f"memory; evaluate your own dump with 'fastnll eval' instead)")
+    _check_outputs(a, [])
     if a.plot:
         from ._plot import require_matplotlib
 
@@ -286,43 +361,90 @@ def _glue_negative_shape(argv: List[str]) -> List[str]:
     return out
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _run(a: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if a.command == "eval":
+        _cmd_eval(a)
+        return 0
+    if a.command == "compare":
+        return _cmd_compare(a)
+    return _cmd_demo(a, parser)
+
+
+def _finish_stdout() -> None:
+    """Flush stdout now, so a failed write (a full device, a closed pipe) is an error and
+    not a silent exit 0."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fastnll`` console script; returns the exit code."""
     parser = build_parser()
+    old_term: Any = None
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         a = parser.parse_args(_glue_negative_shape(args))
         if a.command is None:
             parser.error("choose a command: eval, compare or demo")
-        if a.command == "eval":
-            _cmd_eval(a)
-            return 0
-        if a.command == "compare":
-            return _cmd_compare(a)
-        return _cmd_demo(a, parser)
+        _stream(sys.stdout, "standard output")  # the table or the JSON goes there
+        try:  # SIGTERM cleans up like Ctrl-C (only the main thread may set handlers)
+            old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):
+            old_term = None
+        code = _run(a, parser)
+        _finish_stdout()
+        return code
     except KeyboardInterrupt:
-        sys.stderr.write(f"\n{PROG}: interrupted\n")
+        _stderr(f"\n{PROG}: interrupted\n")
         return 130
+    except Terminated:
+        _stderr(f"\n{PROG}: terminated\n")
+        return 143
     except UsageError as exc:
         sys.stderr.write(f"{PROG}: error: {_one_line(exc)} (see '{PROG} --help')\n")
         return 2
     except BrokenPipeError:  # e.g. piped into head: stop quietly
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
+        _quiet_stdout()
         return 1
     except (ValueError, TypeError, IndexError, OSError, ImportError, MemoryError) as exc:
         if isinstance(exc, MemoryError):
-            sys.stderr.write(f"{PROG}: error: out of memory (try a smaller --chunk-mb)\n")
+            _stderr(f"{PROG}: error: out of memory (try a smaller --chunk-mb)\n")
         else:
-            sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+            _stderr(f"{PROG}: error: {_one_line(exc)}\n")
+        if isinstance(exc, OSError) and exc.errno is not None and sys.stdout is not None:
+            _quiet_stdout()  # the interpreter's final flush would fail the same way
         return 1
     except Exception as exc:  # a bug: still one line unless asked for the traceback
         if os.environ.get("FASTNLL_DEBUG"):
             raise
-        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)}\n")
+        _stderr(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)}\n")
         return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _stderr(text: str) -> None:
+    if sys.stderr is not None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except OSError:
+            pass
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's exit flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,14 +11,18 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import threading
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _arrays
-from ._inputs import (KINDS, Dump, check_declared_kind, chunks, name_of, prepare, reraise,
-                      shape_of, validate)
+from ._atomic import AtomicOutput, check_output_path
+from ._inputs import (KINDS, Dump, check_declared_kind, check_settings, chunks, name_of,
+                      prepare, reraise, shape_of)
+from ._options import check_bool, check_per_row
+from .readers import split_key
 from . import _report_extras as _extras
 from . import _traps
 from ._progress import Progress
@@ -38,6 +42,12 @@ def _core() -> Any:
 RowSink = Callable[[int, np.ndarray, np.ndarray, Optional[np.ndarray]], None]
 TIES = ("target", "first")
 
+STATE_FORMAT = 1  # version of Evaluator.__getstate__'s dict (its "format" key)
+_ONE = 1 << 60  # the fixed-point unit of bin_conf_fixed
+_COUNTS = ("n", "n_ignored", "conf_nonfinite")
+_SUMS = ("sum_nll", "sum_nll_sq", "sum_entropy", "sum_brier")
+_VECTORS = ("topk_correct", "bin_count", "bin_conf_fixed", "bin_correct")
+
 
 class Evaluator:
     """Mergeable accumulator of :func:`evaluate`'s metrics.
@@ -45,22 +55,36 @@ class Evaluator:
     ``update`` any number of dumps (or shards of one), ``merge`` evaluators filled elsewhere
     (e.g. in other processes: they pickle), then ``result()``. Whole, chunked and merged runs
     agree to floating-point rounding of the sums, and exactly in the calibration bins.
+
+    An ``update`` is all-or-nothing: it is computed into a fresh accumulator and added only
+    once every chunk succeeded (a bad target in the last chunk, a truncated file or Ctrl-C
+    leave the evaluator as it was, ``n_classes`` included). One evaluator may be updated and
+    merged from several threads at once (a lock guards the sums; the reading runs outside
+    it). The pickled state is a dict with ``"format": 1``, validated when loaded and before
+    a merge (non-negative counts, counts within the rows, consistent bins, finite sums where
+    they must be): a tampered or foreign state is a ValueError, never silently merged.
     """
 
     def __init__(self, *, kind: str = "logits", ignore_index: int = -100,
                  top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
                  chunk_bytes: int = 256 << 20, progress: Optional[bool] = None,
                  check_kind: bool = True, ties: str = "target") -> None:
-        self.top_k = validate(kind, top_k, n_bins, chunk_bytes)
+        (self.kind, self.top_k, self.n_bins, self.chunk_bytes, self.ignore_index, self.shift,
+         self.check_kind) = check_settings(kind, top_k, n_bins, chunk_bytes, ignore_index,
+                                           shift, check_kind)
         if ties not in TIES:
             raise ValueError(f"ties must be 'target' or 'first', got {ties!r}")
-        self.ties = ties
+        self.ties = ties  # the top-1 rule (docs/evaluate.md)
         self.want_conf = False  # per-row confidence for the sink (equal-mass ECE)
-        self.kind, self.ignore_index, self.n_bins = kind, int(ignore_index), int(n_bins)
-        self.shift, self.chunk_bytes, self.progress = bool(shift), int(chunk_bytes), progress
-        self.check_kind = check_kind
+        if progress is not None:
+            check_bool("progress", progress)
+        self.progress = progress
         self._ks = sorted(set(self.top_k) | {1})
+        self._lock = threading.Lock()
         self.n_classes: Optional[int] = None
+        self._zero()
+
+    def _zero(self) -> None:
         self.n = self.n_ignored = 0
         self.sum_nll = self.sum_nll_sq = self.sum_entropy = self.sum_brier = 0.0
         self.topk_correct = np.zeros(len(self._ks), dtype=np.int64)
@@ -71,24 +95,42 @@ class Evaluator:
         self.conf_nonfinite = 0
         self.bin_correct = np.zeros(self.n_bins, dtype=np.int64)
 
+    def _settings(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "ignore_index": self.ignore_index, "top_k": self.top_k,
+                "n_bins": self.n_bins, "shift": self.shift, "chunk_bytes": self.chunk_bytes,
+                "progress": self.progress, "check_kind": self.check_kind, "ties": self.ties}
+
     def _config(self) -> Tuple[Any, ...]:
         return (self.kind, self.ignore_index, self.top_k, self.n_bins, self.ties)
 
-    def _take_classes(self, c: int, who: str) -> None:
+    def _fresh(self) -> "Evaluator":
+        return Evaluator(**self._settings())
+
+    def _check_classes(self, c: int, who: str) -> None:
         if self.n_classes is not None and self.n_classes != c:
             raise ValueError(f"{who} has {c} classes but earlier data had {self.n_classes}")
-        self.n_classes = c
 
     def update(self, preds: Any, target: Any, *, dtype: Any = None, shape: Any = None,
                target_dtype: Any = None) -> "Evaluator":
-        """Add a dump (array, memmap or path; see :func:`evaluate`). Returns self."""
-        self._update(prepare(preds, target, shift=self.shift, dtype=dtype, shape=shape,
-                             target_dtype=target_dtype), None)
+        """Add a dump (array, memmap or path; see :func:`evaluate`). Returns self. All or
+        nothing: on any error the evaluator is unchanged."""
+        d = prepare(preds, target, shift=self.shift, dtype=dtype, shape=shape,
+                    target_dtype=target_dtype)
+        try:
+            part = self._fresh()
+            part._update(d, None, self)
+        finally:
+            d.close()
+        self._absorb(part.__getstate__(), d.name)
         return self
 
-    def _update(self, d: Dump, sink: Optional[RowSink]) -> None:
+    def _update(self, d: Dump, sink: Optional[RowSink],
+                owner: Optional["Evaluator"] = None) -> None:
+        """Fill this (fresh) accumulator from `d`; `owner` is the evaluator it will be
+        merged into (checked for the number of classes before any work)."""
         b, t, c = d.x.shape
-        self._take_classes(c, d.name)
+        (owner or self)._check_classes(c, d.name)
+        self.n_classes = c
         _traps.warn_input(d, self.kind, self.ignore_index, bool(d.shift), self.chunk_bytes,
                           self.check_kind)
         if self.check_kind:
@@ -127,31 +169,63 @@ class Evaluator:
         self.conf_nonfinite += int(r["conf_nonfinite"])
         self.bin_correct += np.asarray(r["bin_correct"], dtype=np.int64)
 
+    def _absorb(self, state: Dict[str, Any], who: str) -> None:
+        """Add a validated state's sums, under the lock (all checks before any change)."""
+        with self._lock:
+            if state["n_classes"] is not None:
+                self._check_classes(state["n_classes"], who)
+                self.n_classes = state["n_classes"]
+            self._add(state)
+
     def merge(self, other: "Evaluator") -> "Evaluator":
-        """Add another evaluator's sums (same kind, ignore_index, top_k, n_bins). Returns self."""
+        """Add another evaluator's sums (same kind, ignore_index, top_k, n_bins). Returns self.
+        The other's state is validated first; on any error nothing is added."""
         if not isinstance(other, Evaluator):
             raise TypeError(f"can only merge an Evaluator, got {type(other).__name__}")
+        state = _check_state(other.__getstate__())  # a snapshot, under the other's lock
         if other._config() != self._config():
             raise ValueError(f"cannot merge evaluators with different settings: "
                              f"{other._config()} vs {self._config()} "
                              f"(kind, ignore_index, top_k, n_bins, ties)")
-        if other.n_classes is not None:
-            self._take_classes(other.n_classes, "the merged evaluator")
-        self._add({"n": other.n, "n_ignored": other.n_ignored, "sum_nll": other.sum_nll,
-                   "sum_nll_sq": other.sum_nll_sq, "sum_entropy": other.sum_entropy,
-                   "sum_brier": other.sum_brier, "topk_correct": other.topk_correct,
-                   "bin_count": other.bin_count, "bin_conf_fixed": other.bin_conf_fixed,
-                   "bin_correct": other.bin_correct, "conf_nonfinite": other.conf_nonfinite})
+        self._absorb(state, "the merged evaluator")
         return self
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """The versioned state (``"format": 1``): settings, ``n_classes`` and the sums, as
+        plain Python values."""
+        lock = getattr(self, "_lock", None)
+        with lock if lock is not None else threading.Lock():
+            state: Dict[str, Any] = {"format": STATE_FORMAT, **self._settings(),
+                                     "top_k": list(self.top_k), "n_classes": self.n_classes}
+            for k in _COUNTS:
+                state[k] = int(getattr(self, k))
+            for k in _SUMS:
+                state[k] = float(getattr(self, k))
+            for k in _VECTORS:
+                state[k] = [int(v) for v in getattr(self, k)]
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        st = _check_state(state)
+        Evaluator.__init__(self, **{k: st[k] for k in ("kind", "ignore_index", "top_k",
+                                                       "n_bins", "shift", "chunk_bytes",
+                                                       "progress", "check_kind")},
+                            ties=st.get("ties", "target"))
+        self.n_classes = st["n_classes"]
+        self._add(st)
 
     def result(self) -> EvalReport:
         """The metrics of everything added so far."""
+        with self._lock:
+            return self._result()
+
+    def _result(self) -> EvalReport:
         n, nan = self.n, float("nan")
         mean = self.sum_nll / n if n else nan
         se = _se(self.sum_nll, self.sum_nll_sq, n)
         correct = dict(zip(self._ks, (int(v) for v in self.topk_correct)))
         bins, gaps = [], []
-        one = 1 << 60  # the fixed-point unit: exact integer arithmetic, one rounding per value
+        one = _ONE  # the fixed-point unit: exact integer arithmetic, one rounding per value
         bad = self.conf_nonfinite > 0
         for i in range(self.n_bins):
             cnt, fixed = int(self.bin_count[i]), self.bin_conf_fixed[i]
@@ -174,6 +248,99 @@ class Evaluator:
             ties=self.ties)
 
 
+def _int_list(v: Any, n: int, what: str) -> List[int]:
+    if not isinstance(v, (list, tuple, np.ndarray)) or len(v) != n:
+        raise ValueError(f"{what} must be a list of {n} integers")
+    out = []
+    for x in v:
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < 0:
+            raise ValueError(f"{what} must hold integers >= 0, got {x!r}")
+        out.append(int(x))
+    return out
+
+
+def _check_state(state: Any) -> Dict[str, Any]:
+    """A validated copy of an Evaluator state (see Evaluator.__getstate__), else ValueError
+    saying what is wrong."""
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt != STATE_FORMAT:
+        raise ValueError(f"not a fastnll Evaluator state of format {STATE_FORMAT} (format "
+                         f"{fmt!r}): written by another version, or not an Evaluator")
+    need = {"kind", "ignore_index", "top_k", "n_bins", "shift", "chunk_bytes", "progress",
+            "check_kind", "n_classes", *_COUNTS, *_SUMS, *_VECTORS}
+    missing = need - set(state)
+    if missing:
+        raise ValueError(f"Evaluator state lacks {', '.join(sorted(missing))}")
+    head = "invalid Evaluator state: "
+    st = dict(state)
+    try:
+        (st["kind"], top_k, st["n_bins"], st["chunk_bytes"], st["ignore_index"], st["shift"],
+         st["check_kind"]) = check_settings(st["kind"], st["top_k"], st["n_bins"],
+                                            st["chunk_bytes"], st["ignore_index"], st["shift"],
+                                            st["check_kind"])
+        if st["progress"] is not None:
+            check_bool("progress", st["progress"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{head}{exc}") from None
+    if list(top_k) != list(st["top_k"]):
+        raise ValueError(f"{head}top_k {st['top_k']!r} is not sorted and distinct")
+    st["top_k"] = top_k
+    if st.get("ties", "target") not in TIES:  # states written before ties= have none
+        raise ValueError(f"{head}ties must be 'target' or 'first', got {st['ties']!r}")
+    c = st["n_classes"]
+    if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+        raise ValueError(f"{head}n_classes must be None or an integer >= 1, got {c!r}")
+    for k in _COUNTS:
+        v = st[k]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{head}{k} must be an integer >= 0, got {v!r}")
+        st[k] = int(v)
+    for k in _SUMS:
+        v = st[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise ValueError(f"{head}{k} must be a number, got {v!r}")
+        st[k] = float(v)
+    ks, nb, n = sorted(set(top_k) | {1}), st["n_bins"], st["n"]
+    try:
+        st["topk_correct"] = _int_list(st["topk_correct"], len(ks), "topk_correct")
+        st["bin_count"] = _int_list(st["bin_count"], nb, "bin_count")
+        st["bin_correct"] = _int_list(st["bin_correct"], nb, "bin_correct")
+        st["bin_conf_fixed"] = _int_list(st["bin_conf_fixed"], nb, "bin_conf_fixed")
+    except ValueError as exc:
+        raise ValueError(f"{head}{exc}") from None
+    problems = []
+    if n and c is None:
+        problems.append("rows were scored but n_classes is None")
+    if any(v > n for v in st["topk_correct"]) or st["topk_correct"] != sorted(st["topk_correct"]):
+        problems.append("top-k counts exceed the rows or decrease with k")
+    if sum(st["bin_count"]) != n:
+        problems.append(f"the bins hold {sum(st['bin_count'])} rows, not n = {n}")
+    if any(a > b for a, b in zip(st["bin_correct"], st["bin_count"])):
+        problems.append("a bin has more correct rows than rows")
+    if sum(st["bin_correct"]) != st["topk_correct"][0]:
+        problems.append("the bins' correct rows differ from the top-1 count")
+    if st["conf_nonfinite"] > n:
+        problems.append("more non-finite confidences than rows")
+    s_nll, s_sq, s_ent, s_br = (st[k] for k in _SUMS)
+    if n == 0 and any(v != 0.0 for v in (s_nll, s_sq, s_ent, s_br)):
+        problems.append("sums are not 0 with no rows")
+    slack = 1e-6 * n  # rounding of sums of values >= 0 computed as differences
+    if s_sq < 0:
+        problems.append("sum_nll_sq is negative")
+    if st["kind"] == "logits":  # p = softmax(x): these hold for any logits, NaN aside
+        if any(f > b * _ONE for f, b in zip(st["bin_conf_fixed"], st["bin_count"])):
+            problems.append("a bin's confidence sum exceeds its rows")
+        if s_nll < -slack:
+            problems.append(f"sum_nll {s_nll} is negative")
+        if not (math.isnan(s_br) or -slack <= s_br <= 2.0 * n + slack):
+            problems.append(f"sum_brier {s_br} is outside [0, 2 n]")
+        if not (math.isnan(s_ent) or -slack <= s_ent < math.inf):
+            problems.append(f"sum_entropy {s_ent} is negative or infinite")
+    if problems:
+        raise ValueError(head + "; ".join(problems))
+    return st
+
+
 def _se(s: float, sq: float, n: int) -> float:
     """Standard error of the mean from a sum and a sum of squares (sample variance)."""
     if n < 2:
@@ -189,29 +356,52 @@ def _exp(v: float) -> float:
         return float("inf")
 
 
-def _row_store(d: Dump, per_row: Union[bool, PathLike]
-               ) -> Tuple[RowSink, np.ndarray, np.ndarray]:
-    """Per-row outputs in memory (per_row=True) or streamed to a structured .npy file."""
-    rec_dtype = [("nll", "<f8"), ("rank", "<i8")]
-    if per_row is True:  # plain contiguous arrays are nicer than record fields in memory
-        nll = np.empty(d.out_shape, np.float64)
-        rank = np.empty(d.out_shape, np.int64)
-        flat_nll, flat_rank = nll.reshape(-1), rank.reshape(-1)
-    else:
-        assert per_row is not False
-        assert per_row is not False
-        rec = np.lib.format.open_memmap(os.fspath(per_row), mode="w+", dtype=rec_dtype,
-                                        shape=d.out_shape)
-        nll, rank = rec["nll"], rec["rank"]
-        flat = rec.reshape(-1)  # the file is C-contiguous: a view
-        flat_nll, flat_rank = flat["nll"], flat["rank"]
+REC_DTYPE = np.dtype([("nll", "<f8"), ("rank", "<i8")])
 
-    def sink(offset: int, n: np.ndarray, r: np.ndarray, conf: Optional[np.ndarray] = None
-             ) -> None:
+
+def _input_paths(*sources: Any) -> List[str]:
+    """The files behind path inputs ("dump.npz:key" -> dump.npz), for the same-file check."""
+    return [os.fspath(split_key(s)[0]) for s in sources if isinstance(s, (str, os.PathLike))]
+
+
+def _row_sink(d: Dump) -> Tuple[RowSink, np.ndarray, np.ndarray]:
+    """Per-row outputs in memory (per_row=True)."""
+    nll = np.empty(d.out_shape, np.float64)
+    rank = np.empty(d.out_shape, np.int64)
+    flat_nll, flat_rank = nll.reshape(-1), rank.reshape(-1)
+
+    def sink(offset: int, n: np.ndarray, r: np.ndarray,
+             conf: Optional[np.ndarray] = None) -> None:
         flat_nll[offset:offset + n.size] = n
         flat_rank[offset:offset + r.size] = r
 
     return sink, nll, rank
+
+
+def _file_sink(d: Dump, out: AtomicOutput) -> RowSink:
+    """Per-row records streamed, in order, to the open temporary .npy of ``out`` (plain
+    writes, never through a memory map: a full disk is an OSError, not a SIGBUS)."""
+    fh = out.file
+    np.lib.format.write_array_header_2_0(
+        fh, {"descr": np.lib.format.dtype_to_descr(REC_DTYPE), "fortran_order": False,
+             "shape": tuple(d.out_shape)})
+    out.preallocate(fh.tell() + math.prod(d.out_shape) * REC_DTYPE.itemsize)
+    written = [0]
+
+    def sink(offset: int, n: np.ndarray, r: np.ndarray,
+             conf: Optional[np.ndarray] = None) -> None:
+        if offset != written[0]:  # chunks() yields rows in flat order
+            raise AssertionError(f"per-row records out of order: {offset} != {written[0]}")
+        rec = np.empty(n.size, REC_DTYPE)
+        rec["nll"], rec["rank"] = n, r
+        try:
+            fh.write(rec.tobytes())
+        except OSError as exc:
+            raise OSError(exc.errno, f"{out.dest}: cannot write per-row records "
+                                     f"({exc.strerror or exc})") from None
+        written[0] += n.size
+
+    return sink
 
 
 def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int = -100,
@@ -229,8 +419,10 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     .safetensors[:key], raw binary with ``dtype``/``shape``). ``target``: integer class
     indices of shape preds.shape[:-1] (or flat), array or path (raw: ``target_dtype``, default
     int64). ``shift=True`` scores preds[:, :-1] against target[:, 1:]. ``per_row=True`` adds
-    ``row_nll``/``row_rank`` arrays; a path instead streams them to a .npy of records
-    (``nll``, ``rank``). ``progress``: None = a bar on stderr only when it is a terminal.
+    ``row_nll``/``row_rank`` arrays; a path instead writes them to a .npy of records
+    (``nll``, ``rank``) as a transaction: a temporary file renamed into place only on success
+    (an existing file is untouched on any failure), never a file that is also an input.
+    ``progress``: None = a bar on stderr only when it is a terminal.
 
     Extras (``report.extras``, docs/evaluate.md): ``mask=`` (0 = not scored, shaped like the
     targets) and ``min_position=`` drop rows before scoring; ``per_position``,
@@ -244,57 +436,79 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     ev = Evaluator(kind=kind, ignore_index=ignore_index, top_k=top_k, n_bins=n_bins,
                    shift=shift, chunk_bytes=chunk_bytes, progress=progress,
                    check_kind=check_kind, ties=ties)
+    per_row = check_per_row(per_row)
+    if per_row is not True and per_row is not False:
+        check_output_path(per_row, _input_paths(preds, target), "per_row output")
+    paths = _input_paths(preds, target)
     if mask is not None or min_position:
         target = _extras.masked_target(target, mask, min_position, ignore_index, shift)
     d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
                 target_dtype=target_dtype)
-    ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words, clip,
-                      classwise_ece, n_bins, equal_mass_ece)
-    ev.want_conf = bool(equal_mass_ece)
-    if (per_row is False or per_row is None) and ex is None:
-        ev._update(d, None)
-        return ev.result()
-    sink, nll, rank = _row_store(d, per_row) if per_row else (None, None, None)
-    ev._update(d, _extras.chain(d, sink, ex, kind))
-    if isinstance(nll, np.memmap):
-        nll.flush()  # flushes the whole record file
-    rep = ev.result()
-    if per_row:
-        rep = replace(rep, row_nll=nll, row_rank=rank)
-    return rep if ex is None else _extras.attach(rep, ex)
+    try:
+        ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words,
+                          clip, classwise_ece, n_bins, equal_mass_ece)
+        ev.want_conf = bool(equal_mass_ece)
+        if per_row is False:
+            ev._update(d, _extras.chain(d, None, ex, kind))
+            return _extras.attach(ev.result(), ex)
+        if per_row is True:
+            sink, nll, rank = _row_sink(d)
+            ev._update(d, _extras.chain(d, sink, ex, kind))
+            return _extras.attach(replace(ev.result(), row_nll=nll, row_rank=rank), ex)
+        with AtomicOutput(per_row, paths, "per_row output") as out:
+            ev._update(d, _extras.chain(d, _file_sink(d, out), ex, kind))
+    finally:
+        d.close()
+    rec = np.load(os.fspath(per_row), mmap_mode="r")
+    return _extras.attach(replace(ev.result(), row_nll=rec["nll"], row_rank=rec["rank"]), ex)
 
 
 # ----------------------------------------------------------------------------- compare
-_COMPARE_FIELDS = (("kl", "<f8"), ("dp", "<f8"), ("nll_base", "<f8"), ("nll_new", "<f8"),
-                   ("same_top1", "i1"))
+COMPARE_REC_DTYPE = np.dtype([("kl", "<f8"), ("dp", "<f8"), ("nll_base", "<f8"),
+                              ("nll_new", "<f8"), ("same_top1", "i1")])
+CompareSink = Callable[[int, List[np.ndarray]], None]
 
 
-def _compare_store(d: Dump, per_row: Union[bool, PathLike]
-                   ) -> Tuple[Any, Dict[str, Any], Optional[Tuple[str, str]]]:
-    """Per-row compare outputs in memory (True) or streamed to a .npy of records (a path):
-    written to a hidden temporary file beside it, renamed over it only on success."""
-    if per_row is True:
-        arrays = {k: np.empty(d.out_shape, np.dtype(t)) for k, t in _COMPARE_FIELDS}
-        flat = {k: a.reshape(-1) for k, a in arrays.items()}
-        return None, {"arrays": arrays, "flat": flat}, None
-    assert per_row is not False
-    final = os.fspath(per_row)
-    head, tail = os.path.split(final)
-    tmp = os.path.join(head, f".{tail}.{os.getpid()}.partial")
-    try:
-        rec = np.lib.format.open_memmap(tmp, mode="w+", dtype=list(_COMPARE_FIELDS),
-                                        shape=d.out_shape)
-    except OSError as exc:
-        raise OSError(f"{final}: cannot write per-row records ({exc.strerror or exc})") from None
-    arrays = {k: rec[k] for k, _ in _COMPARE_FIELDS}
-    flat_rec = rec.reshape(-1)
-    flat = {k: flat_rec[k] for k, _ in _COMPARE_FIELDS}
-    return rec, {"arrays": arrays, "flat": flat}, (tmp, final)
+def _compare_memory_sink(d: Dump) -> Tuple[CompareSink, Dict[str, np.ndarray]]:
+    """Per-row compare outputs in memory (per_row=True), shaped like the scored targets."""
+    arrays = {k: np.empty(d.out_shape, COMPARE_REC_DTYPE[k]) for k in COMPARE_REC_DTYPE.names}
+    flat = [a.reshape(-1) for a in arrays.values()]
+
+    def sink(offset: int, outs: List[np.ndarray]) -> None:
+        for f, v in zip(flat, outs):
+            f[offset:offset + v.size] = v
+
+    return sink, arrays
+
+
+def _compare_file_sink(d: Dump, out: AtomicOutput) -> CompareSink:
+    """Per-row compare records written in order to the temporary .npy of ``out``."""
+    fh = out.file
+    np.lib.format.write_array_header_2_0(
+        fh, {"descr": np.lib.format.dtype_to_descr(COMPARE_REC_DTYPE), "fortran_order": False,
+             "shape": tuple(d.out_shape)})
+    out.preallocate(fh.tell() + math.prod(d.out_shape) * COMPARE_REC_DTYPE.itemsize)
+    written = [0]
+
+    def sink(offset: int, outs: List[np.ndarray]) -> None:
+        if offset != written[0]:  # chunks() yields rows in flat order
+            raise AssertionError(f"per-row records out of order: {offset} != {written[0]}")
+        rec = np.empty(outs[0].size, COMPARE_REC_DTYPE)
+        for k, v in zip(COMPARE_REC_DTYPE.names, outs):
+            rec[k] = v
+        try:
+            fh.write(rec.tobytes())
+        except OSError as exc:
+            raise OSError(exc.errno, f"{out.dest}: cannot write per-row records "
+                                     f"({exc.strerror or exc})") from None
+        written[0] += rec.size
+
+    return sink
 
 
 def _compare_chunks(core: Any, db: Dump, dn: Dump, kind: str, ignore_index: int,
                     chunk_bytes: int, progress: Optional[bool], acc: Any,
-                    store: Optional[Dict[str, Any]]) -> None:
+                    sink: Optional[CompareSink]) -> None:
     """One read of both dumps, chunk by chunk: the core's sums and per-row outputs."""
     b, t, c = db.x.shape
     row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
@@ -311,9 +525,8 @@ def _compare_chunks(core: Any, db: Dump, dn: Dump, kind: str, ignore_index: int,
             except (IndexError, ValueError) as exc:
                 reraise(exc, db, ts, b0, t0, ignore_index)
             acc.add(r, outs[0], outs[1], outs[4])
-            if store is not None:
-                for (k, _), v in zip(_COMPARE_FIELDS, outs):
-                    store["flat"][k][offset:offset + rows] = v
+            if sink is not None:
+                sink(offset, outs)
             bar.advance(rows * row_bytes)
 
 
@@ -327,16 +540,40 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
     mean +- SE, percentiles and RMS, same top-1 +- SE, PPL(base), PPL(new), their ratio and
     difference +- SE. Inputs as for :func:`evaluate`. ``per_row=True`` adds ``row_kl``,
     ``row_dp``, ``row_nll_base``, ``row_nll_new`` (NaN for ignored rows) and ``row_same_top1``
-    (int8, -1 for ignored rows); a path streams them to a .npy of records instead.
-    Percentiles are exact (16 bytes per row held) up to ``max_exact_rows`` scored-or-not rows,
-    else read from log-spaced histograms (error stated in the report); docs/evaluate.md."""
+    (int8, -1 for ignored rows); a path writes them to a .npy of records instead, as a
+    transaction (as ``evaluate``'s). Percentiles are exact (16 bytes per row held) up to
+    ``max_exact_rows`` rows, else read from log-spaced histograms (error stated in the
+    report); docs/evaluate.md."""
+    kind, _, _, chunk_bytes, ignore_index, shift, check_kind = check_settings(
+        kind, (1,), 1, chunk_bytes, ignore_index, shift, check_kind)
+    if progress is not None:
+        check_bool("progress", progress)
+    if isinstance(max_exact_rows, bool) or int(max_exact_rows) < 0:
+        raise ValueError(f"max_exact_rows must be an integer >= 0, got {max_exact_rows!r}")
+    per_row = check_per_row(per_row)
+    paths = _input_paths(base, new, target)
+    if per_row is not True and per_row is not False:
+        check_output_path(per_row, paths, "per_row output")
+    db = prepare(base, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
+    try:
+        dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape,
+                     target_dtype=target_dtype)
+    except BaseException:
+        db.close()
+        raise
+    try:
+        return _compare(db, dn, base, new, kind, ignore_index, shift, chunk_bytes, progress,
+                        check_kind, per_row, int(max_exact_rows), paths)
+    finally:
+        db.close()
+        dn.close()
+
+
+def _compare(db: Dump, dn: Dump, base: Any, new: Any, kind: str, ignore_index: int,
+             shift: bool, chunk_bytes: int, progress: Optional[bool], check_kind: bool,
+             per_row: Any, max_exact_rows: int, paths: List[str]) -> CompareReport:
     from ._compare_stats import CompareAccumulator, summary
 
-    validate(kind, (1,), 1, chunk_bytes)
-    if int(max_exact_rows) < 0:
-        raise ValueError(f"max_exact_rows must be >= 0, got {max_exact_rows}")
-    db = prepare(base, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
-    dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     db.name, dn.name = name_of(base, "base"), name_of(new, "new")
     if db.x.shape != dn.x.shape:
         raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
@@ -348,23 +585,19 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
         check_declared_kind(dn, kind, ignore_index, chunk_bytes)
     b, t, c = db.x.shape
     core = _core()
-    acc = CompareAccumulator(exact=b * t <= int(max_exact_rows))
-    rec, store, files = (None, None, None) if per_row is False or per_row is None else \
-        _compare_store(db, per_row)
-    try:
-        _compare_chunks(core, db, dn, kind, int(ignore_index), chunk_bytes, progress, acc,
-                        store)
-    except BaseException:
-        if files is not None:  # never a half-written (or clobbered) records file
-            del rec, store
-            try:
-                os.unlink(files[0])
-            except OSError:
-                pass
-        raise
-    if rec is not None and files is not None:
-        rec.flush()
-        os.replace(*files)
+    acc = CompareAccumulator(exact=b * t <= max_exact_rows)
+    arrays: Optional[Dict[str, np.ndarray]] = None
+    if per_row is False:
+        _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc, None)
+    elif per_row is True:
+        sink, arrays = _compare_memory_sink(db)
+        _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc, sink)
+    else:
+        with AtomicOutput(per_row, paths, "per_row output") as out:
+            _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc,
+                            _compare_file_sink(db, out))
+        rec = np.load(os.fspath(per_row), mmap_mode="r")
+        arrays = {k: rec[k] for k in COMPARE_REC_DTYPE.names}
     s = summary(acc.sums)
     kl_p, dp_p, method, err = acc.percentiles()
     edges, counts = acc.kl_hist.coarse(10)
@@ -374,8 +607,8 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
         kl_percentiles=kl_p, dp_percentiles=dp_p, percentile_method=method,
         percentile_rel_error=err, kl_hist_edges=edges, kl_hist_counts=counts,
         **{k: v for k, v in s.items() if k in CompareReport.SCALARS})  # type: ignore[arg-type]
-    if store is not None:
-        a = store["arrays"]
-        rep = replace(rep, row_kl=a["kl"], row_dp=a["dp"], row_nll_base=a["nll_base"],
-                      row_nll_new=a["nll_new"], row_same_top1=a["same_top1"])
+    if arrays is not None:
+        rep = replace(rep, row_kl=arrays["kl"], row_dp=arrays["dp"],
+                      row_nll_base=arrays["nll_base"], row_nll_new=arrays["nll_new"],
+                      row_same_top1=arrays["same_top1"])
     return rep

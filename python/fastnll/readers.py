@@ -13,17 +13,24 @@ memory map of the file, so a dump far bigger than RAM costs only address space:
   and the tensor is ``np.memmap``-ed at its data offset (no ``safetensors`` package needed).
 * anything else: raw binary, which needs ``dtype`` and ``shape`` (one dimension may be -1).
 
+Only regular files are read (a FIFO, device, directory or ``<(process substitution)`` is a
+DumpError, never a hang). Every header field is validated (types, ranges, duplicates, sizes
+against the file and against a zip member's stored size) before anything is mapped.
+
 Errors are :class:`DumpError` (a ``ValueError``) whose message starts with the file name.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import operator
 import os
+import stat
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -128,7 +135,7 @@ def parse_dtype(spec: Union[str, np.dtype, type]) -> np.dtype:
         spec = _DTYPE_ALIASES.get(low, spec.strip())
     try:
         return np.dtype(spec)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):
         raise ValueError(f"unknown dtype {spec!r}") from None
 
 
@@ -141,7 +148,10 @@ def parse_shape(spec: Union[str, Sequence[int]]) -> Tuple[int, ...]:
         except ValueError:
             raise ValueError(f"bad shape {spec!r}: expected integers like 1000,50257") from None
     else:
-        dims = tuple(int(d) for d in spec)
+        try:
+            dims = tuple(_index(d, "shape entry") for d in spec)
+        except TypeError as exc:
+            raise ValueError(f"bad shape {spec!r}: {exc}") from None
     if not dims:
         raise ValueError("shape must have at least one dimension")
     if sum(d == -1 for d in dims) > 1 or any(d < -1 for d in dims):
@@ -149,11 +159,90 @@ def parse_shape(spec: Union[str, Sequence[int]]) -> Tuple[int, ...]:
     return dims
 
 
+def _index(v: Any, what: str) -> int:
+    """An integer that is not a bool (bool and float are not integers here)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{what} must be an integer, got {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {v!r}") from None
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISFIFO(mode):
+        return ("is a pipe or FIFO (e.g. <(...) process substitution); save it to a regular "
+                "file first")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device"
+    if stat.S_ISSOCK(mode):
+        return "is a socket"
+    return "is not a regular file"
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """Open a dump read-only, refusing anything but a regular file *before* reading (a FIFO
+    is opened non-blocking, so it cannot hang; the check is on the opened descriptor, so the
+    path cannot be swapped in between)."""
+    try:
+        fh = open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise DumpError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DumpError(f"{path}: is a directory, not a dump file") from None
+    except OSError as exc:
+        raise DumpError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    mode = os.fstat(fh.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        fh.close()
+        raise DumpError(f"{path}: {_kind_of(mode)}, not a dump file (dumps are regular files)")
+    return fh
+
+
 def _require_file(path: Path) -> None:
-    if not path.exists():
-        raise DumpError(f"{path}: no such file")
-    if path.is_dir():
-        raise DumpError(f"{path}: is a directory, not a dump file")
+    _open_regular(path).close()
+
+
+def _check_dtype(p: Path, dt: np.dtype, what: str = "array") -> None:
+    if dt.hasobject:
+        raise DumpError(f"{p}: {what} has dtype {dt}, which holds Python objects; "
+                        f"dumps must hold numbers")
+    if dt.itemsize == 0:
+        raise DumpError(f"{p}: {what} has dtype {dt} of 0-byte items")
+
+
+def _nbytes(p: Path, shape: Tuple[int, ...], dt: np.dtype, what: str = "array") -> int:
+    n = math.prod(shape) * dt.itemsize
+    if n >= 1 << 62:
+        raise DumpError(f"{p}: {what} of shape {shape} and dtype {dt} would be {n} bytes, "
+                        f"more than any file holds")
+    return n
+
+
+def _npy_header(p: Path, fh: Any, what: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    """The header of a .npy stream, validated; any parse failure is a DumpError."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # noqa: BLE001 - NumPy's parser raises many kinds
+        raise DumpError(f"{p}: {what} has a malformed .npy header "
+                        f"({type(exc).__name__}: {_short(exc)})") from None
+    if not isinstance(shape, tuple) or any(type(d) is not int or d < 0 for d in shape):
+        raise DumpError(f"{p}: {what} has a bad shape {shape!r} in its header "
+                        f"(sizes must be integers >= 0)")
+    if type(fortran) is not bool:
+        raise DumpError(f"{p}: {what} has fortran_order {fortran!r} (must be True or False)")
+    if not isinstance(dtype, np.dtype):
+        raise DumpError(f"{p}: {what} has an unreadable dtype in its header")
+    _check_dtype(p, dtype, what)
+    return shape, fortran, dtype
 
 
 def _bf16_from_void(arr: np.ndarray) -> np.ndarray:
@@ -166,24 +255,43 @@ def _bf16_from_void(arr: np.ndarray) -> np.ndarray:
 
 
 def open_npy(path: PathLike) -> np.ndarray:
-    """Memory-map a ``.npy`` file read-only (``|V2`` data is read as bfloat16)."""
+    """Memory-map a ``.npy`` file read-only (``|V2`` data is read as bfloat16). The header is
+    validated and the file must hold exactly the bytes it describes."""
     p = Path(path)
-    _require_file(p)
-    try:
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DumpError(f"{p}: not a readable .npy file ({_short(exc)})") from None
-    if not isinstance(arr, np.ndarray):  # pragma: no cover - np.load of .npy is an array
-        raise DumpError(f"{p}: not a .npy array")
-    return _bf16_from_void(arr)
+    with _open_regular(p) as fh:
+        shape, fortran, dtype = _npy_header(p, fh, "the array")
+        offset = fh.tell()
+        size = os.fstat(fh.fileno()).st_size
+        need = _nbytes(p, shape, dtype)
+        if size - offset != need:
+            state = "truncated: " if size - offset < need else ""
+            raise DumpError(f"{p}: {state}the header says {dtype} {shape} ({need} bytes of "
+                            f"data) but the file holds {size - offset}")
+        order = "F" if fortran else "C"
+        if need == 0:
+            return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+        return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
+            fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
+
+
+def _no_duplicates(p: Path) -> Any:
+    def hook(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise DumpError(f"{p}: the .safetensors header names {k!r} twice")
+            out[k] = v
+        return out
+    return hook
 
 
 def read_safetensors_header(path: PathLike) -> Tuple[Dict[str, Any], int]:
-    """(header dict without ``__metadata__``, byte offset where tensor data starts)."""
+    """(header dict without ``__metadata__``, byte offset where tensor data starts). Every
+    entry is validated: dtype, shape (integers >= 0), data_offsets (two integers within the
+    data area, spanning exactly the tensor's bytes); duplicate names are refused."""
     p = Path(path)
-    _require_file(p)
-    size = p.stat().st_size
-    with open(p, "rb") as fh:
+    with _open_regular(p) as fh:
+        size = os.fstat(fh.fileno()).st_size
         raw = fh.read(8)
         if len(raw) < 8:
             raise DumpError(f"{p}: too short for a .safetensors file ({size} bytes)")
@@ -192,13 +300,49 @@ def read_safetensors_header(path: PathLike) -> Tuple[Dict[str, Any], int]:
             raise DumpError(f"{p}: not a .safetensors file (header length {n} > file size {size})")
         text = fh.read(n)
     try:
-        header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates(p))
+    except DumpError:
+        raise
+    except RecursionError:
+        raise DumpError(f"{p}: .safetensors header is nested too deeply to be a header") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise DumpError(f"{p}: .safetensors header is not valid JSON ({_short(exc)})") from None
     if not isinstance(header, dict):
         raise DumpError(f"{p}: .safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not isinstance(meta, dict):
+        raise DumpError(f"{p}: .safetensors __metadata__ is not a JSON object")
+    data = size - 8 - n
+    for name, info in header.items():
+        _st_entry(p, name, info, data)
     return header, 8 + n
+
+
+def _st_entry(p: Path, name: str, info: Any, data: int) -> Tuple[np.dtype, Tuple[int, ...], int]:
+    """Validate one header entry against a data area of `data` bytes; returns (dtype, shape,
+    begin offset)."""
+    head = f"{p}: tensor {name!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise DumpError(f"{head}: the header entry must be an object with dtype, shape and "
+                        f"data_offsets")
+    code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str):
+        raise DumpError(f"{head}: dtype must be a string, got {code!r}")
+    dtype = _st_dtype(p, name, code)
+    if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
+        raise DumpError(f"{head}: shape must be a list of integers >= 0, got {shape!r}")
+    if (not isinstance(offs, list) or len(offs) != 2
+            or any(type(v) is not int or v < 0 for v in offs)):
+        raise DumpError(f"{head}: data_offsets must be two integers >= 0, got {offs!r}")
+    begin, end = offs
+    nbytes = _nbytes(p, tuple(shape), dtype, f"tensor {name!r}")
+    if end < begin or end - begin != nbytes:
+        raise DumpError(f"{head}: data_offsets span {end - begin} bytes, but "
+                        f"{code}{list(shape)} needs {nbytes}")
+    if end > data:
+        raise DumpError(f"{p}: truncated: tensor {name!r} ends at byte {end} of the data, "
+                        f"which holds {data}")
+    return dtype, tuple(shape), begin
 
 
 def _st_dtype(p: Path, name: str, code: Any) -> np.dtype:
@@ -229,25 +373,12 @@ def open_safetensors(path: PathLike, key: Optional[str] = None) -> np.ndarray:
     p = Path(path)
     header, start = read_safetensors_header(p)
     name = _pick(p, sorted(header), key, "tensor")
-    info = header[name]
-    try:
-        code = info["dtype"]
-        shape = tuple(int(d) for d in info["shape"])
-        begin, end = (int(v) for v in info["data_offsets"])
-    except (KeyError, TypeError, ValueError):
-        raise DumpError(f"{p}: malformed header entry for tensor {name!r}") from None
-    dtype = _st_dtype(p, name, code)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if end - begin != nbytes or begin < 0:
-        raise DumpError(
-            f"{p}: tensor {name!r} data_offsets span {end - begin} bytes, "
-            f"but {code}{list(shape)} needs {nbytes}"
-        )
-    if start + end > p.stat().st_size:
-        raise DumpError(f"{p}: truncated: tensor {name!r} ends past the end of the file")
-    if nbytes == 0:
-        return np.empty(shape, dtype=dtype)
-    return np.memmap(p, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+    with _open_regular(p) as fh:
+        data = os.fstat(fh.fileno()).st_size - start
+        dtype, shape, begin = _st_entry(p, name, header[name], data)
+        if math.prod(shape) == 0:
+            return np.empty(shape, dtype=dtype)
+        return np.memmap(fh, dtype=dtype, mode="r", offset=start + begin, shape=shape)
 
 
 def _zip_data_offset(fh: Any, info: zipfile.ZipInfo) -> int:
@@ -255,66 +386,131 @@ def _zip_data_offset(fh: Any, info: zipfile.ZipInfo) -> int:
     fh.seek(info.header_offset)
     local = fh.read(30)
     if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise ValueError("bad zip local header")
+        raise DumpError("bad zip local header")
+    (method,) = struct.unpack("<H", local[8:10])
+    if method != zipfile.ZIP_STORED:
+        raise DumpError("the local header's compression method differs from the directory's")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
 
 
-def open_npz(path: PathLike, key: Optional[str] = None) -> np.ndarray:
-    """One member of a ``.npz`` file: memory-mapped if stored, loaded if compressed."""
-    p = Path(path)
-    _require_file(p)
+def _npz_members(p: Path, zf: zipfile.ZipFile) -> Dict[str, zipfile.ZipInfo]:
+    infos: Dict[str, zipfile.ZipInfo] = {}
+    for i in zf.infolist():
+        name = i.filename[:-4] if i.filename.endswith(".npy") else i.filename
+        if name in infos:
+            raise DumpError(f"{p}: holds two members named {i.filename!r}; which one is meant "
+                            f"is ambiguous")
+        infos[name] = i
+    return infos
+
+
+def _npz_stored(p: Path, fh: IO[bytes], name: str, info: zipfile.ZipInfo) -> np.ndarray:
+    what = f"array {name!r}"
+    size = os.fstat(fh.fileno()).st_size
     try:
-        with zipfile.ZipFile(p) as zf:
-            infos = {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i
-                     for i in zf.infolist()}
+        base = _zip_data_offset(fh, info)
+    except DumpError as exc:
+        raise DumpError(f"{p}: {what}: {exc}") from None
+    if info.file_size != info.compress_size or base + info.compress_size > size:
+        raise DumpError(f"{p}: {what}: the zip directory's sizes do not fit the file")
+    fh.seek(base)
+    shape, fortran, dtype = _npy_header(p, fh, what)
+    offset = fh.tell()
+    need = _nbytes(p, shape, dtype, what)
+    have = base + info.compress_size - offset
+    if need != have:
+        raise DumpError(f"{p}: {what}: the header says {dtype} {shape} ({need} bytes of data) "
+                        f"but the zip member holds {have}")
+    order = "F" if fortran else "C"
+    if need == 0:
+        return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+    return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
+        fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
+
+
+def _npz_inflate(p: Path, zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> np.ndarray:
+    what = f"array {name!r}"
+    with zf.open(info) as zsrc:
+        src: Any = zsrc
+        shape, fortran, dtype = _npy_header(p, src, what)
+        header_len = src.tell()
+        need = _nbytes(p, shape, dtype, what)
+        if need != info.file_size - header_len:
+            raise DumpError(f"{p}: {what}: the header says {dtype} {shape} ({need} bytes of "
+                            f"data) but the zip member holds {info.file_size - header_len}")
+        try:
+            arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+        except MemoryError:
+            raise DumpError(f"{p}: {what} ({need} bytes) is compressed and too large to "
+                            f"inflate in memory; store it uncompressed (np.savez)") from None
+        flat = arr.reshape(-1, order="A").view(np.uint8).data
+        got = 0
+        while got < need:
+            k = src.readinto(flat[got:])
+            if not k:
+                raise DumpError(f"{p}: {what}: the compressed data ends after {got} of "
+                                f"{need} bytes")
+            got += k
+        if src.read(1):
+            raise DumpError(f"{p}: {what}: the compressed data is longer than its header says")
+    return _bf16_from_void(arr)
+
+
+def open_npz(path: PathLike, key: Optional[str] = None) -> np.ndarray:
+    """One member of a ``.npz`` file: memory-mapped if stored, inflated into memory if
+    compressed. Duplicate members, headers that disagree with the member's stored size,
+    encrypted members, unknown compression and corrupt data are DumpErrors."""
+    p = Path(path)
+    with _open_regular(p) as fh:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except Exception as exc:  # noqa: BLE001 - zipfile raises many kinds
+            raise DumpError(f"{p}: not a readable .npz file ({_short(exc)})") from None
+        with zf:
+            infos = _npz_members(p, zf)
             name = _pick(p, sorted(infos), key, "array")
             info = infos[name]
-            if info.compress_type == zipfile.ZIP_STORED and info.flag_bits & 1 == 0:
-                with open(p, "rb") as fh:
-                    base = _zip_data_offset(fh, info)
-                    fh.seek(base)
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    else:
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                    offset = fh.tell()
-                if dtype.hasobject:
-                    raise DumpError(f"{p}: array {name!r} holds Python objects")
-                if int(np.prod(shape, dtype=np.int64)) == 0:
-                    return np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-                return _bf16_from_void(np.memmap(p, dtype=dtype, mode="r", offset=offset,
-                                                 shape=shape, order="F" if fortran else "C"))
-        with np.load(p, allow_pickle=False) as npz:
-            return _bf16_from_void(np.asarray(npz[name]))
-    except DumpError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise DumpError(f"{p}: not a readable .npz file ({_short(exc)})") from None
+            try:
+                if info.flag_bits & 1:
+                    raise DumpError(f"{p}: array {name!r} is encrypted")
+                if info.compress_type == zipfile.ZIP_STORED:
+                    return _npz_stored(p, fh, name, info)
+                return _npz_inflate(p, zf, name, info)
+            except DumpError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - zlib.error, NotImplementedError, ...
+                raise DumpError(f"{p}: array {name!r} cannot be read "
+                                f"({type(exc).__name__}: {_short(exc)})") from None
 
 
 def open_raw(path: PathLike, dtype: Any, shape: Union[str, Sequence[int]],
              offset: int = 0) -> np.ndarray:
-    """Memory-map raw binary of the given dtype and shape (one dimension may be -1)."""
+    """Memory-map raw binary of the given dtype and shape (one dimension may be -1). The
+    dtype must be numeric (no Python objects) and the file must hold exactly the shape."""
     p = Path(path)
-    _require_file(p)
     dt = parse_dtype(dtype)
+    _check_dtype(p, dt, "raw data")
     dims = list(parse_shape(shape))
-    avail = p.stat().st_size - offset
-    if -1 in dims:
-        known = int(np.prod([d for d in dims if d != -1], dtype=np.int64)) * dt.itemsize
-        if known == 0 or avail % known:
-            raise DumpError(f"{p}: {avail} bytes do not divide into rows of shape {tuple(dims)} "
-                            f"{dt}")
-        dims[dims.index(-1)] = avail // known
-    need = int(np.prod(dims, dtype=np.int64)) * dt.itemsize
-    if need != avail:
-        raise DumpError(f"{p}: file holds {avail} bytes but shape {tuple(dims)} of {dt} "
-                        f"needs {need}")
-    if need == 0:
-        return np.empty(tuple(dims), dtype=dt)
-    return np.memmap(p, dtype=dt, mode="r", offset=offset, shape=tuple(dims))
+    offset = _index(offset, "offset")
+    with _open_regular(p) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if not 0 <= offset <= size:
+            raise DumpError(f"{p}: offset {offset} is outside the file ({size} bytes)")
+        avail = size - offset
+        if -1 in dims:
+            known = math.prod(d for d in dims if d != -1) * dt.itemsize
+            if known == 0 or avail % known:
+                raise DumpError(f"{p}: {avail} bytes do not divide into rows of shape "
+                                f"{tuple(dims)} {dt}")
+            dims[dims.index(-1)] = avail // known
+        need = _nbytes(p, tuple(dims), dt, "raw data")
+        if need != avail:
+            raise DumpError(f"{p}: file holds {avail} bytes but shape {tuple(dims)} of {dt} "
+                            f"needs {need}")
+        if need == 0:
+            return np.empty(tuple(dims), dtype=dt)
+        return np.memmap(fh, dtype=dt, mode="r", offset=offset, shape=tuple(dims))
 
 
 def list_arrays(path: PathLike) -> List[str]:
@@ -322,12 +518,13 @@ def list_arrays(path: PathLike) -> List[str]:
     p = Path(path)
     if p.suffix.lower() == ".safetensors":
         return sorted(read_safetensors_header(p)[0])
-    _require_file(p)
-    try:
-        with zipfile.ZipFile(p) as zf:
-            return sorted(n[:-4] if n.endswith(".npy") else n for n in zf.namelist())
-    except zipfile.BadZipFile:
-        raise DumpError(f"{p}: not a readable .npz file") from None
+    with _open_regular(p) as fh:
+        try:
+            zf = zipfile.ZipFile(fh)
+        except Exception as exc:  # noqa: BLE001
+            raise DumpError(f"{p}: not a readable .npz file ({_short(exc)})") from None
+        with zf:
+            return sorted(_npz_members(p, zf))
 
 
 def load_array(source: Any, *, key: Optional[str] = None, dtype: Any = None,

@@ -10,10 +10,12 @@ use crate::loss::{ClassOptions, Total};
 use crate::{parallel, simd};
 use arrays::{contig, f64_slice, float_view, int_view, out_buf, rw, OutBuf};
 use numpy::PyUntypedArray;
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyIndexError, PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 type Arr<'py> = Bound<'py, PyUntypedArray>;
 
@@ -25,11 +27,32 @@ fn to_py(e: Error) -> PyErr {
     }
 }
 
-/// Runs `f` without the GIL; a panic becomes a RuntimeError, never a PanicException.
+/// Runs `f` without the GIL; a panic becomes a RuntimeError, never a PanicException. The
+/// calling thread waits while the pool works and checks for signals every 50 ms (taking the
+/// GIL briefly): a KeyboardInterrupt (or any exception a signal handler raises) cancels the
+/// rest of the call between chunks and is raised here.
 fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> PyResult<T> {
-    let r = py.detach(move || catch_unwind(AssertUnwindSafe(f)));
+    let pending: Arc<Mutex<Option<PyErr>>> = Arc::default();
+    let seen = pending.clone();
+    let r = py.detach(move || {
+        parallel::run_cancellable(f, move || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    true
+                }
+            })
+        })
+    });
+    if let Some(e) = pending.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(e);
+    }
     match r {
         Ok(r) => r.map_err(to_py),
+        Err(p) if p.is::<parallel::Cancelled>() => {
+            Err(PyKeyboardInterrupt::new_err("fastnll call cancelled"))
+        }
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()

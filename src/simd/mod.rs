@@ -367,6 +367,8 @@ pub(crate) mod exp2c {
 pub(crate) trait Elem: Copy + Send + Sync + 'static {
     /// The value used to pad a partial vector so it changes no max, exp-sum or count.
     const NEG_INF: Self;
+    /// Zero (the padding of probabilities rows).
+    const ZERO: Self;
     unsafe fn load<I: Isa>(p: *const Self) -> I::V;
     fn to_f32(self) -> f32;
     /// The first n < I::W elements from p, widened, the other lanes -inf.
@@ -415,6 +417,7 @@ pub struct BF16(pub u16);
 
 impl Elem for f32 {
     const NEG_INF: f32 = f32::NEG_INFINITY;
+    const ZERO: f32 = 0.0;
     #[inline(always)]
     unsafe fn load<I: Isa>(p: *const f32) -> I::V {
         I::load(p)
@@ -443,6 +446,7 @@ impl Elem for f32 {
 
 impl Elem for F16 {
     const NEG_INF: F16 = F16(0xFC00);
+    const ZERO: F16 = F16(0);
     #[inline(always)]
     unsafe fn load<I: Isa>(p: *const F16) -> I::V {
         I::load_f16(p as *const u16)
@@ -455,6 +459,7 @@ impl Elem for F16 {
 
 impl Elem for BF16 {
     const NEG_INF: BF16 = BF16(0xFF80);
+    const ZERO: BF16 = BF16(0);
     #[inline(always)]
     unsafe fn load<I: Isa>(p: *const BF16) -> I::V {
         I::load_bf16(p as *const u16)
