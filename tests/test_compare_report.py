@@ -256,3 +256,16 @@ def test_failed_compare_leaves_per_row_file_untouched(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.npy"]
     with pytest.raises(OSError, match="nodir/rows.npy: cannot write"):
         compare(base, new, np.zeros((2, 50), int), per_row=tmp_path / "nodir" / "rows.npy")
+
+
+def test_nan_rows_give_nan_kl_and_are_left_out_of_percentiles() -> None:
+    rng = np.random.default_rng(9)
+    base, new = _pair(rng, (300, 20), 0.3)
+    new[7, 3] = np.nan
+    t = rng.integers(0, 20, 300)
+    rep = compare(base, new, t, per_row=True, check_kind=False)
+    assert np.isnan(rep.row_kl[7]) and math.isnan(rep.mean_kl)
+    keep = np.arange(300) != 7
+    ref = reference(base[keep], new[keep], t[keep])
+    assert rep.kl_percentiles["median"] == pytest.approx(ref["kl_pct"]["median"], rel=1e-4)
+    assert rep.kl_percentiles["max"] == pytest.approx(ref["kl_pct"]["max"], rel=1e-4)
