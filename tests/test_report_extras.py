@@ -279,3 +279,21 @@ def test_equal_mass_ece_matches_reference(monkeypatch) -> None:
                       chunk_bytes=7000).extras
     assert not approx.equal_mass_exact
     assert approx.ece_equal_mass == pytest.approx(ref, abs=2e-3)
+
+
+def test_evaluator_keeps_its_ties_rule_through_pickle_and_merge() -> None:
+    import pickle
+
+    x = np.zeros((6, 4), np.float32)  # every class ties
+    t = np.array([0, 1, 2, 3, 0, 1])
+    ev = fastnll.Evaluator(ties="first").update(x, t)
+    back = pickle.loads(pickle.dumps(ev))
+    assert back.ties == "first" and back.result().accuracy == pytest.approx(2 / 6)
+    assert fastnll.Evaluator().update(x, t).result().accuracy == 1.0
+    with pytest.raises(ValueError, match="different settings"):
+        fastnll.Evaluator().merge(back)
+    state = ev.__getstate__()
+    state.pop("ties")  # a state written before ties= existed reads as the target rule
+    old = fastnll.Evaluator.__new__(fastnll.Evaluator)
+    old.__setstate__(state)
+    assert old.ties == "target"
