@@ -381,21 +381,21 @@ fn f_r(r: f64) -> f64 {
 
 /// KL of two rows given as natural-log probabilities up to per-row constants:
 /// ln p_j = la_j - na, ln q_j = lb_j - nb (float64, any values; -inf = probability 0), as
-/// Σ p f(r) + Σ p - Σ q (= Σ p ln(p/q) even for rows that do not sum to 1), clamped at 0.
+/// Σ p f(r), which is Σ p ln(p/q) for normalised rows and, like the SIMD sweep, moves only by
+/// about ε·KL when a normaliser is off by ε (e.g. one side's lse from an f32 sweep).
 fn kl_scalar(
     la: impl Iterator<Item = f64>,
     lb: impl Iterator<Item = f64>,
     na: f64,
     nb: f64,
 ) -> f64 {
-    let (mut kl, mut sp, mut sq) = (0.0, 0.0, 0.0);
+    let mut kl = 0.0;
     for (a, b) in la.zip(lb) {
         if a.is_nan() || b.is_nan() {
             return f64::NAN;
         }
         let lp = a - na;
         let lq = b - nb;
-        sq += lq.exp();
         if lp == f64::NEG_INFINITY {
             kl += lq.exp(); // p = 0: the term q - p - p·r is q
             continue;
@@ -404,14 +404,13 @@ fn kl_scalar(
             return f64::INFINITY;
         }
         let r = lq - lp;
-        sp += lp.exp();
         kl += if r.abs() <= 0.5 {
             lp.exp() * f_r(r)
         } else {
             lq.exp() - lp.exp() * (1.0 + r)
         };
     }
-    (kl + (sp - sq)).max(0.0)
+    kl.max(0.0)
 }
 
 /// A row read once, with its statistics (for logits and log-probabilities).
