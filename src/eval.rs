@@ -1,5 +1,6 @@
-//! One-pass metrics over a prediction dump (loss, rank, entropy, Brier, calibration bins), and
-//! the two-dump comparison. Sums are mergeable, so chunks, shards and processes combine.
+//! One-pass metrics over a prediction dump (loss, rank, entropy, Brier, calibration bins).
+//! Sums are mergeable, so chunks, shards and processes combine. The two-dump comparison is in
+//! [`crate::compare`] (re-exported here).
 
 use crate::error::{Error, Result};
 use crate::kernel;
@@ -11,6 +12,8 @@ use crate::stage::{self, Scratch};
 use crate::tensor::{check_target_shape, DType, IntView, View};
 use rayon::prelude::*;
 use std::ops::Range;
+
+pub use crate::compare::{compare, CompareSums};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -480,89 +483,6 @@ pub fn evaluate(
     let mut total = EvalSums::new(opt);
     for p in parts {
         total.merge(&p?);
-    }
-    Ok(total)
-}
-
-/// Mergeable sums of a two-dump comparison.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CompareSums {
-    pub n: u64,
-    pub n_ignored: u64,
-    /// Σ KL(p_base || p_new)
-    pub sum_kl: f64,
-    /// Σ (nll_new - nll_base) and its square
-    pub sum_dnll: f64,
-    pub sum_dnll_sq: f64,
-    /// Rows whose argmax (first maximal index) agrees.
-    pub top1_agree: u64,
-}
-
-/// KL(base || new), NLL difference and top-1 agreement, reading each dump once.
-pub fn compare(
-    base: &View,
-    new: &View,
-    t: &IntView,
-    kind: Kind,
-    ignore_index: i64,
-) -> Result<CompareSums> {
-    if base.shape() != new.shape() {
-        return Err(Error::Shape(format!(
-            "the two dumps differ in shape: {:?} and {:?}",
-            base.shape(),
-            new.shape()
-        )));
-    }
-    check_target_shape(base, t.shape(), "target")?;
-    let c = base.cols();
-    let chunk = |r: Range<usize>| -> Result<CompareSums> {
-        let (mut ra, mut rb) = (Rows::new(base), Rows::new(new));
-        let mut acc = CompareSums::default();
-        for i in r {
-            let Some(k) = class_of(t, base, i, ignore_index)? else {
-                acc.n_ignored += 1;
-                continue;
-            };
-            let norm = |rw: &mut Rows| match kind {
-                Kind::Logits => rw.stats(i, 0.0, Want::default()).lse(),
-                _ => 0.0,
-            };
-            let (la, lb) = (norm(&mut ra), norm(&mut rb));
-            let logp = |v: f64, l: f64| if kind == Kind::Probs { v.ln() } else { v - l };
-            let (mut kl, mut am, mut bm) = (0.0, (f64::NEG_INFINITY, 0), (f64::NEG_INFINITY, 0));
-            for j in 0..c {
-                let (va, vb) = (ra.value(i, j), rb.value(i, j));
-                let (lpa, lpb) = (logp(va, la), logp(vb, lb));
-                let pa = lpa.exp();
-                if pa > 0.0 {
-                    kl += pa * (lpa - lpb);
-                }
-                if va > am.0 {
-                    am = (va, j);
-                }
-                if vb > bm.0 {
-                    bm = (vb, j);
-                }
-            }
-            let d = logp(ra.value(i, k), la) - logp(rb.value(i, k), lb);
-            acc.n += 1;
-            acc.sum_kl += kl;
-            acc.sum_dnll += d;
-            acc.sum_dnll_sq += d * d;
-            acc.top1_agree += (am.1 == bm.1) as u64;
-        }
-        Ok(acc)
-    };
-    let per = parallel::chunk_rows(c * base.dtype.size());
-    let mut total = CompareSums::default();
-    for p in parallel::map_chunks(base.rows(), per, chunk) {
-        let p = p?;
-        total.n += p.n;
-        total.n_ignored += p.n_ignored;
-        total.sum_kl += p.sum_kl;
-        total.sum_dnll += p.sum_dnll;
-        total.sum_dnll_sq += p.sum_dnll_sq;
-        total.top1_agree += p.top1_agree;
     }
     Ok(total)
 }

@@ -8,6 +8,7 @@
 //! [`ndarray`] views (module [`nd`]); the `View`-level ones are in [`loss`], [`softmax`] and
 //! [`eval`].
 
+pub mod compare;
 pub mod error;
 pub mod eval;
 pub(crate) mod kernel;
@@ -24,7 +25,8 @@ pub mod tensor;
 mod py;
 
 pub use error::{Error, Result};
-pub use eval::{CompareSums, EvalOptions, EvalSums, Kind};
+pub use compare::{compare_rows, CompareOut, CompareSums};
+pub use eval::{EvalOptions, EvalSums, Kind};
 pub use kernel::Stats;
 pub use loss::{bce_with_logits, ClassOptions, Total};
 pub use nd::{

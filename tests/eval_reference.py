@@ -104,20 +104,39 @@ def eval_rows(x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str
 
 def compare_rows(base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarray,
                  new_tag: str, new_swap: bool, target: np.ndarray, kind: str,
-                 ignore_index: int, row_offset: int) -> Dict[str, Any]:
-    """float64 stand-in for fastnll._core.compare_rows (same contract)."""
+                 ignore_index: int, row_offset: int = 0, *outs: np.ndarray) -> Dict[str, Any]:
+    """float64 stand-in for fastnll._core.compare_rows: the version-1 sums (the per-row
+    outputs kl/dp/nll_base/nll_new/same are filled when given; the extra sums of schema 2 are
+    tested in tests/test_compare_report.py)."""
     xb, t = _flat(base, base_tag, base_swap, target)
     xn, _ = _flat(new, new_tag, new_swap, target)
     if xb.shape != xn.shape:
         raise ValueError("base and new shapes differ")
     qb, qn = _per_row(xb, t, kind, ignore_index), _per_row(xn, t, kind, ignore_index)
     v = qb["valid"]
-    with np.errstate(invalid="ignore"):
-        kl = np.where(qb["p"] > 0, qb["p"] * (qb["logp"] - qn["logp"]), 0.0).sum(axis=1)
+    kl = _kl_normalised(qb["logp"], qn["logp"])
     d = (qn["nll"] - qb["nll"])[v]
+    if outs:
+        kl_o, dp_o, nb_o, nn_o, same_o = outs
+        kl_o[:] = np.where(v, kl, np.nan)
+        dp_o[:] = np.where(v, np.exp(-qn["nll"]) - np.exp(-qb["nll"]), np.nan)
+        nb_o[:] = np.where(v, qb["nll"], np.nan)
+        nn_o[:] = np.where(v, qn["nll"], np.nan)
+        same_o[:] = np.where(v, qb["argmax"] == qn["argmax"], -1)
     return {"n": int(v.sum()), "n_ignored": int((~v).sum()), "sum_kl": float(kl[v].sum()),
             "sum_dnll": float(d.sum()), "sum_dnll_sq": float((d * d).sum()),
             "top1_agree": int((qb["argmax"] == qn["argmax"])[v].sum())}
+
+
+def _kl_normalised(lb: np.ndarray, ln: np.ndarray) -> np.ndarray:
+    """KL(base || new) per row of the renormalised rows (docs/evaluate.md: a low-precision
+    dump's log-probabilities / probabilities are off 1 by rounding)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lb = lb - np.logaddexp.reduce(lb, axis=1, keepdims=True)
+        ln = ln - np.logaddexp.reduce(ln, axis=1, keepdims=True)
+        pb = np.exp(lb)
+        out: np.ndarray = np.where(pb > 0, pb * (lb - ln), 0.0).sum(axis=1)
+    return out
 
 
 def _scored(preds: np.ndarray, target: np.ndarray, shift: bool):
@@ -177,9 +196,7 @@ def reference_compare(base: np.ndarray, new: np.ndarray, target: np.ndarray, *,
     xn, _ = _scored(new, target, shift)
     qb, qn = _per_row(xb, t, kind, ignore_index), _per_row(xn, t, kind, ignore_index)
     v = qb["valid"]
-    pb, lb, ln = qb["p"][v], qb["logp"][v], qn["logp"][v]
-    with np.errstate(invalid="ignore"):
-        kl = np.where(pb > 0, pb * (lb - ln), 0.0).sum(axis=1)
+    kl = _kl_normalised(qb["logp"][v], qn["logp"][v])
     d = (qn["nll"] - qb["nll"])[v]
     n = int(v.sum())
     return {"rows": n, "mean_kl": float(kl.mean()), "mean_dnll": float(d.mean()),

@@ -19,10 +19,17 @@ from fastnll._progress import Progress, format_bytes, format_duration
 EVAL_KEYS = {"schema", "schema_version", "kind", "n_classes", "rows", "ignored", "sum_nll",
              "mean_nll", "nll_se", "perplexity", "bits_per_token", "accuracy",
              "top_k_accuracy", "mean_entropy", "brier", "ece", "mce", "n_bins", "bins",
-             "inputs"}
+             "inputs", "ties"}  # schema_version 2 adds "ties" (and "extras" when asked for)
 BIN_KEYS = {"lower", "upper", "count", "mean_confidence", "accuracy"}
 COMPARE_KEYS = {"schema", "schema_version", "kind", "n_classes", "rows", "ignored", "mean_kl",
-                "sum_kl", "mean_dnll", "sum_dnll", "dnll_se", "top1_agreement", "inputs"}
+                "sum_kl", "mean_dnll", "sum_dnll", "dnll_se", "top1_agreement", "inputs",
+                # schema_version 2: the llama.cpp --kl-divergence statistics
+                "kl_se", "mean_dp", "dp_se", "dp_rms", "dp_rms_se", "top1_agreement_se",
+                "mean_nll_base", "mean_nll_base_se", "mean_nll_new", "mean_nll_new_se",
+                "ppl_base", "ppl_base_se", "ppl_new", "ppl_new_se", "ln_ppl_ratio",
+                "ln_ppl_ratio_se", "ppl_ratio", "ppl_ratio_se", "ppl_diff", "ppl_diff_se",
+                "ln_ppl_cov", "ln_ppl_correlation", "kl_percentiles", "dp_percentiles",
+                "percentile_method", "percentile_rel_error"}
 
 
 def run(*args: Any, env: Dict[str, str] | None = None) -> Tuple[int, str, str]:

@@ -318,7 +318,8 @@ def test_partial_results_carry_a_format_version() -> None:
         state = obj.__getstate__()
         assert state["format"][1] >= 1
         clone = pickle.loads(pickle.dumps(obj))
-        assert clone.__getstate__() == state
+        # the state holds arrays (CompareSums' percentile material): compare it pickled
+        assert pickle.dumps(clone.__getstate__()) == pickle.dumps(state)
         bad = dict(state, format=(type(obj).__name__, state["format"][1] + 1))
         fresh = type(obj).__new__(type(obj))
         with pytest.raises(ValueError, match="format"):

@@ -15,6 +15,8 @@ import warnings as _warnings
 from . import _core
 from ._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from ._softmax import log_softmax, logsumexp, softmax
+from ._temperature import TemperatureFit, fit_temperature
+from ._traps import InputWarning
 from .evaluate import BinStat, CompareReport, EvalReport, Evaluator, compare, evaluate
 from .readers import DumpError
 
@@ -75,9 +77,12 @@ __all__ = [
     "DumpError",
     "EvalReport",
     "Evaluator",
+    "InputWarning",
+    "TemperatureFit",
     "available_simd_paths",
     "compare",
     "evaluate",
+    "fit_temperature",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "get_num_threads",

@@ -63,8 +63,13 @@ def eval_rows(
 def compare_rows(
     base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarray, new_tag: str,
     new_swap: bool, target: np.ndarray, kind: str, ignore_index: int, row_offset: int = 0,
+    kl_out: Optional[np.ndarray] = None, dp_out: Optional[np.ndarray] = None,
+    nll_base_out: Optional[np.ndarray] = None, nll_new_out: Optional[np.ndarray] = None,
+    same_out: Optional[np.ndarray] = None,
 ) -> Dict[str, Any]:
-    """KL(base || new), NLL-difference sums and top-1 agreement of two dump chunks."""
+    """Sums of KL(base || new), Δp, both NLLs (and squares, cross product) and top-1
+    agreement of two dump chunks; per-row float64 kl/dp/nll_base/nll_new and int8 same
+    (-1 = ignored) outputs, all or none."""
 
 def simd_path() -> str: ...
 def set_simd_path(name: str) -> None: ...

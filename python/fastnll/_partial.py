@@ -23,7 +23,7 @@ from ._report import CompareReport
 __all__ = ["FORMAT", "CompareSums", "LossSums", "windows", "release", "bad_target",
            "target_message", "as_block"]
 
-FORMAT = 1  # bump when the meaning of the fields below changes
+FORMAT = 2  # bump when the meaning of the fields below changes (2: llama.cpp statistics)
 
 
 class _Versioned:
@@ -47,17 +47,25 @@ class _Versioned:
 
 
 class CompareSums(_Versioned):
-    """Mergeable sums of :func:`fastnll.compare`: KL, NLL difference, top-1 agreement."""
+    """Mergeable :func:`fastnll.compare` statistics (llama.cpp's): the core's sums, and what
+    the percentiles need (each row's KL and delta-p while the total stays within
+    ``max_exact_rows``, log-spaced histograms always), so merged shards give the same report
+    as one process."""
 
-    _fields = ("kind", "ignore_index", "n_classes", "n", "n_ignored", "sum_kl", "sum_dnll",
-               "sum_dnll_sq", "agree")
+    _fields = ("kind", "ignore_index", "n_classes", "acc")
 
-    def __init__(self, kind: str = "logits", ignore_index: int = -100) -> None:
+    def __init__(self, kind: str = "logits", ignore_index: int = -100,
+                 max_exact_rows: int = 1 << 26) -> None:
+        from ._compare_stats import CompareAccumulator
+
         validate(kind, (1,), 1, 1)
         self.kind, self.ignore_index = kind, int(ignore_index)
         self.n_classes: Optional[int] = None
-        self.n = self.n_ignored = self.agree = 0
-        self.sum_kl = self.sum_dnll = self.sum_dnll_sq = 0.0
+        self.acc = CompareAccumulator(exact=True, max_exact_rows=int(max_exact_rows))
+
+    @property
+    def n(self) -> int:
+        return int(self.acc.sums["n"])
 
     def update(self, base: Any, new: Any, target: Any, *, shift: bool = False,
                chunk_bytes: int = 256 << 20, check_kind: bool = True, dtype: Any = None,
@@ -84,25 +92,18 @@ class CompareSums(_Versioned):
             xb, ts, lead = db.block(b0, b1, t0, t1)
             vb, tb, sb = _arrays.core_view(xb)
             vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
+            rows = (b1 - b0) * (t1 - t0)
+            outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
             try:
                 r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, self.kind, self.ignore_index,
-                                      lead)
+                                      lead, *outs)
             except (IndexError, ValueError) as exc:
                 reraise(exc, db, ts, b0, t0, self.ignore_index)
-            self._add(int(r["n"]), int(r["n_ignored"]), float(r["sum_kl"]),
-                      float(r["sum_dnll"]), float(r["sum_dnll_sq"]), int(r["top1_agree"]))
+            self.acc.add(r, outs[0], outs[1], outs[4])
         return self
 
-    def _add(self, n: int, ign: int, kl: float, d: float, d2: float, agree: int) -> None:
-        self.n += n
-        self.n_ignored += ign
-        self.sum_kl += kl
-        self.sum_dnll += d
-        self.sum_dnll_sq += d2
-        self.agree += agree
-
     def merge(self, other: "CompareSums") -> "CompareSums":
-        """Add another shard's sums (same kind and ignore_index). Returns self."""
+        """Add another shard's statistics (same kind and ignore_index). Returns self."""
         if not isinstance(other, CompareSums):
             raise TypeError(f"can only merge CompareSums, got {type(other).__name__}")
         if (other.kind, other.ignore_index) != (self.kind, self.ignore_index):
@@ -114,21 +115,14 @@ class CompareSums(_Versioned):
                 raise ValueError(f"a shard has {other.n_classes} classes but earlier data had "
                                  f"{self.n_classes}")
             self.n_classes = other.n_classes
-        self._add(other.n, other.n_ignored, other.sum_kl, other.sum_dnll, other.sum_dnll_sq,
-                  other.agree)
+        self.acc.merge(other.acc)
         return self
 
     def result(self) -> CompareReport:
         """The report of everything added, as :func:`fastnll.compare` gives it."""
-        from .evaluate import _se
+        from .evaluate import compare_report
 
-        n, nan = self.n, float("nan")
-        return CompareReport(kind=self.kind, n_classes=self.n_classes or 0, rows=n,
-                             ignored=self.n_ignored, mean_kl=self.sum_kl / n if n else nan,
-                             sum_kl=self.sum_kl, mean_dnll=self.sum_dnll / n if n else nan,
-                             sum_dnll=self.sum_dnll, dnll_se=_se(self.sum_dnll,
-                                                                 self.sum_dnll_sq, n),
-                             top1_agreement=self.agree / n if n else nan)
+        return compare_report(self.acc, self.kind, self.n_classes or 0)
 
 
 class LossSums(_Versioned):

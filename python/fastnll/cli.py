@@ -102,6 +102,14 @@ def _common(p: argparse.ArgumentParser, eval_opts: bool) -> None:
                        help="write a reliability diagram (needs matplotlib: fastnll[plot])")
         p.add_argument("--per-row", metavar="FILE.npy",
                        help="write per-row records (nll float64, rank int64) to a .npy file")
+        p.add_argument("--ties", choices=("target", "first"), default="target",
+                       help="top-1 rule: a tie with the best class counts for the target "
+                       "(default) or the first maximal index wins (torch's argmax)")
+        p.add_argument("--fit-temperature", action="store_true",
+                       help="also fit the temperature T of softmax(x / T) that minimises the "
+                       "NLL (a few more reads) and report NLL / ECE before and after")
+        p.add_argument("--plot-positions", metavar="FILE.png",
+                       help="write the mean NLL per position t of a [B, T, V] dump")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' = stdout)")
     p.add_argument("--dtype", type=_dtype_arg, help="dtype of raw binary prediction files")
     p.add_argument("--shape", type=_shape_arg,
@@ -142,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="baseline model's predictions, new model's predictions, integer "
                       "targets (equal numbers of files, globs or directories of shards)")
     _common(cmp_, False)
+    cmp_.add_argument("--per-row", metavar="FILE.npy",
+                      help="write per-row records (kl, dp, nll_base, nll_new float64, "
+                      "same_top1 int8) to a .npy file")
+    cmp_.add_argument("--plot", metavar="FILE.png",
+                      help="write a histogram of the per-row KL (needs matplotlib)")
     demo = sub.add_parser("demo", help="evaluate a small synthetic, calibrated dump",
                           description="Write a synthetic logits dump to a temporary directory "
                           "and evaluate it through the same path as 'eval'.")
@@ -161,7 +174,8 @@ def _is_raw(path: str) -> bool:
 def _outputs(a: argparse.Namespace) -> List[Tuple[str, str]]:
     """(option, path) of every file this run writes."""
     out = [("--json", a.json)] if getattr(a, "json", None) not in (None, "-") else []
-    for flag, attr in (("--per-row", "per_row"), ("--plot", "plot")):
+    for flag, attr in (("--per-row", "per_row"), ("--plot", "plot"),
+                       ("--plot-positions", "plot_positions")):
         if getattr(a, attr, None):
             out.append((flag, getattr(a, attr)))
     return out
@@ -189,7 +203,7 @@ def _check_usage(a: argparse.Namespace, pred_paths: Sequence[str]) -> None:
     if a.dtype is not None and not any(_is_raw(p) for p in pred_paths):
         raise UsageError("--dtype/--shape are only for raw binary files; "
                          f"{pred_paths[0]} records its own dtype and shape")
-    if getattr(a, "plot", None):
+    if getattr(a, "plot", None) or getattr(a, "plot_positions", None):
         from ._plot import require_matplotlib
 
         require_matplotlib()
@@ -230,7 +244,8 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
         a.preds, a.targets, kind=a.kind, ignore_index=a.ignore_index, top_k=tuple(a.top_k),
         n_bins=a.bins, shift=a.shift, per_row=a.per_row or False,
         chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
-        target_dtype=a.target_dtype, check_kind=not a.no_kind_check)
+        target_dtype=a.target_dtype, check_kind=not a.no_kind_check, ties=a.ties,
+        per_position=bool(getattr(a, "plot_positions", None)))
     _say(a, format_eval(report, f"fastnll eval: {a.preds} against {a.targets}"))
     if a.per_row:
         _say(a, f"\nper-row nll/rank records written to {a.per_row}")
@@ -241,10 +256,30 @@ def _cmd_eval(a: argparse.Namespace) -> Any:
                           "--plot") as out:
             reliability_diagram(report, out.path, title=os.path.basename(a.preds))
         _say(a, f"reliability diagram written to {a.plot}")
+    fit = None
+    if getattr(a, "fit_temperature", False):
+        from ._temperature import fit_temperature
+
+        fit = fit_temperature(a.preds, a.targets, kind="log_probs" if a.kind == "log_probs"
+                              else "logits", ignore_index=a.ignore_index, shift=a.shift,
+                              n_bins=a.bins, chunk_bytes=a.chunk_mb << 20, dtype=a.dtype,
+                              shape=a.shape, target_dtype=a.target_dtype)
+        _say(a, f"\n  fitted temperature  T = {fit.temperature:.6g} ({fit.iterations} "
+                f"passes)\n  NLL  {fit.nll_before:.6f} -> {fit.nll_after:.6f}\n"
+                f"  ECE  {fit.ece_before:.6f} -> {fit.ece_after:.6f}")
+    if getattr(a, "plot_positions", None):
+        from ._plot import position_curve
+
+        with AtomicOutput(a.plot_positions, [split_key(p)[0] for p in (a.preds, a.targets)],
+                          "--plot-positions") as out:
+            position_curve(report.extras, out.path, title=os.path.basename(a.preds))
+        _say(a, f"per-position NLL curve written to {a.plot_positions}")
     if a.json:
         obj = report.to_dict()
         obj["inputs"] = {"preds": a.preds, "targets": a.targets, "ignore_index": a.ignore_index,
                          "shift": a.shift}
+        if fit is not None:
+            obj["temperature"] = fit.to_dict()
         _write_json(a.json, obj, [a.preds, a.targets])
     return report
 
@@ -259,9 +294,19 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     report = _shard_runs.cli_compare(a) if a.shards else compare(
         a.base, a.new, a.targets, kind=a.kind, ignore_index=a.ignore_index, shift=a.shift,
         chunk_bytes=a.chunk_mb << 20, progress=a.progress, dtype=a.dtype, shape=a.shape,
-        target_dtype=a.target_dtype, check_kind=not a.no_kind_check)
+        target_dtype=a.target_dtype, check_kind=not a.no_kind_check, per_row=a.per_row or False)
     _say(a, format_compare(report, f"fastnll compare: base {a.base}, new {a.new}, "
                                    f"targets {a.targets}"))
+    if a.per_row:
+        _say(a, f"\nper-row kl/dp/nll_base/nll_new/same_top1 records written to {a.per_row}")
+    if a.plot:
+        from ._plot import kl_histogram
+
+        with AtomicOutput(a.plot, [split_key(p)[0] for p in (a.base, a.new, a.targets)],
+                          "--plot") as out:
+            kl_histogram(report, out.path, title=f"{os.path.basename(a.new)} vs "
+                                                 f"{os.path.basename(a.base)}")
+        _say(a, f"KL histogram written to {a.plot}")
     if a.json:
         obj = report.to_dict()
         obj["inputs"] = {"base": a.base, "new": a.new, "targets": a.targets,

@@ -23,6 +23,8 @@ from ._inputs import (KINDS, Dump, check_declared_kind, check_settings, chunks, 
                       prepare, reraise, shape_of)
 from ._options import check_bool, check_per_row
 from .readers import split_key
+from . import _report_extras as _extras
+from . import _traps
 from ._progress import Progress
 from ._report import SCHEMA_VERSION, BinStat, CompareReport, EvalReport
 from .readers import PathLike
@@ -37,7 +39,8 @@ def _core() -> Any:
 
 
 # ----------------------------------------------------------------------------- evaluator
-RowSink = Callable[[int, np.ndarray, np.ndarray], None]
+RowSink = Callable[[int, np.ndarray, np.ndarray, Optional[np.ndarray]], None]
+TIES = ("target", "first")
 
 STATE_FORMAT = 1  # version of Evaluator.__getstate__'s dict (its "format" key)
 _ONE = 1 << 60  # the fixed-point unit of bin_conf_fixed
@@ -65,10 +68,14 @@ class Evaluator:
     def __init__(self, *, kind: str = "logits", ignore_index: int = -100,
                  top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
                  chunk_bytes: int = 256 << 20, progress: Optional[bool] = None,
-                 check_kind: bool = True) -> None:
+                 check_kind: bool = True, ties: str = "target") -> None:
         (self.kind, self.top_k, self.n_bins, self.chunk_bytes, self.ignore_index, self.shift,
          self.check_kind) = check_settings(kind, top_k, n_bins, chunk_bytes, ignore_index,
                                            shift, check_kind)
+        if ties not in TIES:
+            raise ValueError(f"ties must be 'target' or 'first', got {ties!r}")
+        self.ties = ties  # the top-1 rule (docs/evaluate.md)
+        self.want_conf = False  # per-row confidence for the sink (equal-mass ECE)
         if progress is not None:
             check_bool("progress", progress)
         self.progress = progress
@@ -91,10 +98,10 @@ class Evaluator:
     def _settings(self) -> Dict[str, Any]:
         return {"kind": self.kind, "ignore_index": self.ignore_index, "top_k": self.top_k,
                 "n_bins": self.n_bins, "shift": self.shift, "chunk_bytes": self.chunk_bytes,
-                "progress": self.progress, "check_kind": self.check_kind}
+                "progress": self.progress, "check_kind": self.check_kind, "ties": self.ties}
 
     def _config(self) -> Tuple[Any, ...]:
-        return (self.kind, self.ignore_index, self.top_k, self.n_bins)
+        return (self.kind, self.ignore_index, self.top_k, self.n_bins, self.ties)
 
     def _fresh(self) -> "Evaluator":
         return Evaluator(**self._settings())
@@ -124,6 +131,8 @@ class Evaluator:
         b, t, c = d.x.shape
         (owner or self)._check_classes(c, d.name)
         self.n_classes = c
+        _traps.warn_input(d, self.kind, self.ignore_index, bool(d.shift), self.chunk_bytes,
+                          self.check_kind)
         if self.check_kind:
             check_declared_kind(d, self.kind, self.ignore_index, self.chunk_bytes)
         core = _core()
@@ -135,14 +144,16 @@ class Evaluator:
                 rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
                 nll = np.empty(rows, np.float64) if sink else None
                 rank = np.empty(rows, np.int64) if sink else None
+                conf = np.empty(rows, np.float64) if sink and self.want_conf else None
                 try:
                     r = core.eval_rows(view, tag, swap, ts, self.kind, self.ignore_index,
-                                       self._ks, self.n_bins, lead, nll, rank)
+                                       self._ks, self.n_bins, lead, nll, rank, conf,
+                                       self.ties)
                 except (IndexError, ValueError) as exc:
                     reraise(exc, d, ts, b0, t0, self.ignore_index)
                 self._add(r)
                 if sink is not None and nll is not None and rank is not None:
-                    sink(offset, nll, rank)
+                    sink(offset, nll, rank, conf)
                 bar.advance(rows * row_bytes)
 
     def _add(self, r: Dict[str, Any]) -> None:
@@ -175,7 +186,7 @@ class Evaluator:
         if other._config() != self._config():
             raise ValueError(f"cannot merge evaluators with different settings: "
                              f"{other._config()} vs {self._config()} "
-                             f"(kind, ignore_index, top_k, n_bins)")
+                             f"(kind, ignore_index, top_k, n_bins, ties)")
         self._absorb(state, "the merged evaluator")
         return self
 
@@ -198,7 +209,8 @@ class Evaluator:
         st = _check_state(state)
         Evaluator.__init__(self, **{k: st[k] for k in ("kind", "ignore_index", "top_k",
                                                        "n_bins", "shift", "chunk_bytes",
-                                                       "progress", "check_kind")})
+                                                       "progress", "check_kind")},
+                            ties=st.get("ties", "target"))
         self.n_classes = st["n_classes"]
         self._add(st)
 
@@ -232,7 +244,8 @@ class Evaluator:
             top_k_accuracy={k: (correct[k] / n if n else nan) for k in self.top_k},
             mean_entropy=self.sum_entropy / n if n else nan,
             brier=self.sum_brier / n if n else nan, ece=ece,
-            mce=nan if bad or not gaps else max(gaps), n_bins=self.n_bins, bins=tuple(bins))
+            mce=nan if bad or not gaps else max(gaps), n_bins=self.n_bins, bins=tuple(bins),
+            ties=self.ties)
 
 
 def _int_list(v: Any, n: int, what: str) -> List[int]:
@@ -272,6 +285,8 @@ def _check_state(state: Any) -> Dict[str, Any]:
     if list(top_k) != list(st["top_k"]):
         raise ValueError(f"{head}top_k {st['top_k']!r} is not sorted and distinct")
     st["top_k"] = top_k
+    if st.get("ties", "target") not in TIES:  # states written before ties= have none
+        raise ValueError(f"{head}ties must be 'target' or 'first', got {st['ties']!r}")
     c = st["n_classes"]
     if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
         raise ValueError(f"{head}n_classes must be None or an integer >= 1, got {c!r}")
@@ -355,7 +370,8 @@ def _row_sink(d: Dump) -> Tuple[RowSink, np.ndarray, np.ndarray]:
     rank = np.empty(d.out_shape, np.int64)
     flat_nll, flat_rank = nll.reshape(-1), rank.reshape(-1)
 
-    def sink(offset: int, n: np.ndarray, r: np.ndarray) -> None:
+    def sink(offset: int, n: np.ndarray, r: np.ndarray,
+             conf: Optional[np.ndarray] = None) -> None:
         flat_nll[offset:offset + n.size] = n
         flat_rank[offset:offset + r.size] = r
 
@@ -372,7 +388,8 @@ def _file_sink(d: Dump, out: AtomicOutput) -> RowSink:
     out.preallocate(fh.tell() + math.prod(d.out_shape) * REC_DTYPE.itemsize)
     written = [0]
 
-    def sink(offset: int, n: np.ndarray, r: np.ndarray) -> None:
+    def sink(offset: int, n: np.ndarray, r: np.ndarray,
+             conf: Optional[np.ndarray] = None) -> None:
         if offset != written[0]:  # chunks() yields rows in flat order
             raise AssertionError(f"per-row records out of order: {offset} != {written[0]}")
         rec = np.empty(n.size, REC_DTYPE)
@@ -391,7 +408,11 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
              top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
              per_row: Union[bool, PathLike] = False, chunk_bytes: int = 256 << 20,
              progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
-             target_dtype: Any = None, check_kind: bool = True) -> EvalReport:
+             target_dtype: Any = None, check_kind: bool = True, mask: Any = None,
+             min_position: int = 0, per_position: bool = False, per_sequence: bool = False,
+             per_class: bool = False, n_bytes: Any = None, n_words: Any = None,
+             clip: Optional[float] = None, classwise_ece: bool = False,
+             equal_mass_ece: bool = False, ties: str = "target") -> EvalReport:
     """Score a whole dump in one streaming read; see docs/evaluate.md.
 
     ``preds``: [N, C] or [B, T, V] array, memmap, or a path (.npy, .npz[:key],
@@ -402,42 +423,153 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     (``nll``, ``rank``) as a transaction: a temporary file renamed into place only on success
     (an existing file is untouched on any failure), never a file that is also an input.
     ``progress``: None = a bar on stderr only when it is a terminal.
+
+    Extras (``report.extras``, docs/evaluate.md): ``mask=`` (0 = not scored, shaped like the
+    targets) and ``min_position=`` drop rows before scoring; ``per_position``,
+    ``per_sequence``, ``per_class``, ``n_bytes=``/``n_words=`` (bits per byte, word
+    perplexity) and ``clip=`` (probabilities: NLL of max(p_t, clip)) are computed from the
+    per-row NLL and rank of the same read; ``classwise_ece=True`` (C <= 4096) re-reads each
+    chunk for its softmax; ``equal_mass_ece=True`` adds ECE over ``n_bins`` bins of equal row
+    counts. ``ties="first"`` scores top-1 by the first maximal index (torch's argmax) instead
+    of counting a tie for the target.
     """
     ev = Evaluator(kind=kind, ignore_index=ignore_index, top_k=top_k, n_bins=n_bins,
                    shift=shift, chunk_bytes=chunk_bytes, progress=progress,
-                   check_kind=check_kind)
+                   check_kind=check_kind, ties=ties)
     per_row = check_per_row(per_row)
     if per_row is not True and per_row is not False:
         check_output_path(per_row, _input_paths(preds, target), "per_row output")
+    paths = _input_paths(preds, target)
+    if mask is not None or min_position:
+        target = _extras.masked_target(target, mask, min_position, ignore_index, shift)
     d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
                 target_dtype=target_dtype)
     try:
+        ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words,
+                          clip, classwise_ece, n_bins, equal_mass_ece)
+        ev.want_conf = bool(equal_mass_ece)
         if per_row is False:
-            ev._update(d, None)
-            return ev.result()
+            ev._update(d, _extras.chain(d, None, ex, kind))
+            return _extras.attach(ev.result(), ex)
         if per_row is True:
             sink, nll, rank = _row_sink(d)
-            ev._update(d, sink)
-            return replace(ev.result(), row_nll=nll, row_rank=rank)
-        with AtomicOutput(per_row, _input_paths(preds, target), "per_row output") as out:
-            ev._update(d, _file_sink(d, out))
+            ev._update(d, _extras.chain(d, sink, ex, kind))
+            return _extras.attach(replace(ev.result(), row_nll=nll, row_rank=rank), ex)
+        with AtomicOutput(per_row, paths, "per_row output") as out:
+            ev._update(d, _extras.chain(d, _file_sink(d, out), ex, kind))
     finally:
         d.close()
     rec = np.load(os.fspath(per_row), mmap_mode="r")
-    return replace(ev.result(), row_nll=rec["nll"], row_rank=rec["rank"])
+    return _extras.attach(replace(ev.result(), row_nll=rec["nll"], row_rank=rec["rank"]), ex)
 
 
 # ----------------------------------------------------------------------------- compare
+COMPARE_REC_DTYPE = np.dtype([("kl", "<f8"), ("dp", "<f8"), ("nll_base", "<f8"),
+                              ("nll_new", "<f8"), ("same_top1", "i1")])
+CompareSink = Callable[[int, List[np.ndarray]], None]
+
+
+def _compare_memory_sink(d: Dump) -> Tuple[CompareSink, Dict[str, np.ndarray]]:
+    """Per-row compare outputs in memory (per_row=True), shaped like the scored targets."""
+    arrays = {k: np.empty(d.out_shape, COMPARE_REC_DTYPE[k]) for k in COMPARE_REC_DTYPE.names}
+    flat = [a.reshape(-1) for a in arrays.values()]
+
+    def sink(offset: int, outs: List[np.ndarray]) -> None:
+        for f, v in zip(flat, outs):
+            f[offset:offset + v.size] = v
+
+    return sink, arrays
+
+
+def _compare_file_sink(d: Dump, out: AtomicOutput) -> CompareSink:
+    """Per-row compare records written in order to the temporary .npy of ``out``."""
+    fh = out.file
+    np.lib.format.write_array_header_2_0(
+        fh, {"descr": np.lib.format.dtype_to_descr(COMPARE_REC_DTYPE), "fortran_order": False,
+             "shape": tuple(d.out_shape)})
+    out.preallocate(fh.tell() + math.prod(d.out_shape) * COMPARE_REC_DTYPE.itemsize)
+    written = [0]
+
+    def sink(offset: int, outs: List[np.ndarray]) -> None:
+        if offset != written[0]:  # chunks() yields rows in flat order
+            raise AssertionError(f"per-row records out of order: {offset} != {written[0]}")
+        rec = np.empty(outs[0].size, COMPARE_REC_DTYPE)
+        for k, v in zip(COMPARE_REC_DTYPE.names, outs):
+            rec[k] = v
+        try:
+            fh.write(rec.tobytes())
+        except OSError as exc:
+            raise OSError(exc.errno, f"{out.dest}: cannot write per-row records "
+                                     f"({exc.strerror or exc})") from None
+        written[0] += rec.size
+
+    return sink
+
+
+def _compare_chunks(core: Any, db: Dump, dn: Dump, kind: str, ignore_index: int,
+                    chunk_bytes: int, progress: Optional[bool], acc: Any,
+                    sink: Optional[CompareSink]) -> None:
+    """One read of both dumps, chunk by chunk: the core's sums and per-row outputs."""
+    b, t, c = db.x.shape
+    row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
+    with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
+        for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
+            xb, ts, lead = db.block(b0, b1, t0, t1)
+            vb, tb, sb = _arrays.core_view(xb)
+            vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
+            rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
+            outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
+            try:
+                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, ignore_index, lead,
+                                      *outs)
+            except (IndexError, ValueError) as exc:
+                reraise(exc, db, ts, b0, t0, ignore_index)
+            acc.add(r, outs[0], outs[1], outs[4])
+            if sink is not None:
+                sink(offset, outs)
+            bar.advance(rows * row_bytes)
+
+
+def compare_report(acc: Any, kind: str, n_classes: int) -> CompareReport:
+    """The report of a filled ``_compare_stats.CompareAccumulator`` (one process or merged)."""
+    from ._compare_stats import summary
+
+    s = summary(acc.sums)
+    kl_p, dp_p, method, err = acc.percentiles()
+    edges, counts = acc.kl_hist.coarse(10)
+    return CompareReport(
+        kind=kind, n_classes=n_classes, rows=int(acc.sums["n"]),
+        ignored=int(acc.sums["n_ignored"]), sum_kl=float(acc.sums["sum_kl"]),
+        sum_dnll=float(acc.sums["sum_dnll"]), kl_percentiles=kl_p, dp_percentiles=dp_p,
+        percentile_method=method, percentile_rel_error=err, kl_hist_edges=edges,
+        kl_hist_counts=counts,
+        **{k: v for k, v in s.items() if k in CompareReport.SCALARS})  # type: ignore[arg-type]
+
+
 def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
-            ignore_index: int = -100, shift: bool = False, chunk_bytes: int = 256 << 20,
+            ignore_index: int = -100, shift: bool = False, per_row: Union[bool, PathLike] = False,
+            max_exact_rows: int = 1 << 26, chunk_bytes: int = 256 << 20,
             progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
             target_dtype: Any = None, check_kind: bool = True) -> CompareReport:
-    """KL(base || new), NLL difference (new - base) and top-1 agreement in one read of both
-    dumps (same shape; dtypes may differ). Inputs as for :func:`evaluate`."""
+    """llama.cpp ``--kl-divergence`` statistics of two dumps (same shape; dtypes may differ) in
+    one read of each: KL(base || new) mean +- SE and percentiles, delta-p = p_new(t) - p_base(t)
+    mean +- SE, percentiles and RMS, same top-1 +- SE, PPL(base), PPL(new), their ratio and
+    difference +- SE. Inputs as for :func:`evaluate`. ``per_row=True`` adds ``row_kl``,
+    ``row_dp``, ``row_nll_base``, ``row_nll_new`` (NaN for ignored rows) and ``row_same_top1``
+    (int8, -1 for ignored rows); a path writes them to a .npy of records instead, as a
+    transaction (as ``evaluate``'s). Percentiles are exact (16 bytes per row held) up to
+    ``max_exact_rows`` rows, else read from log-spaced histograms (error stated in the
+    report); docs/evaluate.md."""
     kind, _, _, chunk_bytes, ignore_index, shift, check_kind = check_settings(
         kind, (1,), 1, chunk_bytes, ignore_index, shift, check_kind)
     if progress is not None:
         check_bool("progress", progress)
+    if isinstance(max_exact_rows, bool) or int(max_exact_rows) < 0:
+        raise ValueError(f"max_exact_rows must be an integer >= 0, got {max_exact_rows!r}")
+    per_row = check_per_row(per_row)
+    paths = _input_paths(base, new, target)
+    if per_row is not True and per_row is not False:
+        check_output_path(per_row, paths, "per_row output")
     db = prepare(base, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     try:
         dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape,
@@ -446,45 +578,45 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
         db.close()
         raise
     try:
-        return _compare(db, dn, base, new, kind, ignore_index, chunk_bytes, progress,
-                        check_kind)
+        return _compare(db, dn, base, new, kind, ignore_index, shift, chunk_bytes, progress,
+                        check_kind, per_row, int(max_exact_rows), paths)
     finally:
         db.close()
         dn.close()
 
 
 def _compare(db: Dump, dn: Dump, base: Any, new: Any, kind: str, ignore_index: int,
-             chunk_bytes: int, progress: Optional[bool], check_kind: bool) -> CompareReport:
+             shift: bool, chunk_bytes: int, progress: Optional[bool], check_kind: bool,
+             per_row: Any, max_exact_rows: int, paths: List[str]) -> CompareReport:
+    from ._compare_stats import CompareAccumulator
+
     db.name, dn.name = name_of(base, "base"), name_of(new, "new")
     if db.x.shape != dn.x.shape:
         raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
                          f"{shape_of(db)}: the two dumps must match")
+    _traps.warn_input(db, kind, ignore_index, shift, chunk_bytes, check_kind)
+    _traps.warn_input(dn, kind, ignore_index, shift, chunk_bytes, check_kind, shift_warned=True)
     if check_kind:
         check_declared_kind(db, kind, ignore_index, chunk_bytes)
         check_declared_kind(dn, kind, ignore_index, chunk_bytes)
     b, t, c = db.x.shape
-    row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
     core = _core()
-    n = n_ign = agree = 0
-    s_kl = s_d = s_d2 = 0.0
-    with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
-        for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
-            xb, ts, lead = db.block(b0, b1, t0, t1)
-            vb, tb, sb = _arrays.core_view(xb)
-            vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
-            try:
-                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, int(ignore_index), lead)
-            except (IndexError, ValueError) as exc:
-                reraise(exc, db, ts, b0, t0, int(ignore_index))
-            n += int(r["n"])
-            n_ign += int(r["n_ignored"])
-            s_kl += float(r["sum_kl"])
-            s_d += float(r["sum_dnll"])
-            s_d2 += float(r["sum_dnll_sq"])
-            agree += int(r["top1_agree"])
-            bar.advance((b1 - b0) * (t1 - t0) * row_bytes)
-    nan = float("nan")
-    return CompareReport(kind=kind, n_classes=c, rows=n, ignored=n_ign,
-                         mean_kl=s_kl / n if n else nan, sum_kl=s_kl,
-                         mean_dnll=s_d / n if n else nan, sum_dnll=s_d,
-                         dnll_se=_se(s_d, s_d2, n), top1_agreement=agree / n if n else nan)
+    acc = CompareAccumulator(exact=b * t <= max_exact_rows)
+    arrays: Optional[Dict[str, np.ndarray]] = None
+    if per_row is False:
+        _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc, None)
+    elif per_row is True:
+        sink, arrays = _compare_memory_sink(db)
+        _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc, sink)
+    else:
+        with AtomicOutput(per_row, paths, "per_row output") as out:
+            _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc,
+                            _compare_file_sink(db, out))
+        rec = np.load(os.fspath(per_row), mmap_mode="r")
+        arrays = {k: rec[k] for k in COMPARE_REC_DTYPE.names}
+    rep = compare_report(acc, kind, c)
+    if arrays is not None:
+        rep = replace(rep, row_kl=arrays["kl"], row_dp=arrays["dp"],
+                      row_nll_base=arrays["nll_base"], row_nll_new=arrays["nll_new"],
+                      row_same_top1=arrays["same_top1"])
+    return rep

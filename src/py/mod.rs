@@ -361,8 +361,10 @@ fn eval_rows<'py>(
     Ok(d)
 }
 
+/// Two-dump comparison of one chunk of rows; per-row outputs (kl, dp, nll_base, nll_new as
+/// float64, same as int8) all or none, one element per row.
 #[pyfunction]
-#[pyo3(signature = (base, base_tag, base_swap, new, new_tag, new_swap, target, kind, ignore_index, row_offset=0))]
+#[pyo3(signature = (base, base_tag, base_swap, new, new_tag, new_swap, target, kind, ignore_index, row_offset=0, kl_out=None, dp_out=None, nll_base_out=None, nll_new_out=None, same_out=None))]
 #[allow(clippy::too_many_arguments)]
 fn compare_rows<'py>(
     py: Python<'py>,
@@ -376,21 +378,60 @@ fn compare_rows<'py>(
     kind: &str,
     ignore_index: i64,
     row_offset: usize,
+    kl_out: Option<&Arr<'py>>,
+    dp_out: Option<&Arr<'py>>,
+    nll_base_out: Option<&Arr<'py>>,
+    nll_new_out: Option<&Arr<'py>>,
+    same_out: Option<&Arr<'py>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let a = float_view(base, base_tag, base_swap)?;
     let b = float_view(new, new_tag, new_swap)?;
     let t = int_view(target)?;
     let kind = Kind::parse(kind).map_err(to_py)?;
+    let mut guards = match (kl_out, dp_out, nll_base_out, nll_new_out, same_out) {
+        (Some(k), Some(d), Some(nb), Some(nn), Some(sm)) => Some((
+            rw::<f64>(k)?,
+            rw::<f64>(d)?,
+            rw::<f64>(nb)?,
+            rw::<f64>(nn)?,
+            rw::<i8>(sm)?,
+        )),
+        (None, None, None, None, None) => None,
+        _ => {
+            return Err(PyValueError::new_err(
+                "kl_out, dp_out, nll_base_out, nll_new_out and same_out go together",
+            ))
+        }
+    };
+    let out = match guards.as_mut() {
+        Some((k, d, nb, nn, sm)) => Some(crate::compare::CompareOut {
+            kl: contig(k)?,
+            dp: contig(d)?,
+            nll_base: contig(nb)?,
+            nll_new: contig(nn)?,
+            same: contig(sm)?,
+        }),
+        None => None,
+    };
     let s = run(py, move || {
-        crate::eval::compare(&a, &b, &t, kind, ignore_index)
+        crate::compare::compare_rows(&a, &b, &t, kind, ignore_index, out)
             .map_err(|e| shift_position(e, row_offset))
     })?;
     let d = PyDict::new(py);
     d.set_item("n", s.n)?;
     d.set_item("n_ignored", s.n_ignored)?;
     d.set_item("sum_kl", s.sum_kl)?;
+    d.set_item("sum_kl_sq", s.sum_kl_sq)?;
     d.set_item("sum_dnll", s.sum_dnll)?;
     d.set_item("sum_dnll_sq", s.sum_dnll_sq)?;
+    d.set_item("sum_nll_base", s.sum_nll_base)?;
+    d.set_item("sum_nll_base_sq", s.sum_nll_base_sq)?;
+    d.set_item("sum_nll_new", s.sum_nll_new)?;
+    d.set_item("sum_nll_new_sq", s.sum_nll_new_sq)?;
+    d.set_item("sum_nll_cross", s.sum_nll_cross)?;
+    d.set_item("sum_dp", s.sum_dp)?;
+    d.set_item("sum_dp_sq", s.sum_dp_sq)?;
+    d.set_item("sum_dp_4", s.sum_dp_4)?;
     d.set_item("top1_agree", s.top1_agree)?;
     Ok(d)
 }

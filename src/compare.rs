@@ -1,0 +1,789 @@
+//! The two-dump comparison (llama.cpp `perplexity --kl-divergence` statistics): per row
+//! KL(base || new), Δp = p_new(t) - p_base(t), both NLLs and whether the argmaxes agree, with
+//! mergeable sums of them, reading each dump once.
+//!
+//! KL is that of the rows renormalised (for every kind: log-probabilities and probabilities
+//! of a low-precision dump are off 1 by rounding, which would otherwise add Σq - Σp, of
+//! either sign and up to ~1e-3 for bfloat16, to a divergence that can be 1e-5); the NLLs and
+//! Δp use the values as given, as `evaluate` reads them. KL is summed in the form Σ_j p_j·f(r_j), f(r) = e^r - 1 - r >= 0, r_j = ln q_j - ln p_j
+//! (p base, q new). It equals Σ p (ln p - ln q) because Σ q = Σ p = 1, every term is >= 0
+//! (so a row's KL is never negative and identical rows give exactly 0), and an error ε in the
+//! normalisers moves it only by about ε·KL + ε²/2 instead of ε. f is a series for |r| <= 1/2
+//! (no cancellation), and q_j - p_j - p_j·r_j otherwise.
+
+use crate::error::{Error, Result};
+use crate::eval::Kind;
+use crate::loss::class_of;
+use crate::parallel;
+use crate::rows::{RowStats, Rows, Want};
+use crate::simd::{self, Elem, Isa, Path, BF16, F16};
+use crate::tensor::{check_target_shape, DType, IntView, View};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Mergeable sums of a two-dump comparison (over scored rows).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompareSums {
+    pub n: u64,
+    pub n_ignored: u64,
+    /// Σ KL(p_base || p_new) and Σ KL²
+    pub sum_kl: f64,
+    pub sum_kl_sq: f64,
+    /// Σ (nll_new - nll_base) and its square
+    pub sum_dnll: f64,
+    pub sum_dnll_sq: f64,
+    /// Σ nll_base, Σ nll_base², Σ nll_new, Σ nll_new², Σ nll_base·nll_new
+    pub sum_nll_base: f64,
+    pub sum_nll_base_sq: f64,
+    pub sum_nll_new: f64,
+    pub sum_nll_new_sq: f64,
+    pub sum_nll_cross: f64,
+    /// Σ Δp, Σ Δp², Σ Δp⁴ with Δp = p_new(t) - p_base(t)
+    pub sum_dp: f64,
+    pub sum_dp_sq: f64,
+    pub sum_dp_4: f64,
+    /// Rows whose argmax (first maximal index) agrees.
+    pub top1_agree: u64,
+}
+
+impl CompareSums {
+    pub fn merge(&mut self, o: &CompareSums) {
+        self.n += o.n;
+        self.n_ignored += o.n_ignored;
+        self.sum_kl += o.sum_kl;
+        self.sum_kl_sq += o.sum_kl_sq;
+        self.sum_dnll += o.sum_dnll;
+        self.sum_dnll_sq += o.sum_dnll_sq;
+        self.sum_nll_base += o.sum_nll_base;
+        self.sum_nll_base_sq += o.sum_nll_base_sq;
+        self.sum_nll_new += o.sum_nll_new;
+        self.sum_nll_new_sq += o.sum_nll_new_sq;
+        self.sum_nll_cross += o.sum_nll_cross;
+        self.sum_dp += o.sum_dp;
+        self.sum_dp_sq += o.sum_dp_sq;
+        self.sum_dp_4 += o.sum_dp_4;
+        self.top1_agree += o.top1_agree;
+    }
+
+    fn add(&mut self, r: &RowCompare) {
+        self.n += 1;
+        self.sum_kl += r.kl;
+        self.sum_kl_sq += r.kl * r.kl;
+        let d = r.nll_new - r.nll_base;
+        self.sum_dnll += d;
+        self.sum_dnll_sq += d * d;
+        self.sum_nll_base += r.nll_base;
+        self.sum_nll_base_sq += r.nll_base * r.nll_base;
+        self.sum_nll_new += r.nll_new;
+        self.sum_nll_new_sq += r.nll_new * r.nll_new;
+        self.sum_nll_cross += r.nll_base * r.nll_new;
+        let dp2 = r.dp * r.dp;
+        self.sum_dp += r.dp;
+        self.sum_dp_sq += dp2;
+        self.sum_dp_4 += dp2 * dp2;
+        self.top1_agree += r.same as u64;
+    }
+}
+
+/// Per-row outputs, one element per row of the dumps: ignored rows get NaN and `same = -1`.
+pub struct CompareOut<'a> {
+    pub kl: &'a mut [f64],
+    pub dp: &'a mut [f64],
+    pub nll_base: &'a mut [f64],
+    pub nll_new: &'a mut [f64],
+    /// 1 if the argmaxes agree, 0 if not, -1 for an ignored row.
+    pub same: &'a mut [i8],
+}
+
+impl<'a> CompareOut<'a> {
+    fn len_ok(&self, n: usize) -> bool {
+        [
+            self.kl.len(),
+            self.dp.len(),
+            self.nll_base.len(),
+            self.nll_new.len(),
+            self.same.len(),
+        ]
+        .iter()
+        .all(|&l| l == n)
+    }
+
+    fn split(self, per: usize) -> Vec<CompareOut<'a>> {
+        self.kl
+            .chunks_mut(per)
+            .zip(self.dp.chunks_mut(per))
+            .zip(self.nll_base.chunks_mut(per))
+            .zip(self.nll_new.chunks_mut(per))
+            .zip(self.same.chunks_mut(per))
+            .map(|((((kl, dp), nll_base), nll_new), same)| CompareOut {
+                kl,
+                dp,
+                nll_base,
+                nll_new,
+                same,
+            })
+            .collect()
+    }
+
+    fn put(&mut self, idx: usize, r: Option<&RowCompare>) {
+        match r {
+            Some(r) => {
+                self.kl[idx] = r.kl;
+                self.dp[idx] = r.dp;
+                self.nll_base[idx] = r.nll_base;
+                self.nll_new[idx] = r.nll_new;
+                self.same[idx] = r.same as i8;
+            }
+            None => {
+                self.kl[idx] = f64::NAN;
+                self.dp[idx] = f64::NAN;
+                self.nll_base[idx] = f64::NAN;
+                self.nll_new[idx] = f64::NAN;
+                self.same[idx] = -1;
+            }
+        }
+    }
+}
+
+/// What one scored row contributes.
+struct RowCompare {
+    kl: f64,
+    dp: f64,
+    nll_base: f64,
+    nll_new: f64,
+    same: bool,
+}
+
+/// Below this (in nats from the row max) a logit counts as probability 0 in the KL's log
+/// ratio; exp of it is 0 in every float format.
+const FLOOR: f32 = -1.0e4;
+/// |r| up to which f(r) = e^r - 1 - r is taken from its series.
+const SERIES: f32 = 0.5;
+
+/// f(r)/r² = 1/2 + r/6 + ... + r^7/9!, truncation < 2.2e-9 relative for |r| <= 1/2.
+#[inline(always)]
+unsafe fn series<I: Isa>(r: I::V) -> I::V {
+    const C: [f32; 8] = [
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+        1.0 / 40320.0,
+        1.0 / 362880.0,
+    ];
+    let mut p = I::splat(C[7]);
+    for &c in C[..7].iter().rev() {
+        p = I::fma(p, r, I::splat(c));
+    }
+    I::mul(I::mul(r, r), p)
+}
+
+/// One vector of the KL sweep: adds e_a·f(r) (or e_b·g - e_a·(1 + r) for |r| > 1/2) to
+/// `acc`, and to `inf` the lanes where the base has mass and the new row none.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kl_vec<I: Isa>(
+    xa: I::V,
+    xb: I::V,
+    ma: I::V,
+    mb: I::V,
+    c: I::V,
+    g: I::V,
+    acc: &mut I::V,
+    inf: &mut I::V,
+) {
+    let floor = I::splat(FLOOR);
+    let zero = I::splat(0.0);
+    let ya = I::max_keep_nan(floor, I::sub(xa, ma));
+    let yb = I::max_keep_nan(floor, I::sub(xb, mb));
+    let ea = I::exp_le0(ya);
+    let eb = I::exp_le0(yb);
+    let r = I::add(I::sub(yb, ya), c);
+    let big = I::count_gt(zero, I::abs(r), I::splat(SERIES));
+    let small = I::sub(I::splat(1.0), big);
+    let h_small = I::mul(ea, series::<I>(r));
+    let h_big = I::sub(I::mul(eb, g), I::fma(ea, r, ea));
+    let h = I::add(
+        I::zero_where_zero(big, h_big),
+        I::zero_where_zero(small, h_small),
+    );
+    *acc = I::add(*acc, h);
+    let has_a = I::count_gt(zero, ya, floor);
+    let has_b = I::count_gt(zero, yb, floor);
+    *inf = I::fma(has_a, I::sub(I::splat(1.0), has_b), *inf);
+}
+
+/// Σ_j e^(ya_j)·f(r_j) over two finite-max rows (see the module doc), given the maxima, the
+/// normaliser difference c and g = e^c. Returns [Σ h, lanes with p_a > 0 but p_b = 0].
+/// Sums are f32 lanes within a block of 4096 and f64 across blocks.
+#[inline(always)]
+unsafe fn kl_rows<I: Isa, A: Elem, B: Elem>(
+    xa: &[A],
+    xb: &[B],
+    ma: f32,
+    mb: f32,
+    c: f32,
+    g: f32,
+) -> [f64; 2] {
+    let w = I::W;
+    let (vma, vmb, vc, vg) = (I::splat(ma), I::splat(mb), I::splat(c), I::splat(g));
+    let n = xa.len().min(xb.len());
+    let (pa, pb) = (xa.as_ptr(), xb.as_ptr());
+    let mut total = [0f64; 2];
+    let mut start = 0;
+    while start < n {
+        let end = (start + 4096).min(n);
+        let z = I::splat(0.0);
+        let (mut a0, mut a1, mut inf) = (z, z, z);
+        let mut i = start;
+        while i + 2 * w <= end {
+            kl_vec::<I>(
+                A::load::<I>(pa.add(i)),
+                B::load::<I>(pb.add(i)),
+                vma,
+                vmb,
+                vc,
+                vg,
+                &mut a0,
+                &mut inf,
+            );
+            kl_vec::<I>(
+                A::load::<I>(pa.add(i + w)),
+                B::load::<I>(pb.add(i + w)),
+                vma,
+                vmb,
+                vc,
+                vg,
+                &mut a1,
+                &mut inf,
+            );
+            i += 2 * w;
+        }
+        while i + w <= end {
+            kl_vec::<I>(
+                A::load::<I>(pa.add(i)),
+                B::load::<I>(pb.add(i)),
+                vma,
+                vmb,
+                vc,
+                vg,
+                &mut a0,
+                &mut inf,
+            );
+            i += w;
+        }
+        if i < end {
+            // lanes past the end hold -inf in both rows: they add 0
+            let (ta, tb) = (
+                A::load_tail::<I>(pa.add(i), end - i),
+                B::load_tail::<I>(pb.add(i), end - i),
+            );
+            kl_vec::<I>(ta, tb, vma, vmb, vc, vg, &mut a1, &mut inf);
+        }
+        total[0] += I::hsum(I::add(a0, a1)) as f64;
+        total[1] += I::hsum(inf) as f64;
+        start = end;
+    }
+    total
+}
+
+macro_rules! dispatch2 {
+    ($name:ident => $kernel:ident) => {
+        fn $name<A: Elem, B: Elem>(
+            path: Path,
+            xa: &[A],
+            xb: &[B],
+            ma: f32,
+            mb: f32,
+            c: f32,
+            g: f32,
+        ) -> [f64; 2] {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c,popcnt")]
+            unsafe fn avx2<A: Elem, B: Elem>(
+                xa: &[A],
+                xb: &[B],
+                ma: f32,
+                mb: f32,
+                c: f32,
+                g: f32,
+            ) -> [f64; 2] {
+                $kernel::<simd::avx2::Avx2, A, B>(xa, xb, ma, mb, c, g)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,popcnt")]
+            unsafe fn avx512<A: Elem, B: Elem>(
+                xa: &[A],
+                xb: &[B],
+                ma: f32,
+                mb: f32,
+                c: f32,
+                g: f32,
+            ) -> [f64; 2] {
+                $kernel::<simd::avx512::Avx512, A, B>(xa, xb, ma, mb, c, g)
+            }
+            #[cfg(target_arch = "aarch64")]
+            #[target_feature(enable = "neon")]
+            unsafe fn neon<A: Elem, B: Elem>(
+                xa: &[A],
+                xb: &[B],
+                ma: f32,
+                mb: f32,
+                c: f32,
+                g: f32,
+            ) -> [f64; 2] {
+                $kernel::<simd::neon::Neon, A, B>(xa, xb, ma, mb, c, g)
+            }
+            match path {
+                // SAFETY: a Path other than Scalar is only selected after `Path::available`
+                // confirmed the CPU has its features.
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx512 => unsafe { avx512::<A, B>(xa, xb, ma, mb, c, g) },
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx2 => unsafe { avx2::<A, B>(xa, xb, ma, mb, c, g) },
+                // SAFETY: likewise (selected only after `is_aarch64_feature_detected!`).
+                #[cfg(target_arch = "aarch64")]
+                Path::Neon => unsafe { neon::<A, B>(xa, xb, ma, mb, c, g) },
+                // SAFETY: the scalar path needs no CPU feature.
+                _ => unsafe { $kernel::<simd::scalar::Scalar, A, B>(xa, xb, ma, mb, c, g) },
+            }
+        }
+    };
+}
+
+dispatch2!(kl_sweep => kl_rows);
+
+/// f(r) = e^r - 1 - r in f64 (series near 0).
+fn f_r(r: f64) -> f64 {
+    // 1/k! for k = 2..=12: truncation < 1e-13 relative for |r| <= 1/2
+    const C: [f64; 11] = [
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+        1.0 / 40320.0,
+        1.0 / 362880.0,
+        1.0 / 3628800.0,
+        1.0 / 39916800.0,
+        1.0 / 479001600.0,
+    ];
+    if r.abs() <= 0.5 {
+        let p = C.iter().rev().fold(0.0, |p, &c| p * r + c);
+        r * r * p
+    } else {
+        r.exp_m1() - r
+    }
+}
+
+/// KL of two rows given as natural-log probabilities up to per-row constants:
+/// ln p_j = la_j - na, ln q_j = lb_j - nb (float64, any values; -inf = probability 0), as
+/// Σ p f(r), which is Σ p ln(p/q) for normalised rows and, like the SIMD sweep, moves only by
+/// about ε·KL when a normaliser is off by ε (e.g. one side's lse from an f32 sweep).
+fn kl_scalar(
+    la: impl Iterator<Item = f64>,
+    lb: impl Iterator<Item = f64>,
+    na: f64,
+    nb: f64,
+) -> f64 {
+    let mut kl = 0.0;
+    for (a, b) in la.zip(lb) {
+        if a.is_nan() || b.is_nan() {
+            return f64::NAN;
+        }
+        let lp = a - na;
+        let lq = b - nb;
+        if lp == f64::NEG_INFINITY {
+            kl += lq.exp(); // p = 0: the term q - p - p·r is q
+            continue;
+        }
+        if lq == f64::NEG_INFINITY {
+            return f64::INFINITY;
+        }
+        let r = lq - lp;
+        kl += if r.abs() <= 0.5 {
+            lp.exp() * f_r(r)
+        } else {
+            lq.exp() - lp.exp() * (1.0 + r)
+        };
+    }
+    kl.max(0.0)
+}
+
+/// A row read once, with its statistics (for logits and log-probabilities).
+struct RowRead {
+    rs: RowStats,
+    /// ln of the normaliser relative to the max: ln s (lse = m + ln s).
+    ln_s: f64,
+}
+
+fn argmax_first(rw: &Rows, i: usize, m: f64) -> usize {
+    // first index holding the row max (NaN rows: the first non-NaN maximum, as the scan)
+    (0..rw.cols())
+        .find(|&j| rw.value(i, j) == m)
+        .unwrap_or_else(|| {
+            let mut best = (f64::NEG_INFINITY, 0);
+            for j in 0..rw.cols() {
+                let v = rw.value(i, j);
+                if v > best.0 {
+                    best = (v, j);
+                }
+            }
+            best.1
+        })
+}
+
+/// The KL sweep of two typed rows and the first index of each row's max (the rows' maxima
+/// `ma`, `mb` are values of the rows, so the search is exact).
+#[allow(clippy::too_many_arguments)]
+fn sweep_pair<A: Elem, B: Elem>(
+    path: Path,
+    xa: &[A],
+    xb: &[B],
+    ma: f32,
+    mb: f32,
+    c: f32,
+    g: f32,
+) -> ([f64; 2], bool) {
+    let kl = kl_sweep(path, xa, xb, ma, mb, c, g);
+    let ia = xa.iter().position(|v| v.to_f32() == ma);
+    let ib = xb.iter().position(|v| v.to_f32() == mb);
+    (kl, ia == ib)
+}
+
+/// Row `i` of both dumps as one typed pair: (KL sweep, argmaxes agree).
+#[allow(clippy::too_many_arguments)]
+fn sweep_typed(
+    path: Path,
+    a: &View,
+    b: &View,
+    i: usize,
+    bufs: &mut Bufs,
+    ma: f32,
+    mb: f32,
+    c: f32,
+    g: f32,
+) -> ([f64; 2], bool) {
+    macro_rules! second {
+        ($xa:expr) => {
+            match b.dtype {
+                DType::F32 => sweep_pair(path, $xa, b.row(i, &mut bufs.b32), ma, mb, c, g),
+                DType::F16 => sweep_pair(path, $xa, b.row(i, &mut bufs.b16), ma, mb, c, g),
+                DType::BF16 => sweep_pair(path, $xa, b.row(i, &mut bufs.bb16), ma, mb, c, g),
+                DType::F64 => unreachable!("float64 rows take the scalar path"),
+            }
+        };
+    }
+    match a.dtype {
+        DType::F32 => second!(a.row(i, &mut bufs.a32)),
+        DType::F16 => second!(a.row(i, &mut bufs.a16)),
+        DType::BF16 => second!(a.row(i, &mut bufs.ab16)),
+        DType::F64 => unreachable!("float64 rows take the scalar path"),
+    }
+}
+
+#[derive(Default)]
+struct Bufs {
+    a32: Vec<f32>,
+    a16: Vec<F16>,
+    ab16: Vec<BF16>,
+    b32: Vec<f32>,
+    b16: Vec<F16>,
+    bb16: Vec<BF16>,
+}
+
+fn read(rw: &mut Rows, i: usize) -> RowRead {
+    let rs = rw.stats(i, 0.0, Want::default());
+    let ln_s = if rs.finite() { rs.st.s.ln() } else { f64::NAN };
+    RowRead { rs, ln_s }
+}
+
+/// One scored row of logits or log-probabilities.
+#[allow(clippy::too_many_arguments)]
+fn row_logits(
+    kind: Kind,
+    path: Path,
+    a: &View,
+    b: &View,
+    ra: &mut Rows,
+    rb: &mut Rows,
+    bufs: &mut Bufs,
+    i: usize,
+    k: usize,
+) -> RowCompare {
+    let (pa, pb) = (read(ra, i), read(rb, i));
+    let (xa_t, xb_t) = (ra.value(i, k), rb.value(i, k));
+    // NLLs as `evaluate` gives them: lse - x_t for logits, -x_t for log-probabilities
+    let nll = |rr: &RowRead, xt: f64| match kind {
+        Kind::Logits => rr.rs.minus(xt),
+        _ => -xt,
+    };
+    let (nll_base, nll_new) = (nll(&pa, xa_t), nll(&pb, xb_t));
+    let dp = (-nll_new).exp() - (-nll_base).exp();
+    let simd_ok = pa.rs.finite()
+        && pb.rs.finite()
+        && a.dtype != DType::F64
+        && b.dtype != DType::F64
+        && pa.rs.m.abs() < 1.0e30
+        && pb.rs.m.abs() < 1.0e30;
+    let mut same = None;
+    let kl = if simd_ok {
+        // KL of the renormalised rows, ln p = (x - m) - ln s, for log-probabilities too (a
+        // low-precision dump's rows are off 1 by rounding; see the module doc)
+        let c = pa.ln_s - pb.ln_s;
+        let g = c.exp() as f32;
+        let ([sum, inf], agree) = sweep_typed(
+            path,
+            a,
+            b,
+            i,
+            bufs,
+            pa.rs.m as f32,
+            pb.rs.m as f32,
+            c as f32,
+            g,
+        );
+        same = Some(agree);
+        if inf > 0.0 {
+            f64::INFINITY
+        } else {
+            (sum / pa.rs.st.s).max(0.0)
+        }
+    } else {
+        let (la, lb) = (pa.rs.lse(), pb.rs.lse());
+        if !la.is_finite() || !lb.is_finite() {
+            f64::NAN
+        } else {
+            kl_scalar(
+                (0..a.cols()).map(|j| ra.value(i, j)),
+                (0..b.cols()).map(|j| rb.value(i, j)),
+                la,
+                lb,
+            )
+        }
+    };
+    let same = same.unwrap_or_else(|| argmax_first(ra, i, pa.rs.m) == argmax_first(rb, i, pb.rs.m));
+    RowCompare {
+        kl,
+        dp,
+        nll_base,
+        nll_new,
+        same,
+    }
+}
+
+/// One scored row of probabilities (float64 scalar: classifier-sized rows).
+fn row_probs(ra: &Rows, rb: &Rows, i: usize, k: usize) -> RowCompare {
+    let c = ra.cols();
+    let (pt_a, pt_b) = (ra.value(i, k), rb.value(i, k));
+    // KL of the renormalised rows (NLL and Δp use p as given, as `evaluate` reads them); a
+    // negative probability has no log: NaN
+    let (sa, sb): (f64, f64) = (
+        (0..c).map(|j| ra.value(i, j)).sum(),
+        (0..c).map(|j| rb.value(i, j)).sum(),
+    );
+    let kl = if sa > 0.0 && sb > 0.0 {
+        kl_scalar(
+            (0..c).map(|j| ra.value(i, j).ln()),
+            (0..c).map(|j| rb.value(i, j).ln()),
+            sa.ln(),
+            sb.ln(),
+        )
+    } else {
+        f64::NAN
+    };
+    let am = |rw: &Rows| {
+        let mut best = (f64::NEG_INFINITY, 0);
+        for j in 0..c {
+            let v = rw.value(i, j);
+            if v > best.0 {
+                best = (v, j);
+            }
+        }
+        best.1
+    };
+    RowCompare {
+        kl,
+        dp: pt_b - pt_a,
+        nll_base: -pt_a.ln(),
+        nll_new: -pt_b.ln(),
+        same: am(ra) == am(rb),
+    }
+}
+
+/// KL(base || new), Δp, NLLs and top-1 agreement per row and summed, reading each dump once.
+pub fn compare_rows(
+    base: &View,
+    new: &View,
+    t: &IntView,
+    kind: Kind,
+    ignore_index: i64,
+    out: Option<CompareOut>,
+) -> Result<CompareSums> {
+    if base.shape() != new.shape() {
+        return Err(Error::Shape(format!(
+            "the two dumps differ in shape: {:?} and {:?}",
+            base.shape(),
+            new.shape()
+        )));
+    }
+    check_target_shape(base, t.shape(), "target")?;
+    let path = simd::current();
+    let chunk = |r: Range<usize>, mut o: Option<CompareOut>| -> Result<CompareSums> {
+        let (mut ra, mut rb) = (Rows::new(base), Rows::new(new));
+        let mut bufs = Bufs::default();
+        let mut acc = CompareSums::default();
+        for (idx, i) in r.enumerate() {
+            let Some(k) = class_of(t, base, i, ignore_index)? else {
+                acc.n_ignored += 1;
+                if let Some(o) = o.as_mut() {
+                    o.put(idx, None);
+                }
+                continue;
+            };
+            let row = match kind {
+                Kind::Probs => row_probs(&ra, &rb, i, k),
+                _ => row_logits(kind, path, base, new, &mut ra, &mut rb, &mut bufs, i, k),
+            };
+            acc.add(&row);
+            if let Some(o) = o.as_mut() {
+                o.put(idx, Some(&row));
+            }
+        }
+        Ok(acc)
+    };
+    let n = base.rows();
+    let per = parallel::chunk_rows(base.cols() * (base.dtype.size() + new.dtype.size()));
+    let parts: Vec<Result<CompareSums>> = match out {
+        Some(o) => {
+            if !o.len_ok(n) {
+                return Err(Error::Shape(format!(
+                    "per-row outputs must have {n} elements"
+                )));
+            }
+            let pieces = o.split(per);
+            parallel::install(|| {
+                pieces
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(k, p)| {
+                        let len = p.kl.len();
+                        chunk(k * per..k * per + len, Some(p))
+                    })
+                    .collect()
+            })
+        }
+        None => parallel::map_chunks(n, per, |r| chunk(r, None)),
+    };
+    let mut total = CompareSums::default();
+    for p in parts {
+        total.merge(&p?);
+    }
+    Ok(total)
+}
+
+/// The sums of [`compare_rows`] without per-row outputs.
+pub fn compare(
+    base: &View,
+    new: &View,
+    t: &IntView,
+    kind: Kind,
+    ignore_index: i64,
+) -> Result<CompareSums> {
+    compare_rows(base, new, t, kind, ignore_index, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> f64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// (lse, ln s, max) of an f32 row in f64.
+    fn norm(x: &[f32]) -> (f64, f64, f32) {
+        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let s: f64 = x.iter().map(|&v| (v as f64 - m as f64).exp()).sum();
+        (m as f64 + s.ln(), s.ln(), m)
+    }
+
+    fn sweep_kl(p: Path, a: &[f32], b: &[f32]) -> f64 {
+        let ((_, lsa, ma), (_, lsb, mb)) = (norm(a), norm(b));
+        let s_a: f64 = lsa.exp();
+        let c = lsa - lsb;
+        let [sum, inf] = kl_sweep(p, a, b, ma, mb, c as f32, c.exp() as f32);
+        let _ = sweep_pair::<f32, f32>; // (the pair also finds the argmaxes)
+        if inf > 0.0 {
+            f64::INFINITY
+        } else {
+            sum / s_a
+        }
+    }
+
+    #[test]
+    fn simd_kl_matches_float64_and_is_zero_for_identical_rows() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for &c in &[1usize, 2, 7, 16, 33, 1000, 4099, 9000] {
+            for noise in [1e-3, 3e-2, 1.0] {
+                let a: Vec<f32> = (0..c)
+                    .map(|_| (rng(&mut seed) * 8.0 - 4.0) as f32)
+                    .collect();
+                let mut b: Vec<f32> = a
+                    .iter()
+                    .map(|&v| v + ((rng(&mut seed) - 0.5) * noise) as f32)
+                    .collect();
+                let mut a = a;
+                if c > 5 {
+                    a[3] = f32::NEG_INFINITY; // masked in both
+                    b[3] = f32::NEG_INFINITY;
+                    a[4] = f32::NEG_INFINITY; // masked in base only: finite
+                }
+                let (la, lb) = (norm(&a).0, norm(&b).0);
+                let want = kl_scalar(
+                    a.iter().map(|&v| v as f64),
+                    b.iter().map(|&v| v as f64),
+                    la,
+                    lb,
+                );
+                for p in Path::ALL.into_iter().filter(|p| p.available()) {
+                    let got = sweep_kl(p, &a, &b);
+                    assert!(
+                        (got - want).abs() <= 2e-5 * want + 1e-12,
+                        "{p:?} C={c} noise={noise}: {got} vs {want}"
+                    );
+                    assert_eq!(sweep_kl(p, &a, &a), 0.0, "{p:?} C={c}");
+                    if c > 5 {
+                        let mut z = b.clone();
+                        z[5] = f32::NEG_INFINITY; // the new row gives 0 where base has mass
+                        assert_eq!(sweep_kl(p, &a, &z), f64::INFINITY);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_kl_is_nonnegative_and_exact_on_small_cases() {
+        // p = (1/2, 1/2), q = (1/4, 3/4): KL = ½ln2 + ½ln(2/3)
+        let (a, b) = ([0.5f64.ln(), 0.5f64.ln()], [0.25f64.ln(), 0.75f64.ln()]);
+        let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
+        let got = kl_scalar(a.iter().cloned(), b.iter().cloned(), 0.0, 0.0);
+        assert!((got - want).abs() < 1e-15);
+        assert_eq!(
+            kl_scalar(a.iter().cloned(), a.iter().cloned(), 0.0, 0.0),
+            0.0
+        );
+        let z = [0.0, f64::NEG_INFINITY];
+        assert_eq!(
+            kl_scalar(a.iter().cloned(), z.iter().cloned(), 0.0, 0.0),
+            f64::INFINITY
+        );
+    }
+}
