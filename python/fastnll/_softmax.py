@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_array, as_float_array, core_view, float_tag
 
-Axis = Union[None, int, Sequence[int]]
+Axis = None | int | Sequence[int]
 
 
 def _out_dtype(x: np.ndarray) -> type:
     return np.float64 if float_tag(x.dtype) == "f64" else np.float32
 
 
-def _norm_axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
+def _norm_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
@@ -46,7 +47,7 @@ def _lse_last(x: np.ndarray, dtype: type) -> np.ndarray:
 def logsumexp(
     a: Any,
     axis: Axis = -1,
-    b: Optional[Any] = None,
+    b: Any | None = None,
     keepdims: bool = False,
     return_sign: bool = False,
 ) -> Any:
