@@ -161,8 +161,9 @@ class FileGuard:
             if n <= 0:
                 raise self._shrunk(os.fstat(self.fd).st_size, start + span)
             got += n
-        return np.ndarray(view.shape, view.dtype, buffer=buf, offset=_ptr(view) - lo,
-                          strides=view.strides)
+        out: np.ndarray = np.ndarray(view.shape, view.dtype, buffer=buf, offset=_ptr(view) - lo,
+                                     strides=view.strides)
+        return out
 
     def take(self, view: np.ndarray, index: tuple[np.ndarray, ...]) -> np.ndarray:
         """``view[index]`` for a tuple of integer index arrays (a sample of rows), never

@@ -75,7 +75,7 @@ def _reduce(total: tuple[float, float], reduction: str, out: np.ndarray | None) 
 def _per_row_out(shape: tuple[int, ...], x: np.ndarray, reduction: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     if reduction != "none":
         return None, None
-    out = np.empty(shape, dtype=_out_dtype(x))
+    out: np.ndarray = np.empty(shape, dtype=_out_dtype(x))
     return out, out.reshape(-1)
 
 

@@ -187,8 +187,8 @@ class ShardArray(np.ndarray):
         mm = _mapping(self)
         if mm is None or mm is not _mapping(org):
             return None
-        start = self.__array_interface__["data"][0]
-        base = org.__array_interface__["data"][0]
+        start: int = self.__array_interface__["data"][0]
+        base: int = org.__array_interface__["data"][0]
         lo = hi = 0
         for n, s in zip(self.shape, self.strides):
             if n == 0:
@@ -224,7 +224,7 @@ def _reopen(recipe: tuple[Any, ...], pos: int, shape: tuple[int, ...], dtype: np
         raise DumpError(f"{recipe[0]}: this shard is no longer a mapped file")
     start = whole.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).ctypes.data
     view = np.ndarray(shape, dtype=dtype, buffer=mm, offset=start + pos, strides=strides)
-    out = view.view(ShardArray)
+    out: ShardArray = view.view(ShardArray)
     out._fastnll_open, out._fastnll_origin = recipe, whole
     return out
 
@@ -258,23 +258,25 @@ def _register_dask() -> None:
         return
     from dask.sizeof import sizeof
 
-    @sizeof.register(ShardArray)
     def _size(x: ShardArray) -> int:
         return 512 if x._file_position() is not None else int(x.nbytes)
 
+    sizeof.register(ShardArray)(_size)
+
     try:
-        from distributed.protocol import dask_deserialize, dask_serialize
+        from distributed.protocol.serialize import dask_deserialize, dask_serialize
     except ImportError:  # plain dask: nothing is serialised between threads
         _REGISTERED = True
         return
 
-    @dask_serialize.register(ShardArray)
     def _ser(x: ShardArray) -> tuple[dict[str, Any], list[bytes]]:
         return {}, [pickle.dumps(x, protocol=5)]
 
-    @dask_deserialize.register(ShardArray)
     def _de(header: dict[str, Any], frames: list[Any]) -> Any:
         return pickle.loads(b"".join(bytes(f) for f in frames))
+
+    dask_serialize.register(ShardArray)(_ser)
+    dask_deserialize.register(ShardArray)(_de)
 
     _REGISTERED = True
 

@@ -38,7 +38,7 @@ def _norm_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
 
 def _lse_last(x: np.ndarray, dtype: type) -> np.ndarray:
     """logsumexp over the last axis of x (any strides), into a new array of `dtype`."""
-    out = np.empty(x.shape[:-1], dtype=dtype)
+    out: np.ndarray = np.empty(x.shape[:-1], dtype=dtype)
     view, tag, swap = core_view(x)
     _core.logsumexp(view, tag, swap, out.reshape(-1))
     return out
@@ -84,8 +84,8 @@ def logsumexp(
         k = int(np.prod([x0.shape[a] for a in axes]))  # explicit: -1 is ambiguous when empty
         xr = moved.reshape(lead + (k,))
         br = np.transpose(bfull, keep + axes).reshape(lead + (k,))
-        out = np.empty(lead, dtype=dtype)
-        sign = np.empty(lead, dtype=dtype) if return_sign else None
+        out: np.ndarray = np.empty(lead, dtype=dtype)
+        sign: np.ndarray | None = np.empty(lead, dtype=dtype) if return_sign else None
         view, tag, swap = core_view(xr)
         _core.logsumexp_b(
             view, tag, swap, br, out.reshape(-1), None if sign is None else sign.reshape(-1)
@@ -116,7 +116,7 @@ def _softmax(x_in: Any, axis: int, log: bool) -> np.ndarray:
         raise TypeError(f"axis must be a single integer, got {axis!r}")
     ax = _norm_axes(axis, x0.ndim)[0]
     moved = np.moveaxis(x0, ax, -1)
-    out = np.empty(moved.shape, dtype=_out_dtype(x))
+    out: np.ndarray = np.empty(moved.shape, dtype=_out_dtype(x))
     view, tag, swap = core_view(moved)
     _core.softmax(view, tag, swap, log, out.reshape(-1))
     return np.moveaxis(out, -1, ax).reshape(x.shape)

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 try:
-    import dask
     import dask.array as da
+    from dask.delayed import delayed
 except ImportError as exc:  # pragma: no cover - exercised where dask is absent
     raise ImportError("fastnll.dask needs dask: pip install 'fastnll[dask]'") from exc
 
@@ -81,10 +81,11 @@ def from_shards(paths: Any, *, dtype: Any = None, shape: Any = None, target: boo
                              f"concatenate along their first axis only")
     # Not pure: every call gets new task keys, so a shard file rewritten between two calls is
     # read again instead of answered from results the scheduler may still hold.
-    opener = dask.delayed(_shards.open_shard)
+    opener = delayed(_shards.open_shard)
     blocks = [da.from_delayed(opener(s), shape=s.shape, dtype=s.dtype,
                               meta=np.empty((0,) * len(s.shape), s.dtype)) for s in shards]
-    return blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=0)
+    out: da.Array = blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=0)
+    return out
 
 
 def _as_dask(x: Any, name: str, *, target: bool = False) -> da.Array:
@@ -148,7 +149,7 @@ def _parts(func: Callable[..., Any], xs: list[da.Array], t: da.Array | None,
     lead = xs[0].chunks[:-1]
     td = t.to_delayed() if t is not None else None
     starts = [np.cumsum((0,) + c[:-1]) for c in lead]
-    task = dask.delayed(func)
+    task = delayed(func)
     out = []
     for idx in np.ndindex(*xd[0].shape[:-1]):
         first = tuple(int(s[i]) for s, i in zip(starts, idx))
@@ -162,9 +163,9 @@ def _tree(parts: list[Any], merge: Callable[..., Any], empty: Callable[[], Any],
     """Merge delayed partial results, ``split_every`` at a time, into one delayed result."""
     if split_every < 2:
         raise ValueError(f"split_every must be >= 2, got {split_every}")
-    level = parts or [dask.delayed(empty)()]
+    level = parts or [delayed(empty)()]
     while len(level) > 1:
-        level = [dask.delayed(merge)(*level[i:i + split_every])
+        level = [delayed(merge)(*level[i:i + split_every])
                  for i in range(0, len(level), split_every)]
     return level[0]
 
@@ -181,7 +182,7 @@ def _finish(result: Any, *args: Any) -> Any:
 
 
 def _run(root: Any, compute: bool, scheduler: Any, *args: Any) -> Any:
-    out = dask.delayed(_finish)(root, *args)
+    out = delayed(_finish)(root, *args)
     return out.compute(scheduler=scheduler) if compute else out
 
 
@@ -257,7 +258,7 @@ def _unit_task(run: Callable[..., Any], u: Any, opts: dict[str, Any]) -> Any:
 
 
 def _file_parts(run: Callable[..., Any], us: list[Any], opts: dict[str, Any]) -> list[Any]:
-    task = dask.delayed(_unit_task)
+    task = delayed(_unit_task)
     return [task(run, u, opts) for u in us]
 
 

@@ -273,7 +273,7 @@ def open_npy(path: PathLike) -> np.ndarray:
                             f"data) but the file holds {size - offset}")
         order = "F" if fortran else "C"
         if need == 0:
-            return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+            return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload,no-any-return]
         return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
             fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
 
@@ -428,7 +428,7 @@ def _npz_stored(p: Path, fh: IO[bytes], name: str, info: zipfile.ZipInfo) -> np.
                         f"but the zip member holds {have}")
     order = "F" if fortran else "C"
     if need == 0:
-        return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+        return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload,no-any-return]
     return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
         fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
 
