@@ -22,7 +22,7 @@ use fastnll::{ClassOptions, Error, IntView, View};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// The SIMD path is process-wide and the test harness runs tests in parallel threads.
 static PATH_LOCK: Mutex<()> = Mutex::new(());
@@ -42,9 +42,7 @@ fn paths() -> Vec<Path> {
 
 /// Runs `f` on every path, one test at a time, and restores the default path.
 fn on_each_path(mut f: impl FnMut(Path) -> Result<(), TestCaseError>) -> Result<(), TestCaseError> {
-    let _g = PATH_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _g = PATH_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let mut res = Ok(());
     for p in paths() {
         assert!(simd::set_path(p));

@@ -15,7 +15,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 type Arr<'py> = Bound<'py, PyUntypedArray>;
 
@@ -40,9 +40,7 @@ fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> 
             Python::attach(|py| match py.check_signals() {
                 Ok(()) => false,
                 Err(e) => {
-                    *seen
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
                     true
                 }
             })
@@ -50,7 +48,7 @@ fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> 
     });
     if let Some(e) = pending
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(PoisonError::into_inner)
         .take()
     {
         return Err(e);
