@@ -10,6 +10,28 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+# PyO3 gives the module an __all__ of every #[pyfunction]; stubtest checks the two agree.
+__all__ = [
+    "available_simd_paths",
+    "bce_with_logits",
+    "compare_rows",
+    "cross_entropy",
+    "cross_entropy_soft",
+    "eval_rows",
+    "get_num_threads",
+    "logsumexp",
+    "logsumexp_b",
+    "nll_loss",
+    "roofline_sum",
+    "set_num_threads",
+    "set_short_scheme",
+    "set_simd_path",
+    "short_scheme",
+    "simd_env_problem",
+    "simd_path",
+    "softmax",
+]
+
 def cross_entropy(
     x: np.ndarray, tag: str, swap: bool, target: np.ndarray, weight: NDArray[np.float64] | None,
     ignore_index: int, label_smoothing: float, out: np.ndarray | None = None,
