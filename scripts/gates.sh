@@ -20,6 +20,12 @@ if [ ${#need[@]} -gt 0 ]; then
   python3 -m pip install --quiet "${need[@]}" || exit 1
 fi
 
+# rustfmt and clippy are rustup components a minimal toolchain may lack.
+if ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 && command -v rustup >/dev/null; then
+  echo "== rustup component add rustfmt clippy"
+  rustup component add rustfmt clippy || exit 1
+fi
+
 failed=()
 gate() {
   local name=$1; shift
