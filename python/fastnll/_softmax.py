@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_array, as_float_array, core_view, float_tag
 
-Axis = None | int | Sequence[int]
+Axis = Union[None, int, Sequence[int]]
 
 
 def _out_dtype(x: np.ndarray) -> type:
     return np.float64 if float_tag(x.dtype) == "f64" else np.float32
 
 
-def _norm_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
+def _norm_axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
@@ -38,7 +37,7 @@ def _norm_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
 
 def _lse_last(x: np.ndarray, dtype: type) -> np.ndarray:
     """logsumexp over the last axis of x (any strides), into a new array of `dtype`."""
-    out: np.ndarray = np.empty(x.shape[:-1], dtype=dtype)
+    out = np.empty(x.shape[:-1], dtype=dtype)
     view, tag, swap = core_view(x)
     _core.logsumexp(view, tag, swap, out.reshape(-1))
     return out
@@ -47,7 +46,7 @@ def _lse_last(x: np.ndarray, dtype: type) -> np.ndarray:
 def logsumexp(
     a: Any,
     axis: Axis = -1,
-    b: Any | None = None,
+    b: Optional[Any] = None,
     keepdims: bool = False,
     return_sign: bool = False,
 ) -> Any:
@@ -84,8 +83,8 @@ def logsumexp(
         k = int(np.prod([x0.shape[a] for a in axes]))  # explicit: -1 is ambiguous when empty
         xr = moved.reshape(lead + (k,))
         br = np.transpose(bfull, keep + axes).reshape(lead + (k,))
-        out: np.ndarray = np.empty(lead, dtype=dtype)
-        sign: np.ndarray | None = np.empty(lead, dtype=dtype) if return_sign else None
+        out = np.empty(lead, dtype=dtype)
+        sign = np.empty(lead, dtype=dtype) if return_sign else None
         view, tag, swap = core_view(xr)
         _core.logsumexp_b(
             view, tag, swap, br, out.reshape(-1), None if sign is None else sign.reshape(-1)
@@ -116,7 +115,7 @@ def _softmax(x_in: Any, axis: int, log: bool) -> np.ndarray:
         raise TypeError(f"axis must be a single integer, got {axis!r}")
     ax = _norm_axes(axis, x0.ndim)[0]
     moved = np.moveaxis(x0, ax, -1)
-    out: np.ndarray = np.empty(moved.shape, dtype=_out_dtype(x))
+    out = np.empty(moved.shape, dtype=_out_dtype(x))
     view, tag, swap = core_view(moved)
     _core.softmax(view, tag, swap, log, out.reshape(-1))
     return np.moveaxis(out, -1, ax).reshape(x.shape)
