@@ -22,16 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-
-import cases  # noqa: E402
-import dumps  # noqa: E402
-import measure  # noqa: E402
-from cases import MiB, Cell  # noqa: E402
+import cases
+import dumps
+import measure
+import numpy as np
+from cases import Cell, MiB
 
 FULL_MIB = 256
 QUICK_MIB = 16
@@ -42,7 +41,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fmt_time(s: Optional[float]) -> str:
+def fmt_time(s: float | None) -> str:
     if s is None:
         return "-"
     if s < 1e-3:
@@ -50,7 +49,7 @@ def fmt_time(s: Optional[float]) -> str:
     return f"{s * 1e3:.2f} ms" if s < 1.0 else f"{s:.3f} s"
 
 
-def fmt_ratio(r: Optional[float]) -> str:
+def fmt_ratio(r: float | None) -> str:
     if r is None:
         return "-"
     return f"{r:.0f}x" if r >= 100 else (f"{r:.1f}x" if r >= 10 else f"{r:.2f}x")
@@ -59,7 +58,7 @@ def fmt_ratio(r: Optional[float]) -> str:
 # ----------------------------------------------------------------------------- one cell
 
 
-def roofline_for(k: Cell, inp: cases.Inputs, roof: measure.Roofline) -> Tuple[Any, float, str]:
+def roofline_for(k: Cell, inp: cases.Inputs, roof: measure.Roofline) -> tuple[Any, float, str]:
     """(roofline callable, scale, what it is) for a cell (see README, "Rooflines")."""
     if k.is_file:
         maps = [dumps.file_mapping(inp.paths[0], cases.np_dtype(k.dtype))]
@@ -73,7 +72,7 @@ def roofline_for(k: Cell, inp: cases.Inputs, roof: measure.Roofline) -> Tuple[An
     return roof.read(inp.touch_bytes), 1.0, "read of the same bytes, packed"
 
 
-def check_torch(rec: Dict[str, Any], k: Cell, ours: Any, peer: Dict[str, Any], name: str) -> None:
+def check_torch(rec: dict[str, Any], k: Cell, ours: Any, peer: dict[str, Any], name: str) -> None:
     res = peer.pop("result", None)
     if res is None:
         return
@@ -89,9 +88,9 @@ def check_torch(rec: Dict[str, Any], k: Cell, ours: Any, peer: Dict[str, Any], n
 
 
 def run_cell(k: Cell, data: cases.DataCache, roof: measure.Roofline, torch: Any,
-             args: argparse.Namespace, base_fp: Dict[Cell, Tuple[Optional[str], Any]],
-             startup_s: Optional[float]) -> Dict[str, Any]:
-    rec: Dict[str, Any] = {"cell": k.name, "axes": dict(k.__dict__), "notes": [], "peers": {}}
+             args: argparse.Namespace, base_fp: dict[Cell, tuple[str | None, Any]],
+             startup_s: float | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"cell": k.name, "axes": dict(k.__dict__), "notes": [], "peers": {}}
     try:
         inp = data.get(k)
     except Exception as exc:
@@ -186,8 +185,8 @@ def run_cell(k: Cell, data: cases.DataCache, roof: measure.Roofline, torch: Any,
     return rec
 
 
-def cold_run(k: Cell, inp: cases.Inputs, rec: Dict[str, Any], args: argparse.Namespace,
-             startup_s: Optional[float]) -> Dict[str, Any]:
+def cold_run(k: Cell, inp: cases.Inputs, rec: dict[str, Any], args: argparse.Namespace,
+             startup_s: float | None) -> dict[str, Any]:
     """One run of the CLI from a cold page cache against ``cat`` of the same files from cold."""
     try:
         method = dumps.evict(inp.paths, args.cold_method)
@@ -221,7 +220,7 @@ COLUMNS = [("cell", "<"), ("shape", ">"), ("time", ">"), ("GB/s", ">"), ("elem/n
            ("roofline", ">"), ("vs torch", ">"), ("vs compile", ">"), ("extra peak", ">"), ("notes", "<")]
 
 
-def row_cells(rec: Dict[str, Any]) -> List[str]:
+def row_cells(rec: dict[str, Any]) -> list[str]:
     shape = "x".join(map(str, rec["shape"])) if "shape" in rec else "-"
     if "error" in rec:
         return [rec["cell"], shape] + ["-"] * 7 + ["ERROR " + rec["error"]]
@@ -241,12 +240,12 @@ def row_cells(rec: Dict[str, Any]) -> List[str]:
             peer("eager"), peer("compile"), peak, "; ".join(rec["notes"])]
 
 
-def print_table(records: List[Dict[str, Any]]) -> None:
+def print_table(records: list[dict[str, Any]]) -> None:
     rows = [row_cells(r) for r in records]
     heads = [h for h, _ in COLUMNS]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
 
-    def line(cells: List[str]) -> str:
+    def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if a == "<" else c.rjust(w)
                          for (_, a), w, c in zip(COLUMNS, widths, cells)).rstrip()
 
@@ -256,19 +255,19 @@ def print_table(records: List[Dict[str, Any]]) -> None:
         print(line(r))
 
 
-def targets_report(records: List[Dict[str, Any]]) -> List[Tuple[str, int, int, str]]:
+def targets_report(records: list[dict[str, Any]]) -> list[tuple[str, int, int, str]]:
     """The issue's bars, checked on this run: (bar, cells checked, cells missing, worst cell)."""
     ok = [r for r in records if "error" not in r]
-    ax = lambda r: r["axes"]  # noqa: E731
-    out: List[Tuple[str, int, int, str]] = []
+    ax = lambda r: r["axes"]
+    out: list[tuple[str, int, int, str]] = []
 
-    def bar(name: str, rows: List[Tuple[float, str]], limit: float, below: bool = False) -> None:
+    def bar(name: str, rows: list[tuple[float, str]], limit: float, below: bool = False) -> None:
         # a cell misses when its value is under the limit (over it when below=True)
         miss = sorted((v for v in rows if (v[0] >= limit if below else v[0] < limit)), reverse=below)
         worst = f"{miss[0][0]:.3g} at {miss[0][1]}" if miss else "-"
         out.append((name, len(rows), len(miss), worst))
 
-    def roof(r: Dict[str, Any]) -> float:
+    def roof(r: dict[str, Any]) -> float:
         return r["roofline_ratio"] * (1.1 / 0.6 if ax(r)["cold"] else 1.0)  # cold: within 1.1x of cat
 
     bar("roofline >= 0.6 (cold: >= 1/1.1 of cat)", [(roof(r), r["cell"]) for r in ok if "roofline_ratio" in r], 0.6)
@@ -298,11 +297,11 @@ def targets_report(records: List[Dict[str, Any]]) -> List[Tuple[str, int, int, s
     return out
 
 
-def final_line(records: List[Dict[str, Any]], selected: int) -> str:
+def final_line(records: list[dict[str, Any]], selected: int) -> str:
     """ONE line: cells, failures, the minimum roofline ratio and the minimum vs-torch ratios."""
     ok = [r for r in records if "error" not in r]
 
-    def worst(vals: List[Tuple[float, str]], label: str) -> str:
+    def worst(vals: list[tuple[float, str]], label: str) -> str:
         if not vals:
             return f"min {label} -"
         v, name = min(vals)
@@ -320,11 +319,11 @@ def final_line(records: List[Dict[str, Any]], selected: int) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def cli_startup(threads: int) -> Optional[float]:
+def cli_startup(threads: int) -> float | None:
     """Median seconds of starting Python and importing fastnll and its CLI (what every CLI run pays)."""
     cmd = [sys.executable, "-c", "import fastnll, fastnll.cli"]
     env = dict(os.environ, FASTNLL_NUM_THREADS=str(threads))
-    ts: List[float] = []
+    ts: list[float] = []
     subprocess.run(cmd, env=env)  # warm: bytecode caches, page cache
     for _ in range(5):
         t0 = time.perf_counter()
@@ -334,7 +333,7 @@ def cli_startup(threads: int) -> Optional[float]:
     return statistics.median(ts)
 
 
-def parse(argv: Optional[List[str]]) -> argparse.Namespace:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"the quick grid on ~{QUICK_MIB} MiB arrays")
     ap.add_argument("--grid", choices=sorted(cases.SELECTIONS), help="named selection (default matrix; quick with --quick)")
@@ -361,7 +360,7 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cells = cases.select(args.grid, args.cases)
     if args.list:
@@ -399,8 +398,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         info["dump_fs"] = dumps.fs_type(dump_dir)
     startup = cli_startup(args.threads) if any(k.via == "cli" for k in cells) else None
     data = cases.DataCache(args.nbytes, dump_dir)
-    records: Dict[Cell, Dict[str, Any]] = {}
-    base_fp: Dict[Cell, Tuple[Optional[str], Any]] = {}
+    records: dict[Cell, dict[str, Any]] = {}
+    base_fp: dict[Cell, tuple[str | None, Any]] = {}
     t_start = time.time()
     try:
         for i, k in enumerate(order):

@@ -15,11 +15,11 @@ same arrays; a cell in another target dtype or layout holds the same values as i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
-
 from dumps import cli_command, run_cli, write_npy, write_safetensors
 
 MiB = 1 << 20
@@ -85,7 +85,7 @@ class Cell:
     op: str
     c: int
     dtype: str = BASE_DTYPE
-    tdtype: Optional[str] = BASE_TDTYPE
+    tdtype: str | None = BASE_TDTYPE
     layout: str = BASE_LAYOUT
     store: str = "mem"
     via: str = "api"
@@ -108,7 +108,7 @@ class Cell:
         return self.store != "mem"
 
     @property
-    def base(self) -> "Cell":
+    def base(self) -> Cell:
         """The same op, dtype and C with int64 targets in C order (its results must match)."""
         return replace(self, tdtype=BASE_TDTYPE if self.op in INT_TARGET_OPS else None,
                        layout=BASE_LAYOUT)
@@ -131,8 +131,8 @@ class Cell:
         return total + (n * out_itemsize(self.dtype) if self.op in PER_ROW_OUTPUT_OPS else 0)
 
 
-def cell(op: str, c: int, dtype: str = BASE_DTYPE, tdtype: Optional[str] = BASE_TDTYPE,
-         layout: str = BASE_LAYOUT, **kw: Any) -> Optional[Cell]:
+def cell(op: str, c: int, dtype: str = BASE_DTYPE, tdtype: str | None = BASE_TDTYPE,
+         layout: str = BASE_LAYOUT, **kw: Any) -> Cell | None:
     """A Cell, or None where the combination does not exist (uint8 targets at C > 256, ...)."""
     if op not in INT_TARGET_OPS:
         tdtype = None
@@ -144,7 +144,7 @@ def cell(op: str, c: int, dtype: str = BASE_DTYPE, tdtype: Optional[str] = BASE_
 # ----------------------------------------------------------------------------- selections
 
 
-def _uniq(cells: Iterable[Optional[Cell]]) -> List[Cell]:
+def _uniq(cells: Iterable[Cell | None]) -> list[Cell]:
     seen, out = set(), []
     for c in cells:
         if c is not None and c not in seen:
@@ -153,9 +153,9 @@ def _uniq(cells: Iterable[Optional[Cell]]) -> List[Cell]:
     return out
 
 
-def _grids(ops: Iterable[str], cs: Iterable[int]) -> List[Optional[Cell]]:
+def _grids(ops: Iterable[str], cs: Iterable[int]) -> list[Cell | None]:
     """dtype x C, target dtype x C and layout x C for ``ops``, each against the base cell."""
-    out: List[Optional[Cell]] = []
+    out: list[Cell | None] = []
     cs = list(cs)
     for op in ops:
         out += [cell(op, c, dtype=d) for d in DTYPES for c in cs]
@@ -165,8 +165,8 @@ def _grids(ops: Iterable[str], cs: Iterable[int]) -> List[Optional[Cell]]:
 
 
 def _files(cs_path: Iterable[int], cs_cli: Iterable[int], cs_cmp: Iterable[int], cold_c: int,
-           bf16_c: Optional[int]) -> List[Optional[Cell]]:
-    out: List[Optional[Cell]] = []
+           bf16_c: int | None) -> list[Cell | None]:
+    out: list[Cell | None] = []
     for st in STORES:
         out += [cell("evaluate_logits", c, store=st, via="path") for c in cs_path]
         if bf16_c:
@@ -178,30 +178,30 @@ def _files(cs_path: Iterable[int], cs_cli: Iterable[int], cs_cmp: Iterable[int],
     return out
 
 
-def matrix() -> List[Cell]:
+def matrix() -> list[Cell]:
     """The default selection: every op x every C at the base (f32, int64, C order); the dtype x
     C, target-dtype x C and layout x C grids of cross_entropy and evaluate; every other op in
     every dtype, target dtype and layout at C = 10 and 32000; the dumps on disk."""
-    cells: List[Optional[Cell]] = [cell(op, c) for op in OPS for c in CLASS_COUNTS]
+    cells: list[Cell | None] = [cell(op, c) for op in OPS for c in CLASS_COUNTS]
     cells += _grids(("cross_entropy", "evaluate_logits"), CLASS_COUNTS)
     cells += _grids([op for op in OPS if op not in ("cross_entropy", "evaluate_logits")], (10, 32000))
     cells += _files((2, 10, 1000, 32000, 128256), (10, 32000), (10, 32000), 32000, 32000)
     return _uniq(cells)
 
 
-def quick() -> List[Cell]:
+def quick() -> list[Cell]:
     """A reduced grid for development: every op at C = 2 and 1000, every dtype, target dtype and
     layout of cross_entropy and evaluate at C = 10, a few dumps on disk (no cold run)."""
-    cells: List[Optional[Cell]] = [cell(op, c) for op in OPS for c in (2, 1000)]
+    cells: list[Cell | None] = [cell(op, c) for op in OPS for c in (2, 1000)]
     cells += _grids(("cross_entropy", "evaluate_logits"), (10,))
     cells += [cell("evaluate_logits", 1000, store=st, via=v) for st in STORES for v in ("path", "cli")]
     cells.append(cell("compare", 1000, store="npy", via="path"))
     return _uniq(cells)
 
 
-def full() -> List[Cell]:
+def full() -> list[Cell]:
     """The whole cross product (op x C x dtype x target dtype x layout) plus the dumps."""
-    cells: List[Optional[Cell]] = []
+    cells: list[Cell | None] = []
     for op in OPS:
         for c in CLASS_COUNTS:
             for d in DTYPES:
@@ -211,10 +211,10 @@ def full() -> List[Cell]:
     return _uniq(cells)
 
 
-SELECTIONS: Dict[str, Callable[[], List[Cell]]] = {"matrix": matrix, "quick": quick, "full": full}
+SELECTIONS: dict[str, Callable[[], list[Cell]]] = {"matrix": matrix, "quick": quick, "full": full}
 
 
-def select(grid: str = "matrix", pattern: Optional[str] = None) -> List[Cell]:
+def select(grid: str = "matrix", pattern: str | None = None) -> list[Cell]:
     """Cells of a named selection, optionally filtered by ``re.search(pattern, name)``."""
     import re
 
@@ -225,7 +225,7 @@ def select(grid: str = "matrix", pattern: Optional[str] = None) -> List[Cell]:
     return cells
 
 
-def run_order(cells: List[Cell]) -> List[Cell]:
+def run_order(cells: list[Cell]) -> list[Cell]:
     """Cells grouped so that each array is generated once: by (dtype, C), memory before files,
     the base layout and int64 targets first (so the base result exists for the identity check)."""
     lay = {v: i for i, v in enumerate(LAYOUTS)}
@@ -340,12 +340,12 @@ class Inputs:
     """The arrays of one cell (and its files, for file cells)."""
 
     x: np.ndarray
-    t: Optional[np.ndarray]
-    y: Optional[np.ndarray]  # second float input (compare's new dump, soft or BCE targets)
+    t: np.ndarray | None
+    y: np.ndarray | None  # second float input (compare's new dump, soft or BCE targets)
     touch_bytes: int  # bytes the call must read (packed) plus per-row output bytes
     out_bytes: int  # N x C output bytes (log_softmax / softmax), else 0
     input_bytes: int = 0  # the inputs' packed sizes (what extra peak memory is relative to)
-    paths: Optional[Tuple[str, ...]] = None  # files: (preds, [new,] targets)
+    paths: tuple[str, ...] | None = None  # files: (preds, [new,] targets)
     file_bytes: int = 0
 
 
@@ -353,12 +353,12 @@ class DataCache:
     """Builds the inputs of cells, keeping only the arrays of the current (dtype, C, N) group,
     and of the current layout besides the base one (cells come in ``run_order``)."""
 
-    def __init__(self, nbytes: int, dump_dir: Optional[str] = None):
+    def __init__(self, nbytes: int, dump_dir: str | None = None):
         self.nbytes = nbytes
         self.dump_dir = dump_dir
-        self.group: Optional[Tuple[str, int, int]] = None
-        self.arrays: Dict[Tuple[Any, ...], np.ndarray] = {}
-        self.files: Dict[Tuple[Any, ...], Tuple[str, int]] = {}
+        self.group: tuple[str, int, int] | None = None
+        self.arrays: dict[tuple[Any, ...], np.ndarray] = {}
+        self.files: dict[tuple[Any, ...], tuple[str, int]] = {}
 
     def _enter(self, k: Cell) -> int:
         n = k.rows(self.nbytes)
@@ -407,7 +407,7 @@ class DataCache:
             inp.touch_bytes = inp.input_bytes = inp.file_bytes
         return inp
 
-    def write(self, k: Cell, role: str, a: np.ndarray) -> Tuple[str, int]:
+    def write(self, k: Cell, role: str, a: np.ndarray) -> tuple[str, int]:
         key = (role, k.store, k.tdtype)
         if key not in self.files:
             ext = ".npy" if k.store == "npy" else ".safetensors"
@@ -484,7 +484,7 @@ def torch_fn(torch: Any, op: str, long_targets: bool) -> Callable[..., Any]:
     def acc(x: Any, t: Any) -> Any:  # top-1 accuracy
         return (x.argmax(dim=-1) == tl(t)).float().mean()
 
-    table: Dict[str, Callable[..., Any]] = {
+    table: dict[str, Callable[..., Any]] = {
         "cross_entropy": lambda x, t, y: F.cross_entropy(x, tl(t)),
         "cross_entropy_smooth": lambda x, t, y: F.cross_entropy(x, tl(t), label_smoothing=LABEL_SMOOTHING),
         "cross_entropy_soft": lambda x, t, y: F.cross_entropy(x, y),
@@ -502,7 +502,7 @@ def torch_fn(torch: Any, op: str, long_targets: bool) -> Callable[..., Any]:
     return table[op]
 
 
-def torch_args(torch: Any, inp: Inputs) -> Tuple[Any, Any, Any]:
+def torch_args(torch: Any, inp: Inputs) -> tuple[Any, Any, Any]:
     x = torch_tensor(torch, inp.x)
     t = torch.from_numpy(inp.t) if inp.t is not None else None
     y = torch_tensor(torch, inp.y) if inp.y is not None else None
@@ -524,7 +524,7 @@ def summary(r: Any) -> Any:
     return r
 
 
-def fingerprint(r: Any) -> Optional[str]:
+def fingerprint(r: Any) -> str | None:
     """An exact fingerprint of a result (reports by repr: every metric; arrays by bytes), for the
     bit-identity check of a cell against its base cell."""
     if isinstance(r, str):
@@ -536,7 +536,7 @@ def fingerprint(r: Any) -> Optional[str]:
     return repr(r)
 
 
-def rel_diff(a: Any, b: Any) -> Optional[float]:
+def rel_diff(a: Any, b: Any) -> float | None:
     """max|a - b| / max(1, max|b|) of two results (torch tensors or NumPy), None if not comparable."""
     try:
         if isinstance(b, tuple):  # PyTorch's evaluate: (loss, accuracy)
@@ -564,7 +564,7 @@ def describe(k: Cell, nbytes: int) -> str:
     return f"{n}x{k.c}"
 
 
-def count_line(cells: List[Cell]) -> str:
+def count_line(cells: list[Cell]) -> str:
     mem = [c for c in cells if not c.is_file]
     return (f"{len(cells)} cells ({len(mem)} in memory, {len(cells) - len(mem)} on disk; "
             f"{len({c.op for c in cells})} ops, {len({c.c for c in cells})} C, "

@@ -19,8 +19,9 @@ import pickle
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,9 @@ from fastnll._partial import CompareSums, LossSums
 V, T, B_PER_SHARD = 32000, 1024, 2  # 262 MB per shard
 
 
-def write_dump(d: Path, gb: float) -> Tuple[List[str], List[str], str, str, int]:
+def write_dump(d: Path, gb: float) -> tuple[list[str], list[str], str, str, int]:
     shard_bytes = B_PER_SHARD * T * V * 4
-    n = max(2, int(round(gb * 1e9 / shard_bytes)))
+    n = max(2, round(gb * 1e9 / shard_bytes))
     xs, ts = [str(d / "x" / f"x-{i:03d}.npy") for i in range(n)], [
         str(d / "t" / f"t-{i:03d}.npy") for i in range(n)]
     one_x, one_t = str(d / "one_x.npy"), str(d / "one_t.npy")
@@ -60,7 +61,7 @@ def write_dump(d: Path, gb: float) -> Tuple[List[str], List[str], str, str, int]
     return xs, ts, one_x, one_t, n
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> Tuple[float, Any]:
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     times, out = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -69,7 +70,7 @@ def timed(fn: Callable[[], Any], repeat: int) -> Tuple[float, Any]:
     return statistics.median(times), out
 
 
-def cost_model(client: Any) -> List[str]:
+def cost_model(client: Any) -> list[str]:
     """Sizes of the partial results, their merge time, and per-task overhead on a cluster."""
     import dask.array as da
 
@@ -78,8 +79,8 @@ def cost_model(client: Any) -> List[str]:
     t = rng.integers(0, 1000, 4096)
     ev = fastnll.Evaluator().update(x, t)
     cs = CompareSums().update(x, x * 0.5, t)
-    lines = [f"pickled partial result: Evaluator (15 bins, top-1/5) {len(pickle.dumps(ev))} B, "
-             f"CompareSums {len(pickle.dumps(cs))} B, LossSums {len(pickle.dumps(LossSums()))} B"]
+    lines = [(f"pickled partial result: Evaluator (15 bins, top-1/5) {len(pickle.dumps(ev))} B, "
+             f"CompareSums {len(pickle.dumps(cs))} B, LossSums {len(pickle.dumps(LossSums()))} B")]
     blobs = [pickle.dumps(ev)] * 1000
     t0 = time.perf_counter()
     acc = fastnll.Evaluator()
@@ -103,7 +104,7 @@ def cost_model(client: Any) -> List[str]:
     return lines
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=2.1)
     ap.add_argument("--repeat", type=int, default=7)
@@ -128,7 +129,7 @@ def main(argv: List[str] | None = None) -> int:
         for c in (c1, c2):  # the workers' imports and first mappings happen here
             fd.evaluate(xs[:1], ts[:1], scheduler=c)
         xa, ta = fd.from_shards(xs), fd.from_shards(ts, target=True)
-        configs: List[Tuple[str, Callable[[], Any]]] = [
+        configs: list[tuple[str, Callable[[], Any]]] = [
             ("fastnll.evaluate, one file, 1 process x 2 threads",
              lambda: fastnll.evaluate(one_x, one_t)),
             (f"fastnll.dask.evaluate, {n} shard files, synchronous (1 process x 2 threads)",
@@ -139,7 +140,7 @@ def main(argv: List[str] | None = None) -> int:
                             lambda c=c: fd.evaluate(xs, ts, scheduler=c)))
             configs.append((f"fastnll.dask.evaluate, from_shards arrays, {label}",
                             lambda c=c: fd.evaluate(xa, ta, scheduler=c)))
-        times: Dict[str, List[float]] = {name: [] for name, _ in configs}
+        times: dict[str, list[float]] = {name: [] for name, _ in configs}
         for _ in range(a.repeat):  # rounds of every configuration: drift hits all alike
             for name, fn in configs:
                 t0 = time.perf_counter()

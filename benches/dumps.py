@@ -10,7 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ _ST_DTYPE = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "
              "int64": "I64", "int32": "I32", "uint16": "U16", "uint8": "U8"}
 
 
-def write_safetensors(path: str, a: np.ndarray, name: Optional[str] = None) -> None:
+def write_safetensors(path: str, a: np.ndarray, name: str | None = None) -> None:
     """One tensor in a .safetensors file (8-byte little-endian header length, JSON header padded
     to 8 bytes, raw little-endian data), fsync'd."""
     a = np.ascontiguousarray(a)
@@ -42,13 +43,12 @@ def write_safetensors(path: str, a: np.ndarray, name: Optional[str] = None) -> N
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         flat = a.reshape(-1).view(np.uint8)
-        for s in range(0, flat.size, 64 * MiB):
-            f.write(flat[s:s + 64 * MiB].tobytes())
+        f.writelines(flat[s:s + 64 * MiB].tobytes() for s in range(0, flat.size, 64 * MiB))
         f.flush()
         os.fsync(f.fileno())
 
 
-def data_region(path: str) -> Tuple[int, int]:
+def data_region(path: str) -> tuple[int, int]:
     """(offset, length) of the array data in a .npy or single-tensor .safetensors file."""
     with open(path, "rb") as f:
         if path.endswith(".npy"):
@@ -67,7 +67,7 @@ def file_mapping(path: str, dt: np.dtype) -> np.ndarray:
     return np.memmap(path, dtype=dt, mode="r", offset=off, shape=(length // dt.itemsize,))
 
 
-def fastnll_cli() -> List[str]:
+def fastnll_cli() -> list[str]:
     """The ``fastnll`` console script next to this interpreter, else ``python -m fastnll``."""
     exe = os.path.join(os.path.dirname(sys.executable), "fastnll")
     if os.access(exe, os.X_OK):
@@ -76,12 +76,12 @@ def fastnll_cli() -> List[str]:
     return [found] if found else [sys.executable, "-m", "fastnll"]
 
 
-def cli_command(compare: bool, paths: Iterable[str]) -> List[str]:
+def cli_command(compare: bool, paths: Iterable[str]) -> list[str]:
     """``fastnll eval PREDS TARGETS`` (or ``compare BASE NEW TARGETS``) without a progress bar."""
     return fastnll_cli() + ["compare" if compare else "eval", *paths, "--no-progress"]
 
 
-def run_cli(cmd: List[str], threads: int) -> Dict[str, Any]:
+def run_cli(cmd: list[str], threads: int) -> dict[str, Any]:
     """Run the CLI once: wall seconds and the child's max RSS (wait4); raises on failure."""
     import time
 
@@ -113,7 +113,7 @@ def _lib() -> Any:
     return _libc
 
 
-def resident_fraction(path: str) -> Optional[float]:
+def resident_fraction(path: str) -> float | None:
     """Fraction of a file's pages in the page cache (mincore), None if it cannot be asked."""
     size = os.path.getsize(path)
     if size == 0 or not sys.platform.startswith("linux"):

@@ -13,12 +13,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Tuple
-
-import numpy as np
+from typing import Any
 
 import cases
+import numpy as np
 
 # ----------------------------------------------------------------------------- timing
 
@@ -30,7 +30,7 @@ def time_once(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def time_runs(fn: Callable[[], Any], repeat: int, budget: Optional[float] = None) -> Dict[str, Any]:
+def time_runs(fn: Callable[[], Any], repeat: int, budget: float | None = None) -> dict[str, Any]:
     """One warm-up call (its result is returned), then ``repeat`` timed calls, fewer when the
     warm-up says they would take more than ``budget`` seconds."""
     t0 = time.perf_counter()
@@ -44,7 +44,7 @@ def time_runs(fn: Callable[[], Any], repeat: int, budget: Optional[float] = None
 
 
 def alternate(case: Callable[[], Any], roof: Callable[[], Any], repeat: int,
-              scale: float = 1.0) -> Dict[str, Any]:
+              scale: float = 1.0) -> dict[str, Any]:
     """Case and roofline timed in alternation (case, roof, case, roof, ...), so that drift of this
     shared machine's speed cancels: the ratio is the median of the pairs' roof*scale/case."""
     roof()
@@ -74,7 +74,7 @@ class Roofline:
         self.buf = np.ones(max(1, max_bytes // 4 + 16), dtype=np.float32)
         self.method, self._sum = self._find_sum(fnl)
 
-    def _find_sum(self, fnl: Any) -> Tuple[str, Callable[[np.ndarray], Any]]:
+    def _find_sum(self, fnl: Any) -> tuple[str, Callable[[np.ndarray], Any]]:
         core = getattr(fnl, "_core", None)
         f = getattr(core, "roofline_sum", None)
         probe = np.ones(64, dtype=np.float32)
@@ -93,7 +93,7 @@ class Roofline:
                 pass
         return "threaded numpy sum (no fastnll._core.roofline_sum)", self._np_sum
 
-    def _chunks(self, n: int) -> List[Tuple[int, int]]:
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
         step = -(-n // self.threads)
         return [(s, min(n, s + step)) for s in range(0, n, step)]
 
@@ -105,7 +105,7 @@ class Roofline:
         v = self.buf[: max(1, nbytes // 4)]
         return lambda: self._sum(v)
 
-    def read_mappings(self, arrays: List[np.ndarray]) -> Callable[[], Any]:
+    def read_mappings(self, arrays: list[np.ndarray]) -> Callable[[], Any]:
         return lambda: [self._sum(a) for a in arrays]
 
     def copy(self, nbytes: int) -> Callable[[], Any]:
@@ -130,11 +130,11 @@ def short(exc: BaseException, n: int = 120) -> str:
 
 
 def torch_peers(torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budget: float,
-                compile_too: bool) -> Dict[str, Any]:
+                compile_too: bool) -> dict[str, Any]:
     """Time PyTorch eager and ``torch.compile`` (dynamic=False, compiled for this shape and dtype,
     warmed up) on zero-copy views of the cell's arrays. Returns {"eager": {...}, "compile": {...}}
     with "time_s", "runs", "result" or "error", plus "long_targets" when targets needed .long()."""
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     try:
         x, t, y = cases.torch_args(torch, inp)
     except Exception as exc:
@@ -173,7 +173,7 @@ def torch_peers(torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budge
     return out
 
 
-def setup_torch(threads: int) -> Tuple[Any, Optional[str]]:
+def setup_torch(threads: int) -> tuple[Any, str | None]:
     """(torch or None, why not)."""
     try:
         import torch
@@ -270,7 +270,7 @@ def mem_child(spec_json: str) -> None:
 
 
 def measure_peak(script: str, k: cases.Cell, nbytes: int, threads: int,
-                 paths: Optional[Tuple[str, ...]] = None) -> Dict[str, Any]:
+                 paths: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run ``script CHILD spec`` (bench.py re-executing itself) and parse its answer."""
     spec = json.dumps({"cell": k.__dict__, "nbytes": nbytes, "threads": threads,
                        "paths": list(paths) if paths else None})
@@ -292,7 +292,7 @@ def measure_peak(script: str, k: cases.Cell, nbytes: int, threads: int,
 # ----------------------------------------------------------------------------- machine
 
 
-def machine_info(fnl: Any, threads: int, torch: Any) -> Dict[str, Any]:
+def machine_info(fnl: Any, threads: int, torch: Any) -> dict[str, Any]:
     """CPU, caches, memory, versions, threads and the SIMD path."""
     cpu, flags = platform.processor() or "unknown", []
     try:
@@ -304,17 +304,20 @@ def machine_info(fnl: Any, threads: int, torch: Any) -> Dict[str, Any]:
                     flags = line.split(":", 1)[1].split()
     except OSError:
         pass
-    info: Dict[str, Any] = {
+    info: dict[str, Any] = {
         "cpu_model": cpu, "logical_cores": os.cpu_count(),
         "cpu_simd_flags": [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16") if f in flags],
         "platform": platform.platform(), "python": platform.python_version(),
     }
-    caches: Dict[str, str] = {}
+    caches: dict[str, str] = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for d in sorted(os.listdir(base)):
             if d.startswith("index"):
-                rd = lambda f: open(os.path.join(base, d, f)).read().strip()  # noqa: E731
+                def rd(f: str, d: str = d) -> str:
+                    with open(os.path.join(base, d, f)) as fh:
+                        return fh.read().strip()
+
                 kind = {"Data": "d", "Instruction": "i", "Unified": ""}.get(rd("type"), "?")
                 caches[f"L{rd('level')}{kind}"] = rd("size")
     except OSError:
@@ -330,7 +333,7 @@ def machine_info(fnl: Any, threads: int, torch: Any) -> Dict[str, Any]:
         info["memory_total_gib"] = round(psutil.virtual_memory().total / (1 << 30), 1)
     except ImportError:
         pass
-    versions: Dict[str, Optional[str]] = {"fastnll": getattr(fnl, "__version__", "?"), "numpy": np.__version__,
+    versions: dict[str, str | None] = {"fastnll": getattr(fnl, "__version__", "?"), "numpy": np.__version__,
                                           "torch": getattr(torch, "__version__", None)}
     for mod in ("ml_dtypes", "scipy"):
         try:

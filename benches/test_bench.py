@@ -21,10 +21,9 @@ import math
 import os
 import tempfile
 
+import cases
 import numpy as np
 import pytest
-
-import cases
 
 MIB = float(os.environ.get("FASTNLL_BENCH_MIB", "4"))
 GRID = os.environ.get("FASTNLL_BENCH_GRID", "matrix")

@@ -21,8 +21,8 @@ fn main() {
         let x: Vec<f32> = (0..n * c)
             .map(|_| {
                 seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 ((((seed >> 11) as f64 / (1u64 << 53) as f64) * 12.0 - 6.0) * 0.7) as f32
             })
             .collect();

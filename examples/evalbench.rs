@@ -36,15 +36,15 @@ fn main() {
         let n = (512 << 20) / (4 * c);
         let mut seed = 1u64;
         let mut x = huge_vec(n * c);
-        x.iter_mut().for_each(|v| {
+        for v in &mut x {
             *v = {
                 seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let u = (seed >> 11) as f64 / (1u64 << 53) as f64;
                 (((u * 12.0) - 6.0) * 0.7) as f32
-            }
-        });
+            };
+        }
         let t: Vec<i64> = (0..n).map(|i| ((i * 31) % c) as i64).collect();
         let v = View::from_slice(&x, n, c);
         let tv = IntView::from_slice(&t);

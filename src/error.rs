@@ -29,7 +29,7 @@ pub fn fmt_position(p: &[usize]) -> String {
         _ => format!(
             "({})",
             p.iter()
-                .map(|i| i.to_string())
+                .map(std::string::ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

@@ -308,13 +308,13 @@ pub fn evaluate(
                 let lm = &mut lane;
                 match x.dtype {
                     DType::F32 => {
-                        stage::eval_block::<f32>(path, x, i, g, &kf, lp, lm, &mut scratch)
+                        stage::eval_block::<f32>(path, x, i, g, &kf, lp, lm, &mut scratch);
                     }
                     DType::F16 => {
-                        stage::eval_block::<F16>(path, x, i, g, &kf, lp, lm, &mut scratch)
+                        stage::eval_block::<F16>(path, x, i, g, &kf, lp, lm, &mut scratch);
                     }
                     DType::BF16 => {
-                        stage::eval_block::<BF16>(path, x, i, g, &kf, lp, lm, &mut scratch)
+                        stage::eval_block::<BF16>(path, x, i, g, &kf, lp, lm, &mut scratch);
                     }
                     DType::F64 => unreachable!("lanes_apply excludes float64"),
                 }
@@ -366,7 +366,15 @@ pub fn evaluate(
                 }
                 for l in 0..g {
                     let Some((k, _)) = rows[l] else { continue };
-                    let mut m = if lane.ok[l] != 0.0 {
+                    let mut m = if lane.ok[l] == 0.0 {
+                        let xt = rw.value(i + l, k);
+                        let rs = rw.stats(i + l, xt, Want { eval: true });
+                        if opt.kind == Kind::Logits && rs.finite() {
+                            finish_logits(xt, &rs, rs.st.s.ln(), (xt - rs.m).exp())
+                        } else {
+                            finish(opt.kind, xt, &rs)
+                        }
+                    } else {
                         RowMetrics {
                             nll: lane.nll[l] as f64,
                             rank: lane.rank[l] as u64,
@@ -377,14 +385,6 @@ pub fn evaluate(
                             } else {
                                 1.0 / lane.conf[l] as f64
                             },
-                        }
-                    } else {
-                        let xt = rw.value(i + l, k);
-                        let rs = rw.stats(i + l, xt, Want { eval: true });
-                        if opt.kind == Kind::Logits && rs.finite() {
-                            finish_logits(xt, &rs, rs.st.s.ln(), (xt - rs.m).exp())
-                        } else {
-                            finish(opt.kind, xt, &rs)
                         }
                     };
                     if opt.ties_first {

@@ -53,6 +53,7 @@ impl Stats {
     }
 
     /// Combines the statistics of two segments (in order, for reproducible sums).
+    #[must_use]
     pub fn merge(mut self, mut o: Stats) -> Stats {
         let m = self.m.max(o.m);
         if m.is_finite() {
@@ -674,32 +675,28 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem, const M: u8>(
         let r0 = done;
         // (weights, scored lanes): an ignored row's lane must give 0 even if the class it
         // reads is -inf (0·inf would be NaN), so it is masked, not multiplied.
-        let (weights, scored, wsum, bad, kf) = match a.wt {
-            None => {
-                let (v, n, bad, kf) =
-                    I::targets(t.as_ptr().add(r0), c, istride, a.ignore, &mut idx);
-                (v, v, n as f64, bad, kf)
-            }
-            Some(_) => {
-                let (mut bad, mut wsum) = (false, 0.0f64);
-                for l in 0..w {
-                    match decode_target(t[r0 + l], c, a.ignore, a.wt) {
-                        Some((k, sc, w32, w64)) => {
-                            idx[l] = (l * istride + k) as i32;
-                            (sl[l], wl[l], kl[l]) = (sc, w32, k as f32);
-                            wsum += w64;
-                        }
-                        None => bad = true,
+        let (weights, scored, wsum, bad, kf) = if a.wt.is_none() {
+            let (v, n, bad, kf) = I::targets(t.as_ptr().add(r0), c, istride, a.ignore, &mut idx);
+            (v, v, n as f64, bad, kf)
+        } else {
+            let (mut bad, mut wsum) = (false, 0.0f64);
+            for l in 0..w {
+                match decode_target(t[r0 + l], c, a.ignore, a.wt) {
+                    Some((k, sc, w32, w64)) => {
+                        idx[l] = (l * istride + k) as i32;
+                        (sl[l], wl[l], kl[l]) = (sc, w32, k as f32);
+                        wsum += w64;
                     }
+                    None => bad = true,
                 }
-                (
-                    I::load(wl.as_ptr()),
-                    I::load(sl.as_ptr()),
-                    wsum,
-                    bad,
-                    I::load(kl.as_ptr()),
-                )
             }
+            (
+                I::load(wl.as_ptr()),
+                I::load(sl.as_ptr()),
+                wsum,
+                bad,
+                I::load(kl.as_ptr()),
+            )
         };
         if bad {
             break;
@@ -1312,7 +1309,7 @@ fn stats_iter<It: Iterator<Item = f64> + Clone>(x: It, xt: f64, eval: bool) -> (
         }
     }
     if m.is_finite() {
-        for v in x.clone() {
+        for v in x {
             let y = v - m;
             let e = y.exp();
             st.s += e;

@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub const CHUNK_BYTES: usize = 1024 << 10;
@@ -40,15 +40,15 @@ fn env_threads() -> Option<usize> {
 /// Threads used by the next call: `set_num_threads`, else `FASTNLL_NUM_THREADS`, else
 /// `RAYON_NUM_THREADS`, else the number of CPUs.
 pub fn num_threads() -> usize {
-    let requested = *REQUESTED.lock().unwrap_or_else(|e| e.into_inner());
+    let requested = *REQUESTED.lock().unwrap_or_else(PoisonError::into_inner);
     requested
         .or_else(env_threads)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }
 
 /// Sets the thread count (0 = back to the environment / CPU count).
 pub fn set_num_threads(n: usize) {
-    *REQUESTED.lock().unwrap_or_else(|e| e.into_inner()) = if n == 0 { None } else { Some(n) };
+    *REQUESTED.lock().unwrap_or_else(PoisonError::into_inner) = if n == 0 { None } else { Some(n) };
 }
 
 /// The pool for this process. A pool inherited through `fork` has no worker threads in the
@@ -56,7 +56,7 @@ pub fn set_num_threads(n: usize) {
 fn pool() -> Arc<rayon::ThreadPool> {
     let want = num_threads();
     let pid = std::process::id();
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(st) = guard.as_ref() {
         if st.pid == pid && st.threads == want {
             return st.pool.clone();

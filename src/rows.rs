@@ -72,9 +72,12 @@ pub struct Rows<'v, 'a> {
 }
 
 fn typed_stats<E: simd::Elem>(path: Path, x: &[E], xt: f32, want: Want) -> Stats {
-    let one = |seg: &[E]| match want.eval {
-        false => kernel::row_stats::<E, false>(path, seg, xt),
-        true => kernel::row_stats::<E, true>(path, seg, xt),
+    let one = |seg: &[E]| {
+        if want.eval {
+            kernel::row_stats::<E, true>(path, seg, xt)
+        } else {
+            kernel::row_stats::<E, false>(path, seg, xt)
+        }
     };
     if x.len() <= 2 * SEGMENT {
         return one(x);

@@ -187,6 +187,7 @@ pub(crate) fn eval_block<E: Tile>(
     o: &mut kernel::LaneMetrics,
     s: &mut Scratch,
 ) {
+    use kernel::{eval_short_rows as ev, COLS, GATHER, TRANSPOSE};
     let c = x.cols();
     let buf = E::bufs(s).0;
     let (p, st, mode) = if n == 16 {
@@ -195,7 +196,6 @@ pub(crate) fn eval_block<E: Tile>(
         x.copy_cols(i, n, 16, buf);
         (buf.as_ptr(), 16, kernel::COLS)
     };
-    use kernel::{eval_short_rows as ev, COLS, GATHER, TRANSPOSE};
     match (mode, log_probs) {
         (COLS, false) => ev::<E, COLS, false>(path, p, st, c, kf, o),
         (COLS, true) => ev::<E, COLS, true>(path, p, st, c, kf, o),

@@ -41,6 +41,7 @@ impl DType {
 /// A storage type a view can hold.
 pub trait Storage: Copy + Send + Sync + 'static {
     const DTYPE: DType;
+    #[must_use]
     fn bswap(self) -> Self;
 }
 
@@ -200,6 +201,9 @@ impl<'a> View<'a> {
     }
 
     /// A C-contiguous view of a slice, `rows x cols`.
+    ///
+    /// # Panics
+    /// If `data.len() != rows * cols`.
     pub fn from_slice<T: Storage>(data: &'a [T], rows: usize, cols: usize) -> View<'a> {
         assert_eq!(data.len(), rows * cols, "slice length must be rows * cols");
         let s = std::mem::size_of::<T>() as isize;

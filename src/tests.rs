@@ -1,5 +1,6 @@
 //! Core tests: every kernel on every SIMD path this CPU has, against float64 references
 //! written here (plain loops with libm exp), over all tail lengths and magnitudes.
+#![allow(clippy::float_cmp)] // the tests check bit-exact results on purpose
 
 use crate::eval::{compare, evaluate, EvalOptions, Kind};
 use crate::loss::{bce_with_logits, cross_entropy, cross_entropy_soft, nll_loss, ClassOptions};
@@ -7,7 +8,7 @@ use crate::simd::{self, Path, BF16, F16};
 use crate::softmax::{logsumexp, softmax_f32, stream_sum};
 use crate::tensor::{IntView, View};
 use crate::Error;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// Tests switch the process-wide path; run them one at a time.
 static PATH_LOCK: Mutex<()> = Mutex::new(());
@@ -26,7 +27,7 @@ fn paths() -> Vec<Path> {
 
 /// Runs `f` on every SIMD path, each with every short-row scheme (gathers and transposes).
 pub(crate) fn on_each_path(mut f: impl FnMut(Path)) {
-    let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = PATH_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     for p in paths() {
         assert!(simd::set_path(p));
         for s in simd::Short::ALL {
@@ -58,7 +59,7 @@ impl Rng {
 }
 
 fn ref_lse(row: &[f64]) -> f64 {
-    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !m.is_finite() {
         return m;
     }
@@ -475,7 +476,7 @@ fn strided_and_swapped_views_match_contiguous() {
 
 #[test]
 fn sums_do_not_depend_on_thread_count() {
-    let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner()); // no path switch meanwhile
+    let _g = PATH_LOCK.lock().unwrap_or_else(PoisonError::into_inner); // no path switch meanwhile
     let mut rng = Rng(9);
     let (n, c) = (20000, 10);
     let x: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();

@@ -4,6 +4,7 @@
 //! Ordinary rows are mixed with rows the kernels leave to the row kernel (inf, NaN, a masked
 //! -inf class, ignored rows, a large offset), and the packed answer is checked against a
 //! float64 reference written here.
+#![allow(clippy::float_cmp)] // the tests check bit-exact results on purpose
 
 use crate::loss::{cross_entropy, ClassOptions, Total};
 use crate::simd::{self, Path};
@@ -93,33 +94,32 @@ fn lay(d: &Data, dtype: DType, layout: &str) -> Laid {
     let (n, c, s) = (d.n, d.c, dtype.size());
     // (physical element index of (i, j), elements in the buffer, byte offset of the view's
     // first element, element strides)
-    let (place, len, first, st): (Box<dyn Fn(usize, usize) -> usize>, usize, usize, [isize; 2]) =
-        match layout {
-            "packed" | "swapped+misaligned" => {
-                (Box::new(move |i, j| i * c + j), n * c, 0, [c as isize, 1])
-            }
-            "rows[::2]" => (
-                Box::new(move |i, j| 2 * i * c + j),
-                2 * n * c,
-                0,
-                [2 * c as isize, 1],
-            ),
-            "x[:, :c] of c+5" => (
-                Box::new(move |i, j| i * (c + 5) + j),
-                n * (c + 5),
-                0,
-                [c as isize + 5, 1],
-            ),
-            "fortran" => (Box::new(move |i, j| j * n + i), n * c, 0, [1, n as isize]),
-            "reversed" => (
-                Box::new(move |i, j| (n - 1 - i) * c + j),
-                n * c,
-                (n - 1) * c,
-                [-(c as isize), 1],
-            ),
-            _ => unreachable!(),
-        };
-    let pad = if layout == "swapped+misaligned" { 1 } else { 0 };
+    let (place, len, first, st): (Place, usize, usize, [isize; 2]) = match layout {
+        "packed" | "swapped+misaligned" => {
+            (Box::new(move |i, j| i * c + j), n * c, 0, [c as isize, 1])
+        }
+        "rows[::2]" => (
+            Box::new(move |i, j| 2 * i * c + j),
+            2 * n * c,
+            0,
+            [2 * c as isize, 1],
+        ),
+        "x[:, :c] of c+5" => (
+            Box::new(move |i, j| i * (c + 5) + j),
+            n * (c + 5),
+            0,
+            [c as isize + 5, 1],
+        ),
+        "fortran" => (Box::new(move |i, j| j * n + i), n * c, 0, [1, n as isize]),
+        "reversed" => (
+            Box::new(move |i, j| (n - 1 - i) * c + j),
+            n * c,
+            (n - 1) * c,
+            [-(c as isize), 1],
+        ),
+        _ => unreachable!(),
+    };
+    let pad = usize::from(layout == "swapped+misaligned");
     let mut buf = vec![0u8; pad + len * s];
     for i in 0..n {
         for j in 0..c {
@@ -159,12 +159,15 @@ fn targets(t: &[i64], ty: IntType, strided: bool) -> (Vec<u8>, isize) {
     (buf, (s * step) as isize)
 }
 
+/// Physical element index of (i, j) in a test buffer.
+type Place = Box<dyn Fn(usize, usize) -> usize>;
+
 /// The ignore index as the unsigned types store -100.
 fn ignore_for(ty: IntType) -> i64 {
     match ty {
         IntType::U16 => (IGNORE as u16) as i64,
         IntType::U8 => (IGNORE as u8) as i64,
-        IntType::U64 => IGNORE, // u64 of -100 is > i64::MAX: never equal; see below
+        // also u64: u64 of -100 is > i64::MAX: never equal; see below
         _ => IGNORE,
     }
 }
@@ -223,7 +226,7 @@ fn ref_ce_sum(d: &Data) -> f64 {
             .iter()
             .map(|&v| v as f64)
             .collect();
-        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let l = if m.is_finite() {
             m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
         } else {

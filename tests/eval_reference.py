@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -40,7 +41,7 @@ def probs(x: np.ndarray, kind: str) -> np.ndarray:
     return x.copy() if kind == "probs" else np.exp(log_probs(x, kind))
 
 
-def _per_row(x: np.ndarray, t: np.ndarray, kind: str, ignore_index: int) -> Dict[str, np.ndarray]:
+def _per_row(x: np.ndarray, t: np.ndarray, kind: str, ignore_index: int) -> dict[str, np.ndarray]:
     """Per-row quantities of 2-d float64 x [R, C] and targets t [R]."""
     c = x.shape[1]
     valid = t != ignore_index
@@ -72,7 +73,7 @@ def _flat(view: np.ndarray, tag: str, swap: bool, target: np.ndarray):
 
 def eval_rows(x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str,
               ignore_index: int, top_k: Sequence[int], n_bins: int, row_offset: int,
-              nll_out: Optional[np.ndarray], rank_out: Optional[np.ndarray]) -> Dict[str, Any]:
+              nll_out: np.ndarray | None, rank_out: np.ndarray | None) -> dict[str, Any]:
     """float64 stand-in for fastnll._core.eval_rows (same contract)."""
     xf, t = _flat(x, tag, swap, target)
     try:
@@ -104,7 +105,7 @@ def eval_rows(x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str
 
 def compare_rows(base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarray,
                  new_tag: str, new_swap: bool, target: np.ndarray, kind: str,
-                 ignore_index: int, row_offset: int = 0, *outs: np.ndarray) -> Dict[str, Any]:
+                 ignore_index: int, row_offset: int = 0, *outs: np.ndarray) -> dict[str, Any]:
     """float64 stand-in for fastnll._core.compare_rows: the version-1 sums (the per-row
     outputs kl/dp/nll_base/nll_new/same are filled when given; the extra sums of schema 2 are
     tested in tests/test_compare_report.py)."""
@@ -152,7 +153,7 @@ def _scored(preds: np.ndarray, target: np.ndarray, shift: bool):
 
 def reference_metrics(preds: np.ndarray, target: np.ndarray, *, kind: str = "logits",
                       ignore_index: int = -100, top_k: Sequence[int] = (1, 5),
-                      n_bins: int = 15, shift: bool = False) -> Dict[str, Any]:
+                      n_bins: int = 15, shift: bool = False) -> dict[str, Any]:
     """Final metrics straight from their definitions (float64, whole arrays at once)."""
     x, t = _scored(preds, target, shift)
     q = _per_row(x, t, kind, ignore_index)
@@ -191,7 +192,7 @@ def reference_metrics(preds: np.ndarray, target: np.ndarray, *, kind: str = "log
 
 def reference_compare(base: np.ndarray, new: np.ndarray, target: np.ndarray, *,
                       kind: str = "logits", ignore_index: int = -100,
-                      shift: bool = False) -> Dict[str, Any]:
+                      shift: bool = False) -> dict[str, Any]:
     xb, t = _scored(base, target, shift)
     xn, _ = _scored(new, target, shift)
     qb, qn = _per_row(xb, t, kind, ignore_index), _per_row(xn, t, kind, ignore_index)

@@ -12,6 +12,7 @@
 //!
 //! `PROPTEST_CASES` sets the number of cases (scripts/valgrind.sh lowers it); `FASTNLL_SIMD`
 //! pins one path (valgrind cannot decode AVX-512), as in the unit tests.
+#![allow(clippy::float_cmp)] // the tests check bit-exact results on purpose
 
 use fastnll::loss::cross_entropy;
 use fastnll::simd::{self, Path};
@@ -21,7 +22,7 @@ use fastnll::{ClassOptions, Error, IntView, View};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// The SIMD path is process-wide and the test harness runs tests in parallel threads.
 static PATH_LOCK: Mutex<()> = Mutex::new(());
@@ -41,7 +42,7 @@ fn paths() -> Vec<Path> {
 
 /// Runs `f` on every path, one test at a time, and restores the default path.
 fn on_each_path(mut f: impl FnMut(Path) -> Result<(), TestCaseError>) -> Result<(), TestCaseError> {
-    let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = PATH_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let mut res = Ok(());
     for p in paths() {
         assert!(simd::set_path(p));
@@ -202,10 +203,10 @@ fn matrix(max_rows: usize) -> impl Strategy<Value = Matrix> {
         )
             .prop_map(move |(vals, scale, offset, specials, neg_row)| {
                 // With an offset the differences stay O(1): the shift must cancel exactly.
-                let mut data: Vec<f32> = if offset != 0.0 {
-                    vals.iter().map(|v| offset + v).collect()
-                } else {
+                let mut data: Vec<f32> = if offset == 0.0 {
                     vals.iter().map(|v| v * scale).collect()
+                } else {
+                    vals.iter().map(|v| offset + v).collect()
                 };
                 if n > 0 {
                     for (at, s) in specials {
@@ -237,7 +238,7 @@ fn ref_lse(row: &[f64]) -> f64 {
     if row.iter().any(|v| v.is_nan()) {
         return f64::NAN;
     }
-    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !m.is_finite() {
         return m;
     }

@@ -12,8 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "logsumexp", "log_softmax", "softmax", "nll_loss", "cross_entropy",
     "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "log_softmax",
+    "logsumexp",
+    "nll_loss",
+    "softmax",
 ]
 
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +32,7 @@ COMPARE_KEYS = {"schema", "schema_version", "kind", "n_classes", "rows", "ignore
                 "percentile_method", "percentile_rel_error"}
 
 
-def run(*args: Any, env: Dict[str, str] | None = None) -> Tuple[int, str, str]:
+def run(*args: Any, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = subprocess.run([sys.executable, "-m", "fastnll", *map(str, args)],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
@@ -40,7 +40,7 @@ def run(*args: Any, env: Dict[str, str] | None = None) -> Tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def dump(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+def dump(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("cli")
     rng = np.random.default_rng(0)
     x = make_preds(rng, (4, 50, 30), "logits", "float32")
@@ -53,7 +53,7 @@ def dump(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
             "T": d / "t.npy"}
 
 
-def test_eval_table(dump: Dict[str, Any]) -> None:
+def test_eval_table(dump: dict[str, Any]) -> None:
     code, out, err = run("eval", dump["X"], dump["T"], "--shift")
     assert code == 0 and err == ""  # stderr is not a terminal: no progress bar
     ref = reference_metrics(dump["x"], dump["t"], shift=True)
@@ -66,7 +66,7 @@ def test_eval_table(dump: Dict[str, Any]) -> None:
     assert f"{ref['rows']:,}" in out
 
 
-def test_eval_json_matches_reference(dump: Dict[str, Any]) -> None:
+def test_eval_json_matches_reference(dump: dict[str, Any]) -> None:
     out_json = dump["dir"] / "r.json"
     code, _, _ = run("eval", dump["X"], dump["T"], "--shift", "--top-k", "1", "3", "--bins",
                      "10", "--ignore-index", "-100", "--json", out_json)
@@ -84,12 +84,12 @@ def test_eval_json_matches_reference(dump: Dict[str, Any]) -> None:
                            "ignore_index": -100, "shift": True}
 
 
-def test_json_to_stdout_keeps_stdout_clean(dump: Dict[str, Any]) -> None:
+def test_json_to_stdout_keeps_stdout_clean(dump: dict[str, Any]) -> None:
     code, out, err = run("eval", dump["X"], dump["T"], "--json", "-")
     assert code == 0 and set(json.loads(out)) == EVAL_KEYS and "mean NLL" in err
 
 
-def test_per_row_file(dump: Dict[str, Any]) -> None:
+def test_per_row_file(dump: dict[str, Any]) -> None:
     dest = dump["dir"] / "rows.npy"
     code, out, _ = run("eval", dump["X"], dump["T"], "--shift", "--per-row", dest)
     assert code == 0 and str(dest) in out
@@ -100,7 +100,7 @@ def test_per_row_file(dump: Dict[str, Any]) -> None:
     np.testing.assert_array_equal(rec["rank"].ravel(), ref["row_rank"])
 
 
-def test_plot(dump: Dict[str, Any]) -> None:
+def test_plot(dump: dict[str, Any]) -> None:
     pytest.importorskip("matplotlib")
     dest = dump["dir"] / "rel.png"
     code, _, err = run("eval", dump["X"], dump["T"], "--plot", dest)
@@ -108,7 +108,7 @@ def test_plot(dump: Dict[str, Any]) -> None:
     assert dest.stat().st_size > 1000 and dest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_without_matplotlib(dump: Dict[str, Any], tmp_path: Path) -> None:
+def test_plot_without_matplotlib(dump: dict[str, Any], tmp_path: Path) -> None:
     fake = tmp_path / "matplotlib"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
@@ -119,7 +119,7 @@ def test_plot_without_matplotlib(dump: Dict[str, Any], tmp_path: Path) -> None:
     assert err.count("\n") == 1 and not (tmp_path / "p.png").exists()
 
 
-def test_raw_files(dump: Dict[str, Any]) -> None:
+def test_raw_files(dump: dict[str, Any]) -> None:
     raw = dump["dir"] / "x.f32"
     raw.write_bytes(dump["x"].tobytes())
     traw = dump["dir"] / "t.bin"
@@ -131,7 +131,7 @@ def test_raw_files(dump: Dict[str, Any]) -> None:
     assert json.loads(out)["mean_nll"] == pytest.approx(ref["mean_nll"], rel=2e-5)
 
 
-def test_compare(dump: Dict[str, Any]) -> None:
+def test_compare(dump: dict[str, Any]) -> None:
     out_json = dump["dir"] / "c.json"
     code, out, err = run("compare", dump["X"], dump["Y"], dump["T"], "--shift",
                          "--json", out_json)
@@ -156,7 +156,7 @@ def test_demo() -> None:
     assert ece < 0.03  # targets drawn from the softmax: calibrated
 
 
-def _bad(dump: Dict[str, Any], tmp: Path) -> List[Tuple[List[Any], int, str]]:
+def _bad(dump: dict[str, Any], tmp: Path) -> list[tuple[list[Any], int, str]]:
     d = dump["dir"]
     np.save(tmp / "t_short.npy", dump["t"][:, :10])
     np.save(tmp / "t_float.npy", dump["t"].astype(np.float32))
@@ -193,12 +193,12 @@ def _bad(dump: Dict[str, Any], tmp: Path) -> List[Tuple[List[Any], int, str]]:
     ]
 
 
-def test_error_paths(dump: Dict[str, Any], tmp_path: Path) -> None:
+def test_error_paths(dump: dict[str, Any], tmp_path: Path) -> None:
     raw = tmp_path / "plain.bin"
     raw.write_bytes(b"\0" * 64)
     cases = _bad(dump, tmp_path) + [(["eval", raw, dump["T"]], 1, "give its dtype and shape")]
     for args, want_code, want_text in cases:
-        code, out, err = run(*args)
+        code, _out, err = run(*args)
         assert code == want_code, (args, err)
         assert err.count("\n") == 1 and err.startswith("fastnll"), (args, err)
         assert "Traceback" not in err and want_text in err, (args, err)

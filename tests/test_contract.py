@@ -141,8 +141,7 @@ def all_results(x, t, y, w=None):
 
 
 def same_results(got: dict, expected: dict, dtype, what):
-    for k in expected:
-        e = expected[k]
+    for k, e in expected.items():
         if isinstance(e, float):
             same_float(got[k], e)
         else:
@@ -1079,15 +1078,15 @@ def test_R63_logsumexp_b_on_an_empty_batch():
 def test_every_contract_row_has_one_test(simd_path):
     if simd_path != fastnll.available_simd_paths()[0]:
         pytest.skip("checked once")
-    rows = re.findall(r"^\| (R\d\d) \|", CONTRACT.read_text(), flags=re.M)
+    rows = re.findall(r"^\| (R\d\d) \|", CONTRACT.read_text(), flags=re.MULTILINE)
     assert len(rows) >= 40 and len(rows) == len(set(rows)), rows
     hostile = (Path(__file__).resolve().parent / "test_hostile.py").read_text()
     tests = [name for name in globals() if re.match(r"test_R\d\d_", name)]
-    tests += re.findall(r"^def (test_R\d\d_\w+)\(", hostile, flags=re.M)
+    tests += re.findall(r"^def (test_R\d\d_\w+)\(", hostile, flags=re.MULTILINE)
     test_ids = sorted(name[5:8] for name in tests)
     assert len(test_ids) == len(set(test_ids)), "two tests for one row"
     assert sorted(rows) == test_ids, (set(rows) ^ set(test_ids))
-    bug_rows = set(re.findall(r"^\| (R\d\d) \| \*\*BUG\*\*", CONTRACT.read_text(), flags=re.M))
+    bug_rows = set(re.findall(r"^\| (R\d\d) \| \*\*BUG\*\*", CONTRACT.read_text(), flags=re.MULTILINE))
     xfail = {name[5:8] for name in tests if name in globals() and (
              any(m.name == "xfail" for m in getattr(globals()[name], "pytestmark", []))
              or hasattr(globals()[name], "bug_on_paths"))}

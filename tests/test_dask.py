@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import pickle
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -17,15 +17,17 @@ import pytest
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
-from dask.delayed import Delayed  # noqa: E402
+import itertools
 
-import fastnll  # noqa: E402
-import fastnll.dask as fd  # noqa: E402
-from eval_reference import make_preds, make_targets, reference_compare, reference_metrics  # noqa: E402
-from fastnll._partial import CompareSums, LossSums  # noqa: E402
-from fastnll._shards import ShardArray, open_shard  # noqa: E402
-from fastnll.readers import DumpError  # noqa: E402
-from test_readers import write_safetensors  # noqa: E402
+from dask.delayed import Delayed
+
+import fastnll
+import fastnll.dask as fd
+from eval_reference import make_preds, make_targets, reference_compare, reference_metrics
+from fastnll._partial import CompareSums, LossSums
+from fastnll._shards import ShardArray, open_shard
+from fastnll.readers import DumpError
+from test_readers import write_safetensors
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SCHEDULERS = ["cluster", "threads", "sync"]
@@ -51,13 +53,13 @@ def _save(path: Path, arr: np.ndarray) -> str:
     return str(path)
 
 
-def _shard(d: Path, name: str, arr: np.ndarray, sizes: List[int], suffix: str) -> List[str]:
+def _shard(d: Path, name: str, arr: np.ndarray, sizes: list[int], suffix: str) -> list[str]:
     """Write arr split along axis 0 into files name-000..., returning their paths."""
     d.mkdir(parents=True, exist_ok=True)
     cuts = np.cumsum([0] + sizes)
     assert cuts[-1] == arr.shape[0]
     return [_save(d / f"{name}-{i:03d}{suffix}", arr[a:b])
-            for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
+            for i, (a, b) in enumerate(itertools.pairwise(cuts))]
 
 
 # Each case: (shape, dtype, kind, shift, ignore_index, target dtype, suffix, shard sizes,
@@ -78,7 +80,7 @@ LOGIT_CASES = sorted(k for k, v in CASES.items() if v[2] == "logits")
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def case(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+def case(request: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     name = request.param
     shape, dt, kind, shift, ii, tdt, suffix, sizes, flat = CASES[name]
     rng = np.random.default_rng(sum(map(ord, name)))
@@ -95,7 +97,7 @@ def case(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, An
     return dict(name=name, x=x, y=y, t=t, kind=kind, shift=shift, ii=ii, dir=d, files=files)
 
 
-def _arrays(case: Dict[str, Any], which: str) -> Any:
+def _arrays(case: dict[str, Any], which: str) -> Any:
     return fd.from_shards(case["files"][which], target=which == "t")
 
 
@@ -110,7 +112,7 @@ def _assert_eval_equal(got: fastnll.EvalReport, ref: fastnll.EvalReport) -> None
         assert getattr(got, f) == pytest.approx(getattr(ref, f), rel=1e-12, abs=0), f
 
 
-def _assert_against_reference(got: fastnll.EvalReport, case: Dict[str, Any]) -> None:
+def _assert_against_reference(got: fastnll.EvalReport, case: dict[str, Any]) -> None:
     ref = reference_metrics(case["x"], case["t"], kind=case["kind"], ignore_index=case["ii"],
                             shift=case["shift"])
     assert (got.rows, got.ignored) == (ref["rows"], ref["ignored"])
@@ -120,7 +122,7 @@ def _assert_against_reference(got: fastnll.EvalReport, case: Dict[str, Any]) -> 
 
 
 @pytest.mark.parametrize("sched", SCHEDULERS)
-def test_evaluate_matches_in_memory(case: Dict[str, Any], sched: str, client: Any) -> None:
+def test_evaluate_matches_in_memory(case: dict[str, Any], sched: str, client: Any) -> None:
     opts = dict(kind=case["kind"], ignore_index=case["ii"], shift=case["shift"],
                 top_k=(1, 3))
     ref = fastnll.evaluate(case["x"], case["t"], **opts)
@@ -132,7 +134,7 @@ def test_evaluate_matches_in_memory(case: Dict[str, Any], sched: str, client: An
     _assert_eval_equal(got, ref)
 
 
-def test_evaluate_shard_files_on_cluster(case: Dict[str, Any], client: Any) -> None:
+def test_evaluate_shard_files_on_cluster(case: dict[str, Any], client: Any) -> None:
     """Paths instead of arrays: one task per shard, the files opened in the workers."""
     opts = dict(kind=case["kind"], ignore_index=case["ii"], shift=case["shift"])
     ref = fastnll.evaluate(case["x"], case["t"], **opts)
@@ -142,7 +144,7 @@ def test_evaluate_shard_files_on_cluster(case: Dict[str, Any], client: Any) -> N
 
 
 @pytest.mark.parametrize("sched", SCHEDULERS)
-def test_compare_matches_in_memory(case: Dict[str, Any], sched: str, client: Any) -> None:
+def test_compare_matches_in_memory(case: dict[str, Any], sched: str, client: Any) -> None:
     opts = dict(kind=case["kind"], ignore_index=case["ii"], shift=case["shift"])
     ref = fastnll.compare(case["x"], case["y"], case["t"], **opts)
     want = reference_compare(case["x"], case["y"], case["t"], **opts)
@@ -162,7 +164,7 @@ def test_compare_matches_in_memory(case: Dict[str, Any], sched: str, client: Any
 @pytest.mark.parametrize("case", LOGIT_CASES, indirect=True)
 @pytest.mark.parametrize("sched", SCHEDULERS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_cross_entropy_matches_in_memory(case: Dict[str, Any], sched: str, reduction: str,
+def test_cross_entropy_matches_in_memory(case: dict[str, Any], sched: str, reduction: str,
                                          client: Any) -> None:
     x, t = case["x"], case["t"]
     c = x.shape[-1]
@@ -250,7 +252,7 @@ def _wire_bytes(client: Any) -> int:
 def _graph_bytes(*arrays: Any) -> int:
     import cloudpickle
 
-    graph: Dict[Any, Any] = {}
+    graph: dict[Any, Any] = {}
     for a in arrays:
         graph.update(dict(a.__dask_graph__()))
     return len(cloudpickle.dumps(graph))

@@ -9,8 +9,17 @@ import pytest
 
 import fastnll
 import reference as ref
-from conftest import (REDUCTIONS, assert_close, check_loss, f64, make_logits,
-                      make_soft_targets, make_targets, out_dtype, soft_dtype)
+from conftest import (
+    REDUCTIONS,
+    assert_close,
+    check_loss,
+    f64,
+    make_logits,
+    make_soft_targets,
+    make_targets,
+    out_dtype,
+    soft_dtype,
+)
 
 INF, NAN = np.inf, np.nan
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval_reference import (make_preds, make_targets, reference_compare, reference_metrics)
-from fastnll.evaluate import Evaluator, EvalReport, compare, evaluate
+from eval_reference import make_preds, make_targets, reference_compare, reference_metrics
+from fastnll.evaluate import EvalReport, Evaluator, compare, evaluate
 
 RTOL, ATOL = 2e-5, 1e-6  # the core may compute rows in float32; sums are float64
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
@@ -21,7 +21,7 @@ KINDS = ["logits", "log_probs", "probs"]
 LAYOUTS = {"2d": ((400, 37), False), "3d": ((5, 40, 37), False), "3d-shift": ((5, 41, 37), True)}
 
 
-def assert_matches(rep: EvalReport, ref: Dict[str, Any], n_bins: int = 15) -> None:
+def assert_matches(rep: EvalReport, ref: dict[str, Any], n_bins: int = 15) -> None:
     assert (rep.rows, rep.ignored) == (ref["rows"], ref["ignored"])
     for key in ("mean_nll", "sum_nll", "nll_se", "perplexity", "bits_per_token",
                 "mean_entropy", "brier"):

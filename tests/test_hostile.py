@@ -21,7 +21,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,7 +53,7 @@ def one_line_error(err: str, *fragments: str) -> None:
         assert f in err, (f, err)
 
 
-def sparse_npy(path: Path, shape: Tuple[int, ...], dtype: str = "<f4") -> Path:
+def sparse_npy(path: Path, shape: tuple[int, ...], dtype: str = "<f4") -> Path:
     """A .npy of zeros of any size without writing the data (a sparse file)."""
     with open(path, "wb") as fh:
         np.lib.format.write_array_header_1_0(
@@ -62,14 +62,14 @@ def sparse_npy(path: Path, shape: Tuple[int, ...], dtype: str = "<f4") -> Path:
     return path
 
 
-def big_dump(tmp_path: Path) -> Tuple[Path, Path]:
+def big_dump(tmp_path: Path) -> tuple[Path, Path]:
     """~1.5 GiB of zero float32 logits [98304, 4096] and zero targets (sparse files)."""
     rows, c = 98304, 4096
     return (sparse_npy(tmp_path / "big.npy", (rows, c)),
             sparse_npy(tmp_path / "big_t.npy", (rows,), "<i8"))
 
 
-def small_dump(tmp_path: Path, n: int = 200, c: int = 4, seed: int = 0) -> Tuple[Path, Path]:
+def small_dump(tmp_path: Path, n: int = 200, c: int = 4, seed: int = 0) -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
     x, t = tmp_path / "x.npy", tmp_path / "t.npy"
     np.save(x, rng.standard_normal((n, c)).astype(np.float32))
@@ -91,7 +91,7 @@ def wait_mapped(proc: subprocess.Popen, path: Path, timeout: float = 60) -> None
     pytest.fail(f"{path} was never mapped")
 
 
-def temp_files(directory: Path) -> List[str]:
+def temp_files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
@@ -136,7 +136,7 @@ def test_R66_dump_truncated_while_read_is_an_error_not_sigbus(tmp_path: Path) ->
                      env={**os.environ, **env})
         wait_mapped(proc, victim)
         os.truncate(victim, 300 << 10 if victim == t else 300 << 20)
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, (victim, env, proc.returncode, err)
         one_line_error(err, str(victim), "shrank")
 
@@ -302,8 +302,8 @@ def test_R70_only_regular_files_are_read(tmp_path: Path) -> None:
     # Process substitution: a pipe, not a 0-row success.
     raw = tmp_path / "x.bin"
     np.load(x).tofile(raw)
-    r = subprocess.run(["bash", "-c", f'"{sys.executable}" -m fastnll eval <(cat "{raw}") '
-                        f'"{t}" --dtype f4 --shape -1,4'], capture_output=True, text=True,
+    r = subprocess.run(["bash", "-c", (f'"{sys.executable}" -m fastnll eval <(cat "{raw}") '
+                        f'"{t}" --dtype f4 --shape -1,4')], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1, r
     one_line_error(r.stderr, "is a pipe or FIFO")
@@ -367,8 +367,8 @@ def test_R73_headers_that_lie_are_refused(tmp_path: Path) -> None:
         readers.load_array(str(dup))
     data = np.arange(12, dtype="<f4").tobytes()
     cases = {
-        "dup": ('{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 48]}, '
-                '"x": {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]}}',
+        "dup": (('{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 48]}, '
+                '"x": {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]}}'),
                 "names 'x' twice"),
         "strshape": ('{"x": {"dtype": "F32", "shape": "43", "data_offsets": [0, 48]}}',
                      "shape must be a list of integers"),
@@ -491,7 +491,7 @@ def test_R76_ctrl_c_during_a_long_call_within_0_2_s() -> None:
     t0 = time.perf_counter()
     fastnll.cross_entropy(x[:2000], t[:2000])
     assert (time.perf_counter() - t0) * 200 > 2.0, "the full call must take seconds"
-    sent: List[float] = []
+    sent: list[float] = []
 
     def fire() -> None:
         sent.append(time.perf_counter())
@@ -545,7 +545,7 @@ def _zip_patch(path: Path, offset_in_local: int, fmt: str, value: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def bad_files(tmp_path: Path) -> List[Tuple[Path, str]]:
+def bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
     d = tmp_path
     out = [
         (_npy_with_header(d / "unterminated.npy",

@@ -124,7 +124,7 @@ def test_float64_evaluate_is_exact(c):
     x = g.normal(size=(300, c))
     t = g.integers(0, c, 300)
     rep = fastnll.evaluate(x, t, per_row=True)
-    nll, rank, _, conf = _ref_rows(x, t)
+    nll, rank, _, _conf = _ref_rows(x, t)
     assert abs(rep.mean_nll - nll.mean()) <= 1e-12 * abs(nll.mean())
     np.testing.assert_allclose(rep.row_nll, nll, rtol=1e-12, atol=0)
     assert np.array_equal(rep.row_rank, rank)

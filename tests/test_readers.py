@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Dict
 
 import ml_dtypes
 import numpy as np
@@ -13,17 +12,25 @@ import pytest
 
 from eval_reference import make_preds, make_targets
 from fastnll.evaluate import evaluate
-from fastnll.readers import (DumpError, list_arrays, load_array, open_raw, open_safetensors,
-                             parse_dtype, parse_shape, split_key)
+from fastnll.readers import (
+    DumpError,
+    list_arrays,
+    load_array,
+    open_raw,
+    open_safetensors,
+    parse_dtype,
+    parse_shape,
+    split_key,
+)
 
 ST_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
             np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float64): "F64",
             np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8"}
 
 
-def write_safetensors(path: Path, tensors: Dict[str, np.ndarray], pad: int = 0) -> None:
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], pad: int = 0) -> None:
     """Minimal writer following the format: u64 LE header length, JSON header, data."""
-    header: Dict[str, object] = {"__metadata__": {"format": "np"}}
+    header: dict[str, object] = {"__metadata__": {"format": "np"}}
     blobs, offset = [], 0
     for name, arr in tensors.items():
         data = np.ascontiguousarray(arr).tobytes()
@@ -167,7 +174,7 @@ def test_evaluate_reads_every_format(tmp_path: Path, fmt: str) -> None:
     x = make_preds(rng, (3, 20, 9), "logits", "bfloat16")
     t = make_targets(rng, (3, 20), 9)
     want = evaluate(x, t, shift=True).to_dict()
-    kw: Dict[str, object] = {}
+    kw: dict[str, object] = {}
     if fmt == "npy":
         np.save(tmp_path / "p.npy", x)
         np.save(tmp_path / "t.npy", t)

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastnll
 import reference as ref
-from conftest import (CLASS_COUNTS, FLOAT_DTYPES, INT_DTYPES, INT_IDS, REDUCTIONS,
-                      assert_close, check_loss, make_logits, make_soft_targets, make_targets,
-                      soft_dtype)
+from conftest import (
+    CLASS_COUNTS,
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    INT_IDS,
+    REDUCTIONS,
+    assert_close,
+    check_loss,
+    make_logits,
+    make_soft_targets,
+    make_targets,
+    soft_dtype,
+)
 
 
 def n_rows_for(n_classes):  # keep C=1000 / 4099 cheap

@@ -4,13 +4,14 @@ cluster (--workers 2); shard lists are expanded, sorted and matched with clear e
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,17 +21,17 @@ from fastnll._shards import expand, pair
 from fastnll.readers import DumpError
 
 
-def run(*args: Any) -> Tuple[int, str, str]:
+def run(*args: Any) -> tuple[int, str, str]:
     proc = subprocess.run([sys.executable, "-m", "fastnll", *map(str, args)],
                           capture_output=True, text=True, timeout=180)
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def _split(d: Path, name: str, arr: np.ndarray, sizes: List[int]) -> List[str]:
+def _split(d: Path, name: str, arr: np.ndarray, sizes: list[int]) -> list[str]:
     (d / name).mkdir(parents=True, exist_ok=True)
     cuts = np.cumsum([0] + sizes)
     out = []
-    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(cuts)):
         p = d / name / f"part-{i}.npy"  # part-10 sorts after part-9 (digits compare as numbers)
         np.save(p, arr[a:b])
         out.append(str(p))
@@ -38,7 +39,7 @@ def _split(d: Path, name: str, arr: np.ndarray, sizes: List[int]) -> List[str]:
 
 
 @pytest.fixture(scope="module")
-def dumps(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+def dumps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("shards")
     rng = np.random.default_rng(4)
     sizes = [3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2]  # 11 shards: part-10 must follow part-9
@@ -47,7 +48,7 @@ def dumps(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     t3 = make_targets(rng, (15, 24), 40)
     x2 = make_preds(rng, (1500, 40), "logits", "float32")
     t2 = make_targets(rng, (1500,), 40)
-    out: Dict[str, Any] = {"dir": d, "x3": x3, "t3": t3, "x2": x2, "t2": t2}
+    out: dict[str, Any] = {"dir": d, "x3": x3, "t3": t3, "x2": x2, "t2": t2}
     for name, arr in (("x3", x3), ("y3", y3), ("t3", t3)):
         np.save(d / f"{name}.npy", arr)
         out[name + "_files"] = _split(d, name, arr, sizes)
@@ -57,9 +58,9 @@ def dumps(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     return out
 
 
-def _json(args: List[Any], tmp: Path, tag: str) -> Dict[str, Any]:
+def _json(args: list[Any], tmp: Path, tag: str) -> dict[str, Any]:
     dest = tmp / f"{tag}.json"
-    code, out, err = run(*args, "--json", dest, "--no-progress")
+    code, _out, err = run(*args, "--json", dest, "--no-progress")
     assert code == 0, err
     assert "Traceback" not in err
     obj = json.loads(dest.read_text())
@@ -84,7 +85,7 @@ def _same(a: Any, b: Any, where: str = "") -> None:
 
 
 @pytest.mark.parametrize("shift", [False, True])
-def test_eval_glob_directory_and_list_match_one_file(dumps: Dict[str, Any], tmp_path: Path,
+def test_eval_glob_directory_and_list_match_one_file(dumps: dict[str, Any], tmp_path: Path,
                                                      shift: bool) -> None:
     d = dumps["dir"]
     flags = ["--shift"] if shift else []
@@ -100,7 +101,7 @@ def test_eval_glob_directory_and_list_match_one_file(dumps: Dict[str, Any], tmp_
             _same(_json(["eval", *form, *flags, "--top-k", "1", "3"], tmp_path, "many"), one)
 
 
-def test_compare_on_shards_matches_one_file(dumps: Dict[str, Any], tmp_path: Path) -> None:
+def test_compare_on_shards_matches_one_file(dumps: dict[str, Any], tmp_path: Path) -> None:
     d = dumps["dir"]
     one = _json(["compare", d / "x3.npy", d / "y3.npy", d / "t3.npy", "--shift"], tmp_path, "1")
     many = _json(["compare", d / "x3", d / "y3" / "*.npy", d / "t3", "--shift"], tmp_path, "m")
@@ -108,7 +109,7 @@ def test_compare_on_shards_matches_one_file(dumps: Dict[str, Any], tmp_path: Pat
     assert one["rows"] == 15 * 23 - int((dumps["t3"][:, 1:] == -100).sum())
 
 
-def test_workers_2_and_scheduler_give_the_same_json(dumps: Dict[str, Any],
+def test_workers_2_and_scheduler_give_the_same_json(dumps: dict[str, Any],
                                                     tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     d = dumps["dir"]
@@ -131,7 +132,7 @@ def test_workers_2_and_scheduler_give_the_same_json(dumps: Dict[str, Any],
     assert code == 1 and err.count("\n") == 1, err  # a local cluster's logs stay quiet
 
 
-def test_shard_lists_are_sorted_and_checked(dumps: Dict[str, Any], tmp_path: Path) -> None:
+def test_shard_lists_are_sorted_and_checked(dumps: dict[str, Any], tmp_path: Path) -> None:
     d = dumps["dir"]
     files = expand(str(d / "x3" / "*.npy"))
     assert [os.path.basename(f) for f in files] == [f"part-{i}.npy" for i in range(11)]
@@ -152,7 +153,7 @@ def test_shard_lists_are_sorted_and_checked(dumps: Dict[str, Any], tmp_path: Pat
         pair(dumps["x3_files"][:1] + dumps["x2_files"][1:2], dumps["t3_files"][:2])
 
 
-def test_cli_shard_errors_are_one_line(dumps: Dict[str, Any], tmp_path: Path) -> None:
+def test_cli_shard_errors_are_one_line(dumps: dict[str, Any], tmp_path: Path) -> None:
     d = dumps["dir"]
     code, _, err = run("eval", d / "x3", d / "t2")
     assert code == 1 and err.count("\n") == 1

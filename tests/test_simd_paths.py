@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import fastnll
-
 import reference as ref
 
 

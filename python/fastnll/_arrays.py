@@ -7,7 +7,7 @@ Tensors of other libraries (torch, JAX, ...) are read in place through DLPack (`
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def as_float_array(x: Any, name: str = "input") -> np.ndarray:
     return arr
 
 
-def core_view(arr: np.ndarray) -> Tuple[np.ndarray, str, bool]:
+def core_view(arr: np.ndarray) -> tuple[np.ndarray, str, bool]:
     """(view, tag, swap): a native-order view the binding can take, with the core tag and
     whether the bytes must be swapped when read. No data is copied."""
     dt = arr.dtype

@@ -18,13 +18,14 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any
 
-__all__ = ["AtomicOutput", "same_file", "check_output_path"]
+__all__ = ["AtomicOutput", "check_output_path", "same_file"]
 
 
-def _file_id(path: str) -> Optional[Tuple[int, int]]:
+def _file_id(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)  # follows symlinks
     except OSError:
@@ -32,13 +33,13 @@ def _file_id(path: str) -> Optional[Tuple[int, int]]:
     return st.st_dev, st.st_ino
 
 
-def same_file(a: "str | os.PathLike[str]", b: "str | os.PathLike[str]") -> bool:
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """True when both paths exist and are the same file (device and inode)."""
     ia, ib = _file_id(os.fspath(a)), _file_id(os.fspath(b))
     return ia is not None and ia == ib
 
 
-def check_output_path(dest: "str | os.PathLike[str]", inputs: Iterable[Any],
+def check_output_path(dest: str | os.PathLike[str], inputs: Iterable[Any],
                       what: str = "output") -> None:
     """ValueError if ``dest`` is a directory or the same file as one of ``inputs``
     (paths; other inputs, such as arrays, are skipped)."""
@@ -69,7 +70,7 @@ class AtomicOutput:
     ``out.path`` ends with the destination's suffix (matplotlib picks the format from it).
     """
 
-    def __init__(self, dest: "str | os.PathLike[str]", inputs: Iterable[Any] = (),
+    def __init__(self, dest: str | os.PathLike[str], inputs: Iterable[Any] = (),
                  what: str = "output") -> None:
         self.dest = os.fspath(dest)
         check_output_path(self.dest, inputs, what)
@@ -79,7 +80,7 @@ class AtomicOutput:
         self.file: Any = None
         self._done = False
 
-    def __enter__(self) -> "AtomicOutput":
+    def __enter__(self) -> AtomicOutput:
         directory, name = os.path.split(self.target)
         try:
             with _signals_deferred():  # no Ctrl-C between creating the file and owning it
@@ -152,7 +153,7 @@ class AtomicOutput:
         except OSError:
             pass
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self.commit()
         else:
@@ -166,8 +167,8 @@ class _signals_deferred:
     signal handlers, so other threads need nothing."""
 
     def __enter__(self) -> None:
-        self.saved: Dict[int, Any] = {}
-        self.caught: List[int] = []
+        self.saved: dict[int, Any] = {}
+        self.caught: list[int] = []
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -183,7 +184,7 @@ class _signals_deferred:
     def _record(self, signum: int, frame: Any) -> None:
         self.caught.append(signum)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, old in self.saved.items():
             signal.signal(sig, old)
         for sig in self.caught:

@@ -26,7 +26,7 @@ import mmap
 import os
 import signal
 import stat
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +35,9 @@ from .readers import DumpError
 try:
     import fcntl
 
-    _F_SETLEASE: Optional[int] = getattr(fcntl, "F_SETLEASE", None)
-    _F_GETLEASE: Optional[int] = getattr(fcntl, "F_GETLEASE", None)
-    _F_SETSIG: Optional[int] = getattr(fcntl, "F_SETSIG", 10 if _F_SETLEASE else None)
+    _F_SETLEASE: int | None = getattr(fcntl, "F_SETLEASE", None)
+    _F_GETLEASE: int | None = getattr(fcntl, "F_GETLEASE", None)
+    _F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", 10 if _F_SETLEASE else None)
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
     _F_SETLEASE = _F_GETLEASE = _F_SETSIG = None
@@ -71,9 +71,9 @@ class FileGuard:
         # np.memmap maps from the allocation-granularity boundary below `offset`.
         self._map_start = offset - offset % mmap.ALLOCATIONGRANULARITY
         self._map_ptr = _ptr(np.frombuffer(mm, np.uint8))
-        lo, hi = byte_bounds(root)
+        _lo, hi = byte_bounds(root)
         self.need = self._pos(hi)  # the file must hold at least this many bytes
-        self._buf: Optional[np.ndarray] = None
+        self._buf: np.ndarray | None = None
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         self.leased = False
         try:
@@ -161,16 +161,17 @@ class FileGuard:
             if n <= 0:
                 raise self._shrunk(os.fstat(self.fd).st_size, start + span)
             got += n
-        return np.ndarray(view.shape, view.dtype, buffer=buf, offset=_ptr(view) - lo,
-                          strides=view.strides)
+        out: np.ndarray = np.ndarray(view.shape, view.dtype, buffer=buf, offset=_ptr(view) - lo,
+                                     strides=view.strides)
+        return out
 
-    def take(self, view: np.ndarray, index: Tuple[np.ndarray, ...]) -> np.ndarray:
+    def take(self, view: np.ndarray, index: tuple[np.ndarray, ...]) -> np.ndarray:
         """``view[index]`` for a tuple of integer index arrays (a sample of rows), never
         faulting."""
         if self.safe_to_map():
             return np.asarray(view[index])
         rest = view.shape[len(index):]
-        parts: List[np.ndarray] = []
+        parts: list[np.ndarray] = []
         for k in range(len(index[0])):  # a sample of <= 1024 points, not the data
             at = tuple(slice(int(i[k]), int(i[k]) + 1) for i in index)
             parts.append(np.array(self.fetch(view[at]), copy=True).reshape(rest))
@@ -188,7 +189,7 @@ class FileGuard:
     def __del__(self) -> None:  # pragma: no cover - timing of GC
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - a finalizer must not raise
             pass
 
 
@@ -196,7 +197,7 @@ class _NotTheMappedFile(Exception):
     """The path no longer names the mapped file (it was replaced or removed)."""
 
 
-def _mapped_file(addr: int) -> Optional[Tuple[int, int, int]]:
+def _mapped_file(addr: int) -> tuple[int, int, int] | None:
     """(major, minor, inode) of the file mapped at ``addr``, from /proc/self/maps."""
     try:
         with open("/proc/self/maps") as fh:
@@ -211,7 +212,7 @@ def _mapped_file(addr: int) -> Optional[Tuple[int, int, int]]:
     return None
 
 
-def guard_for(a: Any) -> Optional[FileGuard]:
+def guard_for(a: Any) -> FileGuard | None:
     """A guard if ``a`` is (a view of) a file-backed ``np.memmap`` whose file is still at
     its path, else None. (A map of a file that was since replaced or deleted cannot be
     truncated through any path, and is read through the map as it is; without

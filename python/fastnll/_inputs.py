@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, NoReturn, Optional, Sequence, Tuple
+from typing import Any, NoReturn
 
 import numpy as np
 
 from . import _arrays
 from ._guard import FileGuard, guard_for
-from ._options import (check_bool, check_chunk_bytes, check_ignore_index, check_n_bins,
-                       check_top_k)
+from ._options import check_bool, check_chunk_bytes, check_ignore_index, check_n_bins, check_top_k
 from .readers import KNOWN_SUFFIXES, is_path, load_array, split_key
 
 KINDS = ("logits", "log_probs", "probs")
@@ -29,11 +29,11 @@ class Dump:
     t: np.ndarray  # [B, T] view of the matching targets
     name: str  # how messages name the predictions
     tname: str
-    out_shape: Tuple[int, ...]  # shape of per-row outputs
+    out_shape: tuple[int, ...]  # shape of per-row outputs
     two_d: bool = False  # the user's preds were [N, C] (held here as [1, N, C])
     shift: int = 0
-    xg: Optional[FileGuard] = None  # guards of file-backed inputs (see _guard)
-    tg: Optional[FileGuard] = None
+    xg: FileGuard | None = None  # guards of file-backed inputs (see _guard)
+    tg: FileGuard | None = None
 
     def preds_block(self, b0: int, b1: int, t0: int, t1: int) -> np.ndarray:
         """The predictions of a block of rows: a view, or a copy when mapped reads are not
@@ -41,7 +41,7 @@ class Dump:
         v = self.x[0, t0:t1] if self.two_d else self.x[b0:b1, t0:t1]
         return self.xg.fetch(v) if self.xg is not None else v
 
-    def block(self, b0: int, b1: int, t0: int, t1: int) -> Tuple[np.ndarray, np.ndarray, int]:
+    def block(self, b0: int, b1: int, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(preds view, targets, leading-index offset) of a block of rows for the core."""
         t = self.t[0, t0:t1] if self.two_d else self.t[b0:b1, t0:t1]
         if self.tg is not None:
@@ -133,7 +133,7 @@ def prepare(preds: Any, target: Any, *, shift: bool, dtype: Any = None, shape: A
 
 
 def chunks(b: int, t: int, row_bytes: int,
-           chunk_bytes: int) -> Iterator[Tuple[int, int, int, int]]:
+           chunk_bytes: int) -> Iterator[tuple[int, int, int, int]]:
     """(b0, b1, t0, t1) blocks of whole rows, each at most chunk_bytes (but >= 1 row), of
     near-equal sizes (no small remainder: each block is one parallel call); the rows of a
     block are consecutive in flat [B*T] order."""
@@ -161,7 +161,7 @@ def _finfo_eps(dt: np.dtype) -> float:
         return float(ml_dtypes.finfo(dt).eps)  # type: ignore[no-untyped-call]
 
 
-def _sample(d: Dump, ignore_index: int, budget: int) -> Optional[np.ndarray]:
+def _sample(d: Dump, ignore_index: int, budget: int) -> np.ndarray | None:
     """Up to SAMPLE_ROWS non-ignored rows spread through the dump, as float64."""
     b, t, c = d.x.shape
     total = b * t
@@ -200,7 +200,7 @@ def _guess(rows: np.ndarray, tol: float) -> str:
     return "these look like logits: pass kind='logits'"
 
 
-def shape_of(d: Dump) -> Tuple[int, ...]:
+def shape_of(d: Dump) -> tuple[int, ...]:
     """The scored shape as the user sees it ([N, C] dumps are held as [1, N, C])."""
     return tuple(d.out_shape) + (d.x.shape[-1],)
 
@@ -253,7 +253,7 @@ def check_kind(kind: Any) -> str:
     return kind
 
 
-def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int) -> Tuple[int, ...]:
+def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int) -> tuple[int, ...]:
     """Check the settings (strictly, see :func:`check_settings`); returns the sorted distinct
     top-k values."""
     return check_settings(kind, top_k, n_bins, chunk_bytes)[1]
@@ -261,7 +261,7 @@ def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int) -> 
 
 def check_settings(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int,
                    ignore_index: Any = -100, shift: Any = False, check: Any = True
-                   ) -> Tuple[str, Tuple[int, ...], int, int, int, bool, bool]:
+                   ) -> tuple[str, tuple[int, ...], int, int, int, bool, bool]:
     """Check every setting the same way (bool and float are not integers; sizes bounded).
     Returns (kind, sorted distinct top_k, n_bins, chunk_bytes, ignore_index, shift,
     check_kind) as validated values."""

@@ -7,7 +7,7 @@ input in place (any strides, dtype float32/float64/float16/bfloat16) with the GI
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Tuple
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def _check_smoothing(label_smoothing: Any) -> float:
     return ls
 
 
-def _class_weight(weight: Optional[ArrayLike], classes: int) -> Optional[np.ndarray]:
+def _class_weight(weight: ArrayLike | None, classes: int) -> np.ndarray | None:
     if weight is None:
         return None
     w = as_array(weight, "weight")
@@ -63,7 +63,7 @@ def _logits(x: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _reduce(total: Tuple[float, float], reduction: str, out: Optional[np.ndarray]) -> Any:
+def _reduce(total: tuple[float, float], reduction: str, out: np.ndarray | None) -> Any:
     s, w = total
     if reduction == "none":
         return out
@@ -72,10 +72,10 @@ def _reduce(total: Tuple[float, float], reduction: str, out: Optional[np.ndarray
     return float(s / w) if w != 0 else math.nan
 
 
-def _per_row_out(shape: Tuple[int, ...], x: np.ndarray, reduction: str) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def _per_row_out(shape: tuple[int, ...], x: np.ndarray, reduction: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     if reduction != "none":
         return None, None
-    out = np.empty(shape, dtype=_out_dtype(x))
+    out: np.ndarray = np.empty(shape, dtype=_out_dtype(x))
     return out, out.reshape(-1)
 
 
@@ -92,7 +92,7 @@ def _class_target(target: ArrayLike, x: np.ndarray) -> np.ndarray:
 def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
-    weight: Optional[ArrayLike] = None,
+    weight: ArrayLike | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
@@ -152,7 +152,7 @@ def cross_entropy(
 def nll_loss(
     log_probs: ArrayLike,
     target: ArrayLike,
-    weight: Optional[ArrayLike] = None,
+    weight: ArrayLike | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
 ) -> Any:
@@ -184,8 +184,8 @@ def nll_loss(
 def binary_cross_entropy_with_logits(
     logits: ArrayLike,
     target: ArrayLike,
-    weight: Optional[ArrayLike] = None,
-    pos_weight: Optional[ArrayLike] = None,
+    weight: ArrayLike | None = None,
+    pos_weight: ArrayLike | None = None,
     reduction: Reduction = "mean",
 ) -> Any:
     """Binary cross-entropy of logits, element-wise, as PyTorch's

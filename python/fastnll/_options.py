@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import Any, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_bool", "check_ignore_index", "check_top_k", "check_n_bins",
-           "check_chunk_bytes", "MAX_BINS", "MAX_TOP_K", "MAX_TOP_K_VALUES", "MAX_CHUNK_BYTES"]
+__all__ = [
+    "MAX_BINS",
+    "MAX_CHUNK_BYTES",
+    "MAX_TOP_K",
+    "MAX_TOP_K_VALUES",
+    "check_bool",
+    "check_chunk_bytes",
+    "check_ignore_index",
+    "check_int",
+    "check_n_bins",
+    "check_top_k",
+]
 
 INT64 = (-(2**63), 2**63 - 1)
 MAX_BINS = 10_000
@@ -53,7 +64,7 @@ def check_ignore_index(value: Any) -> int:
     return check_int("ignore_index", value, *INT64)
 
 
-def check_top_k(top_k: Any) -> Tuple[int, ...]:
+def check_top_k(top_k: Any) -> tuple[int, ...]:
     """Sorted distinct k values from a sequence of integers (or one integer)."""
     if isinstance(top_k, (str, bytes)) or not isinstance(top_k, (Sequence, np.ndarray)):
         if isinstance(top_k, (int, np.integer)) and not isinstance(top_k, (bool, np.bool_)):

@@ -11,17 +11,34 @@ from __future__ import annotations
 import importlib
 import math
 import mmap
-from typing import Any, Dict, Iterator, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from . import _arrays
-from ._inputs import (Dump, check_declared_kind, chunks, name_of, prepare, reraise, shape_of,
-                      validate)
+from ._inputs import (
+    Dump,
+    check_declared_kind,
+    chunks,
+    name_of,
+    prepare,
+    reraise,
+    shape_of,
+    validate,
+)
 from ._report import CompareReport
 
-__all__ = ["FORMAT", "CompareSums", "LossSums", "windows", "release", "bad_target",
-           "target_message", "as_block"]
+__all__ = [
+    "FORMAT",
+    "CompareSums",
+    "LossSums",
+    "as_block",
+    "bad_target",
+    "release",
+    "target_message",
+    "windows",
+]
 
 FORMAT = 2  # bump when the meaning of the fields below changes (2: llama.cpp statistics)
 
@@ -29,14 +46,14 @@ FORMAT = 2  # bump when the meaning of the fields below changes (2: llama.cpp st
 class _Versioned:
     """Pickles its fields with the format version; unpickling another version raises."""
 
-    _fields: Tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         state = {f: getattr(self, f) for f in self._fields}
         state["format"] = (type(self).__name__, FORMAT)
         return state
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         fmt = state.get("format")
         if fmt != (type(self).__name__, FORMAT):
             raise ValueError(f"cannot load a fastnll {type(self).__name__} of format {fmt!r}: "
@@ -60,7 +77,7 @@ class CompareSums(_Versioned):
 
         validate(kind, (1,), 1, 1)
         self.kind, self.ignore_index = kind, int(ignore_index)
-        self.n_classes: Optional[int] = None
+        self.n_classes: int | None = None
         self.acc = CompareAccumulator(exact=True, max_exact_rows=int(max_exact_rows))
 
     @property
@@ -69,7 +86,7 @@ class CompareSums(_Versioned):
 
     def update(self, base: Any, new: Any, target: Any, *, shift: bool = False,
                chunk_bytes: int = 256 << 20, check_kind: bool = True, dtype: Any = None,
-               shape: Any = None, target_dtype: Any = None) -> "CompareSums":
+               shape: Any = None, target_dtype: Any = None) -> CompareSums:
         """Add the rows of two dumps of one shard (inputs as for :func:`fastnll.compare`)."""
         db = prepare(base, target, shift=shift, dtype=dtype, shape=shape,
                      target_dtype=target_dtype)
@@ -102,7 +119,7 @@ class CompareSums(_Versioned):
             self.acc.add(r, outs[0], outs[1], outs[4])
         return self
 
-    def merge(self, other: "CompareSums") -> "CompareSums":
+    def merge(self, other: CompareSums) -> CompareSums:
         """Add another shard's statistics (same kind and ignore_index). Returns self."""
         if not isinstance(other, CompareSums):
             raise TypeError(f"can only merge CompareSums, got {type(other).__name__}")
@@ -134,7 +151,7 @@ class LossSums(_Versioned):
     def __init__(self, total: float = 0.0, weight: float = 0.0) -> None:
         self.total, self.weight = float(total), float(weight)
 
-    def merge(self, other: "LossSums") -> "LossSums":
+    def merge(self, other: LossSums) -> LossSums:
         """Add another block's sums. Returns self."""
         if not isinstance(other, LossSums):
             raise TypeError(f"can only merge LossSums, got {type(other).__name__}")
@@ -172,7 +189,7 @@ def release(*arrays: Any) -> None:
                 pass
 
 
-def windows(d: Dump, budget: int) -> Iterator[Tuple[Tuple[int, int, int, int], np.ndarray,
+def windows(d: Dump, budget: int) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray,
                                                     np.ndarray]]:
     """``((b0, b1, t0, t1), predictions, targets)`` windows of a dump (shift applied) of at
     most ``budget`` bytes of predictions, each window's pages released after it is used."""
@@ -184,7 +201,7 @@ def windows(d: Dump, budget: int) -> Iterator[Tuple[Tuple[int, int, int, int], n
 
 
 def bad_target(d: Dump, ts: np.ndarray, b0: int, t0: int, ignore_index: int
-               ) -> Optional[Tuple[int, Tuple[int, ...]]]:
+               ) -> tuple[int, tuple[int, ...]] | None:
     """(value, position in the user's target array of this dump) of a window's first
     out-of-range target, or None."""
     c = d.x.shape[-1]
@@ -198,7 +215,7 @@ def bad_target(d: Dump, ts: np.ndarray, b0: int, t0: int, ignore_index: int
     return value, (b0 + idx[0], t0 + idx[1] + d.shift)
 
 
-def target_message(value: int, pos: Tuple[int, ...], classes: int, ignore_index: int,
+def target_message(value: int, pos: tuple[int, ...], classes: int, ignore_index: int,
                    name: str = "") -> str:
     """The out-of-range message fastnll gives everywhere, at a position of the whole input."""
     where = str(pos[0]) if len(pos) == 1 else str(tuple(pos))

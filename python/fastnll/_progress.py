@@ -7,9 +7,11 @@ short jobs print nothing.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 __all__ = ["Progress", "format_bytes", "format_duration"]
 
@@ -25,9 +27,9 @@ def format_bytes(n: float) -> str:
 
 def format_duration(seconds: float) -> str:
     """75 -> '1:15', 3725 -> '1:02:05'."""
-    if seconds != seconds or seconds == float("inf"):
+    if math.isnan(seconds) or seconds == float("inf"):
         return "?"
-    s = int(round(seconds))
+    s = round(seconds)
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -36,8 +38,8 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """``with Progress(total_bytes, "eval") as bar: bar.advance(n)``."""
 
-    def __init__(self, total: int, label: str = "", *, enabled: Optional[bool] = None,
-                 stream: Optional[TextIO] = None, delay: float = 1.0, interval: float = 0.1,
+    def __init__(self, total: int, label: str = "", *, enabled: bool | None = None,
+                 stream: TextIO | None = None, delay: float = 1.0, interval: float = 0.1,
                  width: int = 24, clock: Callable[[], float] = time.monotonic) -> None:
         self.total = max(int(total), 0)
         self.label = label
@@ -58,7 +60,7 @@ class Progress:
         self._drawn = False
         self.done = 0
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -75,7 +77,7 @@ class Progress:
         self._last = now
         self._draw(now)
 
-    def line(self, now: Optional[float] = None) -> str:
+    def line(self, now: float | None = None) -> str:
         """The text of the bar at time ``now``."""
         now = self._clock() if now is None else now
         elapsed = max(now - self._start, 1e-9)

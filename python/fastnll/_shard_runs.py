@@ -7,17 +7,29 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
 from ._shards import Shard, Specs, open_shard, pair
 from .readers import DumpError, split_key
 
-__all__ = ["Unit", "EVAL_KEYS", "units", "plan_eval", "plan_compare", "run_eval_unit",
-           "run_compare_unit", "evaluate_files", "compare_files", "split_cli", "cli_evaluate",
-           "cli_compare"]
+__all__ = [
+    "EVAL_KEYS",
+    "Unit",
+    "cli_compare",
+    "cli_evaluate",
+    "compare_files",
+    "evaluate_files",
+    "plan_compare",
+    "plan_eval",
+    "run_compare_unit",
+    "run_eval_unit",
+    "split_cli",
+    "units",
+]
 
 
 # ----------------------------------------------------------------------------- units
@@ -28,13 +40,13 @@ class Unit:
     row of this shard predicts."""
 
     index: int
-    preds: Tuple[Shard, ...]  # one (eval) or two (compare: base, new)
+    preds: tuple[Shard, ...]  # one (eval) or two (compare: base, new)
     target: Shard
-    next_target: Optional[Shard]
+    next_target: Shard | None
     chained: bool  # 2-d with shift: row i is scored against target i + 1 of the whole dump
 
 
-def units(preds: Sequence[Sequence[Shard]], targets: Sequence[Shard], shift: bool) -> List[Unit]:
+def units(preds: Sequence[Sequence[Shard]], targets: Sequence[Shard], shift: bool) -> list[Unit]:
     """Tasks for ``preds[k]`` (a tuple per position) against ``targets[k]``."""
     chained = shift and len(preds[0][0].shape) == 2
     out = []
@@ -44,7 +56,7 @@ def units(preds: Sequence[Sequence[Shard]], targets: Sequence[Shard], shift: boo
     return out
 
 
-def unit_arrays(u: Unit) -> Tuple[List[np.ndarray], np.ndarray, bool]:
+def unit_arrays(u: Unit) -> tuple[list[np.ndarray], np.ndarray, bool]:
     """(prediction arrays, targets, shift) of a chained unit, opened here: rows scored
     against the next row's target, the shard's last row against the next shard's first."""
     xs = [open_shard(p) for p in u.preds]
@@ -76,7 +88,7 @@ def chained_message(u: Unit, value: int, i: int, classes: int, ignore_index: int
 EVAL_KEYS = ("kind", "ignore_index", "top_k", "n_bins", "chunk_bytes", "check_kind")
 
 
-def _unit_dumps(u: Unit, opts: Dict[str, Any]) -> Tuple[List[Any], Any]:
+def _unit_dumps(u: Unit, opts: dict[str, Any]) -> tuple[list[Any], Any]:
     """The unit's dumps (shift applied; files opened here) and how to word a bad target."""
     from ._inputs import check_declared_kind, prepare
     from ._partial import target_message
@@ -87,7 +99,7 @@ def _unit_dumps(u: Unit, opts: Dict[str, Any]) -> Tuple[List[Any], Any]:
                       shape=p.raw_shape, target_dtype=u.target.raw_dtype) for p in u.preds]
         c, tname = ds[0].x.shape[-1], ds[0].tname
 
-        def where(value: int, pos: Tuple[int, ...]) -> str:
+        def where(value: int, pos: tuple[int, ...]) -> str:
             return target_message(value, pos, c, ii, tname)
     else:
         xs, ts, _ = unit_arrays(u)
@@ -96,7 +108,7 @@ def _unit_dumps(u: Unit, opts: Dict[str, Any]) -> Tuple[List[Any], Any]:
             d.name = p.source
         c = ds[0].x.shape[-1]
 
-        def where(value: int, pos: Tuple[int, ...]) -> str:
+        def where(value: int, pos: tuple[int, ...]) -> str:
             return chained_message(u, value, pos[0], c, ii)
     if opts["check_kind"]:
         for d in ds:
@@ -104,7 +116,7 @@ def _unit_dumps(u: Unit, opts: Dict[str, Any]) -> Tuple[List[Any], Any]:
     return ds, where
 
 
-def run_eval_unit(u: Unit, opts: Dict[str, Any]) -> Any:
+def run_eval_unit(u: Unit, opts: dict[str, Any]) -> Any:
     """An Evaluator filled with one unit: files opened here, read in windows of chunk_bytes
     whose pages are released as it goes; errors name the files."""
     from ._partial import eval_dump
@@ -119,7 +131,7 @@ def run_eval_unit(u: Unit, opts: Dict[str, Any]) -> Any:
     return ev
 
 
-def run_compare_unit(u: Unit, opts: Dict[str, Any]) -> Any:
+def run_compare_unit(u: Unit, opts: dict[str, Any]) -> Any:
     """CompareSums of one unit (base and new shards against the target shard)."""
     from ._partial import CompareSums, compare_dumps
 
@@ -131,14 +143,14 @@ def run_compare_unit(u: Unit, opts: Dict[str, Any]) -> Any:
     return acc
 
 
-def plan_eval(preds: Specs, target: Specs, opts: Dict[str, Any]) -> List[Unit]:
+def plan_eval(preds: Specs, target: Specs, opts: dict[str, Any]) -> list[Unit]:
     """Units of an evaluation of shard files (checked: counts, rows, classes)."""
     ps, ts = pair(preds, target, dtype=opts.get("dtype"), shape=opts.get("shape"),
                   target_dtype=opts.get("target_dtype"))
     return units([(p,) for p in ps], ts, bool(opts["shift"]))
 
 
-def plan_compare(base: Specs, new: Specs, target: Specs, opts: Dict[str, Any]) -> List[Unit]:
+def plan_compare(base: Specs, new: Specs, target: Specs, opts: dict[str, Any]) -> list[Unit]:
     """Units of a comparison of two models' shard files on the same target shards."""
     kw = dict(dtype=opts.get("dtype"), shape=opts.get("shape"),
               target_dtype=opts.get("target_dtype"))
@@ -172,7 +184,7 @@ def compare_files(base: Specs, new: Specs, target: Specs, **opts: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- command line
-def _one_file(group: List[str]) -> bool:
+def _one_file(group: list[str]) -> bool:
     if len(group) != 1:
         return False
     base = str(split_key(group[0])[0])
@@ -208,7 +220,7 @@ def split_cli(a: Any, names: Sequence[str]) -> None:
                          "combined with several shards, --workers or --scheduler")
 
 
-def _cli_opts(a: Any) -> Dict[str, Any]:
+def _cli_opts(a: Any) -> dict[str, Any]:
     return dict(kind=a.kind, ignore_index=a.ignore_index, shift=a.shift,
                 chunk_bytes=a.chunk_mb << 20, check_kind=not a.no_kind_check, dtype=a.dtype,
                 shape=a.shape, target_dtype=a.target_dtype)

@@ -22,20 +22,21 @@ import os
 import pickle
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
 from .readers import KNOWN_SUFFIXES, DumpError, is_path, load_array, split_key
 
-__all__ = ["Shard", "ShardArray", "expand", "describe", "pair", "open_shard", "is_specs"]
+__all__ = ["Shard", "ShardArray", "describe", "expand", "is_specs", "open_shard", "pair"]
 
 Specs = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
 
 
 # ----------------------------------------------------------------------------- listing
-def _natural(name: str) -> List[Any]:
+def _natural(name: str) -> list[Any]:
     return [(0, int(p), p) if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name)]
 
 
@@ -46,15 +47,15 @@ def is_specs(source: Any) -> bool:
     return isinstance(source, (list, tuple)) and len(source) > 0 and all(map(is_path, source))
 
 
-def expand(specs: Specs, what: str = "preds") -> List[str]:
+def expand(specs: Specs, what: str = "preds") -> list[str]:
     """Files named by paths, globs and directories, in order (each glob/directory sorted).
 
     A directory contributes its .npy/.npz/.safetensors files; a glob that matches nothing, an
     empty directory, or a file listed twice is a :class:`DumpError` naming it."""
-    items: List[Any] = [specs] if is_path(specs) else list(specs)  # type: ignore[arg-type]
+    items: list[Any] = [specs] if is_path(specs) else list(specs)  # type: ignore[arg-type]
     if not items:
         raise DumpError(f"no {what} files given")
-    out: List[str] = []
+    out: list[str] = []
     for spec in items:
         text = os.fspath(spec)
         path, key = split_key(text)
@@ -72,7 +73,7 @@ def expand(specs: Specs, what: str = "preds") -> List[str]:
         else:
             found = [base]
         out.extend(f + tail for f in sorted(found, key=_natural))
-    seen: Dict[str, str] = {}
+    seen: dict[str, str] = {}
     for f in out:
         real = os.path.realpath(split_key(f)[0]) + (split_key(f)[1] or "")
         if real in seen:
@@ -87,7 +88,7 @@ class Shard:
     """One file of a sharded dump, described from its header (the data is not read)."""
 
     source: str  # path, with ":key" for .npz / .safetensors members
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     dtype: np.dtype
     raw_dtype: Any = None  # for raw binary files: how to open them again
     raw_shape: Any = None
@@ -102,7 +103,7 @@ def _is_raw(source: str) -> bool:
     return split_key(source)[0].suffix.lower() not in KNOWN_SUFFIXES
 
 
-def _recipe(source: str, target: bool, dtype: Any, shape: Any) -> Tuple[Any, Any]:
+def _recipe(source: str, target: bool, dtype: Any, shape: Any) -> tuple[Any, Any]:
     if not _is_raw(source):
         return None, None
     if target:
@@ -121,7 +122,7 @@ def describe(source: str, *, target: bool = False, dtype: Any = None,
 
 def pair(pred_specs: Specs, target_specs: Specs, *, dtype: Any = None, shape: Any = None,
          target_dtype: Any = None, what: str = "preds",
-         ) -> Tuple[List[Shard], List[Shard]]:
+         ) -> tuple[list[Shard], list[Shard]]:
     """Prediction and target shards matched by position (sorted names), checked: the same
     number of files, each target shard holding one class index per prediction row, every
     prediction shard of the same rank and number of classes, integer targets."""
@@ -150,7 +151,7 @@ def pair(pred_specs: Specs, target_specs: Specs, *, dtype: Any = None, shape: An
     return preds, targets
 
 
-def _first(files: List[str]) -> str:
+def _first(files: list[str]) -> str:
     return files[0] + (f" ... {files[-1]}" if len(files) > 1 else "")
 
 
@@ -177,7 +178,7 @@ class ShardArray(np.ndarray):
         self._fastnll_open = getattr(obj, "_fastnll_open", None)
         self._fastnll_origin = getattr(obj, "_fastnll_origin", None)
 
-    def _file_position(self) -> Optional[int]:
+    def _file_position(self) -> int | None:
         """Byte offset of this array's first element in the mapped shard, or None if this
         array's memory is not the shard's mapping."""
         org = self._fastnll_origin
@@ -186,8 +187,8 @@ class ShardArray(np.ndarray):
         mm = _mapping(self)
         if mm is None or mm is not _mapping(org):
             return None
-        start = self.__array_interface__["data"][0]
-        base = org.__array_interface__["data"][0]
+        start: int = self.__array_interface__["data"][0]
+        base: int = org.__array_interface__["data"][0]
         lo = hi = 0
         for n, s in zip(self.shape, self.strides):
             if n == 0:
@@ -207,7 +208,7 @@ class ShardArray(np.ndarray):
         return self.__reduce__()
 
 
-def _wrap(arr: np.ndarray, recipe: Tuple[Any, ...]) -> np.ndarray:
+def _wrap(arr: np.ndarray, recipe: tuple[Any, ...]) -> np.ndarray:
     if _mapping(arr) is None:  # an empty shard, or a compressed .npz member: plain data
         return arr
     out = arr.view(ShardArray)
@@ -215,25 +216,25 @@ def _wrap(arr: np.ndarray, recipe: Tuple[Any, ...]) -> np.ndarray:
     return out
 
 
-def _reopen(recipe: Tuple[Any, ...], pos: int, shape: Tuple[int, ...], dtype: np.dtype,
-            strides: Tuple[int, ...]) -> np.ndarray:
+def _reopen(recipe: tuple[Any, ...], pos: int, shape: tuple[int, ...], dtype: np.dtype,
+            strides: tuple[int, ...]) -> np.ndarray:
     whole = _load(recipe)
     mm = _mapping(whole)
     if mm is None:
         raise DumpError(f"{recipe[0]}: this shard is no longer a mapped file")
     start = whole.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).ctypes.data
     view = np.ndarray(shape, dtype=dtype, buffer=mm, offset=start + pos, strides=strides)
-    out = view.view(ShardArray)
+    out: ShardArray = view.view(ShardArray)
     out._fastnll_open, out._fastnll_origin = recipe, whole
     return out
 
 
-def _load(recipe: Tuple[Any, ...]) -> np.ndarray:
+def _load(recipe: tuple[Any, ...]) -> np.ndarray:
     source, rd, rs = recipe
     return load_array(source, dtype=rd, shape=rs)
 
 
-def open_shard(shard: Union[Shard, str], *, target: bool = False, dtype: Any = None,
+def open_shard(shard: Shard | str, *, target: bool = False, dtype: Any = None,
                shape: Any = None) -> np.ndarray:
     """Map one shard read-only (in the process that calls it, e.g. a Dask task) as a
     :class:`ShardArray`."""
@@ -257,23 +258,25 @@ def _register_dask() -> None:
         return
     from dask.sizeof import sizeof
 
-    @sizeof.register(ShardArray)
     def _size(x: ShardArray) -> int:
         return 512 if x._file_position() is not None else int(x.nbytes)
 
+    sizeof.register(ShardArray)(_size)
+
     try:
-        from distributed.protocol import dask_deserialize, dask_serialize
+        from distributed.protocol.serialize import dask_deserialize, dask_serialize
     except ImportError:  # plain dask: nothing is serialised between threads
         _REGISTERED = True
         return
 
-    @dask_serialize.register(ShardArray)
-    def _ser(x: ShardArray) -> Tuple[Dict[str, Any], List[bytes]]:
+    def _ser(x: ShardArray) -> tuple[dict[str, Any], list[bytes]]:
         return {}, [pickle.dumps(x, protocol=5)]
 
-    @dask_deserialize.register(ShardArray)
-    def _de(header: Dict[str, Any], frames: List[Any]) -> Any:
+    def _de(header: dict[str, Any], frames: list[Any]) -> Any:
         return pickle.loads(b"".join(bytes(f) for f in frames))
+
+    dask_serialize.register(ShardArray)(_ser)
+    dask_deserialize.register(ShardArray)(_de)
 
     _REGISTERED = True
 

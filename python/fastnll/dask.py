@@ -24,31 +24,45 @@ import contextlib
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 try:
-    import dask
     import dask.array as da
+    from dask.delayed import delayed
 except ImportError as exc:  # pragma: no cover - exercised where dask is absent
     raise ImportError("fastnll.dask needs dask: pip install 'fastnll[dask]'") from exc
 
 from . import _shard_runs, _shards
 from ._arrays import float_tag
-from ._partial import (CompareSums, LossSums, as_block, compare_dumps, eval_dump, release,
-                       target_message)
+from ._partial import (
+    CompareSums,
+    LossSums,
+    as_block,
+    compare_dumps,
+    eval_dump,
+    release,
+    target_message,
+)
 from .evaluate import Evaluator
 
-__all__ = ["evaluate", "compare", "cross_entropy", "from_shards", "cluster",
-           "use_worker_threads"]
+__all__ = [
+    "cluster",
+    "compare",
+    "cross_entropy",
+    "evaluate",
+    "from_shards",
+    "use_worker_threads",
+]
 
 SPLIT_EVERY = 8  # partial results merged per reduction task
 
 
 # ----------------------------------------------------------------------------- arrays
 def from_shards(paths: Any, *, dtype: Any = None, shape: Any = None, target: bool = False,
-                target_dtype: Any = None) -> "da.Array":
+                target_dtype: Any = None) -> da.Array:
     """A dask array of shard files concatenated along their first axis, one chunk per shard.
 
     ``paths``: a path, glob, directory, or list of them (sorted as :func:`expand` says). Only
@@ -67,13 +81,14 @@ def from_shards(paths: Any, *, dtype: Any = None, shape: Any = None, target: boo
                              f"concatenate along their first axis only")
     # Not pure: every call gets new task keys, so a shard file rewritten between two calls is
     # read again instead of answered from results the scheduler may still hold.
-    opener = dask.delayed(_shards.open_shard)
+    opener = delayed(_shards.open_shard)
     blocks = [da.from_delayed(opener(s), shape=s.shape, dtype=s.dtype,
                               meta=np.empty((0,) * len(s.shape), s.dtype)) for s in shards]
-    return blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=0)
+    out: da.Array = blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=0)
+    return out
 
 
-def _as_dask(x: Any, name: str, *, target: bool = False) -> "da.Array":
+def _as_dask(x: Any, name: str, *, target: bool = False) -> da.Array:
     if isinstance(x, da.Array):
         return x
     if _shards.is_specs(x):
@@ -83,7 +98,7 @@ def _as_dask(x: Any, name: str, *, target: bool = False) -> "da.Array":
                     f"da.from_array of a memory map would ship its bytes to the workers")
 
 
-def _check_preds(x: "da.Array", name: str) -> None:
+def _check_preds(x: da.Array, name: str) -> None:
     if float_tag(x.dtype) is None:
         raise TypeError(f"{name} has dtype {x.dtype}; accepted dtypes: float32, float64, "
                         f"float16, bfloat16 (ml_dtypes)")
@@ -93,8 +108,8 @@ def _check_preds(x: "da.Array", name: str) -> None:
         raise ValueError(f"{name} has 0 classes (shape {x.shape})")
 
 
-def _aligned(xs: List["da.Array"], t: "da.Array", shift: bool, names: Sequence[str]
-             ) -> Tuple[List["da.Array"], "da.Array", bool, int]:
+def _aligned(xs: list[da.Array], t: da.Array, shift: bool, names: Sequence[str]
+             ) -> tuple[list[da.Array], da.Array, bool, int]:
     """Predictions with one chunk along the class axis (and along T for a shifted [B, T, V]
     dump), targets rechunked to their row chunks; returns (preds, target, shift left for the
     blocks, how far the target positions of the blocks are shifted)."""
@@ -124,8 +139,8 @@ def _aligned(xs: List["da.Array"], t: "da.Array", shift: bool, names: Sequence[s
     return xs, t.rechunk(xs[0].chunks[:-1]), shift, offset
 
 
-def _parts(func: Callable[..., Any], xs: List["da.Array"], t: Optional["da.Array"],
-           **kw: Any) -> List[Any]:
+def _parts(func: Callable[..., Any], xs: list[da.Array], t: da.Array | None,
+           **kw: Any) -> list[Any]:
     """One delayed partial result per block of rows: func(blocks, target block, first index
     of the block along each lead axis, **kw). The blocks come from ``to_delayed`` (each array's
     graph optimised): Dask runs each scoring task where its blocks were read. Without a
@@ -134,7 +149,7 @@ def _parts(func: Callable[..., Any], xs: List["da.Array"], t: Optional["da.Array
     lead = xs[0].chunks[:-1]
     td = t.to_delayed() if t is not None else None
     starts = [np.cumsum((0,) + c[:-1]) for c in lead]
-    task = dask.delayed(func)
+    task = delayed(func)
     out = []
     for idx in np.ndindex(*xd[0].shape[:-1]):
         first = tuple(int(s[i]) for s, i in zip(starts, idx))
@@ -143,14 +158,14 @@ def _parts(func: Callable[..., Any], xs: List["da.Array"], t: Optional["da.Array
     return out
 
 
-def _tree(parts: List[Any], merge: Callable[..., Any], empty: Callable[[], Any],
+def _tree(parts: list[Any], merge: Callable[..., Any], empty: Callable[[], Any],
           split_every: int) -> Any:
     """Merge delayed partial results, ``split_every`` at a time, into one delayed result."""
     if split_every < 2:
         raise ValueError(f"split_every must be >= 2, got {split_every}")
-    level = parts or [dask.delayed(empty)()]
+    level = parts or [delayed(empty)()]
     while len(level) > 1:
-        level = [dask.delayed(merge)(*level[i:i + split_every])
+        level = [delayed(merge)(*level[i:i + split_every])
                  for i in range(0, len(level), split_every)]
     return level[0]
 
@@ -167,7 +182,7 @@ def _finish(result: Any, *args: Any) -> Any:
 
 
 def _run(root: Any, compute: bool, scheduler: Any, *args: Any) -> Any:
-    out = dask.delayed(_finish)(root, *args)
+    out = delayed(_finish)(root, *args)
     return out.compute(scheduler=scheduler) if compute else out
 
 
@@ -190,17 +205,17 @@ def use_worker_threads() -> int:
 
 
 # ----------------------------------------------------------------------------- block tasks
-def _where(starts: Tuple[int, ...], offset: int, classes: int, ignore_index: int
-           ) -> Callable[[int, Tuple[int, ...]], str]:
+def _where(starts: tuple[int, ...], offset: int, classes: int, ignore_index: int
+           ) -> Callable[[int, tuple[int, ...]], str]:
     """Words a block's bad target at its position in the whole target array."""
-    def where(value: int, pos: Tuple[int, ...]) -> str:
+    def where(value: int, pos: tuple[int, ...]) -> str:
         full = [s + p for s, p in zip(starts, pos)]
         full[-1] += offset
         return target_message(value, tuple(full), classes, ignore_index)
     return where
 
 
-def _block_dumps(blocks: List[Any], tb: Any, opts: Dict[str, Any]) -> List[Any]:
+def _block_dumps(blocks: list[Any], tb: Any, opts: dict[str, Any]) -> list[Any]:
     from ._inputs import check_declared_kind, prepare
 
     t = as_block(tb)
@@ -211,8 +226,8 @@ def _block_dumps(blocks: List[Any], tb: Any, opts: Dict[str, Any]) -> List[Any]:
     return ds
 
 
-def _eval_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
-                opts: Dict[str, Any]) -> Evaluator:
+def _eval_block(xb: list[Any], tb: Any, starts: tuple[int, ...], *,
+                opts: dict[str, Any]) -> Evaluator:
     use_worker_threads()
     (d,) = _block_dumps(xb, tb, opts)
     ev = Evaluator(progress=False, shift=False, check_kind=False,
@@ -224,8 +239,8 @@ def _eval_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
     return ev
 
 
-def _compare_block(bb: List[Any], tb: Any, starts: Tuple[int, ...], *,
-                   opts: Dict[str, Any]) -> CompareSums:
+def _compare_block(bb: list[Any], tb: Any, starts: tuple[int, ...], *,
+                   opts: dict[str, Any]) -> CompareSums:
     use_worker_threads()
     db, dn = _block_dumps(bb, tb, opts)
     acc = CompareSums(opts["kind"], opts["ignore_index"])
@@ -237,13 +252,13 @@ def _compare_block(bb: List[Any], tb: Any, starts: Tuple[int, ...], *,
     return acc
 
 
-def _unit_task(run: Callable[..., Any], u: Any, opts: Dict[str, Any]) -> Any:
+def _unit_task(run: Callable[..., Any], u: Any, opts: dict[str, Any]) -> Any:
     use_worker_threads()
     return run(u, opts)
 
 
-def _file_parts(run: Callable[..., Any], us: List[Any], opts: Dict[str, Any]) -> List[Any]:
-    task = dask.delayed(_unit_task)
+def _file_parts(run: Callable[..., Any], us: list[Any], opts: dict[str, Any]) -> list[Any]:
+    task = delayed(_unit_task)
     return [task(run, u, opts) for u in us]
 
 
@@ -260,7 +275,7 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     name; ``dtype``/``shape``/``target_dtype`` describe raw binary files). ``scheduler``: as
     for ``dask.compute`` (default: the active ``distributed.Client``, else threads).
     ``compute=False`` returns a Delayed of the report. Per-row outputs are not offered here."""
-    opts: Dict[str, Any] = dict(kind=kind, ignore_index=int(ignore_index), top_k=tuple(top_k),
+    opts: dict[str, Any] = dict(kind=kind, ignore_index=int(ignore_index), top_k=tuple(top_k),
                                 n_bins=int(n_bins), chunk_bytes=int(chunk_bytes),
                                 check_kind=bool(check_kind), shift=bool(shift))
     empty = Evaluator(progress=False, **{k: opts[k] for k in _shard_runs.EVAL_KEYS}, shift=shift)
@@ -283,7 +298,7 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
             split_every: int = SPLIT_EVERY) -> Any:
     """:func:`fastnll.compare` over dask arrays or shard files; the same
     :class:`CompareReport` (KL(base || new), NLL difference, top-1 agreement)."""
-    opts: Dict[str, Any] = dict(kind=kind, ignore_index=int(ignore_index),
+    opts: dict[str, Any] = dict(kind=kind, ignore_index=int(ignore_index),
                                 chunk_bytes=int(chunk_bytes), check_kind=bool(check_kind),
                                 shift=bool(shift))
     empty = CompareSums(kind, int(ignore_index))
@@ -302,8 +317,8 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
 CE_WINDOW = 256 << 20  # bytes of logits per core call in a cross_entropy block
 
 
-def _ce_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
-              opts: Dict[str, Any]) -> LossSums:
+def _ce_block(xb: list[Any], tb: Any, starts: tuple[int, ...], *,
+              opts: dict[str, Any]) -> LossSums:
     from . import _core
     from ._arrays import as_target_array, core_view
 
@@ -380,14 +395,14 @@ def cross_entropy(logits: Any, target: Any, weight: Any = None, ignore_index: in
     return _run(_tree(parts, _merge, LossSums, split_every), compute, scheduler, reduction)
 
 
-def _ce_soft_block(xb: List[Any], tb: Any, starts: Tuple[int, ...], *,
-                   opts: Dict[str, Any]) -> LossSums:
+def _ce_soft_block(xb: list[Any], tb: Any, starts: tuple[int, ...], *,
+                   opts: dict[str, Any]) -> LossSums:
     return _ce_block([xb[0]], xb[1], starts, opts=opts)
 
 
 # ----------------------------------------------------------------------------- clusters
 @contextlib.contextmanager
-def cluster(scheduler: Optional[str] = None, workers: Optional[int] = None,
+def cluster(scheduler: str | None = None, workers: int | None = None,
             quiet: bool = True) -> Iterator[Any]:
     """A ``distributed.Client`` for the block: connected to ``scheduler`` (an address such as
     ``tcp://host:8786``), or to a new local cluster of ``workers`` processes sharing this

@@ -30,8 +30,9 @@ import os
 import stat
 import struct
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Union
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from . import _dlpack, _pt
 try:
     import ml_dtypes
 
-    _BF16: Optional[np.dtype] = np.dtype(ml_dtypes.bfloat16)
+    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
 except ImportError:  # pragma: no cover
     _BF16 = None
 
@@ -48,16 +49,16 @@ __all__ = [
     "DumpError",
     "PathLike",
     "is_path",
-    "split_key",
+    "list_arrays",
     "load_array",
     "open_npy",
     "open_npz",
-    "open_safetensors",
     "open_raw",
-    "read_safetensors_header",
-    "list_arrays",
+    "open_safetensors",
     "parse_dtype",
     "parse_shape",
+    "read_safetensors_header",
+    "split_key",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -65,7 +66,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 KNOWN_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth")  # .pt/.pth: see _pt
 
 # safetensors dtype names -> little-endian NumPy dtypes (BF16 handled separately)
-_ST_DTYPES: Dict[str, str] = {
+_ST_DTYPES: dict[str, str] = {
     "F64": "<f8",
     "F32": "<f4",
     "F16": "<f2",
@@ -80,7 +81,7 @@ _ST_DTYPES: Dict[str, str] = {
     "BOOL": "?",
 }
 
-_DTYPE_ALIASES: Dict[str, str] = {
+_DTYPE_ALIASES: dict[str, str] = {
     "f64": "float64",
     "double": "float64",
     "f32": "float32",
@@ -111,7 +112,7 @@ def is_path(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike))
 
 
-def split_key(source: PathLike) -> Tuple[Path, Optional[str]]:
+def split_key(source: PathLike) -> tuple[Path, str | None]:
     """``"dump.npz:logits"`` -> ``(Path("dump.npz"), "logits")``. A path that exists as given is
     never split, so file names holding a colon still work."""
     text = os.fspath(source)
@@ -124,7 +125,7 @@ def split_key(source: PathLike) -> Tuple[Path, Optional[str]]:
     return path, None
 
 
-def parse_dtype(spec: Union[str, np.dtype, type]) -> np.dtype:
+def parse_dtype(spec: str | np.dtype | type) -> np.dtype:
     """A dtype from a name: NumPy names and codes (``float32``, ``<f2``, ``>f4``) plus
     ``bfloat16``/``bf16`` and short aliases (``f32``, ``f16``, ``half``, ``i64``...)."""
     if isinstance(spec, np.dtype):
@@ -142,7 +143,7 @@ def parse_dtype(spec: Union[str, np.dtype, type]) -> np.dtype:
         raise ValueError(f"unknown dtype {spec!r}") from None
 
 
-def parse_shape(spec: Union[str, Sequence[int]]) -> Tuple[int, ...]:
+def parse_shape(spec: str | Sequence[int]) -> tuple[int, ...]:
     """``"1000,50257"`` / ``"1000x50257"`` / ``[1000, 50257]`` -> a tuple; one entry may be -1."""
     if isinstance(spec, str):
         parts = [p for p in spec.replace("x", ",").replace(" ", ",").split(",") if p]
@@ -190,7 +191,7 @@ def _open_regular(path: Path) -> IO[bytes]:
     is opened non-blocking, so it cannot hang; the check is on the opened descriptor, so the
     path cannot be swapped in between)."""
     try:
-        fh = open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK))
+        fh = open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK))  # noqa: SIM115 - returned open
     except FileNotFoundError:
         raise DumpError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -216,7 +217,7 @@ def _check_dtype(p: Path, dt: np.dtype, what: str = "array") -> None:
         raise DumpError(f"{p}: {what} has dtype {dt} of 0-byte items")
 
 
-def _nbytes(p: Path, shape: Tuple[int, ...], dt: np.dtype, what: str = "array") -> int:
+def _nbytes(p: Path, shape: tuple[int, ...], dt: np.dtype, what: str = "array") -> int:
     n = math.prod(shape) * dt.itemsize
     if n >= 1 << 62:
         raise DumpError(f"{p}: {what} of shape {shape} and dtype {dt} would be {n} bytes, "
@@ -224,7 +225,7 @@ def _nbytes(p: Path, shape: Tuple[int, ...], dt: np.dtype, what: str = "array") 
     return n
 
 
-def _npy_header(p: Path, fh: Any, what: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+def _npy_header(p: Path, fh: Any, what: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     """The header of a .npy stream, validated; any parse failure is a DumpError."""
     try:
         version = np.lib.format.read_magic(fh)
@@ -272,14 +273,14 @@ def open_npy(path: PathLike) -> np.ndarray:
                             f"data) but the file holds {size - offset}")
         order = "F" if fortran else "C"
         if need == 0:
-            return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+            return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload,no-any-return]
         return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
             fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
 
 
 def _no_duplicates(p: Path) -> Any:
-    def hook(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for k, v in pairs:
             if k in out:
                 raise DumpError(f"{p}: the .safetensors header names {k!r} twice")
@@ -288,7 +289,7 @@ def _no_duplicates(p: Path) -> Any:
     return hook
 
 
-def read_safetensors_header(path: PathLike) -> Tuple[Dict[str, Any], int]:
+def read_safetensors_header(path: PathLike) -> tuple[dict[str, Any], int]:
     """(header dict without ``__metadata__``, byte offset where tensor data starts). Every
     entry is validated: dtype, shape (integers >= 0), data_offsets (two integers within the
     data area, spanning exactly the tensor's bytes); duplicate names are refused."""
@@ -321,7 +322,7 @@ def read_safetensors_header(path: PathLike) -> Tuple[Dict[str, Any], int]:
     return header, 8 + n
 
 
-def _st_entry(p: Path, name: str, info: Any, data: int) -> Tuple[np.dtype, Tuple[int, ...], int]:
+def _st_entry(p: Path, name: str, info: Any, data: int) -> tuple[np.dtype, tuple[int, ...], int]:
     """Validate one header entry against a data area of `data` bytes; returns (dtype, shape,
     begin offset)."""
     head = f"{p}: tensor {name!r}"
@@ -358,7 +359,7 @@ def _st_dtype(p: Path, name: str, code: Any) -> np.dtype:
     return np.dtype(_ST_DTYPES[code])
 
 
-def _pick(p: Path, names: List[str], key: Optional[str], what: str) -> str:
+def _pick(p: Path, names: list[str], key: str | None, what: str) -> str:
     if key is not None:
         if key not in names:
             raise DumpError(f"{p}: no {what} named {key!r}; it holds: {', '.join(names) or 'none'}")
@@ -371,7 +372,7 @@ def _pick(p: Path, names: List[str], key: Optional[str], what: str) -> str:
     raise DumpError(f"{p}: holds {len(names)} {what}s ({listed}); name one as {p}:{names[0]}")
 
 
-def open_safetensors(path: PathLike, key: Optional[str] = None) -> np.ndarray:
+def open_safetensors(path: PathLike, key: str | None = None) -> np.ndarray:
     """Memory-map one tensor of a ``.safetensors`` file read-only."""
     p = Path(path)
     header, start = read_safetensors_header(p)
@@ -397,10 +398,10 @@ def _zip_data_offset(fh: Any, info: zipfile.ZipInfo) -> int:
     return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
 
 
-def _npz_members(p: Path, zf: zipfile.ZipFile) -> Dict[str, zipfile.ZipInfo]:
-    infos: Dict[str, zipfile.ZipInfo] = {}
+def _npz_members(p: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    infos: dict[str, zipfile.ZipInfo] = {}
     for i in zf.infolist():
-        name = i.filename[:-4] if i.filename.endswith(".npy") else i.filename
+        name = i.filename.removesuffix(".npy")
         if name in infos:
             raise DumpError(f"{p}: holds two members named {i.filename!r}; which one is meant "
                             f"is ambiguous")
@@ -427,7 +428,7 @@ def _npz_stored(p: Path, fh: IO[bytes], name: str, info: zipfile.ZipInfo) -> np.
                         f"but the zip member holds {have}")
     order = "F" if fortran else "C"
     if need == 0:
-        return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload]
+        return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload,no-any-return]
     return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
         fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
 
@@ -460,7 +461,7 @@ def _npz_inflate(p: Path, zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo)
     return _bf16_from_void(arr)
 
 
-def open_npz(path: PathLike, key: Optional[str] = None) -> np.ndarray:
+def open_npz(path: PathLike, key: str | None = None) -> np.ndarray:
     """One member of a ``.npz`` file: memory-mapped if stored, inflated into memory if
     compressed. Duplicate members, headers that disagree with the member's stored size,
     encrypted members, unknown compression and corrupt data are DumpErrors."""
@@ -487,7 +488,7 @@ def open_npz(path: PathLike, key: Optional[str] = None) -> np.ndarray:
                                 f"({type(exc).__name__}: {_short(exc)})") from None
 
 
-def open_raw(path: PathLike, dtype: Any, shape: Union[str, Sequence[int]],
+def open_raw(path: PathLike, dtype: Any, shape: str | Sequence[int],
              offset: int = 0) -> np.ndarray:
     """Memory-map raw binary of the given dtype and shape (one dimension may be -1). The
     dtype must be numeric (no Python objects) and the file must hold exactly the shape."""
@@ -516,7 +517,7 @@ def open_raw(path: PathLike, dtype: Any, shape: Union[str, Sequence[int]],
         return np.memmap(fh, dtype=dt, mode="r", offset=offset, shape=tuple(dims))
 
 
-def list_arrays(path: PathLike) -> List[str]:
+def list_arrays(path: PathLike) -> list[str]:
     """Names of the arrays in a ``.npz`` or tensors in a ``.safetensors`` file."""
     p = Path(path)
     if p.suffix.lower() == ".safetensors":
@@ -532,8 +533,8 @@ def list_arrays(path: PathLike) -> List[str]:
             return sorted(_npz_members(p, zf))
 
 
-def load_array(source: Any, *, key: Optional[str] = None, dtype: Any = None,
-               shape: Union[None, str, Sequence[int]] = None) -> np.ndarray:
+def load_array(source: Any, *, key: str | None = None, dtype: Any = None,
+               shape: None | str | Sequence[int] = None) -> np.ndarray:
     """An array for any accepted source.
 
     Arrays (including memmaps) are returned as they are; other array-likes go through

@@ -15,10 +15,11 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 type Arr<'py> = Bound<'py, PyUntypedArray>;
 
+#[allow(clippy::needless_pass_by_value)] // by value so that `.map_err(to_py)` reads as it should
 fn to_py(e: Error) -> PyErr {
     match e {
         Error::TargetOutOfRange { .. } => PyIndexError::new_err(e.to_string()),
@@ -39,13 +40,17 @@ fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> 
             Python::attach(|py| match py.check_signals() {
                 Ok(()) => false,
                 Err(e) => {
-                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
                     true
                 }
             })
         })
     });
-    if let Some(e) = pending.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(e) = pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
         return Err(e);
     }
     match r {
@@ -57,7 +62,10 @@ fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<T> + Send) -> 
             let msg = p
                 .downcast_ref::<String>()
                 .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .or_else(|| {
+                    p.downcast_ref::<&str>()
+                        .map(std::string::ToString::to_string)
+                })
                 .unwrap_or_default();
             Err(PyRuntimeError::new_err(format!(
                 "fastnll internal error (please report): {msg}"
@@ -86,11 +94,11 @@ fn shift_position(e: Error, offset: usize) -> Error {
     }
 }
 
-fn class_options<'a>(
-    weight: Option<&'a [f64]>,
+fn class_options(
+    weight: Option<&[f64]>,
     ignore_index: i64,
     label_smoothing: f64,
-) -> ClassOptions<'a> {
+) -> ClassOptions<'_> {
     ClassOptions {
         weight,
         ignore_index,
@@ -464,7 +472,7 @@ fn available_simd_paths() -> Vec<&'static str> {
     simd::Path::ALL
         .into_iter()
         .filter(|p| p.available())
-        .map(|p| p.name())
+        .map(super::simd::Path::name)
         .collect()
 }
 
@@ -502,7 +510,7 @@ fn get_num_threads() -> usize {
 
 #[pyfunction]
 fn set_num_threads(n: usize) {
-    parallel::set_num_threads(n)
+    parallel::set_num_threads(n);
 }
 
 #[pymodule]

@@ -28,11 +28,11 @@ impl Isa for Avx2 {
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m256) {
-        _mm256_storeu_ps(p, v)
+        _mm256_storeu_ps(p, v);
     }
     #[inline(always)]
     unsafe fn prefetch(p: *const u8) {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
     }
     #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m256 {
@@ -49,7 +49,7 @@ impl Isa for Avx2 {
             _mm256_set1_epi32(n as i32),
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         );
-        _mm256_maskstore_ps(p, m, v)
+        _mm256_maskstore_ps(p, m, v);
     }
     #[inline(always)]
     unsafe fn add(a: __m256, b: __m256) -> __m256 {

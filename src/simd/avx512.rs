@@ -28,11 +28,11 @@ impl Isa for Avx512 {
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m512) {
-        _mm512_storeu_ps(p, v)
+        _mm512_storeu_ps(p, v);
     }
     #[inline(always)]
     unsafe fn prefetch(p: *const u8) {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
     }
     #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
@@ -44,7 +44,7 @@ impl Isa for Avx512 {
     }
     #[inline(always)]
     unsafe fn store_tail(p: *mut f32, v: __m512, n: usize) {
-        _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, v)
+        _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, v);
     }
     #[inline(always)]
     unsafe fn add(a: __m512, b: __m512) -> __m512 {

@@ -63,7 +63,7 @@ impl Isa for Scalar {
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: f32) {
-        *p = v
+        *p = v;
     }
     #[inline(always)]
     unsafe fn prefetch(_p: *const u8) {}
