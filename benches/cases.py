@@ -29,9 +29,18 @@ GEN_ELEMS = 1 << 22  # elements generated per chunk (bounded temporaries, determ
 # ----------------------------------------------------------------------------- axes
 
 OPS = (
-    "cross_entropy", "nll_loss", "logsumexp", "log_softmax", "softmax",
-    "evaluate_logits", "evaluate_log_probs", "evaluate_probs", "compare",
-    "bce_with_logits", "cross_entropy_soft", "cross_entropy_smooth",
+    "cross_entropy",
+    "nll_loss",
+    "logsumexp",
+    "log_softmax",
+    "softmax",
+    "evaluate_logits",
+    "evaluate_log_probs",
+    "evaluate_probs",
+    "compare",
+    "bce_with_logits",
+    "cross_entropy_soft",
+    "cross_entropy_smooth",
 )
 CLASS_COUNTS = (2, 3, 10, 32, 100, 128, 1000, 32000, 128256)
 DTYPES = ("f32", "bf16", "f16", "f64")
@@ -54,9 +63,18 @@ TDTYPE_MAX_C = {"i64": 1 << 62, "i32": 1 << 31, "u16": 65536, "u8": 256}
 
 # ops -> what the float input holds; ops with integer class targets
 OP_KIND = {op: "logits" for op in OPS}
-OP_KIND.update({"nll_loss": "log_probs", "evaluate_log_probs": "log_probs", "evaluate_probs": "probs"})
-INT_TARGET_OPS = {"cross_entropy", "nll_loss", "evaluate_logits", "evaluate_log_probs",
-                  "evaluate_probs", "compare", "cross_entropy_smooth"}
+OP_KIND.update(
+    {"nll_loss": "log_probs", "evaluate_log_probs": "log_probs", "evaluate_probs": "probs"}
+)
+INT_TARGET_OPS = {
+    "cross_entropy",
+    "nll_loss",
+    "evaluate_logits",
+    "evaluate_log_probs",
+    "evaluate_probs",
+    "compare",
+    "cross_entropy_smooth",
+}
 # second float input of the same shape: compare's "new" logits, soft targets, BCE targets
 SECOND = {"compare": "logits2", "cross_entropy_soft": "probs2", "bce_with_logits": "binary"}
 NXC_OUTPUT_OPS = {"log_softmax", "softmax"}
@@ -110,8 +128,9 @@ class Cell:
     @property
     def base(self) -> Cell:
         """The same op, dtype and C with int64 targets in C order (its results must match)."""
-        return replace(self, tdtype=BASE_TDTYPE if self.op in INT_TARGET_OPS else None,
-                       layout=BASE_LAYOUT)
+        return replace(
+            self, tdtype=BASE_TDTYPE if self.op in INT_TARGET_OPS else None, layout=BASE_LAYOUT
+        )
 
     def rows(self, nbytes: int) -> int:
         """N such that one float input is about ``nbytes`` (COLD_FACTOR times that when cold)."""
@@ -131,8 +150,14 @@ class Cell:
         return total + (n * out_itemsize(self.dtype) if self.op in PER_ROW_OUTPUT_OPS else 0)
 
 
-def cell(op: str, c: int, dtype: str = BASE_DTYPE, tdtype: str | None = BASE_TDTYPE,
-         layout: str = BASE_LAYOUT, **kw: Any) -> Cell | None:
+def cell(
+    op: str,
+    c: int,
+    dtype: str = BASE_DTYPE,
+    tdtype: str | None = BASE_TDTYPE,
+    layout: str = BASE_LAYOUT,
+    **kw: Any,
+) -> Cell | None:
     """A Cell, or None where the combination does not exist (uint8 targets at C > 256, ...)."""
     if op not in INT_TARGET_OPS:
         tdtype = None
@@ -164,8 +189,13 @@ def _grids(ops: Iterable[str], cs: Iterable[int]) -> list[Cell | None]:
     return out
 
 
-def _files(cs_path: Iterable[int], cs_cli: Iterable[int], cs_cmp: Iterable[int], cold_c: int,
-           bf16_c: int | None) -> list[Cell | None]:
+def _files(
+    cs_path: Iterable[int],
+    cs_cli: Iterable[int],
+    cs_cmp: Iterable[int],
+    cold_c: int,
+    bf16_c: int | None,
+) -> list[Cell | None]:
     out: list[Cell | None] = []
     for st in STORES:
         out += [cell("evaluate_logits", c, store=st, via="path") for c in cs_path]
@@ -184,7 +214,9 @@ def matrix() -> list[Cell]:
     every dtype, target dtype and layout at C = 10 and 32000; the dumps on disk."""
     cells: list[Cell | None] = [cell(op, c) for op in OPS for c in CLASS_COUNTS]
     cells += _grids(("cross_entropy", "evaluate_logits"), CLASS_COUNTS)
-    cells += _grids([op for op in OPS if op not in ("cross_entropy", "evaluate_logits")], (10, 32000))
+    cells += _grids(
+        [op for op in OPS if op not in ("cross_entropy", "evaluate_logits")], (10, 32000)
+    )
     cells += _files((2, 10, 1000, 32000, 128256), (10, 32000), (10, 32000), 32000, 32000)
     return _uniq(cells)
 
@@ -194,7 +226,9 @@ def quick() -> list[Cell]:
     layout of cross_entropy and evaluate at C = 10, a few dumps on disk (no cold run)."""
     cells: list[Cell | None] = [cell(op, c) for op in OPS for c in (2, 1000)]
     cells += _grids(("cross_entropy", "evaluate_logits"), (10,))
-    cells += [cell("evaluate_logits", 1000, store=st, via=v) for st in STORES for v in ("path", "cli")]
+    cells += [
+        cell("evaluate_logits", 1000, store=st, via=v) for st in STORES for v in ("path", "cli")
+    ]
     cells.append(cell("compare", 1000, store="npy", via="path"))
     return _uniq(cells)
 
@@ -205,7 +239,7 @@ def full() -> list[Cell]:
     for op in OPS:
         for c in CLASS_COUNTS:
             for d in DTYPES:
-                for t in (TDTYPES if op in INT_TARGET_OPS else (None,)):
+                for t in TDTYPES if op in INT_TARGET_OPS else (None,):
                     cells += [cell(op, c, dtype=d, tdtype=t, layout=lay) for lay in LAYOUTS]
     cells += _files(CLASS_COUNTS, (10, 32000), (10, 32000), 32000, 32000)
     return _uniq(cells)
@@ -230,14 +264,26 @@ def run_order(cells: list[Cell]) -> list[Cell]:
     the base layout and int64 targets first (so the base result exists for the identity check)."""
     lay = {v: i for i, v in enumerate(LAYOUTS)}
     td = {v: i for i, v in enumerate(TDTYPES)}
-    return sorted(cells, key=lambda k: (DTYPES.index(k.dtype), k.c, k.is_file, k.cold,
-                                        lay[k.layout], td.get(k.tdtype, -1), OPS.index(k.op)))
+    return sorted(
+        cells,
+        key=lambda k: (
+            DTYPES.index(k.dtype),
+            k.c,
+            k.is_file,
+            k.cold,
+            lay[k.layout],
+            td.get(k.tdtype, -1),
+            OPS.index(k.op),
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def _fill_chunks(out2d: np.ndarray, seed: int, fill: Callable[[np.random.Generator, int, int], np.ndarray]) -> None:
+def _fill_chunks(
+    out2d: np.ndarray, seed: int, fill: Callable[[np.random.Generator, int, int], np.ndarray]
+) -> None:
     """Fill a C-contiguous (n, c) array row-block by row-block from one seeded generator."""
     n, c = out2d.shape
     rng = np.random.default_rng(seed)
@@ -268,15 +314,21 @@ def make_values(role: str, n: int, c: int, dtype: str) -> np.ndarray:
     in float64, then rounded), "probs" (softmax with a 1% uniform floor), "logits2" (another
     seed), "probs2" (soft targets, another seed), "binary" (0/1 BCE targets)."""
     out = np.empty((n, c), dtype=np_dtype(dtype))
-    seeds = {"logits": SEED, "log_probs": SEED, "probs": SEED, "logits2": SEED + 7,
-             "probs2": SEED + 11, "binary": SEED + 13}
+    seeds = {
+        "logits": SEED,
+        "log_probs": SEED,
+        "probs": SEED,
+        "logits2": SEED + 7,
+        "probs2": SEED + 11,
+        "binary": SEED + 13,
+    }
     fills = {
         "logits": _normal,
         "logits2": _normal,
         "log_probs": lambda g, a, b: _log_softmax64(_normal(g, a, b)),
         "probs": lambda g, a, b: _probs(_normal(g, a, b)),
         "probs2": lambda g, a, b: _probs(_normal(g, a, b)),
-        "binary": lambda g, a, b: (g.random((a, b), dtype=np.float32) < 0.5),
+        "binary": lambda g, a, b: g.random((a, b), dtype=np.float32) < 0.5,
     }
     _fill_chunks(out, seeds[role], fills[role])
     return out
@@ -486,7 +538,9 @@ def torch_fn(torch: Any, op: str, long_targets: bool) -> Callable[..., Any]:
 
     table: dict[str, Callable[..., Any]] = {
         "cross_entropy": lambda x, t, y: F.cross_entropy(x, tl(t)),
-        "cross_entropy_smooth": lambda x, t, y: F.cross_entropy(x, tl(t), label_smoothing=LABEL_SMOOTHING),
+        "cross_entropy_smooth": lambda x, t, y: F.cross_entropy(
+            x, tl(t), label_smoothing=LABEL_SMOOTHING
+        ),
         "cross_entropy_soft": lambda x, t, y: F.cross_entropy(x, y),
         "nll_loss": lambda x, t, y: F.nll_loss(x, tl(t)),
         "logsumexp": lambda x, t, y: torch.logsumexp(x, dim=-1),
@@ -495,8 +549,12 @@ def torch_fn(torch: Any, op: str, long_targets: bool) -> Callable[..., Any]:
         "evaluate_logits": lambda x, t, y: (F.cross_entropy(x, tl(t)), acc(x, t)),
         "evaluate_log_probs": lambda x, t, y: (F.nll_loss(x, tl(t)), acc(x, t)),
         "evaluate_probs": lambda x, t, y: (F.nll_loss(torch.log(x), tl(t)), acc(x, t)),
-        "compare": lambda x, t, y: F.kl_div(F.log_softmax(y, dim=-1), F.log_softmax(x, dim=-1),
-                                            reduction="batchmean", log_target=True),
+        "compare": lambda x, t, y: F.kl_div(
+            F.log_softmax(y, dim=-1),
+            F.log_softmax(x, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ),
         "bce_with_logits": lambda x, t, y: F.binary_cross_entropy_with_logits(x, y),
     }
     return table[op]
@@ -550,7 +608,9 @@ def rel_diff(a: Any, b: Any) -> float | None:
             return 0.0
         both_nan = np.isnan(fa) & np.isnan(fb)
         d = np.where(both_nan, 0.0, np.abs(fa - fb))
-        return float(np.max(d)) / max(1.0, float(np.nanmax(np.abs(fb))) if np.isfinite(fb).any() else 1.0)
+        return float(np.max(d)) / max(
+            1.0, float(np.nanmax(np.abs(fb))) if np.isfinite(fb).any() else 1.0
+        )
     except Exception:
         return None
 
@@ -566,7 +626,9 @@ def describe(k: Cell, nbytes: int) -> str:
 
 def count_line(cells: list[Cell]) -> str:
     mem = [c for c in cells if not c.is_file]
-    return (f"{len(cells)} cells ({len(mem)} in memory, {len(cells) - len(mem)} on disk; "
-            f"{len({c.op for c in cells})} ops, {len({c.c for c in cells})} C, "
-            f"{len({c.dtype for c in cells})} dtypes, {len({c.tdtype for c in cells if c.tdtype})} target "
-            f"dtypes, {len({c.layout for c in mem})} layouts)")
+    return (
+        f"{len(cells)} cells ({len(mem)} in memory, {len(cells) - len(mem)} on disk; "
+        f"{len({c.op for c in cells})} ops, {len({c.c for c in cells})} C, "
+        f"{len({c.dtype for c in cells})} dtypes, {len({c.tdtype for c in cells if c.tdtype})} target "
+        f"dtypes, {len({c.layout for c in mem})} layouts)"
+    )

@@ -35,15 +35,18 @@ V, T, B_PER_SHARD = 32000, 1024, 2  # 262 MB per shard
 def write_dump(d: Path, gb: float) -> tuple[list[str], list[str], str, str, int]:
     shard_bytes = B_PER_SHARD * T * V * 4
     n = max(2, round(gb * 1e9 / shard_bytes))
-    xs, ts = [str(d / "x" / f"x-{i:03d}.npy") for i in range(n)], [
-        str(d / "t" / f"t-{i:03d}.npy") for i in range(n)]
+    xs, ts = (
+        [str(d / "x" / f"x-{i:03d}.npy") for i in range(n)],
+        [str(d / "t" / f"t-{i:03d}.npy") for i in range(n)],
+    )
     one_x, one_t = str(d / "one_x.npy"), str(d / "one_t.npy")
     if all(os.path.exists(p) for p in xs + ts + [one_x, one_t]):
         return xs, ts, one_x, one_t, n
     (d / "x").mkdir(parents=True, exist_ok=True)
     (d / "t").mkdir(parents=True, exist_ok=True)
-    big = np.lib.format.open_memmap(one_x, mode="w+", dtype=np.float32,
-                                    shape=(n * B_PER_SHARD, T, V))
+    big = np.lib.format.open_memmap(
+        one_x, mode="w+", dtype=np.float32, shape=(n * B_PER_SHARD, T, V)
+    )
     tall = np.empty((n * B_PER_SHARD, T), np.int64)
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -53,8 +56,8 @@ def write_dump(d: Path, gb: float) -> tuple[list[str], list[str], str, str, int]
         t[rng.random(t.shape) < 0.05] = -100
         np.save(xs[i], x)
         np.save(ts[i], t)
-        big[i * B_PER_SHARD:(i + 1) * B_PER_SHARD] = x
-        tall[i * B_PER_SHARD:(i + 1) * B_PER_SHARD] = t
+        big[i * B_PER_SHARD : (i + 1) * B_PER_SHARD] = x
+        tall[i * B_PER_SHARD : (i + 1) * B_PER_SHARD] = t
     big.flush()
     del big
     np.save(one_t, tall)
@@ -79,8 +82,12 @@ def cost_model(client: Any) -> list[str]:
     t = rng.integers(0, 1000, 4096)
     ev = fastnll.Evaluator().update(x, t)
     cs = CompareSums().update(x, x * 0.5, t)
-    lines = [(f"pickled partial result: Evaluator (15 bins, top-1/5) {len(pickle.dumps(ev))} B, "
-             f"CompareSums {len(pickle.dumps(cs))} B, LossSums {len(pickle.dumps(LossSums()))} B")]
+    lines = [
+        (
+            f"pickled partial result: Evaluator (15 bins, top-1/5) {len(pickle.dumps(ev))} B, "
+            f"CompareSums {len(pickle.dumps(cs))} B, LossSums {len(pickle.dumps(LossSums()))} B"
+        )
+    ]
     blobs = [pickle.dumps(ev)] * 1000
     t0 = time.perf_counter()
     acc = fastnll.Evaluator()
@@ -98,9 +105,11 @@ def cost_model(client: Any) -> list[str]:
         m = -(-m // fd.SPLIT_EVERY)
         merges += m
     n_tasks = blocks * 3 + merges + 1  # make x, make t, evaluate per block; merges; report
-    lines.append(f"{blocks}-block reduction on this cluster (2 workers, 64x128 float64 blocks "
-                 f"made in the workers): {t_small * 1e3:.0f} ms for ~{n_tasks} tasks = "
-                 f"{t_small / n_tasks * 1e3:.2f} ms per task")
+    lines.append(
+        f"{blocks}-block reduction on this cluster (2 workers, 64x128 float64 blocks "
+        f"made in the workers): {t_small * 1e3:.0f} ms for ~{n_tasks} tasks = "
+        f"{t_small / n_tasks * 1e3:.2f} ms per task"
+    )
     return lines
 
 
@@ -122,24 +131,42 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     fastnll.set_num_threads(2)
     ref = fastnll.evaluate(one_x, one_t)
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                      dashboard_address=None) as lc1, Client(lc1, set_as_default=False) as c1, \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                         dashboard_address=None) as lc2, Client(lc2, set_as_default=False) as c2:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as lc1,
+        Client(lc1, set_as_default=False) as c1,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as lc2,
+        Client(lc2, set_as_default=False) as c2,
+    ):
         for c in (c1, c2):  # the workers' imports and first mappings happen here
             fd.evaluate(xs[:1], ts[:1], scheduler=c)
         xa, ta = fd.from_shards(xs), fd.from_shards(ts, target=True)
         configs: list[tuple[str, Callable[[], Any]]] = [
-            ("fastnll.evaluate, one file, 1 process x 2 threads",
-             lambda: fastnll.evaluate(one_x, one_t)),
-            (f"fastnll.dask.evaluate, {n} shard files, synchronous (1 process x 2 threads)",
-             lambda: fd.evaluate(xs, ts, scheduler="sync")),
+            (
+                "fastnll.evaluate, one file, 1 process x 2 threads",
+                lambda: fastnll.evaluate(one_x, one_t),
+            ),
+            (
+                f"fastnll.dask.evaluate, {n} shard files, synchronous (1 process x 2 threads)",
+                lambda: fd.evaluate(xs, ts, scheduler="sync"),
+            ),
         ]
         for c, label in ((c1, "1 worker x 2 threads"), (c2, "2 workers x 1 thread")):
-            configs.append((f"fastnll.dask.evaluate, {n} shard files, {label}",
-                            lambda c=c: fd.evaluate(xs, ts, scheduler=c)))
-            configs.append((f"fastnll.dask.evaluate, from_shards arrays, {label}",
-                            lambda c=c: fd.evaluate(xa, ta, scheduler=c)))
+            configs.append(
+                (
+                    f"fastnll.dask.evaluate, {n} shard files, {label}",
+                    lambda c=c: fd.evaluate(xs, ts, scheduler=c),
+                )
+            )
+            configs.append(
+                (
+                    f"fastnll.dask.evaluate, from_shards arrays, {label}",
+                    lambda c=c: fd.evaluate(xa, ta, scheduler=c),
+                )
+            )
         times: dict[str, list[float]] = {name: [] for name, _ in configs}
         for _ in range(a.repeat):  # rounds of every configuration: drift hits all alike
             for name, fn in configs:
@@ -151,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(name, statistics.median(times[name])) for name, _ in configs]
         t1 = rows[0][1]
         cost = cost_model(c2)
-    print(f"fastnll {fastnll.__version__} | {n} shards of [{B_PER_SHARD}, {T}, {V}] float32 + "
-          f"int64 targets = {nbytes / 1e9:.2f} GB | page cache warm | median of {a.repeat} | "
-          f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"fastnll {fastnll.__version__} | {n} shards of [{B_PER_SHARD}, {T}, {V}] float32 + "
+        f"int64 targets = {nbytes / 1e9:.2f} GB | page cache warm | median of {a.repeat} | "
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"{'configuration':<72} {'time':>8} {'GB/s':>6} {'vs one process':>15}")
     print("-" * 104)
     for name, sec in rows:

@@ -26,8 +26,16 @@ def write_npy(path: str, a: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
-_ST_DTYPE = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
-             "int64": "I64", "int32": "I32", "uint16": "U16", "uint8": "U8"}
+_ST_DTYPE = {
+    "float32": "F32",
+    "float64": "F64",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "uint16": "U16",
+    "uint8": "U8",
+}
 
 
 def write_safetensors(path: str, a: np.ndarray, name: str | None = None) -> None:
@@ -35,15 +43,20 @@ def write_safetensors(path: str, a: np.ndarray, name: str | None = None) -> None
     to 8 bytes, raw little-endian data), fsync'd."""
     a = np.ascontiguousarray(a)
     name = name or ("logits" if a.dtype.kind != "i" and a.dtype.kind != "u" else "target")
-    hdr = {name: {"dtype": _ST_DTYPE[a.dtype.name], "shape": list(a.shape),
-                  "data_offsets": [0, a.nbytes]}}
+    hdr = {
+        name: {
+            "dtype": _ST_DTYPE[a.dtype.name],
+            "shape": list(a.shape),
+            "data_offsets": [0, a.nbytes],
+        }
+    }
     raw = json.dumps(hdr).encode()
     raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         flat = a.reshape(-1).view(np.uint8)
-        f.writelines(flat[s:s + 64 * MiB].tobytes() for s in range(0, flat.size, 64 * MiB))
+        f.writelines(flat[s : s + 64 * MiB].tobytes() for s in range(0, flat.size, 64 * MiB))
         f.flush()
         os.fsync(f.fileno())
 
@@ -53,7 +66,11 @@ def data_region(path: str) -> tuple[int, int]:
     with open(path, "rb") as f:
         if path.endswith(".npy"):
             major, _ = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            read = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
             read(f)
             off = f.tell()
         else:
@@ -91,8 +108,10 @@ def run_cli(cmd: list[str], threads: int) -> dict[str, Any]:
     out, err = p.communicate()
     wall = time.perf_counter() - t0
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[-4:])} exited {p.returncode}: "
-                           f"{(err.decode(errors='replace').strip().splitlines() or ['?'])[-1]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[-4:])} exited {p.returncode}: "
+            f"{(err.decode(errors='replace').strip().splitlines() or ['?'])[-1]}"
+        )
     return {"wall_s": wall, "stdout": out.decode(errors="replace")}
 
 
@@ -106,8 +125,14 @@ def _lib() -> Any:
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.mmap.restype = ctypes.c_void_p
-        _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                               ctypes.c_int, ctypes.c_long]
+        _libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
         _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     return _libc
@@ -166,8 +191,11 @@ def fs_type(path: str) -> str:
         with open("/proc/mounts") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) > 2 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) \
-                        and len(parts[1]) > len(best):
+                if (
+                    len(parts) > 2
+                    and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/"))
+                    and len(parts[1]) > len(best)
+                ):
                     best, kind = parts[1], parts[2]
     except OSError:
         pass

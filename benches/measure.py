@@ -40,11 +40,17 @@ def time_runs(fn: Callable[[], Any], repeat: int, budget: float | None = None) -
     if budget is not None and warm > 0 and warm * repeat > budget:
         runs = max(1, int(budget // warm))
     times = [time_once(fn) for _ in range(runs)]
-    return {"median_s": statistics.median(times), "times_s": times, "warmup_s": warm, "result": result}
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "warmup_s": warm,
+        "result": result,
+    }
 
 
-def alternate(case: Callable[[], Any], roof: Callable[[], Any], repeat: int,
-              scale: float = 1.0) -> dict[str, Any]:
+def alternate(
+    case: Callable[[], Any], roof: Callable[[], Any], repeat: int, scale: float = 1.0
+) -> dict[str, Any]:
     """Case and roofline timed in alternation (case, roof, case, roof, ...), so that drift of this
     shared machine's speed cancels: the ratio is the median of the pairs' roof*scale/case."""
     roof()
@@ -88,7 +94,9 @@ class Roofline:
                 from fastnll import _arrays
 
                 f(*_arrays.core_view(probe))
-                return "fastnll._core.roofline_sum(view, tag, swap)", lambda a: f(*_arrays.core_view(a))
+                return "fastnll._core.roofline_sum(view, tag, swap)", lambda a: f(
+                    *_arrays.core_view(a)
+                )
             except Exception:
                 pass
         return "threaded numpy sum (no fastnll._core.roofline_sum)", self._np_sum
@@ -99,7 +107,9 @@ class Roofline:
 
     def _np_sum(self, a: np.ndarray) -> float:
         flat = a.reshape(-1)
-        return sum(self.pool.map(lambda se: float(flat[se[0]:se[1]].sum()), self._chunks(flat.size)))
+        return sum(
+            self.pool.map(lambda se: float(flat[se[0] : se[1]].sum()), self._chunks(flat.size))
+        )
 
     def read(self, nbytes: int) -> Callable[[], Any]:
         v = self.buf[: max(1, nbytes // 4)]
@@ -114,7 +124,7 @@ class Roofline:
 
         def run() -> np.ndarray:
             dst = np.empty_like(src)
-            list(self.pool.map(lambda se: np.copyto(dst[se[0]:se[1]], src[se[0]:se[1]]), parts))
+            list(self.pool.map(lambda se: np.copyto(dst[se[0] : se[1]], src[se[0] : se[1]]), parts))
             return dst
 
         return run
@@ -129,8 +139,9 @@ def short(exc: BaseException, n: int = 120) -> str:
     return f"{type(exc).__name__}: {msg[:n]}"
 
 
-def torch_peers(torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budget: float,
-                compile_too: bool) -> dict[str, Any]:
+def torch_peers(
+    torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budget: float, compile_too: bool
+) -> dict[str, Any]:
     """Time PyTorch eager and ``torch.compile`` (dynamic=False, compiled for this shape and dtype,
     warmed up) on zero-copy views of the cell's arrays. Returns {"eager": {...}, "compile": {...}}
     with "time_s", "runs", "result" or "error", plus "long_targets" when targets needed .long()."""
@@ -152,7 +163,11 @@ def torch_peers(torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budge
         fn = cases.torch_fn(torch, k.op, long_t)
         try:
             r = time_runs(lambda: fn(x, t, y), repeat, budget)
-            out["eager"] = {"time_s": r["median_s"], "runs": len(r["times_s"]), "result": r["result"]}
+            out["eager"] = {
+                "time_s": r["median_s"],
+                "runs": len(r["times_s"]),
+                "result": r["result"],
+            }
         except Exception as exc:
             out["eager"] = {"error": short(exc)}
     out["long_targets"] = long_t
@@ -166,8 +181,12 @@ def torch_peers(torch: Any, k: cases.Cell, inp: cases.Inputs, repeat: int, budge
             cf(x, t, y)
             comp_s = time.perf_counter() - t0
             r = time_runs(lambda: cf(x, t, y), repeat, budget)
-            out["compile"] = {"time_s": r["median_s"], "runs": len(r["times_s"]), "result": r["result"],
-                              "compile_s": comp_s}
+            out["compile"] = {
+                "time_s": r["median_s"],
+                "runs": len(r["times_s"]),
+                "result": r["result"],
+                "compile_s": comp_s,
+            }
         except Exception as exc:
             out["compile"] = {"error": short(exc, 100)}
     return out
@@ -269,15 +288,27 @@ def mem_child(spec_json: str) -> None:
     print(json.dumps({"extra_peak_bytes": max(deltas), "deltas": deltas, "method": method}))
 
 
-def measure_peak(script: str, k: cases.Cell, nbytes: int, threads: int,
-                 paths: tuple[str, ...] | None = None) -> dict[str, Any]:
+def measure_peak(
+    script: str, k: cases.Cell, nbytes: int, threads: int, paths: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Run ``script CHILD spec`` (bench.py re-executing itself) and parse its answer."""
-    spec = json.dumps({"cell": k.__dict__, "nbytes": nbytes, "threads": threads,
-                       "paths": list(paths) if paths else None})
+    spec = json.dumps(
+        {
+            "cell": k.__dict__,
+            "nbytes": nbytes,
+            "threads": threads,
+            "paths": list(paths) if paths else None,
+        }
+    )
     env = dict(os.environ, FASTNLL_NUM_THREADS=str(threads))
     try:
-        p = subprocess.run([sys.executable, script, CHILD, spec], capture_output=True, text=True,
-                           env=env, timeout=1800)
+        p = subprocess.run(
+            [sys.executable, script, CHILD, spec],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+        )
     except subprocess.TimeoutExpired:
         return {"error": "timeout"}
     if p.returncode != 0:
@@ -305,15 +336,20 @@ def machine_info(fnl: Any, threads: int, torch: Any) -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {
-        "cpu_model": cpu, "logical_cores": os.cpu_count(),
-        "cpu_simd_flags": [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16") if f in flags],
-        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu_model": cpu,
+        "logical_cores": os.cpu_count(),
+        "cpu_simd_flags": [
+            f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16") if f in flags
+        ],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
     }
     caches: dict[str, str] = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for d in sorted(os.listdir(base)):
             if d.startswith("index"):
+
                 def rd(f: str, d: str = d) -> str:
                     with open(os.path.join(base, d, f)) as fh:
                         return fh.read().strip()
@@ -333,8 +369,11 @@ def machine_info(fnl: Any, threads: int, torch: Any) -> dict[str, Any]:
         info["memory_total_gib"] = round(psutil.virtual_memory().total / (1 << 30), 1)
     except ImportError:
         pass
-    versions: dict[str, str | None] = {"fastnll": getattr(fnl, "__version__", "?"), "numpy": np.__version__,
-                                          "torch": getattr(torch, "__version__", None)}
+    versions: dict[str, str | None] = {
+        "fastnll": getattr(fnl, "__version__", "?"),
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None),
+    }
     for mod in ("ml_dtypes", "scipy"):
         try:
             versions[mod] = __import__(mod).__version__

@@ -46,7 +46,9 @@ def fnl():
 def data():
     """One DataCache for the session (cells run in cases.run_order, so each array is built once);
     dump files live in a temporary directory removed at the end."""
-    with tempfile.TemporaryDirectory(prefix="fastnll-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")) as d:
+    with tempfile.TemporaryDirectory(
+        prefix="fastnll-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")
+    ) as d:
         cache = cases.DataCache(int(MIB * cases.MiB), d)
         yield cache
         cache.drop_files()
@@ -54,7 +56,9 @@ def data():
 
 @pytest.fixture(scope="session")
 def torch_mod():
-    torch = pytest.importorskip("torch", reason="FASTNLL_BENCH_PEERS names torch, which is not installed")
+    torch = pytest.importorskip(
+        "torch", reason="FASTNLL_BENCH_PEERS names torch, which is not installed"
+    )
     torch.set_num_threads(THREADS)
     torch._dynamo.config.cache_size_limit = 1 << 16
     if hasattr(torch._dynamo.config, "recompile_limit"):
@@ -75,8 +79,13 @@ def _finite(r) -> bool:
 
 def _info(benchmark, k: cases.Cell, inp: cases.Inputs) -> None:
     benchmark.group = k.name
-    benchmark.extra_info.update(cell=k.name, axes=dict(k.__dict__), shape=[inp.x.shape[0], k.c],
-                                touch_bytes=inp.touch_bytes, threads=THREADS)
+    benchmark.extra_info.update(
+        cell=k.name,
+        axes=dict(k.__dict__),
+        shape=[inp.x.shape[0], k.c],
+        touch_bytes=inp.touch_bytes,
+        threads=THREADS,
+    )
 
 
 def _rate(benchmark, inp: cases.Inputs) -> None:
@@ -96,8 +105,9 @@ def test_cell(benchmark, k, data, fnl):
 
 
 @pytest.mark.skipif(not PEER_CELLS, reason="no FASTNLL_BENCH_PEERS asked for")
-@pytest.mark.parametrize("k,peer", PEER_CELLS or [(None, None)],
-                         ids=[f"{k.name}|{p}" for k, p in PEER_CELLS] or ["none"])
+@pytest.mark.parametrize(
+    "k,peer", PEER_CELLS or [(None, None)], ids=[f"{k.name}|{p}" for k, p in PEER_CELLS] or ["none"]
+)
 def test_peer(benchmark, k, peer, data, fnl, request):
     """A reference in the cell's group: the bandwidth roofline, PyTorch eager or torch.compile."""
     inp = data.get(k)
@@ -107,7 +117,11 @@ def test_peer(benchmark, k, peer, data, fnl, request):
         import measure
 
         roof = measure.Roofline(fnl, THREADS, inp.touch_bytes)
-        fn = roof.copy(inp.touch_bytes) if k.op in cases.NXC_OUTPUT_OPS else roof.read(inp.touch_bytes)
+        fn = (
+            roof.copy(inp.touch_bytes)
+            if k.op in cases.NXC_OUTPUT_OPS
+            else roof.read(inp.touch_bytes)
+        )
         benchmark(fn)
         _rate(benchmark, inp)
         return
@@ -155,4 +169,9 @@ def test_layouts_hold_the_base_values():
     assert cases.with_layout(base, "fortran").flags.f_contiguous
     t = [cases.make_targets(37, 10, td) for td in cases.TDTYPES]
     assert all(np.array_equal(t[0], u) for u in t[1:])
-    assert math.isclose(cases.lines_fraction(cases.with_layout(cases.make_values("logits", 4096, 2, "f32"), "rows2")), 0.5)
+    assert math.isclose(
+        cases.lines_fraction(
+            cases.with_layout(cases.make_values("logits", 4096, 2, "f32"), "rows2")
+        ),
+        0.5,
+    )

@@ -14,8 +14,19 @@ import numpy as np
 import pytest
 
 #: The libraries the reference tests compare against (the ``[peers]`` and ``[test]`` extras).
-PEERS = frozenset({"torch", "sklearn", "torchmetrics", "safetensors", "matplotlib", "scipy",
-                   "jax", "psutil", "hypothesis"})
+PEERS = frozenset(
+    {
+        "torch",
+        "sklearn",
+        "torchmetrics",
+        "safetensors",
+        "matplotlib",
+        "scipy",
+        "jax",
+        "psutil",
+        "hypothesis",
+    }
+)
 
 if os.environ.get("FASTNLL_REQUIRE_PEERS") == "1":
     # CI: a peer test must run, not skip. pytest.importorskip of a peer fails instead (at
@@ -28,8 +39,11 @@ if os.environ.get("FASTNLL_REQUIRE_PEERS") == "1":
         except pytest.skip.Exception as exc:
             if modname.split(".")[0] not in PEERS:
                 raise
-            pytest.fail(f"FASTNLL_REQUIRE_PEERS=1 but peer {modname!r} is missing ({exc}); "
-                        "install it: pip install '.[test,peers]'", pytrace=False)
+            pytest.fail(
+                f"FASTNLL_REQUIRE_PEERS=1 but peer {modname!r} is missing ({exc}); "
+                "install it: pip install '.[test,peers]'",
+                pytrace=False,
+            )
 
     pytest.importorskip = _require_peer
 
@@ -40,8 +54,10 @@ FLOAT_DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 FLOAT_IDS = ["f32", "f64", "f16", "bf16"]
 
 #: Every integer dtype accepted for class targets.
-INT_DTYPES = [np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64,
-                                    np.uint8, np.uint16, np.uint32, np.uint64)]
+INT_DTYPES = [
+    np.dtype(t)
+    for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+]
 INT_IDS = [d.name for d in INT_DTYPES]
 
 #: Class counts exercised everywhere (around SIMD widths 8/16/32 and a large odd one).
@@ -81,8 +97,14 @@ def assert_close(got, ref, dtype, *, check_dtype=True, atol_scale=1.0, err_msg="
         assert got_arr.dtype == out_dtype(dtype), (got_arr.dtype, out_dtype(dtype))
     assert got_arr.shape == ref_arr.shape, (got_arr.shape, ref_arr.shape)
     rtol, atol = tolerances(dtype)
-    np.testing.assert_allclose(got_arr.astype(np.float64), ref_arr, rtol=rtol,
-                               atol=atol * atol_scale, equal_nan=True, err_msg=err_msg)
+    np.testing.assert_allclose(
+        got_arr.astype(np.float64),
+        ref_arr,
+        rtol=rtol,
+        atol=atol * atol_scale,
+        equal_nan=True,
+        err_msg=err_msg,
+    )
 
 
 def assert_reduced(got, ref, dtype, reduction, *, n_rows, denom_scale=1.0):

@@ -15,8 +15,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-_DECODE = {"f32": np.float32, "f64": np.float64, "f16": np.float16,
-           "bf16": ml_dtypes.bfloat16}
+_DECODE = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": ml_dtypes.bfloat16}
 
 
 def decode(view: np.ndarray, tag: str, swap: bool) -> np.ndarray:
@@ -48,8 +47,7 @@ def _per_row(x: np.ndarray, t: np.ndarray, kind: str, ignore_index: int) -> dict
     bad = valid & ((t < 0) | (t >= c))
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise IndexError(f"target {int(t[pos])} at position {pos} is out of range "
-                         f"for {c} classes")
+        raise IndexError(f"target {int(t[pos])} at position {pos} is out of range for {c} classes")
     tt = np.where(valid, t, 0).astype(np.int64)
     lp, p = log_probs(x, kind), probs(x, kind)
     r = np.arange(len(t))
@@ -57,9 +55,14 @@ def _per_row(x: np.ndarray, t: np.ndarray, kind: str, ignore_index: int) -> dict
         plogp = np.where(p > 0, p * np.where(p > 0, lp, 0.0), 0.0)
     xt = x[r, tt]
     return {
-        "valid": valid, "nll": -lp[r, tt], "entropy": -plogp.sum(axis=1),
-        "brier": (p * p).sum(axis=1) - 2 * p[r, tt] + 1.0, "conf": p.max(axis=1),
-        "rank": (x > xt[:, None]).sum(axis=1), "argmax": np.argmax(x, axis=1), "logp": lp,
+        "valid": valid,
+        "nll": -lp[r, tt],
+        "entropy": -plogp.sum(axis=1),
+        "brier": (p * p).sum(axis=1) - 2 * p[r, tt] + 1.0,
+        "conf": p.max(axis=1),
+        "rank": (x > xt[:, None]).sum(axis=1),
+        "argmax": np.argmax(x, axis=1),
+        "logp": lp,
         "p": p,
     }
 
@@ -71,9 +74,19 @@ def _flat(view: np.ndarray, tag: str, swap: bool, target: np.ndarray):
     return x.reshape(-1, x.shape[-1]), np.asarray(target).reshape(-1).astype(np.int64)
 
 
-def eval_rows(x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str,
-              ignore_index: int, top_k: Sequence[int], n_bins: int, row_offset: int,
-              nll_out: np.ndarray | None, rank_out: np.ndarray | None) -> dict[str, Any]:
+def eval_rows(
+    x: np.ndarray,
+    tag: str,
+    swap: bool,
+    target: np.ndarray,
+    kind: str,
+    ignore_index: int,
+    top_k: Sequence[int],
+    n_bins: int,
+    row_offset: int,
+    nll_out: np.ndarray | None,
+    rank_out: np.ndarray | None,
+) -> dict[str, Any]:
     """float64 stand-in for fastnll._core.eval_rows (same contract)."""
     xf, t = _flat(x, tag, swap, target)
     try:
@@ -93,9 +106,12 @@ def eval_rows(x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str
     top1 = (q["rank"][v] == 0).astype(np.int64)
     nll = q["nll"][v]
     return {
-        "n": int(v.sum()), "n_ignored": int((~v).sum()),
-        "sum_nll": float(nll.sum()), "sum_nll_sq": float((nll * nll).sum()),
-        "sum_entropy": float(q["entropy"][v].sum()), "sum_brier": float(q["brier"][v].sum()),
+        "n": int(v.sum()),
+        "n_ignored": int((~v).sum()),
+        "sum_nll": float(nll.sum()),
+        "sum_nll_sq": float((nll * nll).sum()),
+        "sum_entropy": float(q["entropy"][v].sum()),
+        "sum_brier": float(q["brier"][v].sum()),
         "topk_correct": [int((q["rank"][v] < k).sum()) for k in top_k],
         "bin_count": np.bincount(b, minlength=n_bins).tolist(),
         "bin_conf_sum": np.bincount(b, weights=conf, minlength=n_bins).tolist(),
@@ -103,9 +119,19 @@ def eval_rows(x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str
     }
 
 
-def compare_rows(base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarray,
-                 new_tag: str, new_swap: bool, target: np.ndarray, kind: str,
-                 ignore_index: int, row_offset: int = 0, *outs: np.ndarray) -> dict[str, Any]:
+def compare_rows(
+    base: np.ndarray,
+    base_tag: str,
+    base_swap: bool,
+    new: np.ndarray,
+    new_tag: str,
+    new_swap: bool,
+    target: np.ndarray,
+    kind: str,
+    ignore_index: int,
+    row_offset: int = 0,
+    *outs: np.ndarray,
+) -> dict[str, Any]:
     """float64 stand-in for fastnll._core.compare_rows: the version-1 sums (the per-row
     outputs kl/dp/nll_base/nll_new/same are filled when given; the extra sums of schema 2 are
     tested in tests/test_compare_report.py)."""
@@ -124,9 +150,14 @@ def compare_rows(base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarr
         nb_o[:] = np.where(v, qb["nll"], np.nan)
         nn_o[:] = np.where(v, qn["nll"], np.nan)
         same_o[:] = np.where(v, qb["argmax"] == qn["argmax"], -1)
-    return {"n": int(v.sum()), "n_ignored": int((~v).sum()), "sum_kl": float(kl[v].sum()),
-            "sum_dnll": float(d.sum()), "sum_dnll_sq": float((d * d).sum()),
-            "top1_agree": int((qb["argmax"] == qn["argmax"])[v].sum())}
+    return {
+        "n": int(v.sum()),
+        "n_ignored": int((~v).sum()),
+        "sum_kl": float(kl[v].sum()),
+        "sum_dnll": float(d.sum()),
+        "sum_dnll_sq": float((d * d).sum()),
+        "top1_agree": int((qb["argmax"] == qn["argmax"])[v].sum()),
+    }
 
 
 def _kl_normalised(lb: np.ndarray, ln: np.ndarray) -> np.ndarray:
@@ -151,9 +182,16 @@ def _scored(preds: np.ndarray, target: np.ndarray, shift: bool):
     return x.reshape(-1, x.shape[-1]), t.reshape(-1)
 
 
-def reference_metrics(preds: np.ndarray, target: np.ndarray, *, kind: str = "logits",
-                      ignore_index: int = -100, top_k: Sequence[int] = (1, 5),
-                      n_bins: int = 15, shift: bool = False) -> dict[str, Any]:
+def reference_metrics(
+    preds: np.ndarray,
+    target: np.ndarray,
+    *,
+    kind: str = "logits",
+    ignore_index: int = -100,
+    top_k: Sequence[int] = (1, 5),
+    n_bins: int = 15,
+    shift: bool = False,
+) -> dict[str, Any]:
     """Final metrics straight from their definitions (float64, whole arrays at once)."""
     x, t = _scored(preds, target, shift)
     q = _per_row(x, t, kind, ignore_index)
@@ -176,7 +214,10 @@ def reference_metrics(preds: np.ndarray, target: np.ndarray, *, kind: str = "log
         else:
             bins.append((0, None, None))
     return {
-        "rows": n, "ignored": int((~v).sum()), "sum_nll": float(nll.sum()), "mean_nll": mean,
+        "rows": n,
+        "ignored": int((~v).sum()),
+        "sum_nll": float(nll.sum()),
+        "mean_nll": mean,
         "nll_se": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
         "perplexity": math.exp(mean) if n else math.nan,
         "bits_per_token": mean / math.log(2) if n else math.nan,
@@ -184,15 +225,24 @@ def reference_metrics(preds: np.ndarray, target: np.ndarray, *, kind: str = "log
         "top_k_accuracy": {k: float((rank < k).mean()) if n else math.nan for k in top_k},
         "mean_entropy": float(q["entropy"][v].mean()) if n else math.nan,
         "brier": float(q["brier"][v].mean()) if n else math.nan,
-        "ece": ece if n else math.nan, "mce": max(gaps) if gaps else math.nan,
-        "bins": bins, "conf": conf, "row_nll": np.where(v, q["nll"], np.nan),
+        "ece": ece if n else math.nan,
+        "mce": max(gaps) if gaps else math.nan,
+        "bins": bins,
+        "conf": conf,
+        "row_nll": np.where(v, q["nll"], np.nan),
         "row_rank": np.where(v, q["rank"], -1),
     }
 
 
-def reference_compare(base: np.ndarray, new: np.ndarray, target: np.ndarray, *,
-                      kind: str = "logits", ignore_index: int = -100,
-                      shift: bool = False) -> dict[str, Any]:
+def reference_compare(
+    base: np.ndarray,
+    new: np.ndarray,
+    target: np.ndarray,
+    *,
+    kind: str = "logits",
+    ignore_index: int = -100,
+    shift: bool = False,
+) -> dict[str, Any]:
     xb, t = _scored(base, target, shift)
     xn, _ = _scored(new, target, shift)
     qb, qn = _per_row(xb, t, kind, ignore_index), _per_row(xn, t, kind, ignore_index)
@@ -200,17 +250,26 @@ def reference_compare(base: np.ndarray, new: np.ndarray, target: np.ndarray, *,
     kl = _kl_normalised(qb["logp"][v], qn["logp"][v])
     d = (qn["nll"] - qb["nll"])[v]
     n = int(v.sum())
-    return {"rows": n, "mean_kl": float(kl.mean()), "mean_dnll": float(d.mean()),
-            "dnll_se": float(d.std(ddof=1) / math.sqrt(n)),
-            "top1_agreement": float((qb["argmax"] == qn["argmax"])[v].mean())}
+    return {
+        "rows": n,
+        "mean_kl": float(kl.mean()),
+        "mean_dnll": float(d.mean()),
+        "dnll_se": float(d.std(ddof=1) / math.sqrt(n)),
+        "top1_agreement": float((qb["argmax"] == qn["argmax"])[v].mean()),
+    }
 
 
-DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
-          "float64": np.float64}
+DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "float64": np.float64,
+}
 
 
-def make_preds(rng: np.random.Generator, shape: Sequence[int], kind: str, dtype: Any,
-               scale: float = 1.5) -> np.ndarray:
+def make_preds(
+    rng: np.random.Generator, shape: Sequence[int], kind: str, dtype: Any, scale: float = 1.5
+) -> np.ndarray:
     """Random predictions of a kind, rounded to dtype (log_probs/probs normalised in float64
     first, so they normalise up to the dtype's rounding)."""
     z = rng.standard_normal(tuple(shape)) * scale
@@ -222,8 +281,13 @@ def make_preds(rng: np.random.Generator, shape: Sequence[int], kind: str, dtype:
     return out.astype(DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
 
 
-def make_targets(rng: np.random.Generator, shape: Sequence[int], n_classes: int,
-                 ignore_index: int = -100, ignore_frac: float = 0.1) -> np.ndarray:
+def make_targets(
+    rng: np.random.Generator,
+    shape: Sequence[int],
+    n_classes: int,
+    ignore_index: int = -100,
+    ignore_frac: float = 0.1,
+) -> np.ndarray:
     t = rng.integers(0, n_classes, size=tuple(shape)).astype(np.int64)
     t[rng.random(tuple(shape)) < ignore_frac] = ignore_index
     return t

@@ -131,8 +131,9 @@ def nll_loss(log_probs, target, weight=None, ignore_index=-100, reduction="mean"
     return _reduce(rows, reduction, np.sum(wt))
 
 
-def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0):
+def cross_entropy(
+    logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0
+):
     """PyTorch cross_entropy with the class axis last; integer targets [...] or probability
     targets [..., C]. In soft targets a zero probability contributes exactly 0."""
     x = _f64(logits)
@@ -169,8 +170,9 @@ def _softplus(z):
     return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
 
 
-def binary_cross_entropy_with_logits(logits, target, weight=None, pos_weight=None,
-                                     reduction="mean"):
+def binary_cross_entropy_with_logits(
+    logits, target, weight=None, pos_weight=None, reduction="mean"
+):
     """PyTorch binary_cross_entropy_with_logits, written in the cancellation-free form
     pos_weight*y*softplus(-z) + (1-y)*softplus(z), times weight (broadcast to z);
     pos_weight broadcasts along the last axis. The mean is over all elements."""

@@ -16,26 +16,82 @@ import pytest
 from eval_reference import make_preds, make_targets, reference_compare, reference_metrics
 from fastnll._progress import Progress, format_bytes, format_duration
 
-EVAL_KEYS = {"schema", "schema_version", "kind", "n_classes", "rows", "ignored", "sum_nll",
-             "mean_nll", "nll_se", "perplexity", "bits_per_token", "accuracy",
-             "top_k_accuracy", "mean_entropy", "brier", "ece", "mce", "n_bins", "bins",
-             "inputs", "ties"}  # schema_version 2 adds "ties" (and "extras" when asked for)
+EVAL_KEYS = {
+    "schema",
+    "schema_version",
+    "kind",
+    "n_classes",
+    "rows",
+    "ignored",
+    "sum_nll",
+    "mean_nll",
+    "nll_se",
+    "perplexity",
+    "bits_per_token",
+    "accuracy",
+    "top_k_accuracy",
+    "mean_entropy",
+    "brier",
+    "ece",
+    "mce",
+    "n_bins",
+    "bins",
+    "inputs",
+    "ties",
+}  # schema_version 2 adds "ties" (and "extras" when asked for)
 BIN_KEYS = {"lower", "upper", "count", "mean_confidence", "accuracy"}
-COMPARE_KEYS = {"schema", "schema_version", "kind", "n_classes", "rows", "ignored", "mean_kl",
-                "sum_kl", "mean_dnll", "sum_dnll", "dnll_se", "top1_agreement", "inputs",
-                # schema_version 2: the llama.cpp --kl-divergence statistics
-                "kl_se", "mean_dp", "dp_se", "dp_rms", "dp_rms_se", "top1_agreement_se",
-                "mean_nll_base", "mean_nll_base_se", "mean_nll_new", "mean_nll_new_se",
-                "ppl_base", "ppl_base_se", "ppl_new", "ppl_new_se", "ln_ppl_ratio",
-                "ln_ppl_ratio_se", "ppl_ratio", "ppl_ratio_se", "ppl_diff", "ppl_diff_se",
-                "ln_ppl_cov", "ln_ppl_correlation", "kl_percentiles", "dp_percentiles",
-                "percentile_method", "percentile_rel_error"}
+COMPARE_KEYS = {
+    "schema",
+    "schema_version",
+    "kind",
+    "n_classes",
+    "rows",
+    "ignored",
+    "mean_kl",
+    "sum_kl",
+    "mean_dnll",
+    "sum_dnll",
+    "dnll_se",
+    "top1_agreement",
+    "inputs",
+    # schema_version 2: the llama.cpp --kl-divergence statistics
+    "kl_se",
+    "mean_dp",
+    "dp_se",
+    "dp_rms",
+    "dp_rms_se",
+    "top1_agreement_se",
+    "mean_nll_base",
+    "mean_nll_base_se",
+    "mean_nll_new",
+    "mean_nll_new_se",
+    "ppl_base",
+    "ppl_base_se",
+    "ppl_new",
+    "ppl_new_se",
+    "ln_ppl_ratio",
+    "ln_ppl_ratio_se",
+    "ppl_ratio",
+    "ppl_ratio_se",
+    "ppl_diff",
+    "ppl_diff_se",
+    "ln_ppl_cov",
+    "ln_ppl_correlation",
+    "kl_percentiles",
+    "dp_percentiles",
+    "percentile_method",
+    "percentile_rel_error",
+}
 
 
 def run(*args: Any, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "fastnll", *map(str, args)],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnll", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -49,17 +105,25 @@ def dump(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     np.save(d / "x.npy", x)
     np.save(d / "y.npy", y)
     np.save(d / "t.npy", t)
-    return {"dir": d, "x": x, "y": y, "t": t, "X": d / "x.npy", "Y": d / "y.npy",
-            "T": d / "t.npy"}
+    return {"dir": d, "x": x, "y": y, "t": t, "X": d / "x.npy", "Y": d / "y.npy", "T": d / "t.npy"}
 
 
 def test_eval_table(dump: dict[str, Any]) -> None:
     code, out, err = run("eval", dump["X"], dump["T"], "--shift")
     assert code == 0 and err == ""  # stderr is not a terminal: no progress bar
     ref = reference_metrics(dump["x"], dump["t"], shift=True)
-    for label in ("mean NLL", "perplexity", "bits per token", "top-1 accuracy",
-                  "top-5 accuracy", "mean entropy", "Brier score", "ECE (15 bins)", "MCE",
-                  "calibration bins"):
+    for label in (
+        "mean NLL",
+        "perplexity",
+        "bits per token",
+        "top-1 accuracy",
+        "top-5 accuracy",
+        "mean entropy",
+        "Brier score",
+        "ECE (15 bins)",
+        "MCE",
+        "calibration bins",
+    ):
         assert label in out
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("mean NLL"))
     assert float(line.split()[2]) == pytest.approx(ref["mean_nll"], rel=1e-5)
@@ -68,20 +132,47 @@ def test_eval_table(dump: dict[str, Any]) -> None:
 
 def test_eval_json_matches_reference(dump: dict[str, Any]) -> None:
     out_json = dump["dir"] / "r.json"
-    code, _, _ = run("eval", dump["X"], dump["T"], "--shift", "--top-k", "1", "3", "--bins",
-                     "10", "--ignore-index", "-100", "--json", out_json)
+    code, _, _ = run(
+        "eval",
+        dump["X"],
+        dump["T"],
+        "--shift",
+        "--top-k",
+        "1",
+        "3",
+        "--bins",
+        "10",
+        "--ignore-index",
+        "-100",
+        "--json",
+        out_json,
+    )
     assert code == 0
     r = json.loads(out_json.read_text())
     assert set(r) == EVAL_KEYS and r["schema"] == "fastnll.evaluate"
     assert all(set(b) == BIN_KEYS for b in r["bins"]) and len(r["bins"]) == 10
     ref = reference_metrics(dump["x"], dump["t"], shift=True, top_k=(1, 3), n_bins=10)
     assert (r["rows"], r["ignored"], r["n_classes"]) == (ref["rows"], ref["ignored"], 30)
-    for key in ("mean_nll", "sum_nll", "nll_se", "perplexity", "bits_per_token", "accuracy",
-                "mean_entropy", "brier", "ece", "mce"):
+    for key in (
+        "mean_nll",
+        "sum_nll",
+        "nll_se",
+        "perplexity",
+        "bits_per_token",
+        "accuracy",
+        "mean_entropy",
+        "brier",
+        "ece",
+        "mce",
+    ):
         assert r[key] == pytest.approx(ref[key], rel=2e-5, abs=1e-5), key
     assert r["top_k_accuracy"] == {"1": ref["accuracy"], "3": ref["top_k_accuracy"][3]}
-    assert r["inputs"] == {"preds": str(dump["X"]), "targets": str(dump["T"]),
-                           "ignore_index": -100, "shift": True}
+    assert r["inputs"] == {
+        "preds": str(dump["X"]),
+        "targets": str(dump["T"]),
+        "ignore_index": -100,
+        "shift": True,
+    }
 
 
 def test_json_to_stdout_keeps_stdout_clean(dump: dict[str, Any]) -> None:
@@ -113,8 +204,9 @@ def test_plot_without_matplotlib(dump: dict[str, Any], tmp_path: Path) -> None:
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
     path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
-    code, _, err = run("eval", dump["X"], dump["T"], "--plot", tmp_path / "p.png",
-                       env={"PYTHONPATH": path})
+    code, _, err = run(
+        "eval", dump["X"], dump["T"], "--plot", tmp_path / "p.png", env={"PYTHONPATH": path}
+    )
     assert code == 1 and "pip install 'fastnll[plot]'" in err
     assert err.count("\n") == 1 and not (tmp_path / "p.png").exists()
 
@@ -124,8 +216,19 @@ def test_raw_files(dump: dict[str, Any]) -> None:
     raw.write_bytes(dump["x"].tobytes())
     traw = dump["dir"] / "t.bin"
     traw.write_bytes(dump["t"].astype(np.int32).tobytes())
-    code, out, err = run("eval", raw, traw, "--dtype", "float32", "--shape", "-1,50,30",
-                         "--target-dtype", "int32", "--json", "-")
+    code, out, err = run(
+        "eval",
+        raw,
+        traw,
+        "--dtype",
+        "float32",
+        "--shape",
+        "-1,50,30",
+        "--target-dtype",
+        "int32",
+        "--json",
+        "-",
+    )
     assert code == 0, err
     ref = reference_metrics(dump["x"], dump["t"])
     assert json.loads(out)["mean_nll"] == pytest.approx(ref["mean_nll"], rel=2e-5)
@@ -133,8 +236,7 @@ def test_raw_files(dump: dict[str, Any]) -> None:
 
 def test_compare(dump: dict[str, Any]) -> None:
     out_json = dump["dir"] / "c.json"
-    code, out, err = run("compare", dump["X"], dump["Y"], dump["T"], "--shift",
-                         "--json", out_json)
+    code, out, err = run("compare", dump["X"], dump["Y"], dump["T"], "--shift", "--json", out_json)
     assert code == 0 and err == ""
     for label in ("KL(base || new)", "NLL new - base", "top-1 agreement"):
         assert label in out
@@ -205,11 +307,14 @@ def test_error_paths(dump: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_ctrl_c_exits_130() -> None:
-    script = ("import os, signal, sys\nimport fastnll.cli as cli\n"
-              "cli._cmd_eval = lambda a: os.kill(os.getpid(), signal.SIGINT)\n"
-              "sys.exit(cli.main(['eval', 'a.npy', 'b.npy']))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
+    script = (
+        "import os, signal, sys\nimport fastnll.cli as cli\n"
+        "cli._cmd_eval = lambda a: os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.exit(cli.main(['eval', 'a.npy', 'b.npy']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 130
     assert proc.stderr.strip() == "fastnll: interrupted" and "Traceback" not in proc.stderr
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 import fastnll
-from fastnll.evaluate import compare
 from fastnll._report import format_compare
+from fastnll.evaluate import compare
 
-DT = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
-      "float64": np.float64}
+DT = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "float64": np.float64,
+}
 
 
 def _logp(x: np.ndarray, kind: str) -> np.ndarray:
@@ -28,8 +32,9 @@ def _logp(x: np.ndarray, kind: str) -> np.ndarray:
         return x if kind == "log_probs" else np.log(x)
 
 
-def reference(base: np.ndarray, new: np.ndarray, t: np.ndarray, kind: str = "logits",
-              ignore_index: int = -100) -> Dict[str, Any]:
+def reference(
+    base: np.ndarray, new: np.ndarray, t: np.ndarray, kind: str = "logits", ignore_index: int = -100
+) -> dict[str, Any]:
     """Per-row values and the llama.cpp statistics, float64, whole arrays at once."""
     c = base.shape[-1]
     lb, ln = _logp(base, kind).reshape(-1, c), _logp(new, kind).reshape(-1, c)
@@ -44,44 +49,89 @@ def reference(base: np.ndarray, new: np.ndarray, t: np.ndarray, kind: str = "log
     r = np.arange(tt.size)
     nb, nn = -lb[r, tt], -ln[r, tt]
     dp = np.exp(-nn) - np.exp(-nb)
-    same = np.argmax(base.reshape(-1, c)[v].astype(np.float64), 1) == \
-        np.argmax(new.reshape(-1, c)[v].astype(np.float64), 1)
+    same = np.argmax(base.reshape(-1, c)[v].astype(np.float64), 1) == np.argmax(
+        new.reshape(-1, c)[v].astype(np.float64), 1
+    )
     n = tt.size
-    se = lambda a: float(np.std(a, ddof=1) / math.sqrt(n))  # noqa: E731
+    se = lambda a: float(np.std(a, ddof=1) / math.sqrt(n))
     cov = float(np.cov(nn, nb, ddof=1)[0, 1] / n)
     ppl_b, ppl_n = math.exp(nb.mean()), math.exp(nn.mean())
     lr_se = math.sqrt(se(nn) ** 2 + se(nb) ** 2 - 2 * cov)
     p = same.mean()
     mse, mse_se = float((dp * dp).mean()), se(dp * dp)
-    pct = lambda a, q: float(np.percentile(a, 100 * q))  # noqa: E731  (linear, as llama.cpp)
+    pct = lambda a, q: float(np.percentile(a, 100 * q))
     return {
-        "kl": kl, "dp": dp, "nll_base": nb, "nll_new": nn, "same": same, "rows": n,
-        "mean_kl": kl.mean(), "kl_se": se(kl), "mean_dp": dp.mean(), "dp_se": se(dp),
-        "dp_rms": math.sqrt(mse), "dp_rms_se": 0.5 / math.sqrt(mse) * mse_se,
-        "top1_agreement": p, "top1_agreement_se": math.sqrt(p * (1 - p) / (n - 1)),
-        "ppl_base": ppl_b, "ppl_base_se": ppl_b * se(nb), "ppl_new": ppl_n,
-        "ppl_new_se": ppl_n * se(nn), "ln_ppl_ratio": nn.mean() - nb.mean(),
-        "ln_ppl_ratio_se": lr_se, "ppl_ratio": math.exp(nn.mean() - nb.mean()),
+        "kl": kl,
+        "dp": dp,
+        "nll_base": nb,
+        "nll_new": nn,
+        "same": same,
+        "rows": n,
+        "mean_kl": kl.mean(),
+        "kl_se": se(kl),
+        "mean_dp": dp.mean(),
+        "dp_se": se(dp),
+        "dp_rms": math.sqrt(mse),
+        "dp_rms_se": 0.5 / math.sqrt(mse) * mse_se,
+        "top1_agreement": p,
+        "top1_agreement_se": math.sqrt(p * (1 - p) / (n - 1)),
+        "ppl_base": ppl_b,
+        "ppl_base_se": ppl_b * se(nb),
+        "ppl_new": ppl_n,
+        "ppl_new_se": ppl_n * se(nn),
+        "ln_ppl_ratio": nn.mean() - nb.mean(),
+        "ln_ppl_ratio_se": lr_se,
+        "ppl_ratio": math.exp(nn.mean() - nb.mean()),
         "ppl_ratio_se": math.exp(nn.mean() - nb.mean()) * lr_se,
         "ppl_diff": ppl_n - ppl_b,
-        "ppl_diff_se": math.sqrt((ppl_n * se(nn)) ** 2 + (ppl_b * se(nb)) ** 2
-                                 - 2 * ppl_n * ppl_b * cov),
+        "ppl_diff_se": math.sqrt(
+            (ppl_n * se(nn)) ** 2 + (ppl_b * se(nb)) ** 2 - 2 * ppl_n * ppl_b * cov
+        ),
         "ln_ppl_correlation": float(np.corrcoef(nn, nb)[0, 1]),
-        "mean_dnll": (nn - nb).mean(), "dnll_se": se(nn - nb),
-        "kl_pct": {"max": kl.max(), "99.9": pct(kl, .999), "99": pct(kl, .99),
-                   "95": pct(kl, .95), "90": pct(kl, .9), "median": float(np.median(kl)),
-                   "10": pct(kl, .1), "5": pct(kl, .05), "1": pct(kl, .01),
-                   "0.1": pct(kl, .001), "min": kl.min()},
-        "dp_pct": {k: pct(dp, q) for k, q in (("max", 1), ("99.9", .999), ("99", .99),
-                                               ("95", .95), ("90", .9), ("75", .75),
-                                               ("median", .5), ("25", .25), ("10", .1),
-                                               ("5", .05), ("1", .01), ("0.1", .001),
-                                               ("min", 0))},
+        "mean_dnll": (nn - nb).mean(),
+        "dnll_se": se(nn - nb),
+        "kl_pct": {
+            "max": kl.max(),
+            "99.9": pct(kl, 0.999),
+            "99": pct(kl, 0.99),
+            "95": pct(kl, 0.95),
+            "90": pct(kl, 0.9),
+            "median": float(np.median(kl)),
+            "10": pct(kl, 0.1),
+            "5": pct(kl, 0.05),
+            "1": pct(kl, 0.01),
+            "0.1": pct(kl, 0.001),
+            "min": kl.min(),
+        },
+        "dp_pct": {
+            k: pct(dp, q)
+            for k, q in (
+                ("max", 1),
+                ("99.9", 0.999),
+                ("99", 0.99),
+                ("95", 0.95),
+                ("90", 0.9),
+                ("75", 0.75),
+                ("median", 0.5),
+                ("25", 0.25),
+                ("10", 0.1),
+                ("5", 0.05),
+                ("1", 0.01),
+                ("0.1", 0.001),
+                ("min", 0),
+            )
+        },
     }
 
 
-def _pair(rng: np.random.Generator, shape, noise: float, dtype_b: str = "float32",
-          dtype_n: str = "float32", kind: str = "logits"):
+def _pair(
+    rng: np.random.Generator,
+    shape,
+    noise: float,
+    dtype_b: str = "float32",
+    dtype_n: str = "float32",
+    kind: str = "logits",
+):
     z = rng.standard_normal(shape) * 2.0
     y = z + rng.standard_normal(shape) * noise
     if kind != "logits":
@@ -91,15 +141,41 @@ def _pair(rng: np.random.Generator, shape, noise: float, dtype_b: str = "float32
     return z.astype(DT[dtype_b]), y.astype(DT[dtype_n])
 
 
-SCALARS = ("mean_kl", "kl_se", "mean_dp", "dp_se", "dp_rms", "dp_rms_se", "top1_agreement",
-           "top1_agreement_se", "ppl_base", "ppl_base_se", "ppl_new", "ppl_new_se",
-           "ln_ppl_ratio", "ln_ppl_ratio_se", "ppl_ratio", "ppl_ratio_se", "ppl_diff",
-           "ppl_diff_se", "ln_ppl_correlation", "mean_dnll", "dnll_se")
+SCALARS = (
+    "mean_kl",
+    "kl_se",
+    "mean_dp",
+    "dp_se",
+    "dp_rms",
+    "dp_rms_se",
+    "top1_agreement",
+    "top1_agreement_se",
+    "ppl_base",
+    "ppl_base_se",
+    "ppl_new",
+    "ppl_new_se",
+    "ln_ppl_ratio",
+    "ln_ppl_ratio_se",
+    "ppl_ratio",
+    "ppl_ratio_se",
+    "ppl_diff",
+    "ppl_diff_se",
+    "ln_ppl_correlation",
+    "mean_dnll",
+    "dnll_se",
+)
 
 
 @pytest.mark.parametrize("kind", ["logits", "log_probs", "probs"])
-@pytest.mark.parametrize("dtypes", [("float32", "float32"), ("bfloat16", "float16"),
-                                    ("float64", "float32"), ("float16", "bfloat16")])
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        ("float32", "float32"),
+        ("bfloat16", "float16"),
+        ("float64", "float32"),
+        ("float16", "bfloat16"),
+    ],
+)
 def test_llama_statistics_match_reference(kind: str, dtypes) -> None:
     rng = np.random.default_rng(1)
     base, new = _pair(rng, (6, 70, 53), 0.2, *dtypes, kind=kind)
@@ -201,8 +277,7 @@ def test_chunked_whole_and_histogram_agree() -> None:
         assert abs(hist.kl_percentiles[k] - v) <= 2 * hist.percentile_rel_error * abs(v) + 1e-15, k
     for k, v in whole.dp_percentiles.items():
         # an interpolated percentile between two bins: stated error of each order statistic
-        assert abs(hist.dp_percentiles[k] - v) <= 2 * hist.percentile_rel_error * abs(v) \
-            + 1e-12, k
+        assert abs(hist.dp_percentiles[k] - v) <= 2 * hist.percentile_rel_error * abs(v) + 1e-12, k
     assert hist.mean_kl == whole.mean_kl
 
 
@@ -232,9 +307,19 @@ def test_cli_compare_per_row(tmp_path) -> None:
     t = rng.integers(0, 30, 200)
     for name, a in (("b.npy", base), ("n.npy", new), ("t.npy", t)):
         np.save(tmp_path / name, a)
-    code = main(["compare", str(tmp_path / "b.npy"), str(tmp_path / "n.npy"),
-                 str(tmp_path / "t.npy"), "--per-row", str(tmp_path / "r.npy"),
-                 "--no-progress", "--json", str(tmp_path / "c.json")])
+    code = main(
+        [
+            "compare",
+            str(tmp_path / "b.npy"),
+            str(tmp_path / "n.npy"),
+            str(tmp_path / "t.npy"),
+            "--per-row",
+            str(tmp_path / "r.npy"),
+            "--no-progress",
+            "--json",
+            str(tmp_path / "c.json"),
+        ]
+    )
     assert code == 0
     rec = np.load(tmp_path / "r.npy")
     np.testing.assert_allclose(rec["kl"], reference(base, new, t)["kl"], rtol=1e-4)

@@ -81,8 +81,9 @@ def calls(d):
     return {
         "ce_mean": lambda: F.cross_entropy(d["x"], d["t"]),
         "ce_none": lambda: F.cross_entropy(d["x"], d["t"], reduction="none"),
-        "ce_w_ls_sum": lambda: F.cross_entropy(d["x"], d["t"], weight=d["w"],
-                                               label_smoothing=0.1, reduction="sum"),
+        "ce_w_ls_sum": lambda: F.cross_entropy(
+            d["x"], d["t"], weight=d["w"], label_smoothing=0.1, reduction="sum"
+        ),
         "ce_soft": lambda: F.cross_entropy(d["x"], d["y"], reduction="none"),
         "ce_short": lambda: F.cross_entropy(d["short"], d["ts"]),
         "ce_short_none": lambda: F.cross_entropy(d["short"], d["ts"], reduction="none"),
@@ -114,6 +115,7 @@ def restore_threads():
 
 
 # ----------------------------------------------------------------------------- 8 threads
+
 
 def test_eight_threads_get_the_serial_answers(inputs, restore_threads):
     fns = calls(inputs)
@@ -157,6 +159,7 @@ def test_eight_threads_get_the_serial_answers(inputs, restore_threads):
 
 # ------------------------------------------------------------------------------ the GIL
 
+
 def test_gil_released_while_computing(restore_threads):
     n, c = 50_000, 1000  # 200 MB of float32
     x = np.empty((n, c), np.float32)
@@ -177,12 +180,14 @@ def test_gil_released_while_computing(restore_threads):
     try:
         time.sleep(0.05)
         report = []
-        for name, f in (("cross_entropy", lambda: fastnll.cross_entropy(x, t)),
-                        ("cross_entropy none", lambda: fastnll.cross_entropy(x, t, reduction="none")),
-                        ("nll_loss", lambda: fastnll.nll_loss(lp, t)),
-                        ("logsumexp", lambda: fastnll.logsumexp(x)),
-                        ("soft targets", lambda: fastnll.cross_entropy(x[: n // 10], y)),
-                        ("bce", lambda: fastnll.binary_cross_entropy_with_logits(x[: n // 10], y))):
+        for name, f in (
+            ("cross_entropy", lambda: fastnll.cross_entropy(x, t)),
+            ("cross_entropy none", lambda: fastnll.cross_entropy(x, t, reduction="none")),
+            ("nll_loss", lambda: fastnll.nll_loss(lp, t)),
+            ("logsumexp", lambda: fastnll.logsumexp(x)),
+            ("soft targets", lambda: fastnll.cross_entropy(x[: n // 10], y)),
+            ("bce", lambda: fastnll.binary_cross_entropy_with_logits(x[: n // 10], y)),
+        ):
             during, secs, reps = 0, 0.0, 0
             while reps < 3 or secs < 0.05:  # at least 50 ms of calls
                 reps += 1
@@ -200,6 +205,7 @@ def test_gil_released_while_computing(restore_threads):
 
 
 # ------------------------------------------------------------------ thread-count invariance
+
 
 @pytest.mark.parametrize("path", PATHS)
 def test_results_identical_for_1_2_and_7_threads(inputs, path, restore_threads):
@@ -273,9 +279,14 @@ FORK_SCRIPT = textwrap.dedent(
 
 def run_script(script, timeout, env=None):
     """Runs `script` in a new session; on timeout kills the whole group (forked children too)."""
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -361,6 +372,7 @@ def test_writer_thread_during_a_call_does_not_crash():
 
 # ----------------------------------------------------------------------- Ctrl-C in the CLI
 
+
 def _mapped(pid: int, path: str) -> bool:
     try:
         with open(f"/proc/{pid}/maps") as f:
@@ -370,22 +382,29 @@ def _mapped(pid: int, path: str) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGINT")
-@pytest.mark.skipif(PATHS[-1] != fastnll.available_simd_paths()[-1],
-                    reason="once per suite: in the run on the best path (it pins scalar itself)")
+@pytest.mark.skipif(
+    PATHS[-1] != fastnll.available_simd_paths()[-1],
+    reason="once per suite: in the run on the best path (it pins scalar itself)",
+)
 def test_ctrl_c_stops_cli_eval_quickly(tmp_path):
     n, c = 500_000, 1000  # 2 GB of float32, a sparse file: cheap to make
     preds = tmp_path / "preds.npy"
     x = np.lib.format.open_memmap(preds, mode="w+", dtype=np.float32, shape=(n, c))
-    x[:: 1000] = np.linspace(-2.0, 2.0, c, dtype=np.float32)
+    x[::1000] = np.linspace(-2.0, 2.0, c, dtype=np.float32)
     x.flush()
     del x
     targets = tmp_path / "targets.npy"
     np.save(targets, (np.arange(n) % c).astype(np.int64))
     # The scalar path on one worker thread: a few seconds of computing to interrupt.
     env = dict(os.environ, FASTNLL_SIMD="scalar", FASTNLL_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "fastnll", "eval", str(preds), str(targets)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastnll", "eval", str(preds), str(targets)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not _mapped(proc.pid, str(preds)):
@@ -393,8 +412,10 @@ def test_ctrl_c_stops_cli_eval_quickly(tmp_path):
             assert time.monotonic() < deadline, "eval never mapped the dump"
             time.sleep(0.01)
         time.sleep(0.5)  # well inside the computation (the whole run takes seconds)
-        assert proc.poll() is None, ("eval finished before the interrupt: make the dump bigger",
-                                     proc.communicate())
+        assert proc.poll() is None, (
+            "eval finished before the interrupt: make the dump bigger",
+            proc.communicate(),
+        )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         try:

@@ -24,8 +24,10 @@ import reference as ref
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOATS = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), BF16]
-INTS = [np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64,
-                              np.uint8, np.uint16, np.uint32, np.uint64)]
+INTS = [
+    np.dtype(t)
+    for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+]
 REDUCTIONS = ["none", "sum", "mean"]
 INF, NAN = np.inf, np.nan
 AxisError = np.exceptions.AxisError
@@ -53,13 +55,16 @@ def simd_path(request):
 
 def bug_on_paths(paths, reason):
     """A **BUG** row that only some SIMD paths get wrong: xfail(strict) on those paths."""
+
     def deco(f):
         f.bug_on_paths, f.bug_reason = tuple(paths), reason
         return f
+
     return deco
 
 
 # ----------------------------------------------------------------------------------- helpers
+
 
 def _state(a: np.ndarray):
     return (np.array(a, copy=True).tobytes(), a.dtype, a.shape, a.strides, a.flags.writeable)
@@ -68,8 +73,11 @@ def _state(a: np.ndarray):
 def call(fn, *args, **kwargs):
     """fn(*args, **kwargs), checking that no ndarray argument changed (bytes, dtype, shape,
     strides, writeability), whether the call returned or raised."""
-    arrays = [a for a in list(args) + list(kwargs.values())
-              if isinstance(a, np.ndarray) and a.size <= 10_000_000]
+    arrays = [
+        a
+        for a in list(args) + list(kwargs.values())
+        if isinstance(a, np.ndarray) and a.size <= 10_000_000
+    ]
     before = [_state(a) for a in arrays]
     try:
         return fn(*args, **kwargs)
@@ -88,7 +96,8 @@ def raises(exc_type, fragment, fn, *args, **kwargs):
     except BaseException as e:  # noqa: B902 - PanicException is a BaseException
         assert type(e) is exc_type, (
             f"expected exactly {exc_type.__name__}, got {type(e).__module__}."
-            f"{type(e).__name__}: {e}")
+            f"{type(e).__name__}: {e}"
+        )
         assert fragment in str(e), f"{fragment!r} not in {str(e)!r}"
         return e
     pytest.fail(f"{getattr(fn, '__name__', fn)} did not raise {exc_type.__name__}")
@@ -102,8 +111,14 @@ def close(got, expected, dtype=np.float32, *, what=""):
     """Per-row results against a float64 expectation (NaN == NaN, inf exact)."""
     got = np.asarray(got)
     rtol, atol = (1e-12, 1e-12) if np.dtype(dtype) == np.float64 else (2e-6, 2e-5)
-    np.testing.assert_allclose(got.astype(np.float64), np.asarray(expected, np.float64),
-                               rtol=rtol, atol=atol, equal_nan=True, err_msg=what)
+    np.testing.assert_allclose(
+        got.astype(np.float64),
+        np.asarray(expected, np.float64),
+        rtol=rtol,
+        atol=atol,
+        equal_nan=True,
+        err_msg=what,
+    )
 
 
 def same_float(got, expected, rel=1e-6):
@@ -125,8 +140,7 @@ def all_results(x, t, y, w=None):
     out = {}
     for red in REDUCTIONS:
         out[f"ce_{red}"] = call(fastnll.cross_entropy, x, t, weight=w, reduction=red)
-        out[f"ce_ls_{red}"] = call(fastnll.cross_entropy, x, t, reduction=red,
-                                   label_smoothing=0.2)
+        out[f"ce_ls_{red}"] = call(fastnll.cross_entropy, x, t, reduction=red, label_smoothing=0.2)
         out[f"soft_{red}"] = call(fastnll.cross_entropy, x, y, reduction=red)
         out[f"bce_{red}"] = call(fastnll.binary_cross_entropy_with_logits, x, y, reduction=red)
     lp = -np.abs(np.asarray(x).astype(np.float64))
@@ -162,32 +176,60 @@ def layout_case(dtype, seed=0, n=13, c=21):
 
 # ==================================================================================== shapes
 
+
 def test_R01_target_batch_length_differs():
     x = logits((2, 3))
     for func in (fastnll.cross_entropy, fastnll.nll_loss):
         for red in REDUCTIONS:
-            raises(ValueError, "target shape (3,) does not match input shape (2, 3)",
-                   func, -np.abs(x), np.array([0, 1, 2]), reduction=red)
-            raises(ValueError, "target shape (1,) does not match input shape (2, 3)",
-                   func, -np.abs(x), np.array([0]), reduction=red)
+            raises(
+                ValueError,
+                "target shape (3,) does not match input shape (2, 3)",
+                func,
+                -np.abs(x),
+                np.array([0, 1, 2]),
+                reduction=red,
+            )
+            raises(
+                ValueError,
+                "target shape (1,) does not match input shape (2, 3)",
+                func,
+                -np.abs(x),
+                np.array([0]),
+                reduction=red,
+            )
 
 
 def test_R02_target_has_an_extra_axis():
     x = -np.abs(logits((2, 3)))
     one_hot = np.eye(3, dtype=np.int64)[[0, 2]]
     for func in (fastnll.cross_entropy, fastnll.nll_loss):
-        raises(ValueError, "target shape (2, 3) does not match input shape (2, 3): expected (2,)",
-               func, x, one_hot)
-        raises(ValueError, "target shape (1, 2) does not match input shape (2, 3)",
-               func, x, np.array([[0, 1]]))
+        raises(
+            ValueError,
+            "target shape (2, 3) does not match input shape (2, 3): expected (2,)",
+            func,
+            x,
+            one_hot,
+        )
+        raises(
+            ValueError,
+            "target shape (1, 2) does not match input shape (2, 3)",
+            func,
+            x,
+            np.array([[0, 1]]),
+        )
 
 
 def test_R03_target_missing_an_axis_or_transposed():
     x = -np.abs(logits((2, 4, 3)))
     for func in (fastnll.cross_entropy, fastnll.nll_loss):
         raises(ValueError, "expected (2, 4)", func, x, np.array([0, 1]))
-        raises(ValueError, "target shape (4, 2) does not match input shape (2, 4, 3): expected (2, 4)",
-               func, x, np.zeros((4, 2), np.int64))
+        raises(
+            ValueError,
+            "target shape (4, 2) does not match input shape (2, 4, 3): expected (2, 4)",
+            func,
+            x,
+            np.zeros((4, 2), np.int64),
+        )
 
 
 def test_R04_zero_d_target():
@@ -206,10 +248,20 @@ def test_R04_zero_d_target():
 
 def test_R05_probability_target_shape_differs():
     x = logits((2, 3))
-    raises(ValueError, "probability target shape (2, 2) does not match input shape (2, 3)",
-           fastnll.cross_entropy, x, np.full((2, 2), 0.5))
-    raises(ValueError, "probability target shape (3, 3) does not match input shape (2, 3)",
-           fastnll.cross_entropy, x, np.full((3, 3), 1 / 3, np.float32))
+    raises(
+        ValueError,
+        "probability target shape (2, 2) does not match input shape (2, 3)",
+        fastnll.cross_entropy,
+        x,
+        np.full((2, 2), 0.5),
+    )
+    raises(
+        ValueError,
+        "probability target shape (3, 3) does not match input shape (2, 3)",
+        fastnll.cross_entropy,
+        x,
+        np.full((3, 3), 1 / 3, np.float32),
+    )
 
 
 def test_R06_float_targets_shaped_like_indices():
@@ -222,30 +274,72 @@ def test_R06_float_targets_shaped_like_indices():
 def test_R07_bce_target_shape_differs():
     x = logits((4, 3))
     for red in REDUCTIONS:
-        raises(ValueError, "target shape (3,) does not match input shape (4, 3)",
-               fastnll.binary_cross_entropy_with_logits, x, np.full(3, 0.5), reduction=red)
-        raises(ValueError, "target shape (4, 2) does not match input shape (4, 3)",
-               fastnll.binary_cross_entropy_with_logits, x, np.full((4, 2), 0.5), reduction=red)
+        raises(
+            ValueError,
+            "target shape (3,) does not match input shape (4, 3)",
+            fastnll.binary_cross_entropy_with_logits,
+            x,
+            np.full(3, 0.5),
+            reduction=red,
+        )
+        raises(
+            ValueError,
+            "target shape (4, 2) does not match input shape (4, 3)",
+            fastnll.binary_cross_entropy_with_logits,
+            x,
+            np.full((4, 2), 0.5),
+            reduction=red,
+        )
 
 
 def test_R08_bce_weight_and_pos_weight_not_broadcastable():
     x, y = logits((4, 3)), np.full((4, 3), 0.5)
     bce = fastnll.binary_cross_entropy_with_logits
-    raises(ValueError, "weight of shape (2,) cannot be broadcast to input shape (4, 3)",
-           bce, x, y, weight=np.ones(2))
-    raises(ValueError, "weight of shape (5, 3) cannot be broadcast", bce, x, y,
-           weight=np.ones((5, 3)))
-    raises(ValueError, "pos_weight of shape (2,) cannot be broadcast to the last axis (3 elements)",
-           bce, x, y, pos_weight=np.ones(2))
-    raises(ValueError, "pos_weight of shape (1, 3) cannot be broadcast", bce, x, y,
-           pos_weight=np.ones((1, 3)))
+    raises(
+        ValueError,
+        "weight of shape (2,) cannot be broadcast to input shape (4, 3)",
+        bce,
+        x,
+        y,
+        weight=np.ones(2),
+    )
+    raises(
+        ValueError, "weight of shape (5, 3) cannot be broadcast", bce, x, y, weight=np.ones((5, 3))
+    )
+    raises(
+        ValueError,
+        "pos_weight of shape (2,) cannot be broadcast to the last axis (3 elements)",
+        bce,
+        x,
+        y,
+        pos_weight=np.ones(2),
+    )
+    raises(
+        ValueError,
+        "pos_weight of shape (1, 3) cannot be broadcast",
+        bce,
+        x,
+        y,
+        pos_weight=np.ones((1, 3)),
+    )
 
 
 def test_R09_logsumexp_b_not_broadcastable():
-    raises(ValueError, "b of shape (2,) cannot be broadcast to a's shape (4, 3)",
-           fastnll.logsumexp, logits((4, 3)), b=np.ones(2))
-    raises(ValueError, "b of shape (4, 3, 2) cannot be broadcast", fastnll.logsumexp,
-           logits((4, 3)), b=np.ones((4, 3, 2)), return_sign=True)
+    raises(
+        ValueError,
+        "b of shape (2,) cannot be broadcast to a's shape (4, 3)",
+        fastnll.logsumexp,
+        logits((4, 3)),
+        b=np.ones(2),
+    )
+    raises(
+        ValueError,
+        "b of shape (4, 3, 2) cannot be broadcast",
+        fastnll.logsumexp,
+        logits((4, 3)),
+        b=np.ones((4, 3, 2)),
+        return_sign=True,
+    )
 
 
 def test_R10_axis_out_of_range_or_repeated():
@@ -260,8 +354,12 @@ def test_R10_axis_out_of_range_or_repeated():
 def test_R11_class_weight_wrong_length_or_ndim():
     x = logits((2, 3))
     t = np.array([0, 2])
-    for w, shape in ((np.ones(2), "(2,)"), (np.ones(4), "(4,)"), (np.ones((1, 3)), "(1, 3)"),
-                     (np.float64(1.0), "")):
+    for w, shape in (
+        (np.ones(2), "(2,)"),
+        (np.ones(4), "(4,)"),
+        (np.ones((1, 3)), "(1, 3)"),
+        (np.float64(1.0), ""),
+    ):
         msg = f"weight must be a 1-d array of 3 elements (one per class), got shape {shape}"
         raises(ValueError, msg, fastnll.cross_entropy, x, t, weight=w)
         raises(ValueError, msg, fastnll.cross_entropy, x, np.full((2, 3), 1 / 3), weight=w)
@@ -270,29 +368,55 @@ def test_R11_class_weight_wrong_length_or_ndim():
 
 # ===================================================================== class-index targets
 
+
 def test_R12_target_at_least_C():
     x = logits((2, 3))
     for func, xx in ((fastnll.cross_entropy, x), (fastnll.nll_loss, -np.abs(x))):
         for red in REDUCTIONS:
-            raises(IndexError, "target 3 at position 1 is out of range for 3 classes",
-                   func, xx, np.array([0, 3]), reduction=red)
-            raises(IndexError, "target 3 at position 1", func, xx, np.array([0, 3]),
-                   reduction=red, weight=np.ones(3))
+            raises(
+                IndexError,
+                "target 3 at position 1 is out of range for 3 classes",
+                func,
+                xx,
+                np.array([0, 3]),
+                reduction=red,
+            )
+            raises(
+                IndexError,
+                "target 3 at position 1",
+                func,
+                xx,
+                np.array([0, 3]),
+                reduction=red,
+                weight=np.ones(3),
+            )
         raises(IndexError, "target 7 at position 0", func, xx, np.array([7, 0]))
-    raises(IndexError, "target 3 at position 1", fastnll.cross_entropy, x, np.array([0, 3]),
-           label_smoothing=0.3)
+    raises(
+        IndexError,
+        "target 3 at position 1",
+        fastnll.cross_entropy,
+        x,
+        np.array([0, 3]),
+        label_smoothing=0.3,
+    )
     x3 = logits((2, 2, 3))
     t3 = np.zeros((2, 2), np.int64)
     t3[1, 0] = 5
-    raises(IndexError, "target 5 at position (1, 0) is out of range for 3 classes",
-           fastnll.cross_entropy, x3, t3)
+    raises(
+        IndexError,
+        "target 5 at position (1, 0) is out of range for 3 classes",
+        fastnll.cross_entropy,
+        x3,
+        t3,
+    )
     # Far into a big batch (the vectorised short-row kernel and the chunked driver).
     xb = np.zeros((50_000, 7), np.float32)
     tb = np.zeros(50_000, np.int64)
     tb[43_210] = 7
     for red in REDUCTIONS:
-        raises(IndexError, "target 7 at position 43210", fastnll.cross_entropy, xb, tb,
-               reduction=red)
+        raises(
+            IndexError, "target 7 at position 43210", fastnll.cross_entropy, xb, tb, reduction=red
+        )
 
 
 def test_R13_negative_targets_never_wrap():
@@ -300,8 +424,14 @@ def test_R13_negative_targets_never_wrap():
     for bad in (-1, -101, -(2**63)):
         for func, xx in ((fastnll.cross_entropy, x), (fastnll.nll_loss, -np.abs(x))):
             for red in REDUCTIONS:
-                raises(IndexError, f"target {bad} at position 0", func, xx,
-                       np.array([bad, 0]), reduction=red)
+                raises(
+                    IndexError,
+                    f"target {bad} at position 0",
+                    func,
+                    xx,
+                    np.array([bad, 0]),
+                    reduction=red,
+                )
 
 
 def test_R14_uint64_max_target():
@@ -309,8 +439,9 @@ def test_R14_uint64_max_target():
     t = np.array([0, 2**64 - 1], dtype=np.uint64)
     for func, xx in ((fastnll.cross_entropy, x), (fastnll.nll_loss, -np.abs(x))):
         for red in REDUCTIONS:
-            raises(IndexError, "target 18446744073709551615 at position 1", func, xx, t,
-                   reduction=red)
+            raises(
+                IndexError, "target 18446744073709551615 at position 1", func, xx, t, reduction=red
+            )
         raises(IndexError, "target 18446744073709551615", func, xx, t, ignore_index=-1)
 
 
@@ -330,25 +461,38 @@ def test_R15_out_of_range_in_every_integer_dtype():
 def test_R16_bool_targets():
     x = logits((2, 3))
     for t in (np.array([True, False]), [True, False]):
-        raises(TypeError, "must hold integer class indices (int8 ... uint64), got dtype bool",
-               fastnll.cross_entropy, x, t)
+        raises(
+            TypeError,
+            "must hold integer class indices (int8 ... uint64), got dtype bool",
+            fastnll.cross_entropy,
+            x,
+            t,
+        )
         raises(TypeError, "got dtype bool", fastnll.nll_loss, -np.abs(x), t)
 
 
 def test_R17_non_integer_targets():
     x = logits((2, 3))
-    for t in (np.array([0, 1], object), np.array(["0", "1"]), np.array([0, 1], complex),
-              np.zeros(2, "datetime64[s]"), np.zeros(2, "timedelta64[s]"), [0, 2**70]):
+    for t in (
+        np.array([0, 1], object),
+        np.array(["0", "1"]),
+        np.array([0, 1], complex),
+        np.zeros(2, "datetime64[s]"),
+        np.zeros(2, "timedelta64[s]"),
+        [0, 2**70],
+    ):
         raises(TypeError, "must hold integer class indices", fastnll.cross_entropy, x, t)
         raises(TypeError, "must hold integer class indices", fastnll.nll_loss, -np.abs(x), t)
 
 
 def test_R18_list_with_uint64_max_becomes_float():
     x = logits((2, 3))
-    raises(ValueError, "class-index targets must be integers", fastnll.cross_entropy, x,
-           [0, 2**64 - 1])
-    raises(TypeError, "must hold integer class indices", fastnll.nll_loss, -np.abs(x),
-           [0, 2**64 - 1])
+    raises(
+        ValueError, "class-index targets must be integers", fastnll.cross_entropy, x, [0, 2**64 - 1]
+    )
+    raises(
+        TypeError, "must hold integer class indices", fastnll.nll_loss, -np.abs(x), [0, 2**64 - 1]
+    )
 
 
 def test_R19_ignore_index_rows():
@@ -361,8 +505,10 @@ def test_R19_ignore_index_rows():
     # An ignore_index inside [0, C) ignores that class, as PyTorch.
     t = np.array([0, 1, 2, 0])
     same_float(call(fastnll.nll_loss, lp, t, ignore_index=0), float((-lp[1, 1] - lp[2, 2]) / 2))
-    same_float(call(fastnll.cross_entropy, x, t, ignore_index=0, reduction="sum"),
-               float(-lp[1, 1] - lp[2, 2]))
+    same_float(
+        call(fastnll.cross_entropy, x, t, ignore_index=0, reduction="sum"),
+        float(-lp[1, 1] - lp[2, 2]),
+    )
 
 
 def test_R20_ignore_index_not_an_integer():
@@ -405,15 +551,21 @@ def test_R21_targets_in_unusual_layouts(tmp_path):
     assert not mis.flags.aligned
     for name, tv in variants.items():
         close(call(fastnll.cross_entropy, x, tv, reduction="none"), expected, what=name)
-        close(call(fastnll.nll_loss, -np.abs(x), tv, reduction="none"),
-              fastnll.nll_loss(-np.abs(x), ct, reduction="none"), what=name)
+        close(
+            call(fastnll.nll_loss, -np.abs(x), tv, reduction="none"),
+            fastnll.nll_loss(-np.abs(x), ct, reduction="none"),
+            what=name,
+        )
     # broadcast targets
     tb = np.broadcast_to(np.int64(2), (9,))
-    close(call(fastnll.cross_entropy, x, tb, reduction="none"),
-          fastnll.cross_entropy(x, np.full(9, 2), reduction="none"))
+    close(
+        call(fastnll.cross_entropy, x, tb, reduction="none"),
+        fastnll.cross_entropy(x, np.full(9, 2), reduction="none"),
+    )
 
 
 # ==================================================================================== weights
+
 
 def test_R22_negative_weights_propagate():
     x = logits((3, 3), np.float64)
@@ -436,8 +588,10 @@ def test_R23_nan_weight():
     assert math.isnan(call(fastnll.nll_loss, ref.log_softmax(x), t, weight=w))
     # not the weight of any target: no effect
     w2 = np.array([1.0, NAN, 1.0])
-    same_float(call(fastnll.cross_entropy, x, t, weight=w2),
-               ref.cross_entropy(x, t, weight=np.array([1.0, 7.0, 1.0])))
+    same_float(
+        call(fastnll.cross_entropy, x, t, weight=w2),
+        ref.cross_entropy(x, t, weight=np.array([1.0, 7.0, 1.0])),
+    )
     # ... unless label smoothing sums over every class
     rows = call(fastnll.cross_entropy, x, t, weight=w2, label_smoothing=0.1, reduction="none")
     assert np.all(np.isnan(rows))
@@ -449,8 +603,9 @@ def test_R24_infinite_weight():
     rows = call(fastnll.cross_entropy, x, t, weight=np.array([INF, 1.0, 1.0]), reduction="none")
     assert rows[0] == INF and np.isfinite(rows[1])
     assert math.isnan(call(fastnll.cross_entropy, x, t, weight=np.array([INF, 1.0, 1.0])))
-    rows = call(fastnll.nll_loss, ref.log_softmax(x), t, weight=np.array([-INF, 1.0, 1.0]),
-                reduction="none")
+    rows = call(
+        fastnll.nll_loss, ref.log_softmax(x), t, weight=np.array([-INF, 1.0, 1.0]), reduction="none"
+    )
     assert rows[0] == -INF
 
 
@@ -471,12 +626,23 @@ def test_R25_weights_summing_to_zero():
 def test_R26_non_numeric_class_weight():
     x = logits((2, 3))
     t = np.array([0, 1])
-    for w in (np.array(["a", "b", "c"]), np.ones(3, complex), np.ones(3, bool),
-              np.array([1, 2, 3], object), ["a", "b", "c"]):
+    for w in (
+        np.array(["a", "b", "c"]),
+        np.ones(3, complex),
+        np.ones(3, bool),
+        np.array([1, 2, 3], object),
+        ["a", "b", "c"],
+    ):
         raises(TypeError, "weight must be numeric", fastnll.cross_entropy, x, t, weight=w)
         raises(TypeError, "weight must be numeric", fastnll.nll_loss, -np.abs(x), t, weight=w)
-        raises(TypeError, "weight must be numeric", fastnll.cross_entropy, x,
-               np.full((2, 3), 1 / 3), weight=w)
+        raises(
+            TypeError,
+            "weight must be numeric",
+            fastnll.cross_entropy,
+            x,
+            np.full((2, 3), 1 / 3),
+            weight=w,
+        )
 
 
 def test_R27_bce_negative_or_nan_weights():
@@ -486,9 +652,11 @@ def test_R27_bce_negative_or_nan_weights():
     base = ref.binary_cross_entropy_with_logits(x, y, reduction="none")
     close(call(bce, x, y, weight=-np.ones(3), reduction="none"), -base, np.float64)
     pw = np.array([-1.0, 2.0, 0.5])
-    close(call(bce, x, y, pos_weight=pw, reduction="none"),
-          ref.binary_cross_entropy_with_logits(x, y, pos_weight=pw, reduction="none"),
-          np.float64)
+    close(
+        call(bce, x, y, pos_weight=pw, reduction="none"),
+        ref.binary_cross_entropy_with_logits(x, y, pos_weight=pw, reduction="none"),
+        np.float64,
+    )
     rows = call(bce, x, y, weight=np.array([NAN, 1.0, 1.0]), reduction="none")
     assert np.all(np.isnan(rows[:, 0])) and np.all(np.isfinite(rows[:, 1:]))
     assert math.isnan(call(bce, x, y, pos_weight=np.array([1.0, NAN, 1.0])))
@@ -507,6 +675,7 @@ def test_R28_non_numeric_b_and_bce_weights():
 
 # ==================================================================================== options
 
+
 def test_R29_unknown_reduction():
     x = logits((2, 3))
     t = np.array([0, 1])
@@ -515,19 +684,37 @@ def test_R29_unknown_reduction():
         raises(ValueError, msg + repr(bad), fastnll.cross_entropy, x, t, reduction=bad)
         raises(ValueError, msg, fastnll.cross_entropy, x, np.full((2, 3), 1 / 3), reduction=bad)
         raises(ValueError, msg, fastnll.nll_loss, -np.abs(x), t, reduction=bad)
-        raises(ValueError, msg, fastnll.binary_cross_entropy_with_logits, x, np.zeros((2, 3)),
-               reduction=bad)
+        raises(
+            ValueError,
+            msg,
+            fastnll.binary_cross_entropy_with_logits,
+            x,
+            np.zeros((2, 3)),
+            reduction=bad,
+        )
 
 
 def test_R30_label_smoothing_out_of_range():
     x = logits((2, 3))
     for t in (np.array([0, 1]), np.full((2, 3), 1 / 3)):
         for bad in (-0.1, 1.5, NAN, INF, -INF, 1 + 1e-12):
-            raises(ValueError, "label_smoothing must be in [0, 1]", fastnll.cross_entropy, x, t,
-                   label_smoothing=bad)
+            raises(
+                ValueError,
+                "label_smoothing must be in [0, 1]",
+                fastnll.cross_entropy,
+                x,
+                t,
+                label_smoothing=bad,
+            )
         for bad in ("a", None, [0.1]):
-            raises(TypeError, "label_smoothing must be a number", fastnll.cross_entropy, x, t,
-                   label_smoothing=bad)
+            raises(
+                TypeError,
+                "label_smoothing must be a number",
+                fastnll.cross_entropy,
+                x,
+                t,
+                label_smoothing=bad,
+            )
 
 
 def test_R31_label_smoothing_edges():
@@ -544,13 +731,14 @@ def test_R31_label_smoothing_edges():
 def test_R32_unknown_keyword():
     x = logits((2, 3))
     t = np.array([0, 1])
-    for func, args, kw in ((fastnll.cross_entropy, (x, t), {"reductoin": "sum"}),
-                           (fastnll.cross_entropy, (x, t), {"size_average": True}),
-                           (fastnll.nll_loss, (-np.abs(x), t), {"dim": 1}),
-                           (fastnll.binary_cross_entropy_with_logits, (x, np.zeros((2, 3))),
-                            {"label_smoothing": 0.1}),
-                           (fastnll.logsumexp, (x,), {"dim": 1}),
-                           (fastnll.softmax, (x,), {"dim": 1})):
+    for func, args, kw in (
+        (fastnll.cross_entropy, (x, t), {"reductoin": "sum"}),
+        (fastnll.cross_entropy, (x, t), {"size_average": True}),
+        (fastnll.nll_loss, (-np.abs(x), t), {"dim": 1}),
+        (fastnll.binary_cross_entropy_with_logits, (x, np.zeros((2, 3))), {"label_smoothing": 0.1}),
+        (fastnll.logsumexp, (x,), {"dim": 1}),
+        (fastnll.softmax, (x,), {"dim": 1}),
+    ):
         raises(TypeError, "unexpected keyword argument", func, *args, **kw)
 
 
@@ -562,13 +750,16 @@ def test_R33_thread_and_path_settings():
     path = fastnll.simd_path()
     raises(ValueError, "unknown SIMD path", fastnll.set_simd_path, "foo")
     raises(TypeError, "", fastnll.set_simd_path, None)
-    missing = [p for p in ("scalar", "avx2", "avx512", "neon") if p not in fastnll.available_simd_paths()]
+    missing = [
+        p for p in ("scalar", "avx2", "avx512", "neon") if p not in fastnll.available_simd_paths()
+    ]
     for p in missing:
         raises(ValueError, "not supported by this CPU", fastnll.set_simd_path, p)
     assert fastnll.simd_path() == path
 
 
 # ==================================================================== dimensions and sizes
+
 
 def test_R34_zero_d_logits_for_losses():
     for func, name in ((fastnll.cross_entropy, "logits"), (fastnll.nll_loss, "log_probs")):
@@ -600,8 +791,14 @@ def test_R36_zero_classes():
     assert call(fastnll.log_softmax, x).shape == (3, 0)
     for func in (fastnll.cross_entropy, fastnll.nll_loss):
         for red in REDUCTIONS:
-            raises(IndexError, "target 0 at position 0 is out of range for 0 classes", func, x,
-                   np.zeros(3, np.int64), reduction=red)
+            raises(
+                IndexError,
+                "target 0 at position 0 is out of range for 0 classes",
+                func,
+                x,
+                np.zeros(3, np.int64),
+                reduction=red,
+            )
         ign = np.full(3, -100)
         assert math.isnan(call(func, x, ign))
         assert call(func, x, ign, reduction="sum") == 0.0
@@ -620,11 +817,19 @@ def test_R37_empty_batch(lead):
         y = np.zeros(lead + (5,), np.float32)
         od = np.float64 if dtype == np.float64 else np.float32
         for red in REDUCTIONS:
-            for got in (call(fastnll.cross_entropy, x, t, reduction=red),
-                        call(fastnll.cross_entropy, x, t, reduction=red, weight=np.ones(5),
-                             label_smoothing=0.1),
-                        call(fastnll.cross_entropy, x, y, reduction=red),
-                        call(fastnll.nll_loss, x, t, reduction=red)):
+            for got in (
+                call(fastnll.cross_entropy, x, t, reduction=red),
+                call(
+                    fastnll.cross_entropy,
+                    x,
+                    t,
+                    reduction=red,
+                    weight=np.ones(5),
+                    label_smoothing=0.1,
+                ),
+                call(fastnll.cross_entropy, x, y, reduction=red),
+                call(fastnll.nll_loss, x, t, reduction=red),
+            ):
                 if red == "none":
                     assert got.shape == lead and got.dtype == od
                 elif red == "sum":
@@ -632,8 +837,11 @@ def test_R37_empty_batch(lead):
                 else:
                     assert math.isnan(got)
             got = call(fastnll.binary_cross_entropy_with_logits, x, y, reduction=red)
-            assert got.shape == x.shape if red == "none" else (
-                got == 0.0 if red == "sum" else math.isnan(got))
+            assert (
+                got.shape == x.shape
+                if red == "none"
+                else (got == 0.0 if red == "sum" else math.isnan(got))
+            )
         assert call(fastnll.logsumexp, x).shape == lead
         assert call(fastnll.softmax, x).shape == x.shape
         assert call(fastnll.log_softmax, x).shape == x.shape
@@ -671,8 +879,23 @@ def test_R39_more_than_2_31_elements(simd_path):
 
 # ======================================================================= dtypes, array-likes
 
-BAD_DTYPES = [object, "U3", "S3", np.complex64, np.complex128, np.int8, np.int32, np.int64,
-              np.uint8, np.uint64, bool, np.longdouble, "datetime64[s]", "timedelta64[s]", "V2"]
+BAD_DTYPES = [
+    object,
+    "U3",
+    "S3",
+    np.complex64,
+    np.complex128,
+    np.int8,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint64,
+    bool,
+    np.longdouble,
+    "datetime64[s]",
+    "timedelta64[s]",
+    "V2",
+]
 
 
 def test_R40_unsupported_logits_dtypes():
@@ -686,31 +909,43 @@ def test_R40_unsupported_logits_dtypes():
         raises(TypeError, frag, fastnll.cross_entropy, x, y)
         raises(TypeError, f"log_probs has dtype {name}", fastnll.nll_loss, x, t)
         raises(TypeError, frag, fastnll.binary_cross_entropy_with_logits, x, y)
-        raises(TypeError, f"target has dtype {name}", fastnll.binary_cross_entropy_with_logits,
-               y, x)
+        raises(
+            TypeError, f"target has dtype {name}", fastnll.binary_cross_entropy_with_logits, y, x
+        )
         for func in (fastnll.logsumexp, fastnll.softmax, fastnll.log_softmax):
             raises(TypeError, frag, func, x)
 
 
 def test_R41_python_sequences():
     x = [[2, 0, -1], [1, 1, 1]]
-    same_float(call(fastnll.cross_entropy, x, [0, 2]),
-               ref.cross_entropy(np.array(x, np.float64), np.array([0, 2])))
-    close(call(fastnll.logsumexp, [[True, False]]), ref.logsumexp(np.array([[1.0, 0.0]])),
-          np.float64)
+    same_float(
+        call(fastnll.cross_entropy, x, [0, 2]),
+        ref.cross_entropy(np.array(x, np.float64), np.array([0, 2])),
+    )
+    close(
+        call(fastnll.logsumexp, [[True, False]]), ref.logsumexp(np.array([[1.0, 0.0]])), np.float64
+    )
     frag = "accepted dtypes"
     for bad in ([["a", "b"]], None):
-        for func, args in ((fastnll.cross_entropy, (bad, [0])), (fastnll.logsumexp, (bad,)),
-                           (fastnll.softmax, (bad,)), (fastnll.nll_loss, (bad, [0])),
-                           (fastnll.binary_cross_entropy_with_logits, (bad, [[0.0, 1.0]]))):
+        for func, args in (
+            (fastnll.cross_entropy, (bad, [0])),
+            (fastnll.logsumexp, (bad,)),
+            (fastnll.softmax, (bad,)),
+            (fastnll.nll_loss, (bad, [0])),
+            (fastnll.binary_cross_entropy_with_logits, (bad, [[0.0, 1.0]])),
+        ):
             raises(TypeError, frag, func, *args)
     ragged = [[1.0, 2.0], [3.0]]
-    for func, args in ((fastnll.cross_entropy, (ragged, [0, 0])), (fastnll.logsumexp, (ragged,)),
-                       (fastnll.log_softmax, (ragged,))):
+    for func, args in (
+        (fastnll.cross_entropy, (ragged, [0, 0])),
+        (fastnll.logsumexp, (ragged,)),
+        (fastnll.log_softmax, (ragged,)),
+    ):
         raises(TypeError, "could not be converted to an array", func, *args)
 
 
 # ============================================================================ memory layouts
+
 
 def _swapped(a):
     return a.byteswap().view(a.dtype.newbyteorder())
@@ -745,12 +980,18 @@ def test_R44_negative_strides(dtype):
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: np.dtype(d).name)
 def test_R45_zero_strides(dtype):
     x, t, y = layout_case(dtype)
-    for name, xb in (("rows", np.broadcast_to(x[2], x.shape)),
-                     ("cols", np.broadcast_to(x[:, 4:5], x.shape)),
-                     ("scalar", np.broadcast_to(x[1, 1], x.shape))):
+    for name, xb in (
+        ("rows", np.broadcast_to(x[2], x.shape)),
+        ("cols", np.broadcast_to(x[:, 4:5], x.shape)),
+        ("scalar", np.broadcast_to(x[1, 1], x.shape)),
+    ):
         assert 0 in xb.strides
-        same_results(all_results(xb, t, y), all_results(np.ascontiguousarray(xb), t, y), dtype,
-                     f"zero stride {name}")
+        same_results(
+            all_results(xb, t, y),
+            all_results(np.ascontiguousarray(xb), t, y),
+            dtype,
+            f"zero stride {name}",
+        )
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: np.dtype(d).name)
@@ -798,6 +1039,7 @@ def test_R48_memmap(tmp_path):
 
 
 # ========================================================================= non-finite values
+
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: np.dtype(d).name)
 def test_R49_nan_in_a_row(dtype):
@@ -858,8 +1100,12 @@ def test_R52_neg_inf_at_target_or_elsewhere():
             close(rows[1], ref.cross_entropy(f64(x), t, reduction="none")[1], dtype)
             assert call(fastnll.softmax, x)[1, 2] == 0.0
             assert call(fastnll.log_softmax, x)[1, 2] == -INF
-            nll = call(fastnll.nll_loss, np.where(np.isinf(x), x, -np.abs(x)).astype(dtype), t,
-                       reduction="none")
+            nll = call(
+                fastnll.nll_loss,
+                np.where(np.isinf(x), x, -np.abs(x)).astype(dtype),
+                t,
+                reduction="none",
+            )
             assert nll[0] == INF
 
 
@@ -892,7 +1138,12 @@ def test_R54_non_finite_values_in_ignored_rows(dtype):
         clean[bad_rows] = 0.0
         xv = x if layout == "c" else np.ascontiguousarray(np.repeat(x, 2, axis=1))[:, ::2]
         w = rng.uniform(0.5, 2.0, c)
-        for kw in ({}, {"weight": w}, {"label_smoothing": 0.2}, {"weight": w, "label_smoothing": 0.3}):
+        for kw in (
+            {},
+            {"weight": w},
+            {"label_smoothing": 0.2},
+            {"weight": w, "label_smoothing": 0.3},
+        ):
             for red in REDUCTIONS:
                 got = call(fastnll.cross_entropy, xv, t, reduction=red, **kw)
                 want = fastnll.cross_entropy(clean, t, reduction=red, **kw)
@@ -932,9 +1183,15 @@ def test_R54_non_finite_values_in_ignored_rows(dtype):
 def test_R55_nll_loss_rejects_non_log_probabilities():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     for red in REDUCTIONS:
-        raises(ValueError, "nll_loss expects log-probabilities (all <= 0), but the input at the "
-               "target of position (0, 0) is 0.7", fastnll.nll_loss, probs, np.array([0, 2]),
-               reduction=red)
+        raises(
+            ValueError,
+            "nll_loss expects log-probabilities (all <= 0), but the input at the "
+            "target of position (0, 0) is 0.7",
+            fastnll.nll_loss,
+            probs,
+            np.array([0, 2]),
+            reduction=red,
+        )
     lp = np.log(probs)
     lp[1, 1] = INF
     raises(ValueError, "position (1, 1) is inf", fastnll.nll_loss, lp, np.array([0, 1]))
@@ -951,8 +1208,16 @@ def test_R55_nll_loss_rejects_non_log_probabilities():
 
 def test_R56_soft_targets_unvalidated():
     x = np.array([[0.0, 1.0, 2.0]] * 4 + [[0.0, -INF, 2.0], [0.0, INF, 1.0]])
-    y = np.array([[NAN, 0.5, 0.5], [INF, 0.0, 0.0], [-1.0, 1.0, 1.0], [0.2, 0.2, 0.2],
-                  [0.5, 0.0, 0.5], [0.5, 0.0, 0.5]])
+    y = np.array(
+        [
+            [NAN, 0.5, 0.5],
+            [INF, 0.0, 0.0],
+            [-1.0, 1.0, 1.0],
+            [0.2, 0.2, 0.2],
+            [0.5, 0.0, 0.5],
+            [0.5, 0.0, 0.5],
+        ]
+    )
     rows = call(fastnll.cross_entropy, x, y, reduction="none")
     lp = ref.log_softmax(x[0])
     assert np.isnan(rows[0]) and rows[1] == INF
@@ -983,8 +1248,13 @@ def test_R58_bce_non_finite():
         sp = np.log1p(np.exp(-np.abs(zz))) + np.maximum(-zz, 0.0)
         want = (1 - yy) * zz + (1 + (pw - 1) * yy) * sp
     for dtype in (np.float32, np.float64):
-        got = call(fastnll.binary_cross_entropy_with_logits, zz.astype(dtype), yy.astype(dtype),
-                   pos_weight=pw, reduction="none")
+        got = call(
+            fastnll.binary_cross_entropy_with_logits,
+            zz.astype(dtype),
+            yy.astype(dtype),
+            pos_weight=pw,
+            reduction="none",
+        )
         close(got, want, dtype)
     assert np.isnan(want[1, 4]) and want[0, 3] == INF  # z=-inf, y=1 / z=+inf, y=0
 
@@ -1029,8 +1299,9 @@ def test_R61_float64_large_common_offset():
         lp = ref.log_softmax(x)
         np.testing.assert_allclose(call(fastnll.log_softmax, x), lp, rtol=1e-12)
         np.testing.assert_allclose(call(fastnll.softmax, x), np.exp(lp), rtol=1e-12)
-        np.testing.assert_allclose(call(fastnll.cross_entropy, x, [0], reduction="none"),
-                                   -lp[:, 0], rtol=1e-12)
+        np.testing.assert_allclose(
+            call(fastnll.cross_entropy, x, [0], reduction="none"), -lp[:, 0], rtol=1e-12
+        )
 
 
 def test_R64_float32_label_smoothing_large_offset():
@@ -1057,6 +1328,7 @@ def test_R65_ignored_row_with_neg_inf_in_column_0(dtype):
 
 # ============================================================================ other arguments
 
+
 def test_R62_axis_of_the_wrong_type():
     x = logits((4, 3))
     raises(TypeError, "axis", fastnll.softmax, x, axis=(0, 1))
@@ -1075,6 +1347,7 @@ def test_R63_logsumexp_b_on_an_empty_batch():
 
 # ================================================================== the table and the tests
 
+
 def test_every_contract_row_has_one_test(simd_path):
     if simd_path != fastnll.available_simd_paths()[0]:
         pytest.skip("checked once")
@@ -1085,10 +1358,18 @@ def test_every_contract_row_has_one_test(simd_path):
     tests += re.findall(r"^def (test_R\d\d_\w+)\(", hostile, flags=re.MULTILINE)
     test_ids = sorted(name[5:8] for name in tests)
     assert len(test_ids) == len(set(test_ids)), "two tests for one row"
-    assert sorted(rows) == test_ids, (set(rows) ^ set(test_ids))
-    bug_rows = set(re.findall(r"^\| (R\d\d) \| \*\*BUG\*\*", CONTRACT.read_text(), flags=re.MULTILINE))
-    xfail = {name[5:8] for name in tests if name in globals() and (
-             any(m.name == "xfail" for m in getattr(globals()[name], "pytestmark", []))
-             or hasattr(globals()[name], "bug_on_paths"))}
+    assert sorted(rows) == test_ids, set(rows) ^ set(test_ids)
+    bug_rows = set(
+        re.findall(r"^\| (R\d\d) \| \*\*BUG\*\*", CONTRACT.read_text(), flags=re.MULTILINE)
+    )
+    xfail = {
+        name[5:8]
+        for name in tests
+        if name in globals()
+        and (
+            any(m.name == "xfail" for m in getattr(globals()[name], "pytestmark", []))
+            or hasattr(globals()[name], "bug_on_paths")
+        )
+    }
     assert "xfail" not in hostile  # R66-R79 are fixed rows
     assert bug_rows == xfail, (bug_rows, xfail)

@@ -35,9 +35,16 @@ SCHEDULERS = ["cluster", "threads", "sync"]
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, worker_dashboard_address=None
-                                  ) as lc, distributed.Client(lc) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as lc,
+        distributed.Client(lc) as c,
+    ):
         yield c
 
 
@@ -58,21 +65,59 @@ def _shard(d: Path, name: str, arr: np.ndarray, sizes: list[int], suffix: str) -
     d.mkdir(parents=True, exist_ok=True)
     cuts = np.cumsum([0] + sizes)
     assert cuts[-1] == arr.shape[0]
-    return [_save(d / f"{name}-{i:03d}{suffix}", arr[a:b])
-            for i, (a, b) in enumerate(itertools.pairwise(cuts))]
+    return [
+        _save(d / f"{name}-{i:03d}{suffix}", arr[a:b])
+        for i, (a, b) in enumerate(itertools.pairwise(cuts))
+    ]
 
 
 # Each case: (shape, dtype, kind, shift, ignore_index, target dtype, suffix, shard sizes,
 # flat targets)
 CASES = {
-    "2d-f32-ignore": ((2000, 37), np.float32, "logits", False, -1, np.int64, ".npy",
-                      [700, 1, 650, 649], False),
-    "3d-shift-bf16-int32": ((12, 40, 64), BF16, "logits", True, -100, np.int32,
-                            ".safetensors", [5, 4, 3], False),
-    "2d-shift-f64-logprobs": ((900, 21), np.float64, "log_probs", True, -100, np.int64,
-                              ".npy", [300, 300, 300], False),
-    "3d-f16-flat-targets": ((6, 30, 17), np.float16, "logits", False, -100, np.int16, ".npy",
-                            [2, 2, 2], True),
+    "2d-f32-ignore": (
+        (2000, 37),
+        np.float32,
+        "logits",
+        False,
+        -1,
+        np.int64,
+        ".npy",
+        [700, 1, 650, 649],
+        False,
+    ),
+    "3d-shift-bf16-int32": (
+        (12, 40, 64),
+        BF16,
+        "logits",
+        True,
+        -100,
+        np.int32,
+        ".safetensors",
+        [5, 4, 3],
+        False,
+    ),
+    "2d-shift-f64-logprobs": (
+        (900, 21),
+        np.float64,
+        "log_probs",
+        True,
+        -100,
+        np.int64,
+        ".npy",
+        [300, 300, 300],
+        False,
+    ),
+    "3d-f16-flat-targets": (
+        (6, 30, 17),
+        np.float16,
+        "logits",
+        False,
+        -100,
+        np.int16,
+        ".npy",
+        [2, 2, 2],
+        True,
+    ),
 }
 
 
@@ -89,9 +134,11 @@ def case(request: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     t = make_targets(rng, shape[:-1], shape[-1], ignore_index=ii, ignore_frac=0.15).astype(tdt)
     d = tmp_path_factory.mktemp(name)
     tt = t.reshape(t.shape[0], -1) if flat else t
-    files = {"x": _shard(d / "x", "x", x, sizes, suffix), "y": _shard(d / "y", "y", y, sizes,
-                                                                       suffix),
-             "t": _shard(d / "t", "t", tt, sizes, ".npy")}
+    files = {
+        "x": _shard(d / "x", "x", x, sizes, suffix),
+        "y": _shard(d / "y", "y", y, sizes, suffix),
+        "t": _shard(d / "t", "t", tt, sizes, ".npy"),
+    }
     if flat:  # 1-d target files per shard: [b * T] each
         files["t"] = [_save(Path(p), np.load(p).reshape(-1)) for p in files["t"]]
     return dict(name=name, x=x, y=y, t=t, kind=kind, shift=shift, ii=ii, dir=d, files=files)
@@ -102,19 +149,39 @@ def _arrays(case: dict[str, Any], which: str) -> Any:
 
 
 def _assert_eval_equal(got: fastnll.EvalReport, ref: fastnll.EvalReport) -> None:
-    for f in ("kind", "n_classes", "rows", "ignored", "n_bins", "bins", "ece", "mce",
-              "accuracy", "top_k_accuracy"):
+    for f in (
+        "kind",
+        "n_classes",
+        "rows",
+        "ignored",
+        "n_bins",
+        "bins",
+        "ece",
+        "mce",
+        "accuracy",
+        "top_k_accuracy",
+    ):
         assert getattr(got, f) == getattr(ref, f) or (
-            isinstance(getattr(ref, f), float) and math.isnan(getattr(ref, f))
-            and math.isnan(getattr(got, f))), f
-    for f in ("sum_nll", "mean_nll", "nll_se", "perplexity", "bits_per_token",
-              "mean_entropy", "brier"):
+            isinstance(getattr(ref, f), float)
+            and math.isnan(getattr(ref, f))
+            and math.isnan(getattr(got, f))
+        ), f
+    for f in (
+        "sum_nll",
+        "mean_nll",
+        "nll_se",
+        "perplexity",
+        "bits_per_token",
+        "mean_entropy",
+        "brier",
+    ):
         assert getattr(got, f) == pytest.approx(getattr(ref, f), rel=1e-12, abs=0), f
 
 
 def _assert_against_reference(got: fastnll.EvalReport, case: dict[str, Any]) -> None:
-    ref = reference_metrics(case["x"], case["t"], kind=case["kind"], ignore_index=case["ii"],
-                            shift=case["shift"])
+    ref = reference_metrics(
+        case["x"], case["t"], kind=case["kind"], ignore_index=case["ii"], shift=case["shift"]
+    )
     assert (got.rows, got.ignored) == (ref["rows"], ref["ignored"])
     assert got.mean_nll == pytest.approx(ref["mean_nll"], rel=1e-5)
     assert got.accuracy == pytest.approx(ref["accuracy"], abs=2 / got.rows)
@@ -123,12 +190,12 @@ def _assert_against_reference(got: fastnll.EvalReport, case: dict[str, Any]) -> 
 
 @pytest.mark.parametrize("sched", SCHEDULERS)
 def test_evaluate_matches_in_memory(case: dict[str, Any], sched: str, client: Any) -> None:
-    opts = dict(kind=case["kind"], ignore_index=case["ii"], shift=case["shift"],
-                top_k=(1, 3))
+    opts = dict(kind=case["kind"], ignore_index=case["ii"], shift=case["shift"], top_k=(1, 3))
     ref = fastnll.evaluate(case["x"], case["t"], **opts)
     _assert_against_reference(ref, case)
-    got = fd.evaluate(_arrays(case, "x"), _arrays(case, "t"), scheduler=_sched(sched, client),
-                      **opts)
+    got = fd.evaluate(
+        _arrays(case, "x"), _arrays(case, "t"), scheduler=_sched(sched, client), **opts
+    )
     assert isinstance(got, fastnll.EvalReport)
     assert got.rows > 100
     _assert_eval_equal(got, ref)
@@ -138,8 +205,9 @@ def test_evaluate_shard_files_on_cluster(case: dict[str, Any], client: Any) -> N
     """Paths instead of arrays: one task per shard, the files opened in the workers."""
     opts = dict(kind=case["kind"], ignore_index=case["ii"], shift=case["shift"])
     ref = fastnll.evaluate(case["x"], case["t"], **opts)
-    got = fd.evaluate(str(case["dir"] / "x"), str(case["dir"] / "t" / "*.npy"),
-                      scheduler=client, **opts)
+    got = fd.evaluate(
+        str(case["dir"] / "x"), str(case["dir"] / "t" / "*.npy"), scheduler=client, **opts
+    )
     _assert_eval_equal(got, ref)
 
 
@@ -150,13 +218,30 @@ def test_compare_matches_in_memory(case: dict[str, Any], sched: str, client: Any
     want = reference_compare(case["x"], case["y"], case["t"], **opts)
     assert ref.rows == want["rows"]
     assert ref.mean_kl == pytest.approx(want["mean_kl"], rel=1e-5, abs=1e-7)
-    for got in (fd.compare(_arrays(case, "x"), _arrays(case, "y"), _arrays(case, "t"),
-                           scheduler=_sched(sched, client), **opts),
-                fd.compare(case["files"]["x"], case["files"]["y"], case["files"]["t"],
-                           scheduler=_sched(sched, client), **opts)):
+    for got in (
+        fd.compare(
+            _arrays(case, "x"),
+            _arrays(case, "y"),
+            _arrays(case, "t"),
+            scheduler=_sched(sched, client),
+            **opts,
+        ),
+        fd.compare(
+            case["files"]["x"],
+            case["files"]["y"],
+            case["files"]["t"],
+            scheduler=_sched(sched, client),
+            **opts,
+        ),
+    ):
         assert isinstance(got, fastnll.CompareReport)
         assert (got.kind, got.n_classes, got.rows, got.ignored, got.top1_agreement) == (
-            ref.kind, ref.n_classes, ref.rows, ref.ignored, ref.top1_agreement)
+            ref.kind,
+            ref.n_classes,
+            ref.rows,
+            ref.ignored,
+            ref.top1_agreement,
+        )
         for f in ("mean_kl", "sum_kl", "mean_dnll", "sum_dnll", "dnll_se"):
             assert getattr(got, f) == pytest.approx(getattr(ref, f), rel=1e-12, abs=0), f
 
@@ -164,8 +249,9 @@ def test_compare_matches_in_memory(case: dict[str, Any], sched: str, client: Any
 @pytest.mark.parametrize("case", LOGIT_CASES, indirect=True)
 @pytest.mark.parametrize("sched", SCHEDULERS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_cross_entropy_matches_in_memory(case: dict[str, Any], sched: str, reduction: str,
-                                         client: Any) -> None:
+def test_cross_entropy_matches_in_memory(
+    case: dict[str, Any], sched: str, reduction: str, client: Any
+) -> None:
     x, t = case["x"], case["t"]
     c = x.shape[-1]
     w = np.linspace(0.5, 2.0, c)
@@ -177,8 +263,14 @@ def test_cross_entropy_matches_in_memory(case: dict[str, Any], sched: str, reduc
     rel = 1e-12 if x.dtype == np.float64 else 1e-6
     for kw in (dict(), dict(weight=w, label_smoothing=0.1)):
         ref = fastnll.cross_entropy(x, t, ignore_index=case["ii"], reduction=reduction, **kw)
-        got = fd.cross_entropy(xs, ts, ignore_index=case["ii"], reduction=reduction,
-                               scheduler=_sched(sched, client), **kw)
+        got = fd.cross_entropy(
+            xs,
+            ts,
+            ignore_index=case["ii"],
+            reduction=reduction,
+            scheduler=_sched(sched, client),
+            **kw,
+        )
         assert isinstance(got, float)
         assert got == pytest.approx(ref, rel=rel, abs=0)
         x64 = x.astype(np.float64)  # and a float64 NumPy reference of the same rows
@@ -201,9 +293,13 @@ def test_cross_entropy_probability_targets_and_nd(client: Any) -> None:
     p /= p.sum(-1, keepdims=True)
     for red in ("mean", "sum"):
         ref = fastnll.cross_entropy(x, p, reduction=red, label_smoothing=0.05)
-        got = fd.cross_entropy(da.from_array(x, chunks=(2, 20, 11)),
-                               da.from_array(p, chunks=(3, 25, 33)), reduction=red,
-                               label_smoothing=0.05, scheduler=client)
+        got = fd.cross_entropy(
+            da.from_array(x, chunks=(2, 20, 11)),
+            da.from_array(p, chunks=(3, 25, 33)),
+            reduction=red,
+            label_smoothing=0.05,
+            scheduler=client,
+        )
         assert got == pytest.approx(ref, rel=1e-12)
 
 
@@ -220,8 +316,7 @@ def test_lazy_results_and_chunking_along_t(client: Any) -> None:
         _assert_eval_equal(lazy.compute(scheduler=client), fastnll.evaluate(x, t, shift=shift))
     assert fd.evaluate(xs, ts, shift=True).rows == fastnll.evaluate(x, t, shift=True).rows
     lazy_ce = fd.cross_entropy(xs, ts, compute=False)
-    assert lazy_ce.compute(scheduler="sync") == pytest.approx(fastnll.cross_entropy(x, t),
-                                                              rel=1e-6)
+    assert lazy_ce.compute(scheduler="sync") == pytest.approx(fastnll.cross_entropy(x, t), rel=1e-6)
 
 
 def test_workers_use_their_share_of_threads(client: Any) -> None:
@@ -229,23 +324,28 @@ def test_workers_use_their_share_of_threads(client: Any) -> None:
     client.run(fastnll.set_num_threads, 0)  # back to the default: every CPU
     before = client.run(fastnll.get_num_threads)
     x = np.random.default_rng(2).standard_normal((400, 9))
-    fd.evaluate(da.from_array(x, chunks=50), da.zeros(400, dtype=np.int64, chunks=50),
-                scheduler=client)
+    fd.evaluate(
+        da.from_array(x, chunks=50), da.zeros(400, dtype=np.int64, chunks=50), scheduler=client
+    )
     after = client.run(fastnll.get_num_threads)
     nthreads = client.nthreads()
     assert set(after) == set(nthreads) and len(after) == 2
     assert all(after[w] == nthreads[w] == 1 for w in after), (before, after)
     import os
 
-    if (os.cpu_count() or 1) > 1 and not (os.environ.get("FASTNLL_NUM_THREADS")
-                                          or os.environ.get("RAYON_NUM_THREADS")):
+    if (os.cpu_count() or 1) > 1 and not (
+        os.environ.get("FASTNLL_NUM_THREADS") or os.environ.get("RAYON_NUM_THREADS")
+    ):
         assert all(v > 1 for v in before.values()), before  # the check is not vacuous
 
 
 def _wire_bytes(client: Any) -> int:
     """Bytes the workers sent each other so far (what went on the wire, not Dask's sizeof)."""
-    logs = client.run(lambda dask_worker: sum(int(e.get("compressed") or 0)
-                                              for e in dask_worker.transfer_outgoing_log))
+    logs = client.run(
+        lambda dask_worker: sum(
+            int(e.get("compressed") or 0) for e in dask_worker.transfer_outgoing_log
+        )
+    )
     return sum(logs.values())
 
 
@@ -286,8 +386,9 @@ def test_shards_are_not_shipped(tmp_path: Path, client: Any) -> None:
     a, b = sorted(client.nthreads())
     fut = client.submit(open_shard, xf[3], workers=[a], pure=False)
     before = _wire_bytes(client)
-    total = client.submit(lambda arr: float(np.asarray(arr, np.float64).sum()), fut,
-                          workers=[b], pure=False).result()
+    total = client.submit(
+        lambda arr: float(np.asarray(arr, np.float64).sum()), fut, workers=[b], pure=False
+    ).result()
     assert total == pytest.approx(float(x[3072:4096].astype(np.float64).sum()), rel=1e-12)
     assert 0 < _wire_bytes(client) - before < 4096
 
@@ -297,8 +398,13 @@ def test_shard_array_pickles_as_its_path(tmp_path: Path) -> None:
     p = _save(tmp_path / "x.npy", x)
     s = open_shard(p)
     assert isinstance(s, ShardArray) and not s.flags.writeable
-    for view, want in ((s, x), (s[17:90, 3::4], x[17:90, 3::4]), (s[::-3, ::-1], x[::-3, ::-1]),
-                       (s.T, x.T), (s[5], x[5])):
+    for view, want in (
+        (s, x),
+        (s[17:90, 3::4], x[17:90, 3::4]),
+        (s[::-3, ::-1], x[::-3, ::-1]),
+        (s.T, x.T),
+        (s[5], x[5]),
+    ):
         data = pickle.dumps(view, protocol=5)
         assert len(data) < 1000
         back = pickle.loads(data)
@@ -342,8 +448,12 @@ def test_errors_name_positions_and_files(tmp_path: Path, client: Any) -> None:
         fd.compare(xs, xs, ts, scheduler="sync")
     x3, t3 = x.reshape(30, 10, 10), t.reshape(30, 10)  # 217 -> (21, 7)
     with pytest.raises(IndexError, match=r"target 12 at position \(21, 7\)"):
-        fd.evaluate(da.from_array(x3, chunks=(4, 10, 10)), da.from_array(t3, chunks=4),
-                    shift=True, scheduler="sync")
+        fd.evaluate(
+            da.from_array(x3, chunks=(4, 10, 10)),
+            da.from_array(t3, chunks=4),
+            shift=True,
+            scheduler="sync",
+        )
     xf = _shard(tmp_path / "x", "x", x, [100, 100, 100], ".npy")
     tf = _shard(tmp_path / "t", "t", t, [100, 100, 100], ".npy")
     with pytest.raises(IndexError, match=r"t-002\.npy: target 12 at position 17 "):
@@ -385,8 +495,9 @@ def test_blocks_release_mapped_pages(tmp_path: Path) -> None:
     path = tmp_path / "zeros.npy"
     shape = (8, 1024, 8192)
     with open(path, "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": shape})
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f4", "fortran_order": False, "shape": shape}
+        )
         fh.truncate(fh.tell() + int(np.prod(shape)) * 4)
     t = np.zeros(shape[:2], np.int64)
     x = np.load(path, mmap_mode="r")

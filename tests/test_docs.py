@@ -16,8 +16,12 @@ def test_docs_exist():
 
 @pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
 def test_doctests(path):
-    result = doctest.testfile(str(path), module_relative=False, verbose=False,
-                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testfile(
+        str(path),
+        module_relative=False,
+        verbose=False,
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+    )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {path}"
 
 

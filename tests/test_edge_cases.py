@@ -26,17 +26,20 @@ INF, NAN = np.inf, np.nan
 
 # ----------------------------------------------------------------------- non-finite logits
 
+
 def test_logsumexp_nonfinite_rows(dtype):
-    x = np.array([
-        [1.0, -INF, 2.0, 0.5],     # a -inf contributes nothing
-        [-INF, -INF, -INF, -INF],  # all -inf -> -inf
-        [1.0, NAN, 2.0, 0.5],      # NaN propagates
-        [1.0, INF, 2.0, 0.5],      # +inf -> +inf
-        [INF, INF, 0.0, 0.0],
-        [INF, -INF, 0.0, 0.0],
-        [INF, NAN, 0.0, 0.0],      # NaN wins
-        [-INF, NAN, -INF, -INF],
-    ]).astype(dtype)
+    x = np.array(
+        [
+            [1.0, -INF, 2.0, 0.5],  # a -inf contributes nothing
+            [-INF, -INF, -INF, -INF],  # all -inf -> -inf
+            [1.0, NAN, 2.0, 0.5],  # NaN propagates
+            [1.0, INF, 2.0, 0.5],  # +inf -> +inf
+            [INF, INF, 0.0, 0.0],
+            [INF, -INF, 0.0, 0.0],
+            [INF, NAN, 0.0, 0.0],  # NaN wins
+            [-INF, NAN, -INF, -INF],
+        ]
+    ).astype(dtype)
     got = np.asarray(fastnll.logsumexp(x))
     expected = ref.logsumexp(x)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
@@ -45,12 +48,14 @@ def test_logsumexp_nonfinite_rows(dtype):
 
 
 def test_cross_entropy_nonfinite_rows(dtype, reduction):
-    x = np.array([
-        [1.0, -INF, 2.0, 0.5],   # target 0: finite loss
-        [-INF, 1.0, 2.0, 0.5],   # target 0 is -inf: loss +inf
-        [1.0, 3.0, NAN, 0.5],    # NaN anywhere in the row: NaN
-        [-INF, -INF, -INF, -INF],  # all -inf: NaN (PyTorch: -inf - -inf)
-    ]).astype(dtype)
+    x = np.array(
+        [
+            [1.0, -INF, 2.0, 0.5],  # target 0: finite loss
+            [-INF, 1.0, 2.0, 0.5],  # target 0 is -inf: loss +inf
+            [1.0, 3.0, NAN, 0.5],  # NaN anywhere in the row: NaN
+            [-INF, -INF, -INF, -INF],  # all -inf: NaN (PyTorch: -inf - -inf)
+        ]
+    ).astype(dtype)
     t = np.array([0, 0, 1, 2])
     expected_rows = ref.cross_entropy(x, t, reduction="none")
     assert np.isfinite(expected_rows[0]) and expected_rows[1] == INF
@@ -59,8 +64,9 @@ def test_cross_entropy_nonfinite_rows(dtype, reduction):
     check_loss(got, ref.cross_entropy(x, t, reduction=reduction), dtype, reduction, n_rows=4)
     # Without the NaN rows the reduction is +inf.
     got2 = fastnll.cross_entropy(x[:2], t[:2], reduction=reduction)
-    check_loss(got2, ref.cross_entropy(x[:2], t[:2], reduction=reduction), dtype, reduction,
-               n_rows=2)
+    check_loss(
+        got2, ref.cross_entropy(x[:2], t[:2], reduction=reduction), dtype, reduction, n_rows=2
+    )
 
 
 def test_cross_entropy_with_pos_inf_logit(dtype):
@@ -79,9 +85,13 @@ def test_nonfinite_ignored_rows_give_zero(dtype, reduction):
         expected = ref.cross_entropy(x, t, reduction=reduction, label_smoothing=eps)
         check_loss(got, expected, dtype, reduction, n_rows=4)
     lp = np.array([[NAN, -1.0], [-0.5, -2.0]]).astype(dtype)
-    check_loss(fastnll.nll_loss(lp, np.array([-100, 1]), reduction=reduction),
-               ref.nll_loss(lp, np.array([-100, 1]), reduction=reduction), dtype, reduction,
-               n_rows=2)
+    check_loss(
+        fastnll.nll_loss(lp, np.array([-100, 1]), reduction=reduction),
+        ref.nll_loss(lp, np.array([-100, 1]), reduction=reduction),
+        dtype,
+        reduction,
+        n_rows=2,
+    )
 
 
 def test_soft_target_zero_prob_at_neg_inf_logit(dtype, reduction):
@@ -113,6 +123,7 @@ def test_softmax_family_nonfinite(dtype):
 
 # ---------------------------------------------------------------- empty and degenerate shapes
 
+
 @pytest.mark.parametrize("lead", [(0,), (2, 0), (0, 3)])
 def test_empty_batch(dtype, reduction, lead):
     c = 5
@@ -121,8 +132,9 @@ def test_empty_batch(dtype, reduction, lead):
     y = np.zeros(lead + (c,), dtype=soft_dtype(dtype))
     calls = [
         lambda: fastnll.cross_entropy(x, t, reduction=reduction),
-        lambda: fastnll.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1,
-                                      weight=np.ones(c)),
+        lambda: fastnll.cross_entropy(
+            x, t, reduction=reduction, label_smoothing=0.1, weight=np.ones(c)
+        ),
         lambda: fastnll.cross_entropy(x, y, reduction=reduction),
         lambda: fastnll.nll_loss(x, t, reduction=reduction),
     ]
@@ -168,8 +180,9 @@ def test_zero_classes(dtype):
                 fastnll.nll_loss(x, t, reduction=red)
         # N = 0 and C = 0: a result or a clean error, never a crash.
         try:
-            fastnll.cross_entropy(np.zeros((0, 0), dtype=dtype), np.zeros(0, np.int64),
-                                  reduction=red)
+            fastnll.cross_entropy(
+                np.zeros((0, 0), dtype=dtype), np.zeros(0, np.int64), reduction=red
+            )
         except (IndexError, ValueError):
             pass
 
@@ -181,8 +194,10 @@ def test_all_ignored(rng, dtype, reduction, weighted, label_smoothing):
     t = np.full(6, 2)
     w = rng.uniform(0.5, 2.0, 4) if weighted else None
     kw = dict(weight=w, ignore_index=2, reduction=reduction)
-    for got in (fastnll.cross_entropy(x, t, label_smoothing=label_smoothing, **kw),
-                fastnll.nll_loss(-np.abs(x), t, **kw)):
+    for got in (
+        fastnll.cross_entropy(x, t, label_smoothing=label_smoothing, **kw),
+        fastnll.nll_loss(-np.abs(x), t, **kw),
+    ):
         if reduction == "none":
             np.testing.assert_array_equal(got, np.zeros(6))
         elif reduction == "sum":
@@ -193,6 +208,7 @@ def test_all_ignored(rng, dtype, reduction, weighted, label_smoothing):
 
 # --------------------------------------------------------------------------- magnitudes
 
+
 @pytest.mark.parametrize("scale", [1e3, 1e6])
 def test_large_magnitudes(rng, dtype, scale, reduction):
     if dtype == np.float16 and scale > 1e3:
@@ -200,16 +216,29 @@ def test_large_magnitudes(rng, dtype, scale, reduction):
     x = make_logits(rng, (40, 17), dtype, scale=scale)
     assert np.all(np.isfinite(f64(x)))
     t = make_targets(rng, (40,), 17)
-    check_loss(fastnll.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1),
-               ref.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1), dtype,
-               reduction, n_rows=40)
+    check_loss(
+        fastnll.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1),
+        ref.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1),
+        dtype,
+        reduction,
+        n_rows=40,
+    )
     y = make_soft_targets(rng, x.shape, dtype=soft_dtype(dtype))
-    check_loss(fastnll.cross_entropy(x, y, reduction=reduction),
-               ref.cross_entropy(x, y, reduction=reduction), dtype, reduction, n_rows=40)
+    check_loss(
+        fastnll.cross_entropy(x, y, reduction=reduction),
+        ref.cross_entropy(x, y, reduction=reduction),
+        dtype,
+        reduction,
+        n_rows=40,
+    )
     yb = (rng.random(x.shape) < 0.5).astype(dtype)
-    check_loss(fastnll.binary_cross_entropy_with_logits(x, yb, reduction=reduction),
-               ref.binary_cross_entropy_with_logits(x, yb, reduction=reduction), dtype,
-               reduction, n_rows=x.size)
+    check_loss(
+        fastnll.binary_cross_entropy_with_logits(x, yb, reduction=reduction),
+        ref.binary_cross_entropy_with_logits(x, yb, reduction=reduction),
+        dtype,
+        reduction,
+        n_rows=x.size,
+    )
     for func in ("logsumexp", "log_softmax", "softmax"):
         assert_close(getattr(fastnll, func)(x), getattr(ref, func)(x), dtype, err_msg=func)
 
@@ -222,6 +251,7 @@ def test_tiny_and_subnormal_logits(dtype):
 
 # -------------------------------------------------------------- inputs and memory layouts
 
+
 def _results(mod, x, t, y):
     """The layout tests' results from `mod` (fastnll, or the float64 reference module, which
     has the same API); x <= 0, so nll_loss accepts it."""
@@ -230,8 +260,9 @@ def _results(mod, x, t, y):
         "log_softmax": mod.log_softmax(x),
         "softmax": mod.softmax(x),
         "ce_none": mod.cross_entropy(x, t, reduction="none"),
-        "ce_smooth_mean": mod.cross_entropy(x, t, label_smoothing=0.1,
-                                            weight=np.linspace(0.5, 2, x.shape[-1])),
+        "ce_smooth_mean": mod.cross_entropy(
+            x, t, label_smoothing=0.1, weight=np.linspace(0.5, 2, x.shape[-1])
+        ),
         "ce_soft_none": mod.cross_entropy(x, y, reduction="none"),
         "nll_none": mod.nll_loss(x, t, reduction="none"),
         "nll_sum": mod.nll_loss(x, t, reduction="sum"),
@@ -242,8 +273,9 @@ def _results(mod, x, t, y):
 def _compare(got, expected, dtype, what=""):
     for key, value in got.items():
         if isinstance(value, float):
-            check_loss(value, expected[key], dtype, key.rsplit("_", 1)[1], n_rows=64,
-                       denom_scale=2.0)
+            check_loss(
+                value, expected[key], dtype, key.rsplit("_", 1)[1], n_rows=64, denom_scale=2.0
+            )
         else:
             assert_close(value, expected[key], dtype, err_msg=f"{what} {key}")
 
@@ -265,15 +297,16 @@ def _layout(name, rng, dtype, n=13, c=17):
     if name == "fortran":
         return np.asfortranarray(base[:n, :c]), tb[:n]
     if name == "neg_rows":
-        return base[n - 1::-1, :c], tb[n - 1::-1]
+        return base[n - 1 :: -1, :c], tb[n - 1 :: -1]
     if name == "neg_cols":
-        return base[:n, c - 1::-1], tb[:n]
+        return base[:n, c - 1 :: -1], tb[:n]
     if name == "transposed":
         return np.ascontiguousarray(base[:n, :c].T).T, tb[:n]
     if name == "byteswapped":
         swapped = base[:n, :c].dtype.newbyteorder(">" if sys.byteorder == "little" else "<")
-        return base[:n, :c].astype(swapped), tb[:n].astype(">i8" if sys.byteorder ==
-                                                             "little" else "<i8")
+        return base[:n, :c].astype(swapped), tb[:n].astype(
+            ">i8" if sys.byteorder == "little" else "<i8"
+        )
     if name == "misaligned":
         return _misaligned(base[:n, :c]), _misaligned(tb[:n])
     if name == "broadcast":
@@ -284,8 +317,18 @@ def _layout(name, rng, dtype, n=13, c=17):
     raise AssertionError(name)
 
 
-LAYOUTS = ["cols", "rows", "fortran", "neg_rows", "neg_cols", "transposed", "byteswapped",
-           "misaligned", "broadcast", "strided_3d"]
+LAYOUTS = [
+    "cols",
+    "rows",
+    "fortran",
+    "neg_rows",
+    "neg_cols",
+    "transposed",
+    "byteswapped",
+    "misaligned",
+    "broadcast",
+    "strided_3d",
+]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -327,8 +370,13 @@ def test_read_only_inputs(rng, dtype):
     for a in (x, t, y, w):
         a.setflags(write=False)
     _compare(_results(fastnll, x, t, y), _results(ref, x, t, y), dtype, "read-only")
-    check_loss(fastnll.cross_entropy(x, t, weight=w, reduction="sum"),
-               ref.cross_entropy(x, t, weight=w, reduction="sum"), dtype, "sum", n_rows=12)
+    check_loss(
+        fastnll.cross_entropy(x, t, weight=w, reduction="sum"),
+        ref.cross_entropy(x, t, weight=w, reduction="sum"),
+        dtype,
+        "sum",
+        n_rows=12,
+    )
 
 
 def test_memmap_inputs(rng, dtype, tmp_path):

@@ -30,6 +30,7 @@ def _shape_re(shape):
 
 # -------------------------------------------------------------------- targets out of range
 
+
 @pytest.mark.parametrize("func", HARD_FUNCS)
 @pytest.mark.parametrize("bad", [7, 12, -1, -7])
 @pytest.mark.parametrize("position", [0, 4, 5])
@@ -48,8 +49,9 @@ def test_target_out_of_range(rng, func, reduction, bad, position):
 def test_target_out_of_range_with_label_smoothing(rng, reduction, label_smoothing):
     x = make_logits(rng, (5, 3), np.float64)
     with pytest.raises(IndexError, match=r"(?s)(?=.*\b3\b)(?=.*\b9\b)"):
-        fastnll.cross_entropy(x, np.array([0, 9, 1, 1, 2]), reduction=reduction,
-                              label_smoothing=label_smoothing)
+        fastnll.cross_entropy(
+            x, np.array([0, 9, 1, 1, 2]), reduction=reduction, label_smoothing=label_smoothing
+        )
 
 
 def test_target_out_of_range_far_in_a_big_batch(rng, reduction):
@@ -98,8 +100,10 @@ def test_out_of_range_every_target_dtype(rng, func, tdtype):
 
 # -------------------------------------------------------------------------- shape mismatch
 
-@pytest.mark.parametrize("xshape,tshape", [((4, 5), (3,)), ((2, 3, 5), (3, 2)),
-                                           ((4, 5), (4, 1)), ((2, 3, 5), (6,))])
+
+@pytest.mark.parametrize(
+    "xshape,tshape", [((4, 5), (3,)), ((2, 3, 5), (3, 2)), ((4, 5), (4, 1)), ((2, 3, 5), (6,))]
+)
 @pytest.mark.parametrize("func", HARD_FUNCS)
 def test_hard_target_shape_mismatch(rng, func, reduction, xshape, tshape):
     x = make_logits(rng, xshape, np.float32)
@@ -132,15 +136,17 @@ def test_logsumexp_b_not_broadcastable():
 
 # -------------------------------------------------------------------- arguments out of range
 
+
 @pytest.mark.parametrize("bad", ["avg", "", "elementwise", "Mean "])
 def test_unknown_reduction(rng, bad):
     x = make_logits(rng, (4, 3), np.float32)
     t = np.array([0, 1, 2, 0])
-    for call in (lambda: fastnll.cross_entropy(x, t, reduction=bad),
-                 lambda: fastnll.cross_entropy(x, np.full(x.shape, 1 / 3), reduction=bad),
-                 lambda: fastnll.nll_loss(-np.abs(x), t, reduction=bad),
-                 lambda: fastnll.binary_cross_entropy_with_logits(x, np.zeros_like(x),
-                                                                  reduction=bad)):
+    for call in (
+        lambda: fastnll.cross_entropy(x, t, reduction=bad),
+        lambda: fastnll.cross_entropy(x, np.full(x.shape, 1 / 3), reduction=bad),
+        lambda: fastnll.nll_loss(-np.abs(x), t, reduction=bad),
+        lambda: fastnll.binary_cross_entropy_with_logits(x, np.zeros_like(x), reduction=bad),
+    ):
         with pytest.raises(ValueError, match="reduction"):
             call()
 
@@ -149,11 +155,9 @@ def test_unknown_reduction(rng, bad):
 def test_label_smoothing_out_of_range(rng, reduction, eps):
     x = make_logits(rng, (4, 3), np.float32)
     with pytest.raises(ValueError, match=r"label.?smoothing"):
-        fastnll.cross_entropy(x, np.array([0, 1, 2, 0]), reduction=reduction,
-                              label_smoothing=eps)
+        fastnll.cross_entropy(x, np.array([0, 1, 2, 0]), reduction=reduction, label_smoothing=eps)
     with pytest.raises(ValueError, match=r"label.?smoothing"):
-        fastnll.cross_entropy(x, np.full(x.shape, 1 / 3), reduction=reduction,
-                              label_smoothing=eps)
+        fastnll.cross_entropy(x, np.full(x.shape, 1 / 3), reduction=reduction, label_smoothing=eps)
 
 
 @pytest.mark.parametrize("length", [0, 1, 4, 6])
@@ -161,22 +165,24 @@ def test_weight_wrong_length(rng, reduction, length):
     x = make_logits(rng, (4, 5), np.float32)
     t = np.array([0, 1, 2, 4])
     w = np.ones(length)
-    calls = [lambda: fastnll.cross_entropy(x, t, weight=w, reduction=reduction),
-             lambda: fastnll.cross_entropy(x, t, weight=w, reduction=reduction,
-                                           label_smoothing=0.1),
-             lambda: fastnll.cross_entropy(x, np.full(x.shape, 0.2), weight=w,
-                                           reduction=reduction),
-             lambda: fastnll.nll_loss(-np.abs(x), t, weight=w, reduction=reduction)]
+    calls = [
+        lambda: fastnll.cross_entropy(x, t, weight=w, reduction=reduction),
+        lambda: fastnll.cross_entropy(x, t, weight=w, reduction=reduction, label_smoothing=0.1),
+        lambda: fastnll.cross_entropy(x, np.full(x.shape, 0.2), weight=w, reduction=reduction),
+        lambda: fastnll.nll_loss(-np.abs(x), t, weight=w, reduction=reduction),
+    ]
     for call in calls:
         with pytest.raises(ValueError, match="weight"):
             call()
     if length != 1:  # a length-1 pos_weight / weight broadcasts
         with pytest.raises(ValueError):
-            fastnll.binary_cross_entropy_with_logits(x, np.zeros_like(x), pos_weight=w,
-                                                     reduction=reduction)
+            fastnll.binary_cross_entropy_with_logits(
+                x, np.zeros_like(x), pos_weight=w, reduction=reduction
+            )
         with pytest.raises(ValueError):
-            fastnll.binary_cross_entropy_with_logits(x, np.zeros_like(x), weight=w,
-                                                     reduction=reduction)
+            fastnll.binary_cross_entropy_with_logits(
+                x, np.zeros_like(x), weight=w, reduction=reduction
+            )
 
 
 # -------------------------------------------------------------------------- unsupported dtypes
@@ -210,6 +216,7 @@ def test_unsupported_logits_dtype(kind):
 
 
 # --------------------------------------------------------------- nll_loss given probabilities
+
 
 @pytest.mark.parametrize("shape", [(8, 5), (2, 3, 4), (1, 1)])
 def test_nll_loss_rejects_probabilities(rng, dtype, reduction, shape):

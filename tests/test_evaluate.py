@@ -23,15 +23,25 @@ LAYOUTS = {"2d": ((400, 37), False), "3d": ((5, 40, 37), False), "3d-shift": ((5
 
 def assert_matches(rep: EvalReport, ref: dict[str, Any], n_bins: int = 15) -> None:
     assert (rep.rows, rep.ignored) == (ref["rows"], ref["ignored"])
-    for key in ("mean_nll", "sum_nll", "nll_se", "perplexity", "bits_per_token",
-                "mean_entropy", "brier"):
+    for key in (
+        "mean_nll",
+        "sum_nll",
+        "nll_se",
+        "perplexity",
+        "bits_per_token",
+        "mean_entropy",
+        "brier",
+    ):
         assert getattr(rep, key) == pytest.approx(ref[key], rel=RTOL, abs=ATOL), key
     assert rep.accuracy == ref["accuracy"]  # counts: exact
     assert rep.top_k_accuracy == ref["top_k_accuracy"]
     # a row whose confidence is within rounding of a bin edge may land on either side
     edges = np.arange(1, n_bins) / n_bins
-    near = int((np.abs(ref["conf"][:, None] - edges[None]).min(axis=1) < 1e-5).sum()) \
-        if n_bins > 1 else 0
+    near = (
+        int((np.abs(ref["conf"][:, None] - edges[None]).min(axis=1) < 1e-5).sum())
+        if n_bins > 1
+        else 0
+    )
     counts = np.array([b.count for b in rep.bins])
     assert np.abs(counts - [b[0] for b in ref["bins"]]).sum() <= 2 * near
     slack = 2 * near / max(rep.rows, 1)
@@ -134,14 +144,20 @@ def test_whole_chunked_and_merged_agree(layout: str) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 60), c=st.integers(1, 12), chunk=st.integers(1, 3000),
-       seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(KINDS))
+@given(
+    n=st.integers(1, 60),
+    c=st.integers(1, 12),
+    chunk=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(KINDS),
+)
 def test_chunking_property(n: int, c: int, chunk: int, seed: int, kind: str) -> None:
     rng = np.random.default_rng(seed)
     x = make_preds(rng, (n, c), kind, "float32")
     t = make_targets(rng, (n,), c, ignore_frac=0.2)
-    assert_same(evaluate(x, t, kind=kind).to_dict(),
-                evaluate(x, t, kind=kind, chunk_bytes=chunk).to_dict())
+    assert_same(
+        evaluate(x, t, kind=kind).to_dict(), evaluate(x, t, kind=kind, chunk_bytes=chunk).to_dict()
+    )
 
 
 def test_calibration_sums_are_exact_in_any_order() -> None:
@@ -182,8 +198,10 @@ def test_layouts_are_read_in_place() -> None:
     assert_same(base, evaluate(x3, t3).to_dict())
     assert_same(base, evaluate(x3, t, chunk_bytes=100).to_dict())  # flat targets
     t8 = np.where(t3 < 0, 0, t3)
-    assert_same(evaluate(x3, t8, shift=True).to_dict(),
-                evaluate(x3, t8.astype(np.uint8), shift=True).to_dict())
+    assert_same(
+        evaluate(x3, t8, shift=True).to_dict(),
+        evaluate(x3, t8.astype(np.uint8), shift=True).to_dict(),
+    )
 
 
 def test_two_d_shift_is_one_sequence() -> None:

@@ -34,15 +34,26 @@ DumpError = getattr(fastnll, "DumpError", readers.DumpError)
 
 # ----------------------------------------------------------------------------------- helpers
 
+
 def cli(*args: Any, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
     """Run ``python -m fastnll ARGS`` in a child process."""
-    return subprocess.run([sys.executable, "-m", "fastnll", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "fastnll", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def start(*args: Any, **kw: Any) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fastnll", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastnll", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def one_line_error(err: str, *fragments: str) -> None:
@@ -57,7 +68,8 @@ def sparse_npy(path: Path, shape: tuple[int, ...], dtype: str = "<f4") -> Path:
     """A .npy of zeros of any size without writing the data (a sparse file)."""
     with open(path, "wb") as fh:
         np.lib.format.write_array_header_1_0(
-            fh, {"descr": dtype, "fortran_order": False, "shape": shape})
+            fh, {"descr": dtype, "fortran_order": False, "shape": shape}
+        )
         fh.truncate(fh.tell() + math.prod(shape) * np.dtype(dtype).itemsize)
     return path
 
@@ -65,8 +77,10 @@ def sparse_npy(path: Path, shape: tuple[int, ...], dtype: str = "<f4") -> Path:
 def big_dump(tmp_path: Path) -> tuple[Path, Path]:
     """~1.5 GiB of zero float32 logits [98304, 4096] and zero targets (sparse files)."""
     rows, c = 98304, 4096
-    return (sparse_npy(tmp_path / "big.npy", (rows, c)),
-            sparse_npy(tmp_path / "big_t.npy", (rows,), "<i8"))
+    return (
+        sparse_npy(tmp_path / "big.npy", (rows, c)),
+        sparse_npy(tmp_path / "big_t.npy", (rows,), "<i8"),
+    )
 
 
 def small_dump(tmp_path: Path, n: int = 200, c: int = 4, seed: int = 0) -> tuple[Path, Path]:
@@ -102,8 +116,9 @@ def tiny_fs(tmp_path: Path) -> Any:
         pytest.skip("needs root to mount a 1 MiB tmpfs for the disk-full case")
     d = tmp_path / "full"
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True, text=True
+    )
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
@@ -126,14 +141,14 @@ def fill(directory: Path) -> None:
 
 # ============================================================================ crashes, data
 
+
 def test_R66_dump_truncated_while_read_is_an_error_not_sigbus(tmp_path: Path) -> None:
     x, t = big_dump(tmp_path)
     # Truncate the predictions (lease path, then the pread path) and the targets mid-run.
     for victim, env in ((x, {}), (x, {"FASTNLL_NO_LEASE": "1"}), (t, {})):
         sparse_npy(x, (98304, 4096))
         sparse_npy(t, (98304,), "<i8")
-        proc = start("eval", x, t, "--chunk-mb", "4", "--no-progress",
-                     env={**os.environ, **env})
+        proc = start("eval", x, t, "--chunk-mb", "4", "--no-progress", env={**os.environ, **env})
         wait_mapped(proc, victim)
         os.truncate(victim, 300 << 10 if victim == t else 300 << 20)
         _out, err = proc.communicate(timeout=120)
@@ -141,9 +156,9 @@ def test_R66_dump_truncated_while_read_is_an_error_not_sigbus(tmp_path: Path) ->
         one_line_error(err, str(victim), "shrank")
 
 
-
 def test_copying_path_gives_the_mapped_answer_R66(tmp_path: Path, monkeypatch: Any) -> None:
     from fastnll._guard import guard_for
+
     lp, lt = tmp_path / "lp.npy", tmp_path / "lt.npy"
     rng = np.random.default_rng(5)
     np.save(lp, np.log(rng.dirichlet(np.ones(8), 1000)).astype(np.float32))
@@ -153,11 +168,9 @@ def test_copying_path_gives_the_mapped_answer_R66(tmp_path: Path, monkeypatch: A
     if sys.platform.startswith("linux"):
         assert g.leased  # our own file, not open for writing: the zero-copy path
     g.close()
-    mapped = fastnll.evaluate(str(lp), str(lt), kind="log_probs", chunk_bytes=1000,
-                              shift=True)
+    mapped = fastnll.evaluate(str(lp), str(lt), kind="log_probs", chunk_bytes=1000, shift=True)
     monkeypatch.setenv("FASTNLL_NO_LEASE", "1")
-    copied = fastnll.evaluate(str(lp), str(lt), kind="log_probs", chunk_bytes=1000,
-                              shift=True)
+    copied = fastnll.evaluate(str(lp), str(lt), kind="log_probs", chunk_bytes=1000, shift=True)
     assert copied.to_dict() == mapped.to_dict()
     # A map whose file was replaced at its path is read as mapped (nothing can truncate it).
     m = np.load(lp, mmap_mode="r")
@@ -184,8 +197,14 @@ def test_R68_output_that_is_an_input_is_refused(tmp_path: Path) -> None:
     link.symlink_to(t)
     hard = tmp_path / "hard.npy"
     os.link(x, hard)
-    for flag, dest in (("--per-row", t), ("--per-row", x), ("--json", t), ("--json", link),
-                       ("--per-row", hard), ("--plot", x)):
+    for flag, dest in (
+        ("--per-row", t),
+        ("--per-row", x),
+        ("--json", t),
+        ("--json", link),
+        ("--per-row", hard),
+        ("--plot", x),
+    ):
         r = cli("eval", x, t, flag, dest)
         assert r.returncode == 2, (flag, dest, r)
         one_line_error(r.stderr, "same file as the input")
@@ -222,8 +241,18 @@ def test_R69_outputs_are_atomic(tmp_path: Path) -> None:
         for _attempt in range(4):
             old.write_bytes(b"the previous per-row file")
             (tmp_path / "r.json").unlink(missing_ok=True)
-            proc = start("eval", bx, bt, "--per-row", old, "--json", tmp_path / "r.json",
-                         "--chunk-mb", "1", "--no-progress")
+            proc = start(
+                "eval",
+                bx,
+                bt,
+                "--per-row",
+                old,
+                "--json",
+                tmp_path / "r.json",
+                "--chunk-mb",
+                "1",
+                "--no-progress",
+            )
             wait_mapped(proc, bx)
             end = time.time() + 60
             while not temp_files(tmp_path) and time.time() < end:
@@ -240,8 +269,7 @@ def test_R69_outputs_are_atomic(tmp_path: Path) -> None:
         assert interrupted, sig
     # Writers racing on one --json: it is always one whole report.
     dest = tmp_path / "race.json"
-    procs = [start("eval", x, t, "--json", dest, "--no-progress")
-             for _ in range(4)]
+    procs = [start("eval", x, t, "--json", dest, "--no-progress") for _ in range(4)]
     for p in procs:
         p.communicate(timeout=120)
         assert p.returncode == 0
@@ -249,8 +277,9 @@ def test_R69_outputs_are_atomic(tmp_path: Path) -> None:
     assert temp_files(tmp_path) == []
 
 
-def test_R69b_json_rewrite_on_a_full_disk_keeps_the_old_report(tmp_path: Path,
-                                                               tiny_fs: Path) -> None:
+def test_R69b_json_rewrite_on_a_full_disk_keeps_the_old_report(
+    tmp_path: Path, tiny_fs: Path
+) -> None:
     x, t = small_dump(tmp_path)
     dest = tiny_fs / "report.json"
     assert cli("eval", x, t, "--json", dest).returncode == 0
@@ -265,12 +294,14 @@ def test_R69b_json_rewrite_on_a_full_disk_keeps_the_old_report(tmp_path: Path,
 def _unblock(path: Path) -> threading.Timer:
     """If a reader blocks on the FIFO (the defect), open its write end after 3 s so the
     test fails instead of hanging."""
+
     def go() -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
             os.close(fd)
         except OSError:
             pass
+
     timer = threading.Timer(3.0, go)
     timer.start()
     return timer
@@ -293,18 +324,31 @@ def test_R70_only_regular_files_are_read(tmp_path: Path) -> None:
     # with a memory limit, in case it reads forever).
     zero = tmp_path / "zero.npz"
     zero.symlink_to("/dev/zero")
-    code = ("import resource,sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
-            "from fastnll.cli import main; sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "eval", str(zero), str(t)],
-                       capture_output=True, text=True, timeout=60)
+    code = (
+        "import resource,sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+        "from fastnll.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "eval", str(zero), str(t)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1, r
     one_line_error(r.stderr, "zero.npz: is a device")
     # Process substitution: a pipe, not a 0-row success.
     raw = tmp_path / "x.bin"
     np.load(x).tofile(raw)
-    r = subprocess.run(["bash", "-c", (f'"{sys.executable}" -m fastnll eval <(cat "{raw}") '
-                        f'"{t}" --dtype f4 --shape -1,4')], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [
+            "bash",
+            "-c",
+            (f'"{sys.executable}" -m fastnll eval <(cat "{raw}") "{t}" --dtype f4 --shape -1,4'),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1, r
     one_line_error(r.stderr, "is a pipe or FIFO")
 
@@ -337,11 +381,12 @@ def test_R72_raw_object_dtype_is_refused(tmp_path: Path) -> None:
 
 def _npz_stored_with_patched_header(path: Path) -> None:
     """A stored .npz whose member 'a' (4, 3) claims (8, 3) rows; 'b' follows it."""
-    np.savez(path, a=np.arange(12, dtype=np.float32).reshape(4, 3),
-             b=np.full((4, 3), 7, np.float32))
+    np.savez(
+        path, a=np.arange(12, dtype=np.float32).reshape(4, 3), b=np.full((4, 3), 7, np.float32)
+    )
     data = bytearray(path.read_bytes())
     i = data.index(b"'shape': (4, 3)")
-    data[i:i + 15] = b"'shape': (8, 3)"
+    data[i : i + 15] = b"'shape': (8, 3)"
     path.write_bytes(bytes(data))
 
 
@@ -367,19 +412,33 @@ def test_R73_headers_that_lie_are_refused(tmp_path: Path) -> None:
         readers.load_array(str(dup))
     data = np.arange(12, dtype="<f4").tobytes()
     cases = {
-        "dup": (('{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 48]}, '
-                '"x": {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]}}'),
-                "names 'x' twice"),
-        "strshape": ('{"x": {"dtype": "F32", "shape": "43", "data_offsets": [0, 48]}}',
-                     "shape must be a list of integers"),
-        "floatshape": ('{"x": {"dtype": "F32", "shape": [4.5, 3], "data_offsets": [0, 48]}}',
-                       "shape must be a list of integers"),
-        "stroffs": ('{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": ["0", "48"]}}',
-                    "data_offsets must be two integers"),
-        "floatoffs": ('{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0.0, 48.0]}}',
-                      "data_offsets must be two integers"),
-        "boolshape": ('{"x": {"dtype": "F32", "shape": [true, 12], "data_offsets": [0, 48]}}',
-                      "shape must be a list of integers"),
+        "dup": (
+            (
+                '{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 48]}, '
+                '"x": {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]}}'
+            ),
+            "names 'x' twice",
+        ),
+        "strshape": (
+            '{"x": {"dtype": "F32", "shape": "43", "data_offsets": [0, 48]}}',
+            "shape must be a list of integers",
+        ),
+        "floatshape": (
+            '{"x": {"dtype": "F32", "shape": [4.5, 3], "data_offsets": [0, 48]}}',
+            "shape must be a list of integers",
+        ),
+        "stroffs": (
+            '{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": ["0", "48"]}}',
+            "data_offsets must be two integers",
+        ),
+        "floatoffs": (
+            '{"x": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0.0, 48.0]}}',
+            "data_offsets must be two integers",
+        ),
+        "boolshape": (
+            '{"x": {"dtype": "F32", "shape": [true, 12], "data_offsets": [0, 48]}}',
+            "shape must be a list of integers",
+        ),
     }
     for name, (header, fragment) in cases.items():
         p = _safetensors(tmp_path / f"{name}.safetensors", header, data)
@@ -432,9 +491,15 @@ def test_R74_evaluator_cannot_be_corrupted(tmp_path: Path) -> None:
     assert state["format"] == 1
     again = pickle.loads(pickle.dumps(shared))
     assert again.result().to_dict() == got.to_dict()
-    for key, value in (("sum_nll", -5.0), ("topk_correct", [10**4 * 20_000] * 2),
-                       ("n", -1), ("bin_count", [1] * 15), ("format", 99),
-                       ("sum_brier", float("inf")), ("n_bins", 2.5)):
+    for key, value in (
+        ("sum_nll", -5.0),
+        ("topk_correct", [10**4 * 20_000] * 2),
+        ("n", -1),
+        ("bin_count", [1] * 15),
+        ("format", 99),
+        ("sum_brier", float("inf")),
+        ("n_bins", 2.5),
+    ):
         bad_state = dict(state, **{key: value})
         with pytest.raises(ValueError):
             Evaluator.__new__(Evaluator).__setstate__(bad_state)
@@ -482,7 +547,8 @@ def test_R75_options_are_type_checked_alike() -> None:
         fastnll.cross_entropy(x, y, ignore_index=1)
     # as PyTorch: a negative ignore_index (the default -100) is fine with probabilities
     assert fastnll.cross_entropy(x, y, ignore_index=-1) == pytest.approx(
-        fastnll.cross_entropy(x, y))
+        fastnll.cross_entropy(x, y)
+    )
 
 
 def test_R76_ctrl_c_during_a_long_call_within_0_2_s() -> None:
@@ -514,11 +580,15 @@ def test_R76_ctrl_c_during_a_long_call_within_0_2_s() -> None:
 
 # ================================================================================= messages
 
+
 def test_R77_out_of_range_cli_values_are_usage_errors(tmp_path: Path) -> None:
     x, t = small_dump(tmp_path)
-    for args, fragment in ((["--top-k", 2**64], "at most"), (["--ignore-index", 2**63], "int64"),
-                           (["--bins", 2**64], "at most 10000"),
-                           (["--chunk-mb", 2**64], "at most")):
+    for args, fragment in (
+        (["--top-k", 2**64], "at most"),
+        (["--ignore-index", 2**63], "int64"),
+        (["--bins", 2**64], "at most 10000"),
+        (["--chunk-mb", 2**64], "at most"),
+    ):
         r = cli("eval", x, t, *args)
         assert r.returncode == 2, (args, r)
         one_line_error(r.stderr, fragment, "--help")
@@ -548,33 +618,58 @@ def _zip_patch(path: Path, offset_in_local: int, fmt: str, value: int) -> None:
 def bad_files(tmp_path: Path) -> list[tuple[Path, str]]:
     d = tmp_path
     out = [
-        (_npy_with_header(d / "unterminated.npy",
-                          "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), "),
-         "malformed .npy header"),
-        (_npy_with_header(d / "huge_dim.npy",
-                          "{'descr': '<f4', 'fortran_order': False, 'shape': (2**63, 3), }"),
-         "malformed .npy header"),
-        (_npy_with_header(d / "huge_dim2.npy",
-                          "{'descr': '<f4', 'fortran_order': False, "
-                          "'shape': (9223372036854775808, 3), }"), "bytes"),
-        (_npy_with_header(d / "wrap.npy",
-                          "{'descr': '<f4', 'fortran_order': False, "
-                          "'shape': (4611686018427387904, 4), }"),
-         "more than any file holds"),
-        (_npy_with_header(d / "bool_dim.npy",
-                          "{'descr': '<f4', 'fortran_order': False, 'shape': (True, 3), }",
-                          b"\0" * 12), "bad shape (True, 3)"),
-        (_npy_with_header(d / "list_dtype.npy",
-                          "{'descr': [['a']], 'fortran_order': False, 'shape': (2, 3), }"),
-         "malformed .npy header"),
-        (_safetensors(d / "deep.safetensors", "[" * 100_000 + "]" * 100_000, b""),
-         "nested too deeply"),
+        (
+            _npy_with_header(
+                d / "unterminated.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), "
+            ),
+            "malformed .npy header",
+        ),
+        (
+            _npy_with_header(
+                d / "huge_dim.npy",
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (2**63, 3), }",
+            ),
+            "malformed .npy header",
+        ),
+        (
+            _npy_with_header(
+                d / "huge_dim2.npy",
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (9223372036854775808, 3), }",
+            ),
+            "bytes",
+        ),
+        (
+            _npy_with_header(
+                d / "wrap.npy",
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }",
+            ),
+            "more than any file holds",
+        ),
+        (
+            _npy_with_header(
+                d / "bool_dim.npy",
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (True, 3), }",
+                b"\0" * 12,
+            ),
+            "bad shape (True, 3)",
+        ),
+        (
+            _npy_with_header(
+                d / "list_dtype.npy",
+                "{'descr': [['a']], 'fortran_order': False, 'shape': (2, 3), }",
+            ),
+            "malformed .npy header",
+        ),
+        (
+            _safetensors(d / "deep.safetensors", "[" * 100_000 + "]" * 100_000, b""),
+            "nested too deeply",
+        ),
     ]
     comp = d / "corrupt.npz"
     np.savez_compressed(comp, a=np.random.default_rng(0).standard_normal((64, 64)))
     raw = bytearray(comp.read_bytes())
     mid = len(raw) // 2
-    raw[mid:mid + 64] = bytes(64)
+    raw[mid : mid + 64] = bytes(64)
     comp.write_bytes(bytes(raw))
     out.append((comp, "cannot be read"))
     enc = d / "encrypted.npz"
@@ -598,7 +693,9 @@ def test_R78_bad_files_are_named_in_one_line(tmp_path: Path) -> None:
                 fastnll.evaluate(str(path), str(t))
         assert type(info.value) is DumpError and isinstance(info.value, ValueError)
         assert str(info.value).startswith(str(path)) and fragment in str(info.value), (
-            path, str(info.value))
+            path,
+            str(info.value),
+        )
         r = cli("eval", path, t)
         assert r.returncode == 1, (path, r)
         one_line_error(r.stderr, str(path), fragment)
@@ -608,10 +705,15 @@ def test_R78_bad_files_are_named_in_one_line(tmp_path: Path) -> None:
 def test_R79_closed_or_failing_stdout_is_an_error(tmp_path: Path) -> None:
     x, t = small_dump(tmp_path)
     base = f'"{sys.executable}" -m fastnll eval "{x}" "{t}"'
-    for extra, redirect in (("--json -", ">&-"), ("", ">&-"), ("", ">/dev/full"),
-                            ("--json -", ">/dev/full")):
-        r = subprocess.run(["bash", "-c", f"{base} {extra} {redirect}"], capture_output=True,
-                           text=True, timeout=60)
+    for extra, redirect in (
+        ("--json -", ">&-"),
+        ("", ">&-"),
+        ("", ">/dev/full"),
+        ("--json -", ">/dev/full"),
+    ):
+        r = subprocess.run(
+            ["bash", "-c", f"{base} {extra} {redirect}"], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 1, (extra, redirect, r)
         want = "standard output is closed" if redirect == ">&-" else "No space left"
         if extra and redirect == ">/dev/full":  # the table went to stderr first

@@ -38,8 +38,14 @@ def _layouts(x: np.ndarray):
     raw = np.zeros(x.nbytes + 1, np.uint8)
     mis = raw[1:].view(x.dtype).reshape(n, c)  # misaligned by one byte
     mis[...] = x
-    out = {"C": x, "F": np.asfortranarray(x), "rows[::2]": twice[::2], "x[:, :C]": wide[:, :c],
-           "reversed": x[::-1].copy()[::-1], "misaligned": mis}
+    out = {
+        "C": x,
+        "F": np.asfortranarray(x),
+        "rows[::2]": twice[::2],
+        "x[:, :C]": wide[:, :c],
+        "reversed": x[::-1].copy()[::-1],
+        "misaligned": mis,
+    }
     if swapped is not None:
         out["byteswapped"] = swapped
     return out
@@ -53,9 +59,16 @@ def _results(x, t):
         "lse": fastnll.logsumexp(x, axis=-1),
     }
     rep = fastnll.evaluate(x, t, per_row=True, check_kind=False)
-    res.update(ev_nll=rep.sum_nll, ev_acc=rep.accuracy, ev_top=rep.top_k_accuracy,
-               ev_ece=rep.ece, ev_ent=rep.mean_entropy, ev_brier=rep.brier,
-               ev_rows=rep.row_nll, ev_rank=rep.row_rank)
+    res.update(
+        ev_nll=rep.sum_nll,
+        ev_acc=rep.accuracy,
+        ev_top=rep.top_k_accuracy,
+        ev_ece=rep.ece,
+        ev_ent=rep.mean_entropy,
+        ev_brier=rep.brier,
+        ev_rows=rep.row_nll,
+        ev_rank=rep.row_rank,
+    )
     return res
 
 
@@ -63,8 +76,9 @@ def _same(a, b, what):
     for k in a:
         va, vb = a[k], b[k]
         if isinstance(va, np.ndarray):
-            assert va.dtype == vb.dtype and np.array_equal(va.view(np.uint8), vb.view(np.uint8)), \
+            assert va.dtype == vb.dtype and np.array_equal(va.view(np.uint8), vb.view(np.uint8)), (
                 f"{what}: {k} differs"
+            )
         elif isinstance(va, float):
             assert np.float64(va).tobytes() == np.float64(vb).tobytes(), f"{what}: {k} {va} != {vb}"
         else:
@@ -81,7 +95,9 @@ def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
         x, t = _data(n, c, DTYPES[tag], seed=c)
         want = _results(x, t)
         for name, xv in _layouts(x).items():
-            assert np.array_equal(np.asarray(xv, np.float64), np.asarray(x, np.float64), equal_nan=True)
+            assert np.array_equal(
+                np.asarray(xv, np.float64), np.asarray(x, np.float64), equal_nan=True
+            )
             _same(want, _results(xv, t), f"{tag} C={c} layout {name}")
         for tdt in (np.int32, np.int16, np.uint16, np.uint8, np.uint32, np.int64):
             if np.iinfo(tdt).max < c:
@@ -93,8 +109,9 @@ def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
                 tt = np.where(t == -100, np.iinfo(tdt).max, t).astype(tdt)
                 got = {
                     "ce_mean": fastnll.cross_entropy(x, tt, ignore_index=int(np.iinfo(tdt).max)),
-                    "ce_none": fastnll.cross_entropy(x, tt, reduction="none",
-                                                     ignore_index=int(np.iinfo(tdt).max)),
+                    "ce_none": fastnll.cross_entropy(
+                        x, tt, reduction="none", ignore_index=int(np.iinfo(tdt).max)
+                    ),
                 }
                 _same({k: want[k] for k in got}, got, f"{tag} C={c} targets {tdt.__name__}")
                 continue
@@ -135,8 +152,20 @@ def _eval_rows(x, t, ties="target"):
     n = x.shape[0]
     nll, rank, conf = np.empty(n), np.empty(n, np.int64), np.empty(n)
     xv, tag, swap = fastnll._arrays.core_view(x)
-    _core.eval_rows(xv, tag, swap, t, "logits", -100, [1], 15,
-                    nll_out=nll, rank_out=rank, conf_out=conf, ties=ties)
+    _core.eval_rows(
+        xv,
+        tag,
+        swap,
+        t,
+        "logits",
+        -100,
+        [1],
+        15,
+        nll_out=nll,
+        rank_out=rank,
+        conf_out=conf,
+        ties=ties,
+    )
     return nll, rank, conf
 
 
@@ -166,8 +195,11 @@ def test_conf_out_and_argmax_ties(c):
 def test_softmax_out_writes_the_callers_array(log):
     f = fastnll.log_softmax if log else fastnll.softmax
     g = np.random.default_rng(2)
-    for shape, axis, dt in [((37, 10), -1, np.float32), ((5, 7, 300), 1, np.float64),
-                            ((64, 2), 0, ml_dtypes.bfloat16)]:
+    for shape, axis, dt in [
+        ((37, 10), -1, np.float32),
+        ((5, 7, 300), 1, np.float64),
+        ((64, 2), 0, ml_dtypes.bfloat16),
+    ]:
         x = (g.standard_normal(shape) * 4).astype(dt)
         want_dt = np.float64 if dt == np.float64 else np.float32
         x64 = np.asarray(x, np.float64)
@@ -181,10 +213,13 @@ def test_softmax_out_writes_the_callers_array(log):
         np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
         np.testing.assert_array_equal(out, f(x, axis=axis))
     x = np.zeros((4, 3), np.float32)
-    for bad, err, msg in [(np.zeros((4, 3), np.float64), TypeError, "dtype"),
-                          (np.zeros((3, 4), np.float32), ValueError, "shape"),
-                          (np.zeros((4, 6), np.float32)[:, ::2], ValueError, "C-contiguous"),
-                          (x, ValueError, "overlap"), ([0.0] * 12, TypeError, "NumPy array")]:
+    for bad, err, msg in [
+        (np.zeros((4, 3), np.float64), TypeError, "dtype"),
+        (np.zeros((3, 4), np.float32), ValueError, "shape"),
+        (np.zeros((4, 6), np.float32)[:, ::2], ValueError, "C-contiguous"),
+        (x, ValueError, "overlap"),
+        ([0.0] * 12, TypeError, "NumPy array"),
+    ]:
         with pytest.raises(err, match=msg):
             f(x, out=bad)
     ro = np.zeros((4, 3), np.float32)

@@ -9,10 +9,10 @@ import pytest
 import fastnll
 
 pytest.importorskip("matplotlib")
-from matplotlib.colors import to_rgba  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.colors import to_rgba
+from matplotlib.patches import Rectangle
 
-from fastnll._plot import kl_histogram, position_curve, reliability_diagram  # noqa: E402
+from fastnll._plot import kl_histogram, position_curve, reliability_diagram
 
 
 def _bars(ax):
@@ -61,21 +61,23 @@ def test_reliability_diagram_draws_only_nonempty_bins_with_counts(tmp_path) -> N
 def test_reliability_log_scale_option(tmp_path) -> None:
     z, t = overconfident()
     rep = fastnll.evaluate(z, t)
-    assert reliability_diagram(rep, tmp_path / "a.png", log_counts=True).axes[1] \
-        .get_yscale() == "log"
-    assert reliability_diagram(rep, tmp_path / "b.png", log_counts=False).axes[1] \
-        .get_yscale() == "linear"
+    assert (
+        reliability_diagram(rep, tmp_path / "a.png", log_counts=True).axes[1].get_yscale() == "log"
+    )
+    assert (
+        reliability_diagram(rep, tmp_path / "b.png", log_counts=False).axes[1].get_yscale()
+        == "linear"
+    )
 
 
 def test_position_curve(tmp_path) -> None:
     rng = np.random.default_rng(1)
-    x = (rng.standard_normal((8, 60, 20)) * np.linspace(1, 3, 60)[None, :, None]) \
-        .astype(np.float32)
+    x = (rng.standard_normal((8, 60, 20)) * np.linspace(1, 3, 60)[None, :, None]).astype(np.float32)
     t = rng.integers(0, 20, (8, 60))
     t[:, 10] = -100  # a position with no scored row is left out of the curve
     rep = fastnll.evaluate(x, t, per_position=True)
     fig = position_curve(rep.extras, tmp_path / "p.png")
-    line = [ln for ln in fig.axes[0].lines if ln.get_label() == "mean NLL"][0]
+    line = next(ln for ln in fig.axes[0].lines if ln.get_label() == "mean NLL")
     xs, ys = line.get_data()
     assert 10 not in xs and len(xs) == 59
     np.testing.assert_allclose(ys, np.delete(rep.extras.position_mean_nll, 10))
@@ -104,6 +106,15 @@ def test_cli_compare_plot(tmp_path) -> None:
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", a * 1.1)
     np.save(tmp_path / "t.npy", rng.integers(0, 20, 300))
-    code = main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
-                 str(tmp_path / "t.npy"), "--plot", str(tmp_path / "k.png"), "--no-progress"])
+    code = main(
+        [
+            "compare",
+            str(tmp_path / "a.npy"),
+            str(tmp_path / "b.npy"),
+            str(tmp_path / "t.npy"),
+            "--plot",
+            str(tmp_path / "k.png"),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and (tmp_path / "k.png").stat().st_size > 5000

@@ -55,6 +55,7 @@ import reference as ref
 BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOATS = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), BF16]
 
+
 def _paths():
     """Every SIMD path this CPU has, or only FASTNLL_SIMD's when it pins one (scripts/test.sh
     runs the suite once per path)."""
@@ -74,11 +75,15 @@ THOROUGH_EXAMPLES = math.ceil(THOROUGH_TOTAL / (N_TESTS * len(PATHS)))
 _COMMON = dict(
     deadline=None,
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
-settings.register_profile("fastnll-quick", max_examples=QUICK_EXAMPLES, derandomize=True,
-                          database=None, **_COMMON)
+settings.register_profile(
+    "fastnll-quick", max_examples=QUICK_EXAMPLES, derandomize=True, database=None, **_COMMON
+)
 settings.register_profile("fastnll-thorough", max_examples=THOROUGH_EXAMPLES, **_COMMON)
 PROFILE_NAME = os.environ.get("FASTNLL_HYPOTHESIS_PROFILE", "quick")
 if PROFILE_NAME not in ("quick", "thorough"):
@@ -109,6 +114,7 @@ def on_path(path):
 
 # ------------------------------------------------------------------------------- tolerances
 
+
 def is64(dtype) -> bool:
     return np.dtype(dtype) == np.float64
 
@@ -128,8 +134,7 @@ def magnitude(x64, axis=-1, keepdims=False):
     return np.max(a, axis=axis, keepdims=keepdims, initial=0.0)
 
 
-def row_tol(ref_vals, dtype, *, mag=0.0, shift_bug=False, smoothing_bug=0.0, path=None,
-            classes=1):
+def row_tol(ref_vals, dtype, *, mag=0.0, shift_bug=False, smoothing_bug=0.0, path=None, classes=1):
     """atol + rtol |ref|, plus the allowances of the module docstring: `shift_bug` for bug A
     (float64 only), `smoothing_bug` = eps of label smoothing for bug B (see smoothing_eps)."""
     rtol, atol, u = tol_params(dtype)
@@ -156,10 +161,14 @@ def assert_rows(got, expected, tol, dtype, what=""):
         ok = same | (np.abs(g - expected) <= tol)
     if not np.all(ok):
         bad = np.argwhere(~ok)[:5]
-        details = [(tuple(i), g[tuple(i)], expected[tuple(i)], np.broadcast_to(tol, g.shape)[tuple(i)])
-                   for i in bad]
-        raise AssertionError(f"{what}: {np.count_nonzero(~ok)} of {g.size} off (index, got, "
-                             f"expected, tol): {details}")
+        details = [
+            (tuple(i), g[tuple(i)], expected[tuple(i)], np.broadcast_to(tol, g.shape)[tuple(i)])
+            for i in bad
+        ]
+        raise AssertionError(
+            f"{what}: {np.count_nonzero(~ok)} of {g.size} off (index, got, "
+            f"expected, tol): {details}"
+        )
 
 
 def assert_total(got, expected, tol, what=""):
@@ -172,6 +181,7 @@ def assert_total(got, expected, tol, what=""):
 
 
 # ------------------------------------------------------------------------------- strategies
+
 
 def small_or_large_c(min_c=1):
     return st.one_of(
@@ -224,8 +234,17 @@ def values(draw, shape, dtype, neg_inf=True):
     return v.astype(dtype)
 
 
-LAYOUTS = ["c", "c", "fortran", "slice_cols", "slice_rows", "row_gap", "negative", "swapped",
-           "misaligned"]
+LAYOUTS = [
+    "c",
+    "c",
+    "fortran",
+    "slice_cols",
+    "slice_rows",
+    "row_gap",
+    "negative",
+    "swapped",
+    "misaligned",
+]
 
 
 def layout(a: np.ndarray, kind: str) -> np.ndarray:
@@ -262,8 +281,18 @@ def layout(a: np.ndarray, kind: str) -> np.ndarray:
     raise AssertionError(kind)
 
 
-TARGET_DTYPES = ["int64", "int64", "int64", "int32", "int16", "int8", "uint8", "uint16",
-                 "uint32", "uint64"]
+TARGET_DTYPES = [
+    "int64",
+    "int64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+]
 TARGET_LAYOUTS = ["c", "c", "strided", "negative", "swapped", "broadcast"]
 
 
@@ -342,6 +371,7 @@ def f64(a):
 
 # -------------------------------------------------------------------------- class-index losses
 
+
 def avoid_bug_c(x, xl, t, ii):
     """Bug C (module docstring): unless strict, -inf in column 0 of ignored rows becomes 0 in
     both the logical values `x` and the array `xl` fastnll reads (same positions)."""
@@ -378,15 +408,27 @@ def _hard_expectations(x64, t, weight, ii, eps, dtype, path):
             smooth = -np.sum(np.where(w != 0, w * lp, 0.0), axis=-1)
         rows = np.where(t != ii, (1 - eps) * hard + eps / c * smooth, 0.0)
     else:
-        rows = ref.cross_entropy(x64, t, weight=weight, ignore_index=ii, reduction="none",
-                                 label_smoothing=eps)
+        rows = ref.cross_entropy(
+            x64, t, weight=weight, ignore_index=ii, reduction="none", label_smoothing=eps
+        )
     keep = t != ii
     wt = np.where(keep, w[np.where(keep, t, 0)], 0.0)
     # Error scale: the row's magnitude times the weight mass multiplying it.
     mass = np.abs(wt) * (1 - eps) + (eps / c) * np.sum(np.abs(w))
     mag = magnitude(x64) * np.where(keep, mass, 0.0)
-    tol = np.where(keep, row_tol(rows, dtype, mag=mag, shift_bug=True, path=path, classes=c,
-                                 smoothing_bug=smoothing_eps(eps, weight, dtype)), 0.0)
+    tol = np.where(
+        keep,
+        row_tol(
+            rows,
+            dtype,
+            mag=mag,
+            shift_bug=True,
+            path=path,
+            classes=c,
+            smoothing_bug=smoothing_eps(eps, weight, dtype),
+        ),
+        0.0,
+    )
     return rows, tol, float(np.sum(wt))
 
 
@@ -424,8 +466,9 @@ def test_cross_entropy_class_targets(path, case, data, reduction, eps):
     x64 = f64(x)
     rows, tol, denom = _hard_expectations(x64, t, weight, ii, eps, dtype, path)
     with on_path(path):
-        got = fastnll.cross_entropy(xl, t_arr, weight=weight, ignore_index=ii,
-                                    reduction=reduction, label_smoothing=eps)
+        got = fastnll.cross_entropy(
+            xl, t_arr, weight=weight, ignore_index=ii, reduction=reduction, label_smoothing=eps
+        )
     _check_reduction(got, rows, tol, denom, reduction, dtype, f"cross_entropy[{path}]")
 
 
@@ -447,8 +490,9 @@ def test_nll_loss(path, case, data, reduction):
     wt = np.where(keep, w[np.where(keep, t, 0)], 0.0)
     tol = np.where(keep, row_tol(rows, dtype), 0.0)
     with on_path(path):
-        got = fastnll.nll_loss(layout(lp, kind), t_arr, weight=weight, ignore_index=ii,
-                               reduction=reduction)
+        got = fastnll.nll_loss(
+            layout(lp, kind), t_arr, weight=weight, ignore_index=ii, reduction=reduction
+        )
     _check_reduction(got, rows, tol, float(np.sum(wt)), reduction, dtype, f"nll_loss[{path}]")
 
 
@@ -479,11 +523,17 @@ def test_cross_entropy_probability_targets(path, case, data, reduction, eps):
     mass = np.sum(np.abs(w) * np.abs(ys), axis=-1)
     tol = row_tol(rows, dtype, mag=magnitude(x64) * mass, shift_bug=True)
     with on_path(path):
-        got = fastnll.cross_entropy(xl, yl, weight=weight, reduction=reduction,
-                                    label_smoothing=eps)
+        got = fastnll.cross_entropy(xl, yl, weight=weight, reduction=reduction, label_smoothing=eps)
     n = int(np.prod(x.shape[:-1]))
-    _check_reduction(got, np.asarray(rows).reshape(x.shape[:-1]), tol.reshape(x.shape[:-1]),
-                     float(n), reduction, dtype, f"cross_entropy soft[{path}]")
+    _check_reduction(
+        got,
+        np.asarray(rows).reshape(x.shape[:-1]),
+        tol.reshape(x.shape[:-1]),
+        float(n),
+        reduction,
+        dtype,
+        f"cross_entropy soft[{path}]",
+    )
 
 
 @paths
@@ -504,16 +554,21 @@ def test_binary_cross_entropy_with_logits(path, case, data, reduction):
     yl = layout(y, data.draw(st.sampled_from(LAYOUTS)))
     c = x.shape[-1]
     wkind = data.draw(st.sampled_from(["none", "full", "last", "scalar"]))
-    weight = {"none": None, "full": rng.uniform(0, 2, x.shape), "last": rng.uniform(0, 2, c),
-              "scalar": np.float64(rng.uniform(0, 2))}[wkind]
+    weight = {
+        "none": None,
+        "full": rng.uniform(0, 2, x.shape),
+        "last": rng.uniform(0, 2, c),
+        "scalar": np.float64(rng.uniform(0, 2)),
+    }[wkind]
     pos_weight = data.draw(st.sampled_from([None, "vec", "scalar"]))
     if pos_weight == "vec":
         pos_weight = rng.uniform(0.1, 5, c)
     elif pos_weight == "scalar":
         pos_weight = float(rng.uniform(0.1, 5))
     x64, y64 = f64(x), f64(y)
-    expected = ref.binary_cross_entropy_with_logits(x64, y64, weight=weight,
-                                                     pos_weight=pos_weight, reduction="none")
+    expected = ref.binary_cross_entropy_with_logits(
+        x64, y64, weight=weight, pos_weight=pos_weight, reduction="none"
+    )
     # PyTorch's form (1 - y) z + (1 + (pw - 1) y) softplus(-z) cancels at large |z|.
     pw = 1.0 if pos_weight is None else np.asarray(pos_weight)
     w = 1.0 if weight is None else np.asarray(weight)
@@ -521,9 +576,9 @@ def test_binary_cross_entropy_with_logits(path, case, data, reduction):
     rtol, atol, _ = tol_params(dtype)
     tol = atol + rtol * np.abs(expected) + 8 * 2.0**-53 * np.abs(w) * mag
     with on_path(path):
-        got = fastnll.binary_cross_entropy_with_logits(xl, yl, weight=weight,
-                                                       pos_weight=pos_weight,
-                                                       reduction=reduction)
+        got = fastnll.binary_cross_entropy_with_logits(
+            xl, yl, weight=weight, pos_weight=pos_weight, reduction=reduction
+        )
     if reduction == "none":
         assert_rows(got, expected, tol, dtype, f"bce[{path}]")
         return
@@ -539,6 +594,7 @@ def test_binary_cross_entropy_with_logits(path, case, data, reduction):
 
 
 # ------------------------------------------------------------------- logsumexp and softmax
+
 
 @st.composite
 def axes(draw, ndim):
@@ -568,8 +624,11 @@ def test_logsumexp(path, case, data, keepdims):
 
 @paths
 @PROFILE
-@given(case=logits_case(min_c=1, neg_inf=False).filter(lambda c: c[1].size > 0),
-       data=st.data(), return_sign=st.booleans())
+@given(
+    case=logits_case(min_c=1, neg_inf=False).filter(lambda c: c[1].size > 0),
+    data=st.data(),
+    return_sign=st.booleans(),
+)
 def test_logsumexp_with_b(path, case, data, return_sign):
     """(Empty inputs are left out: fastnll raises on them, reported; see the contract.)"""
     dtype, x, xl = case
@@ -607,15 +666,24 @@ def test_logsumexp_with_b(path, case, data, return_sign):
         exp_v, exp_s = ref.logsumexp(x64, b=bb, return_sign=True)
         got_v, got_s = (np.asarray(g) for g in got)
         good = np.isfinite(kappa) & (kappa < 1e6)
-        assert_rows(np.where(good, got_s, 0).astype(got_s.dtype), np.where(good, exp_s, 0), 0.0,
-                    dtype, f"logsumexp sign[{path}]")
+        assert_rows(
+            np.where(good, got_s, 0).astype(got_s.dtype),
+            np.where(good, exp_s, 0),
+            0.0,
+            dtype,
+            f"logsumexp sign[{path}]",
+        )
         tol = row_tol(exp_v, dtype) * np.where(good, kappa, 1.0)
-        assert_rows(np.where(good, got_v, 0).astype(got_v.dtype), np.where(good, exp_v, 0),
-                    tol, dtype, f"logsumexp b value[{path}]")
+        assert_rows(
+            np.where(good, got_v, 0).astype(got_v.dtype),
+            np.where(good, exp_v, 0),
+            tol,
+            dtype,
+            f"logsumexp b value[{path}]",
+        )
     else:
         expected = ref.logsumexp(x64, b=bb)
-        assert_rows(got, expected, row_tol(expected, dtype), dtype,
-                    f"logsumexp b[{path}]")
+        assert_rows(got, expected, row_tol(expected, dtype), dtype, f"logsumexp b[{path}]")
 
 
 @paths
@@ -623,8 +691,11 @@ def test_logsumexp_with_b(path, case, data, return_sign):
 @given(case=logits_case(min_c=1), data=st.data(), log=st.booleans())
 def test_softmax_and_log_softmax(path, case, data, log):
     dtype, x, xl = case
-    axis = data.draw(st.integers(-max(x.ndim, 1), max(x.ndim, 1) - 1)) if data.draw(
-        st.booleans()) else -1
+    axis = (
+        data.draw(st.integers(-max(x.ndim, 1), max(x.ndim, 1) - 1))
+        if data.draw(st.booleans())
+        else -1
+    )
     x64 = f64(x)
     func = "log_softmax" if log else "softmax"
     expected = getattr(ref, func)(x64, axis=axis)
@@ -636,12 +707,15 @@ def test_softmax_and_log_softmax(path, case, data, log):
         tol = row_tol(expected, dtype, mag=mag, shift_bug=True)
     else:
         with np.errstate(invalid="ignore"):
-            tol = row_tol(1.0, dtype, mag=mag, shift_bug=True) * np.abs(expected) + \
-                tol_params(dtype)[1]
+            tol = (
+                row_tol(1.0, dtype, mag=mag, shift_bug=True) * np.abs(expected)
+                + tol_params(dtype)[1]
+            )
     assert_rows(got, expected, tol, dtype, f"{func} axis={axis}[{path}]")
 
 
 # ---------------------------------------------------------- non-finite values, +inf and NaN
+
 
 @paths
 @PROFILE
@@ -677,19 +751,32 @@ def test_nan_and_inf_anywhere(path, data, reduction, eps):
             rows = (1 - eps) * rows + eps / c * smooth
     rows = np.where(keep, rows, 0.0)
     mass = np.abs(wt) * (1 - eps) + (eps / c) * np.sum(np.abs(w))
-    tol = np.where(keep, row_tol(rows, dtype, mag=magnitude(x64) * mass, shift_bug=True,
-                                 path=path, classes=c,
-                                 smoothing_bug=smoothing_eps(eps, weight, dtype)), 0.0)
+    tol = np.where(
+        keep,
+        row_tol(
+            rows,
+            dtype,
+            mag=magnitude(x64) * mass,
+            shift_bug=True,
+            path=path,
+            classes=c,
+            smoothing_bug=smoothing_eps(eps, weight, dtype),
+        ),
+        0.0,
+    )
     with on_path(path):
         got_lse = fastnll.logsumexp(xl)
-        got = fastnll.cross_entropy(xl, t_arr, weight=weight, ignore_index=ii,
-                                    reduction=reduction, label_smoothing=eps)
+        got = fastnll.cross_entropy(
+            xl, t_arr, weight=weight, ignore_index=ii, reduction=reduction, label_smoothing=eps
+        )
     assert_rows(got_lse, lse, row_tol(lse, dtype), dtype, f"lse[{path}]")
-    _check_reduction(got, rows, tol, float(np.sum(wt)), reduction, dtype,
-                     f"cross_entropy non-finite[{path}]")
+    _check_reduction(
+        got, rows, tol, float(np.sum(wt)), reduction, dtype, f"cross_entropy non-finite[{path}]"
+    )
 
 
 # -------------------------------------------------------- accuracy of float64 at large offsets
+
 
 @paths
 def test_float64_offset_logits_accurate_relative_to_the_loss(path):
@@ -717,8 +804,12 @@ def test_float32_label_smoothing_at_large_offsets(path):
         t = np.arange(4) % c
         with on_path(path):
             got = fastnll.cross_entropy(x, t, label_smoothing=1.0, reduction="none")
-        np.testing.assert_allclose(got, ref.cross_entropy(f64(x), t, label_smoothing=1.0,
-                                                          reduction="none"), rtol=2e-6, atol=2e-5)
+        np.testing.assert_allclose(
+            got,
+            ref.cross_entropy(f64(x), t, label_smoothing=1.0, reduction="none"),
+            rtol=2e-6,
+            atol=2e-5,
+        )
 
 
 @paths
@@ -738,7 +829,8 @@ def test_ignored_row_with_neg_inf_in_column_0(request, path):
 
 def test_thorough_budget():
     """The thorough profile runs >= 100,000 examples over the property tests of this file."""
-    n = sum(1 for name, f in globals().items()
-            if name.startswith("test_") and hasattr(f, "hypothesis"))
+    n = sum(
+        1 for name, f in globals().items() if name.startswith("test_") and hasattr(f, "hypothesis")
+    )
     assert n == N_TESTS, n
     assert THOROUGH_EXAMPLES * N_TESTS * len(PATHS) >= 100_000

@@ -23,9 +23,15 @@ from fastnll.readers import (
     split_key,
 )
 
-ST_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
-            np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float64): "F64",
-            np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8"}
+ST_CODES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(ml_dtypes.bfloat16): "BF16",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.uint8): "U8",
+}
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], pad: int = 0) -> None:
@@ -34,8 +40,11 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], pad: int = 0) 
     blobs, offset = [], 0
     for name, arr in tensors.items():
         data = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": ST_CODES[arr.dtype], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": ST_CODES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     text = json.dumps(header).encode() + b" " * pad
@@ -85,8 +94,9 @@ def test_safetensors_dtypes(tmp_path: Path, dtype: type) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 7)).astype(dtype)
     t32 = rng.integers(0, 7, 5).astype(np.int32)
-    write_safetensors(tmp_path / "d.safetensors", {"logits": x, "t32": t32,
-                                                   "t64": t32.astype(np.int64)}, pad=3)
+    write_safetensors(
+        tmp_path / "d.safetensors", {"logits": x, "t32": t32, "t64": t32.astype(np.int64)}, pad=3
+    )
     got = load_array(f"{tmp_path}/d.safetensors:logits")
     assert _is_mapped(got) and got.dtype == np.dtype(dtype) and got.shape == (5, 7)
     np.testing.assert_array_equal(got.view(np.uint8), x.view(np.uint8))
@@ -134,8 +144,9 @@ def test_raw_binary(tmp_path: Path) -> None:
     assert _is_mapped(got)
     np.testing.assert_array_equal(got, x)
     np.testing.assert_array_equal(open_raw(tmp_path / "x.bin", "float32", (-1, 6)), x)
-    np.testing.assert_array_equal(load_array(tmp_path / "x.bin", dtype=">f4", shape="4x6"),
-                                  x.view(">f4"))
+    np.testing.assert_array_equal(
+        load_array(tmp_path / "x.bin", dtype=">f4", shape="4x6"), x.view(">f4")
+    )
     with pytest.raises(DumpError, match="needs 100"):
         load_array(tmp_path / "x.bin", dtype="f32", shape=(5, 5))
     with pytest.raises(DumpError, match="do not divide"):

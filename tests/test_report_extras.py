@@ -3,6 +3,7 @@ min_position, clip) and the input warnings, against float64 NumPy references wri
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -22,8 +23,7 @@ def ref_rows(x: np.ndarray, t: np.ndarray, kind: str = "logits"):
     z2, t2 = z.reshape(-1, c), t.reshape(-1)
     tt = np.where(t2 >= 0, t2, 0)
     with np.errstate(divide="ignore"):
-        lp = z2 - np.logaddexp.reduce(z2, axis=1, keepdims=True) if kind == "logits" \
-            else np.log(z2)
+        lp = z2 - np.logaddexp.reduce(z2, axis=1, keepdims=True) if kind == "logits" else np.log(z2)
     r = np.arange(t2.size)
     nll = -lp[r, tt]
     top1 = (z2 > z2[r, tt][:, None]).sum(1) == 0
@@ -76,8 +76,7 @@ def test_bits_per_byte_and_word_perplexity(lm) -> None:
     ll = -nll[t[:, 1:] != -100].sum()
     n_bytes = np.array([150, 160, 170, 120, 1, 140])
     rep = evaluate(x, t, shift=True, n_bytes=n_bytes, n_words=210)
-    assert rep.extras.bits_per_byte == pytest.approx(-ll / (n_bytes.sum() * math.log(2)),
-                                                     rel=1e-6)
+    assert rep.extras.bits_per_byte == pytest.approx(-ll / (n_bytes.sum() * math.log(2)), rel=1e-6)
     assert rep.extras.word_perplexity == pytest.approx(math.exp(-ll / 210), rel=1e-6)
     with pytest.raises(ValueError, match="n_bytes must be a total or one count per sequence"):
         evaluate(x, t, shift=True, n_bytes=[1, 2])
@@ -114,8 +113,9 @@ def test_per_class_matches_sklearn() -> None:
     recall = sk.recall_score(t[v], np.argmax(x[v], 1), average=None, labels=range(10))
     np.testing.assert_allclose(rep.extras.class_recall, recall, rtol=1e-12)
     np.testing.assert_array_equal(rep.extras.class_count, np.bincount(t[v], minlength=10))
-    np.testing.assert_allclose(rep.extras.class_mean_nll,
-                               np.bincount(t[v], weights=nll[v]) / np.bincount(t[v]), rtol=1e-6)
+    np.testing.assert_allclose(
+        rep.extras.class_mean_nll, np.bincount(t[v], weights=nll[v]) / np.bincount(t[v]), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="at most 4096 classes"):
         evaluate(np.zeros((2, 5000), np.float32), np.zeros(2, int), per_class=True)
 
@@ -140,7 +140,8 @@ def test_float16_probs_zero_target_count_and_clip() -> None:
     # sklearn's log_loss on the same clipped, renormalised-free target probabilities
     p64 = np.clip(p.astype(np.float64), eps, 1)
     assert clipped.mean_nll == pytest.approx(
-        sk.log_loss(t, p64 / p64.sum(1, keepdims=True), labels=range(8)), rel=0.05)
+        sk.log_loss(t, p64 / p64.sum(1, keepdims=True), labels=range(8)), rel=0.05
+    )
     with pytest.raises(ValueError, match="clip= applies to kind='probs'"):
         evaluate(z.astype(np.float32), t, clip=eps)
 
@@ -152,8 +153,8 @@ def test_accumulator_merges(lm) -> None:
     shape = rep.row_nll.shape
 
     def acc():
-        return ExtrasAccumulator(shape, 29, per_position=True, per_sequence=True,
-                                 n_bytes=1000)
+        return ExtrasAccumulator(shape, 29, per_position=True, per_sequence=True, n_bytes=1000)
+
     whole = acc()
     whole.add(0, nll, rank, None)
     a, b = acc(), acc()
@@ -199,8 +200,17 @@ def test_cli_plot_positions(tmp_path, lm) -> None:
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "t.npy", t)
     out = tmp_path / "pos.png"
-    code = main(["eval", str(tmp_path / "x.npy"), str(tmp_path / "t.npy"), "--shift",
-                 "--plot-positions", str(out), "--no-progress"])
+    code = main(
+        [
+            "eval",
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "t.npy"),
+            "--shift",
+            "--plot-positions",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and out.stat().st_size > 1000
 
 
@@ -253,8 +263,9 @@ def _mass_reference(conf: np.ndarray, correct: np.ndarray, nb: int) -> float:
     order = np.argsort(conf, kind="stable")
     c, k = conf[order], correct[order].astype(float)
     edges = (np.arange(nb + 1) * c.size) // nb
-    return float(sum(abs(k[a:b].sum() - c[a:b].sum()) for a, b in zip(edges[:-1], edges[1:]))
-                 / c.size)
+    return float(
+        sum(abs(k[a:b].sum() - c[a:b].sum()) for a, b in itertools.pairwise(edges)) / c.size
+    )
 
 
 def test_equal_mass_ece_matches_reference(monkeypatch) -> None:
@@ -275,8 +286,9 @@ def test_equal_mass_ece_matches_reference(monkeypatch) -> None:
     assert max(counts) - min(counts) <= 1 and sum(counts) == v.sum()
     # past the exact bound: the 2^16 fine bins, within one fine bin per bin of the exact one
     monkeypatch.setattr(_report_extras, "MAX_EXACT_ROWS", 1000)
-    approx = evaluate(z.astype(np.float32), t, equal_mass_ece=True, n_bins=10,
-                      chunk_bytes=7000).extras
+    approx = evaluate(
+        z.astype(np.float32), t, equal_mass_ece=True, n_bins=10, chunk_bytes=7000
+    ).extras
     assert not approx.equal_mass_exact
     assert approx.ece_equal_mass == pytest.approx(ref, abs=2e-3)
 

@@ -22,8 +22,12 @@ from fastnll.readers import DumpError
 
 
 def run(*args: Any) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "fastnll", *map(str, args)],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnll", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -85,19 +89,25 @@ def _same(a: Any, b: Any, where: str = "") -> None:
 
 
 @pytest.mark.parametrize("shift", [False, True])
-def test_eval_glob_directory_and_list_match_one_file(dumps: dict[str, Any], tmp_path: Path,
-                                                     shift: bool) -> None:
+def test_eval_glob_directory_and_list_match_one_file(
+    dumps: dict[str, Any], tmp_path: Path, shift: bool
+) -> None:
     d = dumps["dir"]
     flags = ["--shift"] if shift else []
     for dim in ("3", "2"):  # [B, T, V] shards, and [N, C] shards (one sequence with --shift)
-        one = _json(["eval", d / f"x{dim}.npy", d / f"t{dim}.npy", *flags, "--top-k", "1", "3"],
-                    tmp_path, "one")
+        one = _json(
+            ["eval", d / f"x{dim}.npy", d / f"t{dim}.npy", *flags, "--top-k", "1", "3"],
+            tmp_path,
+            "one",
+        )
         ref = reference_metrics(dumps[f"x{dim}"], dumps[f"t{dim}"], shift=shift)
         assert one["rows"] == ref["rows"]
         assert one["mean_nll"] == pytest.approx(ref["mean_nll"], rel=1e-6)
-        for form in ([d / f"x{dim}" / "*.npy", d / f"t{dim}" / "part-*.npy"],
-                     [d / f"x{dim}", d / f"t{dim}"],
-                     dumps[f"x{dim}_files"] + dumps[f"t{dim}_files"]):
+        for form in (
+            [d / f"x{dim}" / "*.npy", d / f"t{dim}" / "part-*.npy"],
+            [d / f"x{dim}", d / f"t{dim}"],
+            dumps[f"x{dim}_files"] + dumps[f"t{dim}_files"],
+        ):
             _same(_json(["eval", *form, *flags, "--top-k", "1", "3"], tmp_path, "many"), one)
 
 
@@ -109,19 +119,23 @@ def test_compare_on_shards_matches_one_file(dumps: dict[str, Any], tmp_path: Pat
     assert one["rows"] == 15 * 23 - int((dumps["t3"][:, 1:] == -100).sum())
 
 
-def test_workers_2_and_scheduler_give_the_same_json(dumps: dict[str, Any],
-                                                    tmp_path: Path) -> None:
+def test_workers_2_and_scheduler_give_the_same_json(dumps: dict[str, Any], tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     d = dumps["dir"]
     one = _json(["eval", d / "x3.npy", d / "t3.npy", "--shift"], tmp_path, "one")
-    _same(_json(["eval", d / "x3" / "*.npy", d / "t3", "--shift", "--workers", "2"],
-                tmp_path, "w"), one)
+    _same(
+        _json(["eval", d / "x3" / "*.npy", d / "t3", "--shift", "--workers", "2"], tmp_path, "w"),
+        one,
+    )
     cmp_one = _json(["compare", d / "x2.npy", d / "x2.npy", d / "t2.npy"], tmp_path, "c1")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as lc:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as lc:
         addr = lc.scheduler_address
-        _same(_json(["compare", d / "x2", d / "x2", d / "t2", "--scheduler", addr], tmp_path,
-                    "cw"), cmp_one)
+        _same(
+            _json(["compare", d / "x2", d / "x2", d / "t2", "--scheduler", addr], tmp_path, "cw"),
+            cmp_one,
+        )
         bad = dumps["t3"].copy()
         bad[4, 7] = 40  # shard part-2 holds sequences 4..5: its (0, 7)
         files = _split(tmp_path, "bad", bad, [3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2])
@@ -189,10 +203,17 @@ def test_one_sequence_across_shards_of_mixed_target_dtypes(tmp_path: Path) -> No
     for i, dt in enumerate((np.int8, np.uint64, np.int16)):
         xs.append(str(tmp_path / f"x{i}.npy"))
         ts.append(str(tmp_path / f"t{i}.npy"))
-        np.save(xs[-1], x[100 * i:100 * (i + 1)])
-        np.save(ts[-1], t[100 * i:100 * (i + 1)].astype(dt))
-    opts = dict(kind="logits", ignore_index=-100, top_k=(1, 2), n_bins=10,
-                chunk_bytes=1 << 20, check_kind=True, shift=True)
+        np.save(xs[-1], x[100 * i : 100 * (i + 1)])
+        np.save(ts[-1], t[100 * i : 100 * (i + 1)].astype(dt))
+    opts = dict(
+        kind="logits",
+        ignore_index=-100,
+        top_k=(1, 2),
+        n_bins=10,
+        chunk_bytes=1 << 20,
+        check_kind=True,
+        shift=True,
+    )
     got = evaluate_files(xs, ts, **opts)
     want = fastnll.evaluate(x, t, shift=True, top_k=(1, 2), n_bins=10)
     assert got.rows == want.rows == 299

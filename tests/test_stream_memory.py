@@ -60,8 +60,11 @@ print(json.dumps({"before": before, "after": after, "peak": max(peak[0], after),
 
 def write_sparse_npy(path: Path, shape: tuple, dtype: np.dtype) -> int:
     """A valid .npy whose data is a hole of zeros: header, then truncate to full size."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": shape}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": shape,
+    }
     with open(path, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, header)
         size = fh.tell() + math.prod(shape) * np.dtype(dtype).itemsize
@@ -82,9 +85,12 @@ def test_four_gib_dump_streams_in_bounded_memory(tmp_path: Path) -> None:
     target[:, -5:] = -100  # padding
     np.save(tmp_path / "targets.npy", target)
     try:
-        proc = subprocess.run([sys.executable, "-c", SCRIPT, str(preds),
-                               str(tmp_path / "targets.npy")],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(preds), str(tmp_path / "targets.npy")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         preds.unlink()  # drop the page cache of the big file quickly
     assert proc.returncode == 0, proc.stderr

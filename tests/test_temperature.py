@@ -56,8 +56,9 @@ def test_nll_and_ece_match_float64_reference_and_scipy_minimum() -> None:
     fit = fastnll.fit_temperature(z, t, chunk_bytes=40_000)
     keep = t != -100
     zz, tt = z[keep], t[keep]
-    ref = scipy_opt.minimize_scalar(lambda T: nll64(zz, tt, T), bounds=(0.1, 10),
-                                    method="bounded", options={"xatol": 1e-9})
+    ref = scipy_opt.minimize_scalar(
+        lambda T: nll64(zz, tt, T), bounds=(0.1, 10), method="bounded", options={"xatol": 1e-9}
+    )
     assert fit.temperature == pytest.approx(ref.x, rel=1e-4)
     assert fit.nll_before == pytest.approx(nll64(zz, tt, 1.0), rel=1e-6)
     assert fit.nll_after == pytest.approx(nll64(zz, tt, fit.temperature), rel=1e-6)
@@ -105,8 +106,17 @@ def test_cli_fit_temperature(tmp_path) -> None:
     z, t = synthetic(np.random.default_rng(3), 5000, 10, 2.0)
     np.save(tmp_path / "z.npy", z)
     np.save(tmp_path / "t.npy", t)
-    code = main(["eval", str(tmp_path / "z.npy"), str(tmp_path / "t.npy"), "--fit-temperature",
-                 "--no-progress", "--json", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "eval",
+            str(tmp_path / "z.npy"),
+            str(tmp_path / "t.npy"),
+            "--fit-temperature",
+            "--no-progress",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 0
     d = json.loads((tmp_path / "r.json").read_text())["temperature"]
     assert math.isclose(d["temperature"], 2.0, rel_tol=0.03) and d["nll_after"] < d["nll_before"]
@@ -134,7 +144,8 @@ def test_matches_sklearn_temperature_scaling() -> None:
     z64 = z.astype(np.float64)
     try:
         cal = calibration.CalibratedClassifierCV(
-            frozen.FrozenEstimator(Identity().fit(z64, t)), method="temperature").fit(z64, t)
+            frozen.FrozenEstimator(Identity().fit(z64, t)), method="temperature"
+        ).fit(z64, t)
     except ValueError as exc:  # sklearn < 1.8: InvalidParameterError for method
         if "method" in str(exc):
             pytest.skip("this sklearn has no method='temperature'")

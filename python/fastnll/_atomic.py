@@ -39,8 +39,9 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return ia is not None and ia == ib
 
 
-def check_output_path(dest: str | os.PathLike[str], inputs: Iterable[Any],
-                      what: str = "output") -> None:
+def check_output_path(
+    dest: str | os.PathLike[str], inputs: Iterable[Any], what: str = "output"
+) -> None:
     """ValueError if ``dest`` is a directory or the same file as one of ``inputs``
     (paths; other inputs, such as arrays, are skipped)."""
     d = os.fspath(dest)
@@ -48,8 +49,10 @@ def check_output_path(dest: str | os.PathLike[str], inputs: Iterable[Any],
         raise ValueError(f"{what} {d} is a directory; give a file name")
     for src in inputs:
         if isinstance(src, (str, os.PathLike)) and same_file(d, src):
-            raise ValueError(f"{what} {d} is the same file as the input {os.fspath(src)}; "
-                             f"writing it would destroy the input: choose another name")
+            raise ValueError(
+                f"{what} {d} is the same file as the input {os.fspath(src)}; "
+                f"writing it would destroy the input: choose another name"
+            )
 
 
 def _error(dest: str, exc: OSError) -> OSError:
@@ -70,8 +73,9 @@ class AtomicOutput:
     ``out.path`` ends with the destination's suffix (matplotlib picks the format from it).
     """
 
-    def __init__(self, dest: str | os.PathLike[str], inputs: Iterable[Any] = (),
-                 what: str = "output") -> None:
+    def __init__(
+        self, dest: str | os.PathLike[str], inputs: Iterable[Any] = (), what: str = "output"
+    ) -> None:
         self.dest = os.fspath(dest)
         check_output_path(self.dest, inputs, what)
         # Write beside the file a symlink points to, so the rename keeps the link.
@@ -85,8 +89,9 @@ class AtomicOutput:
         try:
             with _signals_deferred():  # no Ctrl-C between creating the file and owning it
                 try:
-                    fd, self.path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" +
-                                                     Path(name).suffix, dir=directory or ".")
+                    fd, self.path = tempfile.mkstemp(
+                        prefix=f".{name}.", suffix=".tmp" + Path(name).suffix, dir=directory or "."
+                    )
                 except OSError as exc:
                     raise _error(self.dest, exc) from None
                 self.file = os.fdopen(fd, "w+b")

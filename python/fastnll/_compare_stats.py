@@ -20,24 +20,59 @@ Formulas (n scored rows; sums from the core, so chunks and shards merge):
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
-KL_LEVELS: Tuple[Tuple[str, float], ...] = (
-    ("max", 1.0), ("99.9", 0.999), ("99", 0.99), ("95", 0.95), ("90", 0.9),
-    ("median", 0.5), ("10", 0.1), ("5", 0.05), ("1", 0.01), ("0.1", 0.001), ("min", 0.0))
-DP_LEVELS: Tuple[Tuple[str, float], ...] = (
-    ("max", 1.0), ("99.9", 0.999), ("99", 0.99), ("95", 0.95), ("90", 0.9), ("75", 0.75),
-    ("median", 0.5), ("25", 0.25), ("10", 0.1), ("5", 0.05), ("1", 0.01), ("0.1", 0.001),
-    ("min", 0.0))
-SUM_KEYS = ("n", "n_ignored", "sum_kl", "sum_kl_sq", "sum_dnll", "sum_dnll_sq", "sum_nll_base",
-            "sum_nll_base_sq", "sum_nll_new", "sum_nll_new_sq", "sum_nll_cross", "sum_dp",
-            "sum_dp_sq", "sum_dp_4", "top1_agree")
+KL_LEVELS: tuple[tuple[str, float], ...] = (
+    ("max", 1.0),
+    ("99.9", 0.999),
+    ("99", 0.99),
+    ("95", 0.95),
+    ("90", 0.9),
+    ("median", 0.5),
+    ("10", 0.1),
+    ("5", 0.05),
+    ("1", 0.01),
+    ("0.1", 0.001),
+    ("min", 0.0),
+)
+DP_LEVELS: tuple[tuple[str, float], ...] = (
+    ("max", 1.0),
+    ("99.9", 0.999),
+    ("99", 0.99),
+    ("95", 0.95),
+    ("90", 0.9),
+    ("75", 0.75),
+    ("median", 0.5),
+    ("25", 0.25),
+    ("10", 0.1),
+    ("5", 0.05),
+    ("1", 0.01),
+    ("0.1", 0.001),
+    ("min", 0.0),
+)
+SUM_KEYS = (
+    "n",
+    "n_ignored",
+    "sum_kl",
+    "sum_kl_sq",
+    "sum_dnll",
+    "sum_dnll_sq",
+    "sum_nll_base",
+    "sum_nll_base_sq",
+    "sum_nll_new",
+    "sum_nll_new_sq",
+    "sum_nll_cross",
+    "sum_dp",
+    "sum_dp_sq",
+    "sum_dp_4",
+    "top1_agree",
+)
 NAN = float("nan")
 
 
-def mean_se(s: float, s2: float, n: int) -> Tuple[float, float]:
+def mean_se(s: float, s2: float, n: int) -> tuple[float, float]:
     """(mean, standard error of the mean) from a sum and a sum of squares."""
     if n < 1:
         return NAN, NAN
@@ -67,19 +102,27 @@ def _sqrt(v: float) -> float:
     return NAN if math.isnan(v) else math.sqrt(max(v, 0.0))
 
 
-def summary(s: Dict[str, Any]) -> Dict[str, float]:
+def summary(s: dict[str, Any]) -> dict[str, float]:
     """Every mean ± SE of the llama.cpp list from the merged sums."""
     n = int(s["n"])
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     out["mean_kl"], out["kl_se"] = mean_se(s["sum_kl"], s["sum_kl_sq"], n)
     out["mean_dnll"], out["dnll_se"] = mean_se(s["sum_dnll"], s["sum_dnll_sq"], n)
     lb, lb_se = mean_se(s["sum_nll_base"], s["sum_nll_base_sq"], n)
     ln, ln_se = mean_se(s["sum_nll_new"], s["sum_nll_new_sq"], n)
     cov = mean_cov(s["sum_nll_new"], s["sum_nll_base"], s["sum_nll_cross"], n)
     ppl_b, ppl_n = _exp(lb), _exp(ln)
-    out.update(mean_nll_base=lb, mean_nll_base_se=lb_se, mean_nll_new=ln, mean_nll_new_se=ln_se,
-               ppl_base=ppl_b, ppl_base_se=ppl_b * lb_se, ppl_new=ppl_n,
-               ppl_new_se=ppl_n * ln_se, ln_ppl_cov=cov)
+    out.update(
+        mean_nll_base=lb,
+        mean_nll_base_se=lb_se,
+        mean_nll_new=ln,
+        mean_nll_new_se=ln_se,
+        ppl_base=ppl_b,
+        ppl_base_se=ppl_b * lb_se,
+        ppl_new=ppl_n,
+        ppl_new_se=ppl_n * ln_se,
+        ln_ppl_cov=cov,
+    )
     den = ln_se * lb_se
     out["ln_ppl_correlation"] = cov / den if n >= 2 and den > 0 else NAN
     ratio_ln = ln - lb
@@ -96,8 +139,11 @@ def summary(s: Dict[str, Any]) -> Dict[str, float]:
     # a²·var(D) + (a-b)²·var(Y) + 2a(a-b)·(cov(X,Y) - var(Y)); the same value as
     # u_n² + u_b² - 2ab·cov, without its cancellation when the dumps agree
     a_b = ppl_n - ppl_b
-    out["ppl_diff_se"] = _sqrt(ppl_n * ppl_n * d_se * d_se + a_b * a_b * lb_se * lb_se
-                               + 2 * ppl_n * a_b * (cov - lb_se * lb_se))
+    out["ppl_diff_se"] = _sqrt(
+        ppl_n * ppl_n * d_se * d_se
+        + a_b * a_b * lb_se * lb_se
+        + 2 * ppl_n * a_b * (cov - lb_se * lb_se)
+    )
     out["mean_dp"], out["dp_se"] = mean_se(s["sum_dp"], s["sum_dp_sq"], n)
     mse, mse_se = mean_se(s["sum_dp_sq"], s["sum_dp_4"], n)
     rms = _sqrt(mse)
@@ -109,37 +155,35 @@ def summary(s: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def percentiles_sorted(v: np.ndarray, levels: Tuple[Tuple[str, float], ...]
-                       ) -> Dict[str, float]:
+def percentiles_sorted(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
     """llama.cpp's percentile rule on sorted finite-or-inf values (no NaN)."""
     n = v.size
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for name, q in levels:
         if n == 0:
             out[name] = NAN
             continue
         h = q * (n - 1)
-        i = min(int(math.floor(h)), n - 1)
+        i = min(math.floor(h), n - 1)
         f = h - i
         a = float(v[i])
         out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * float(v[i + 1])
     return out
 
 
-def exact_percentiles(v: np.ndarray, levels: Tuple[Tuple[str, float], ...]
-                      ) -> Dict[str, float]:
+def exact_percentiles(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
     """Percentiles of the non-NaN values of v, by partial sorts (O(n))."""
     v = v[~np.isnan(v)]
     n = v.size
     if n == 0:
         return {name: NAN for name, _ in levels}
-    ks = sorted({min(int(math.floor(q * (n - 1))) + d, n - 1) for _, q in levels for d in (0, 1)})
+    ks = sorted({min(math.floor(q * (n - 1)) + d, n - 1) for _, q in levels for d in (0, 1)})
     part = np.partition(v, ks)
     # the values at the needed ranks, laid out as a tiny sorted array indexed by rank
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for name, q in levels:
         h = q * (n - 1)
-        i = min(int(math.floor(h)), n - 1)
+        i = min(math.floor(h), n - 1)
         f = h - i
         a = float(part[i])
         out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * float(part[i + 1])
@@ -153,10 +197,11 @@ class LogHistogram:
     statistic, so it is within a factor 10^(1/(2 per_decade)) of it (0.115% for 1000 bins per
     decade), or within lo of 0 in the zero bin, or >= hi in the overflow bin (reported as hi)."""
 
-    def __init__(self, lo: float = 1e-15, hi: float = 1e5, per_decade: int = 1000,
-                 signed: bool = False) -> None:
+    def __init__(
+        self, lo: float = 1e-15, hi: float = 1e5, per_decade: int = 1000, signed: bool = False
+    ) -> None:
         self.lo, self.hi, self.per_decade, self.signed = lo, hi, int(per_decade), signed
-        self.nb = int(round(math.log10(hi / lo) * per_decade))
+        self.nb = round(math.log10(hi / lo) * per_decade)
         # layout: [-overflow, -bins (descending |v|)..., zero, +bins..., +overflow]
         self.counts = np.zeros(2 * self.nb + 3 if signed else self.nb + 2, np.int64)
         self.nan = 0
@@ -185,7 +230,7 @@ class LogHistogram:
         if v.size:
             self.counts += np.bincount(self._index(v), minlength=self.counts.size)
 
-    def merge(self, other: "LogHistogram") -> "LogHistogram":
+    def merge(self, other: LogHistogram) -> LogHistogram:
         """Add another histogram of the same layout."""
         if other.counts.shape != self.counts.shape:
             raise ValueError("cannot merge histograms of different layouts")
@@ -200,22 +245,23 @@ class LogHistogram:
             if k >= self.nb:
                 return self.hi
             return self.lo * 10 ** ((k + 0.5) / self.per_decade)
+
         if not self.signed:
             return mag(idx - 1)
         z = self.nb + 1
         return mag(idx - z - 1) if idx > z else (-mag(z - 1 - idx) if idx < z else 0.0)
 
-    def percentiles(self, levels: Tuple[Tuple[str, float], ...]) -> Dict[str, float]:
+    def percentiles(self, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
         """Percentiles (same rank rule as the exact ones) from the bins."""
         cum = np.cumsum(self.counts)
         n = int(cum[-1]) if cum.size else 0
-        out: Dict[str, float] = {}
+        out: dict[str, float] = {}
         for name, q in levels:
             if n == 0:
                 out[name] = NAN
                 continue
             h = q * (n - 1)
-            i = min(int(math.floor(h)), n - 1)
+            i = min(math.floor(h), n - 1)
             f = h - i
             vi = self._value(int(np.searchsorted(cum, i, side="right")))
             if f == 0 or i + 1 >= n:
@@ -225,37 +271,37 @@ class LogHistogram:
                 out[name] = (1 - f) * vi + f * vj
         return out
 
-    def coarse(self, per_decade: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+    def coarse(self, per_decade: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(edges, counts) of the unsigned histogram merged to ``per_decade`` bins per decade,
         trimmed to the occupied range (for the plot); the zero bin is dropped."""
         assert not self.signed
         step = self.per_decade // per_decade
-        body = self.counts[1:self.nb + 1]
+        body = self.counts[1 : self.nb + 1]
         nb = body.size // step
-        c = body[:nb * step].reshape(nb, step).sum(axis=1)
-        c[-1] += body[nb * step:].sum() + self.counts[-1]
+        c = body[: nb * step].reshape(nb, step).sum(axis=1)
+        c[-1] += body[nb * step :].sum() + self.counts[-1]
         edges = self.lo * 10 ** (np.arange(nb + 1) / per_decade)
         nz = np.nonzero(c)[0]
         if nz.size == 0:
             return edges[:1], c[:0]
         a, b = nz[0], nz[-1] + 1
-        return edges[a:b + 1], c[a:b]
+        return edges[a : b + 1], c[a:b]
 
 
 class CompareAccumulator:
     """Sums from the core plus what the percentiles need (exact values or histograms)."""
 
-    def __init__(self, exact: bool, max_exact_rows: Optional[int] = None) -> None:
-        self.sums: Dict[str, float] = {k: 0 for k in SUM_KEYS}
+    def __init__(self, exact: bool, max_exact_rows: int | None = None) -> None:
+        self.sums: dict[str, float] = {k: 0 for k in SUM_KEYS}
         self.exact = exact
         # merged partial results drop to histograms past this many held rows
         self.max_exact_rows = max_exact_rows
-        self._kl: List[np.ndarray] = []
-        self._dp: List[np.ndarray] = []
+        self._kl: list[np.ndarray] = []
+        self._dp: list[np.ndarray] = []
         self.kl_hist = LogHistogram()
         self.dp_hist = LogHistogram(hi=10.0, signed=True)
 
-    def merge(self, other: "CompareAccumulator") -> "CompareAccumulator":
+    def merge(self, other: CompareAccumulator) -> CompareAccumulator:
         """Adds another part's accumulator (shards, blocks, workers). Percentiles stay exact
         while both parts hold their rows and the total is within ``max_exact_rows``."""
         for k in SUM_KEYS:
@@ -263,15 +309,18 @@ class CompareAccumulator:
         self.kl_hist.merge(other.kl_hist)
         self.dp_hist.merge(other.dp_hist)
         held = sum(len(v) for v in self._kl) + sum(len(v) for v in other._kl)
-        if self.exact and other.exact and (self.max_exact_rows is None
-                                           or held <= self.max_exact_rows):
+        if (
+            self.exact
+            and other.exact
+            and (self.max_exact_rows is None or held <= self.max_exact_rows)
+        ):
             self._kl += other._kl
             self._dp += other._dp
         else:
             self.exact, self._kl, self._dp = False, [], []
         return self
 
-    def add(self, r: Dict[str, Any], kl: np.ndarray, dp: np.ndarray, same: np.ndarray) -> None:
+    def add(self, r: dict[str, Any], kl: np.ndarray, dp: np.ndarray, same: np.ndarray) -> None:
         """One chunk: the core's sums and its per-row outputs (same = -1 marks ignored rows)."""
         for k in SUM_KEYS:
             self.sums[k] += r[k]
@@ -283,12 +332,20 @@ class CompareAccumulator:
             self._kl.append(kv.copy())
             self._dp.append(dv.copy())
 
-    def percentiles(self) -> Tuple[Dict[str, float], Dict[str, float], str, Optional[float]]:
+    def percentiles(self) -> tuple[dict[str, float], dict[str, float], str, float | None]:
         """(KL percentiles, Δp percentiles, method, relative error bound or None)."""
         if self.exact:
             kl = np.concatenate(self._kl) if self._kl else np.zeros(0)
             dp = np.concatenate(self._dp) if self._dp else np.zeros(0)
-            return (exact_percentiles(kl, KL_LEVELS), exact_percentiles(dp, DP_LEVELS),
-                    "exact", None)
-        return (self.kl_hist.percentiles(KL_LEVELS), self.dp_hist.percentiles(DP_LEVELS),
-                "histogram", self.kl_hist.rel_error)
+            return (
+                exact_percentiles(kl, KL_LEVELS),
+                exact_percentiles(dp, DP_LEVELS),
+                "exact",
+                None,
+            )
+        return (
+            self.kl_hist.percentiles(KL_LEVELS),
+            self.dp_hist.percentiles(DP_LEVELS),
+            "histogram",
+            self.kl_hist.rel_error,
+        )

@@ -33,27 +33,53 @@ __all__ = [
 ]
 
 def cross_entropy(
-    x: np.ndarray, tag: str, swap: bool, target: np.ndarray, weight: NDArray[np.float64] | None,
-    ignore_index: int, label_smoothing: float, out: np.ndarray | None = None,
+    x: np.ndarray,
+    tag: str,
+    swap: bool,
+    target: np.ndarray,
+    weight: NDArray[np.float64] | None,
+    ignore_index: int,
+    label_smoothing: float,
+    out: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(Σ loss, Σ weight) of integer-target cross-entropy; per-row losses into ``out``."""
 
 def nll_loss(
-    x: np.ndarray, tag: str, swap: bool, target: np.ndarray, weight: NDArray[np.float64] | None,
-    ignore_index: int, out: np.ndarray | None = None,
+    x: np.ndarray,
+    tag: str,
+    swap: bool,
+    target: np.ndarray,
+    weight: NDArray[np.float64] | None,
+    ignore_index: int,
+    out: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(Σ loss, Σ weight) of NLL of log-probabilities; ValueError if a gathered value > 0."""
 
 def cross_entropy_soft(
-    x: np.ndarray, tag: str, swap: bool, y: np.ndarray, ytag: str, yswap: bool,
-    weight: NDArray[np.float64] | None, label_smoothing: float, out: np.ndarray | None = None,
+    x: np.ndarray,
+    tag: str,
+    swap: bool,
+    y: np.ndarray,
+    ytag: str,
+    yswap: bool,
+    weight: NDArray[np.float64] | None,
+    label_smoothing: float,
+    out: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(Σ loss, number of rows) of cross-entropy against probability targets."""
 
 def bce_with_logits(
-    x: np.ndarray, tag: str, swap: bool, y: np.ndarray, ytag: str, yswap: bool,
-    weight: np.ndarray | None, wtag: str, wswap: bool,
-    pos_weight: NDArray[np.float64] | None, out: np.ndarray | None = None,
+    x: np.ndarray,
+    tag: str,
+    swap: bool,
+    y: np.ndarray,
+    ytag: str,
+    yswap: bool,
+    weight: np.ndarray | None,
+    wtag: str,
+    wswap: bool,
+    pos_weight: NDArray[np.float64] | None,
+    out: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(Σ loss, number of elements) of binary cross-entropy with logits."""
 
@@ -61,7 +87,11 @@ def logsumexp(x: np.ndarray, tag: str, swap: bool, out: np.ndarray) -> None:
     """log Σ exp over the last axis into ``out`` (float32 or float64)."""
 
 def logsumexp_b(
-    x: np.ndarray, tag: str, swap: bool, b: NDArray[np.float64], out: np.ndarray,
+    x: np.ndarray,
+    tag: str,
+    swap: bool,
+    b: NDArray[np.float64],
+    out: np.ndarray,
     sign: np.ndarray | None = None,
 ) -> None:
     """SciPy's weighted logsumexp over the last axis; signs into ``sign`` if given."""
@@ -73,20 +103,39 @@ def roofline_sum(x: np.ndarray, tag: str, swap: bool) -> float:
     """Read-only SIMD sum of every element: the benchmarks' bandwidth roofline."""
 
 def eval_rows(
-    x: np.ndarray, tag: str, swap: bool, target: np.ndarray, kind: str, ignore_index: int,
-    top_k: list[int], n_bins: int, row_offset: int = 0,
-    nll_out: NDArray[np.float64] | None = None, rank_out: NDArray[np.int64] | None = None,
-    conf_out: NDArray[np.float64] | None = None, ties: str = "target",
+    x: np.ndarray,
+    tag: str,
+    swap: bool,
+    target: np.ndarray,
+    kind: str,
+    ignore_index: int,
+    top_k: list[int],
+    n_bins: int,
+    row_offset: int = 0,
+    nll_out: NDArray[np.float64] | None = None,
+    rank_out: NDArray[np.int64] | None = None,
+    conf_out: NDArray[np.float64] | None = None,
+    ties: str = "target",
 ) -> dict[str, Any]:
     """One-pass metric sums of a dump chunk (see docs/evaluate.md). ``conf_out`` (with
     ``nll_out``/``rank_out``) receives each row's confidence (max probability; NaN for ignored
     rows); ``ties="first"`` ranks by the argmax rule (ties before the target count)."""
 
 def compare_rows(
-    base: np.ndarray, base_tag: str, base_swap: bool, new: np.ndarray, new_tag: str,
-    new_swap: bool, target: np.ndarray, kind: str, ignore_index: int, row_offset: int = 0,
-    kl_out: np.ndarray | None = None, dp_out: np.ndarray | None = None,
-    nll_base_out: np.ndarray | None = None, nll_new_out: np.ndarray | None = None,
+    base: np.ndarray,
+    base_tag: str,
+    base_swap: bool,
+    new: np.ndarray,
+    new_tag: str,
+    new_swap: bool,
+    target: np.ndarray,
+    kind: str,
+    ignore_index: int,
+    row_offset: int = 0,
+    kl_out: np.ndarray | None = None,
+    dp_out: np.ndarray | None = None,
+    nll_base_out: np.ndarray | None = None,
+    nll_new_out: np.ndarray | None = None,
     same_out: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Sums of KL(base || new), Δp, both NLLs (and squares, cross product) and top-1

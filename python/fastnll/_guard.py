@@ -80,8 +80,7 @@ class FileGuard:
             st = os.fstat(self.fd)
             if not stat.S_ISREG(st.st_mode):
                 raise DumpError(f"{self.path}: not a regular file")
-            if _mapped_file(self._map_ptr) != (os.major(st.st_dev), os.minor(st.st_dev),
-                                               st.st_ino):
+            if _mapped_file(self._map_ptr) != (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
                 raise _NotTheMappedFile()
             self.leased = self._take_lease()
             self.check()
@@ -126,8 +125,10 @@ class FileGuard:
         return self._map_start + (addr - self._map_ptr)
 
     def _shrunk(self, size: int, need: int) -> DumpError:
-        return DumpError(f"{self.path}: the file shrank to {size} bytes while it was being "
-                         f"read (the array needs {need}); was it truncated or rewritten?")
+        return DumpError(
+            f"{self.path}: the file shrank to {size} bytes while it was being "
+            f"read (the array needs {need}); was it truncated or rewritten?"
+        )
 
     def check(self) -> None:
         """DumpError if the file no longer holds the whole array."""
@@ -161,8 +162,9 @@ class FileGuard:
             if n <= 0:
                 raise self._shrunk(os.fstat(self.fd).st_size, start + span)
             got += n
-        out: np.ndarray = np.ndarray(view.shape, view.dtype, buffer=buf, offset=_ptr(view) - lo,
-                                     strides=view.strides)
+        out: np.ndarray = np.ndarray(
+            view.shape, view.dtype, buffer=buf, offset=_ptr(view) - lo, strides=view.strides
+        )
         return out
 
     def take(self, view: np.ndarray, index: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -170,7 +172,7 @@ class FileGuard:
         faulting."""
         if self.safe_to_map():
             return np.asarray(view[index])
-        rest = view.shape[len(index):]
+        rest = view.shape[len(index) :]
         parts: list[np.ndarray] = []
         for k in range(len(index[0])):  # a sample of <= 1024 points, not the data
             at = tuple(slice(int(i[k]), int(i[k]) + 1) for i in index)

@@ -77,8 +77,10 @@ class Dump:
         else:
             pos = f"({b0 + idx[0]}, {t0 + idx[1] + self.shift})"
         head = "" if self.tname in DEFAULT_NAMES else f"{self.tname}: "
-        return (f"{head}target {value} at position {pos} is out of range for {c} "
-                f"classes (valid: 0..{c - 1}, or ignore_index={ignore_index})")
+        return (
+            f"{head}target {value} at position {pos} is out of range for {c} "
+            f"classes (valid: 0..{c - 1}, or ignore_index={ignore_index})"
+        )
 
 
 def name_of(source: Any, default: str) -> str:
@@ -92,8 +94,15 @@ def _load_target(target: Any, target_dtype: Any) -> np.ndarray:
     return load_array(target)
 
 
-def prepare(preds: Any, target: Any, *, shift: bool, dtype: Any = None, shape: Any = None,
-            target_dtype: Any = None) -> Dump:
+def prepare(
+    preds: Any,
+    target: Any,
+    *,
+    shift: bool,
+    dtype: Any = None,
+    shape: Any = None,
+    target_dtype: Any = None,
+) -> Dump:
     """Open (without copying) and shape-check predictions and targets."""
     name, tname = name_of(preds, "preds"), name_of(target, "target")
     preds, target = _arrays.tensor_in(preds, name), _arrays.tensor_in(target, tname)
@@ -114,8 +123,10 @@ def prepare(preds: Any, target: Any, *, shift: bool, dtype: Any = None, shape: A
         except AttributeError:
             pass
     if t.shape != lead:
-        raise ValueError(f"{tname} has shape {t.shape} but {name} has shape {x.shape}: "
-                         f"targets must have shape {lead}")
+        raise ValueError(
+            f"{tname} has shape {t.shape} but {name} has shape {x.shape}: "
+            f"targets must have shape {lead}"
+        )
     if x.ndim == 2:  # one [N, C] table (or one sequence when shifting)
         x, t = x[None], t[None]
     if shift:
@@ -128,12 +139,12 @@ def prepare(preds: Any, target: Any, *, shift: bool, dtype: Any = None, shape: A
         if xg is not None:
             xg.close()
         raise
-    return Dump(x, t, name, tname, tuple(out_shape), two_d=len(lead) == 1, shift=int(shift),
-                xg=xg, tg=tg)
+    return Dump(
+        x, t, name, tname, tuple(out_shape), two_d=len(lead) == 1, shift=int(shift), xg=xg, tg=tg
+    )
 
 
-def chunks(b: int, t: int, row_bytes: int,
-           chunk_bytes: int) -> Iterator[tuple[int, int, int, int]]:
+def chunks(b: int, t: int, row_bytes: int, chunk_bytes: int) -> Iterator[tuple[int, int, int, int]]:
     """(b0, b1, t0, t1) blocks of whole rows, each at most chunk_bytes (but >= 1 row), of
     near-equal sizes (no small remainder: each block is one parallel call); the rows of a
     block are consecutive in flat [B*T] order."""
@@ -193,8 +204,10 @@ def _guess(rows: np.ndarray, tol: float) -> str:
     if rows.min() >= 0 and rows.max() <= 1 + tol:
         if np.all(np.abs(sums - 1) <= tol):
             return "these look like probabilities: pass kind='probs'"
-        return ("these look like independent per-class scores (e.g. sigmoid outputs), "
-                "not a distribution over classes")
+        return (
+            "these look like independent per-class scores (e.g. sigmoid outputs), "
+            "not a distribution over classes"
+        )
     if rows.max() <= tol and np.all(np.abs(_lse(rows)) <= tol):
         return "these look like log-probabilities: pass kind='log_probs'"
     return "these look like logits: pass kind='logits'"
@@ -259,19 +272,32 @@ def validate(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int) -> 
     return check_settings(kind, top_k, n_bins, chunk_bytes)[1]
 
 
-def check_settings(kind: str, top_k: Sequence[int], n_bins: int, chunk_bytes: int,
-                   ignore_index: Any = -100, shift: Any = False, check: Any = True
-                   ) -> tuple[str, tuple[int, ...], int, int, int, bool, bool]:
+def check_settings(
+    kind: str,
+    top_k: Sequence[int],
+    n_bins: int,
+    chunk_bytes: int,
+    ignore_index: Any = -100,
+    shift: Any = False,
+    check: Any = True,
+) -> tuple[str, tuple[int, ...], int, int, int, bool, bool]:
     """Check every setting the same way (bool and float are not integers; sizes bounded).
     Returns (kind, sorted distinct top_k, n_bins, chunk_bytes, ignore_index, shift,
     check_kind) as validated values."""
-    return (check_kind(kind), check_top_k(top_k), check_n_bins(n_bins),
-            check_chunk_bytes(chunk_bytes), check_ignore_index(ignore_index),
-            check_bool("shift", shift), check_bool("check_kind", check))
+    return (
+        check_kind(kind),
+        check_top_k(top_k),
+        check_n_bins(n_bins),
+        check_chunk_bytes(chunk_bytes),
+        check_ignore_index(ignore_index),
+        check_bool("shift", shift),
+        check_bool("check_kind", check),
+    )
 
 
-def reraise(exc: Exception, d: Dump, ts: np.ndarray, b0: int, t0: int,
-            ignore_index: int) -> NoReturn:
+def reraise(
+    exc: Exception, d: Dump, ts: np.ndarray, b0: int, t0: int, ignore_index: int
+) -> NoReturn:
     """Core errors in the user's terms: out-of-range targets at their position in the
     user's target array (shift and chunking undone), file names in messages."""
     if isinstance(exc, IndexError):

@@ -59,7 +59,9 @@ def _class_weight(weight: ArrayLike | None, classes: int) -> np.ndarray | None:
 def _logits(x: ArrayLike, name: str) -> np.ndarray:
     arr = as_float_array(x, name)
     if arr.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension (classes on the last axis), got a 0-d array")
+        raise ValueError(
+            f"{name} must have at least 1 dimension (classes on the last axis), got a 0-d array"
+        )
     return arr
 
 
@@ -72,7 +74,9 @@ def _reduce(total: tuple[float, float], reduction: str, out: np.ndarray | None) 
     return float(s / w) if w != 0 else math.nan
 
 
-def _per_row_out(shape: tuple[int, ...], x: np.ndarray, reduction: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _per_row_out(
+    shape: tuple[int, ...], x: np.ndarray, reduction: str
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     if reduction != "none":
         return None, None
     out: np.ndarray = np.empty(shape, dtype=_out_dtype(x))
@@ -137,8 +141,10 @@ def cross_entropy(
                 "(class-index targets must be integers)"
             )
         if ii >= 0:  # as PyTorch: a class index cannot be ignored in probability targets
-            raise ValueError(f"ignore_index={ii} is not supported with probability (floating "
-                             f"point) targets: there is no class index to ignore")
+            raise ValueError(
+                f"ignore_index={ii} is not supported with probability (floating "
+                f"point) targets: there is no class index to ignore"
+            )
         yv, ytag, yswap = core_view(y)
         out, flat = _per_row_out(x.shape[:-1], x, reduction)
         total = _core.cross_entropy_soft(view, tag, swap, yv, ytag, yswap, w, ls, flat)
@@ -227,9 +233,7 @@ def binary_cross_entropy_with_logits(
         if pwa.dtype.kind not in "fiub" and float_tag(pwa.dtype) is None:
             raise TypeError(f"pos_weight must be numeric (real numbers), got dtype {pwa.dtype}")
         try:
-            pw = np.ascontiguousarray(
-                np.broadcast_to(pwa.astype(np.float64), (x.shape[-1],))
-            )
+            pw = np.ascontiguousarray(np.broadcast_to(pwa.astype(np.float64), (x.shape[-1],)))
         except ValueError:
             raise ValueError(
                 f"pos_weight of shape {np.shape(pos_weight)} cannot be broadcast to the last axis "

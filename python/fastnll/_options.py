@@ -30,8 +30,10 @@ MAX_TOP_K = 2**31 - 1
 MAX_TOP_K_VALUES = 64
 MAX_CHUNK_BYTES = 1 << 40
 
-BINS_WHY = ("each bin is a line of the report and of its JSON, and more bins than rows "
-            "leave most of them empty")
+BINS_WHY = (
+    "each bin is a line of the report and of its JSON, and more bins than rows "
+    "leave most of them empty"
+)
 TOP_K_WHY = "k at or above the number of classes always scores 1.0"
 
 
@@ -75,8 +77,10 @@ def check_top_k(top_k: Any) -> tuple[int, ...]:
     if not ks:
         raise ValueError("top_k must hold at least one value")
     if len(ks) > MAX_TOP_K_VALUES:
-        raise ValueError(f"top_k may hold at most {MAX_TOP_K_VALUES} distinct values, got "
-                         f"{len(ks)} (one counter per value)")
+        raise ValueError(
+            f"top_k may hold at most {MAX_TOP_K_VALUES} distinct values, got "
+            f"{len(ks)} (one counter per value)"
+        )
     return ks
 
 

@@ -56,9 +56,11 @@ class _Versioned:
     def __setstate__(self, state: dict[str, Any]) -> None:
         fmt = state.get("format")
         if fmt != (type(self).__name__, FORMAT):
-            raise ValueError(f"cannot load a fastnll {type(self).__name__} of format {fmt!r}: "
-                             f"this fastnll reads format {FORMAT} (mixed fastnll versions "
-                             f"across workers?)")
+            raise ValueError(
+                f"cannot load a fastnll {type(self).__name__} of format {fmt!r}: "
+                f"this fastnll reads format {FORMAT} (mixed fastnll versions "
+                f"across workers?)"
+            )
         for f in self._fields:
             setattr(self, f, state[f])
 
@@ -71,8 +73,9 @@ class CompareSums(_Versioned):
 
     _fields = ("kind", "ignore_index", "n_classes", "acc")
 
-    def __init__(self, kind: str = "logits", ignore_index: int = -100,
-                 max_exact_rows: int = 1 << 26) -> None:
+    def __init__(
+        self, kind: str = "logits", ignore_index: int = -100, max_exact_rows: int = 1 << 26
+    ) -> None:
         from ._compare_stats import CompareAccumulator
 
         validate(kind, (1,), 1, 1)
@@ -84,18 +87,28 @@ class CompareSums(_Versioned):
     def n(self) -> int:
         return int(self.acc.sums["n"])
 
-    def update(self, base: Any, new: Any, target: Any, *, shift: bool = False,
-               chunk_bytes: int = 256 << 20, check_kind: bool = True, dtype: Any = None,
-               shape: Any = None, target_dtype: Any = None) -> CompareSums:
+    def update(
+        self,
+        base: Any,
+        new: Any,
+        target: Any,
+        *,
+        shift: bool = False,
+        chunk_bytes: int = 256 << 20,
+        check_kind: bool = True,
+        dtype: Any = None,
+        shape: Any = None,
+        target_dtype: Any = None,
+    ) -> CompareSums:
         """Add the rows of two dumps of one shard (inputs as for :func:`fastnll.compare`)."""
-        db = prepare(base, target, shift=shift, dtype=dtype, shape=shape,
-                     target_dtype=target_dtype)
-        dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape,
-                     target_dtype=target_dtype)
+        db = prepare(base, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
+        dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
         db.name, dn.name = name_of(base, "base"), name_of(new, "new")
         if db.x.shape != dn.x.shape:
-            raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
-                             f"{shape_of(db)}: the two dumps must match")
+            raise ValueError(
+                f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
+                f"{shape_of(db)}: the two dumps must match"
+            )
         if check_kind:
             check_declared_kind(db, self.kind, self.ignore_index, chunk_bytes)
             check_declared_kind(dn, self.kind, self.ignore_index, chunk_bytes)
@@ -112,8 +125,9 @@ class CompareSums(_Versioned):
             rows = (b1 - b0) * (t1 - t0)
             outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
             try:
-                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, self.kind, self.ignore_index,
-                                      lead, *outs)
+                r = core.compare_rows(
+                    vb, tb, sb, vn, tn, sn, ts, self.kind, self.ignore_index, lead, *outs
+                )
             except (IndexError, ValueError) as exc:
                 reraise(exc, db, ts, b0, t0, self.ignore_index)
             self.acc.add(r, outs[0], outs[1], outs[4])
@@ -124,13 +138,16 @@ class CompareSums(_Versioned):
         if not isinstance(other, CompareSums):
             raise TypeError(f"can only merge CompareSums, got {type(other).__name__}")
         if (other.kind, other.ignore_index) != (self.kind, self.ignore_index):
-            raise ValueError(f"cannot merge comparisons with different settings: "
-                             f"{(other.kind, other.ignore_index)} vs "
-                             f"{(self.kind, self.ignore_index)} (kind, ignore_index)")
+            raise ValueError(
+                f"cannot merge comparisons with different settings: "
+                f"{(other.kind, other.ignore_index)} vs "
+                f"{(self.kind, self.ignore_index)} (kind, ignore_index)"
+            )
         if other.n_classes is not None:
             if self.n_classes is not None and other.n_classes != self.n_classes:
-                raise ValueError(f"a shard has {other.n_classes} classes but earlier data had "
-                                 f"{self.n_classes}")
+                raise ValueError(
+                    f"a shard has {other.n_classes} classes but earlier data had {self.n_classes}"
+                )
             self.n_classes = other.n_classes
         self.acc.merge(other.acc)
         return self
@@ -189,8 +206,9 @@ def release(*arrays: Any) -> None:
                 pass
 
 
-def windows(d: Dump, budget: int) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray,
-                                                    np.ndarray]]:
+def windows(
+    d: Dump, budget: int
+) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]]:
     """``((b0, b1, t0, t1), predictions, targets)`` windows of a dump (shift applied) of at
     most ``budget`` bytes of predictions, each window's pages released after it is used."""
     b, t, c = d.x.shape
@@ -200,8 +218,9 @@ def windows(d: Dump, budget: int) -> Iterator[tuple[tuple[int, int, int, int], n
         release(d.x, d.t)
 
 
-def bad_target(d: Dump, ts: np.ndarray, b0: int, t0: int, ignore_index: int
-               ) -> tuple[int, tuple[int, ...]] | None:
+def bad_target(
+    d: Dump, ts: np.ndarray, b0: int, t0: int, ignore_index: int
+) -> tuple[int, tuple[int, ...]] | None:
     """(value, position in the user's target array of this dump) of a window's first
     out-of-range target, or None."""
     c = d.x.shape[-1]
@@ -215,13 +234,16 @@ def bad_target(d: Dump, ts: np.ndarray, b0: int, t0: int, ignore_index: int
     return value, (b0 + idx[0], t0 + idx[1] + d.shift)
 
 
-def target_message(value: int, pos: tuple[int, ...], classes: int, ignore_index: int,
-                   name: str = "") -> str:
+def target_message(
+    value: int, pos: tuple[int, ...], classes: int, ignore_index: int, name: str = ""
+) -> str:
     """The out-of-range message fastnll gives everywhere, at a position of the whole input."""
     where = str(pos[0]) if len(pos) == 1 else str(tuple(pos))
     head = f"{name}: " if name else ""
-    return (f"{head}target {value} at position {where} is out of range for {classes} classes "
-            f"(valid: 0..{classes - 1}, or ignore_index={ignore_index})")
+    return (
+        f"{head}target {value} at position {where} is out of range for {classes} classes "
+        f"(valid: 0..{classes - 1}, or ignore_index={ignore_index})"
+    )
 
 
 def eval_dump(ev: Any, d: Dump, budget: int, where: Any) -> None:
@@ -241,12 +263,13 @@ def eval_dump(ev: Any, d: Dump, budget: int, where: Any) -> None:
 def compare_dumps(acc: CompareSums, db: Dump, dn: Dump, budget: int, where: Any) -> None:
     """Add two dumps of one shard to comparison sums, window by window (as eval_dump)."""
     if db.x.shape != dn.x.shape:
-        raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
-                         f"{shape_of(db)}: the two dumps must match")
+        raise ValueError(
+            f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
+            f"{shape_of(db)}: the two dumps must match"
+        )
     for (b0, b1, t0, t1), xs, ts in windows(db, budget):
         try:
-            acc.update(xs, dn.preds_block(b0, b1, t0, t1), ts, check_kind=False,
-                       chunk_bytes=budget)
+            acc.update(xs, dn.preds_block(b0, b1, t0, t1), ts, check_kind=False, chunk_bytes=budget)
         except IndexError:
             bad = bad_target(db, ts, b0, t0, acc.ignore_index)
             if bad is None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from ._report import CompareReport, EvalReport
 
-__all__ = ["require_matplotlib", "reliability_diagram", "position_curve", "kl_histogram"]
+__all__ = ["kl_histogram", "position_curve", "reliability_diagram", "require_matplotlib"]
 
 MISSING = "plotting needs matplotlib, which is not installed: pip install 'fastnll[plot]'"
 BLUE, ORANGE, GREEN, GREY, RED = "#3b6fb6", "#e07b28", "#3f9a5a", "#7f7f7f", "#c0392b"
@@ -41,7 +41,7 @@ def _figure(size: Any) -> Any:
     return fig
 
 
-def _save(fig: Any, path: "str | os.PathLike[str]", dpi: int) -> None:
+def _save(fig: Any, path: str | os.PathLike[str], dpi: int) -> None:
     fig.tight_layout()
     try:
         fig.savefig(os.fspath(path), dpi=dpi)
@@ -49,9 +49,13 @@ def _save(fig: Any, path: "str | os.PathLike[str]", dpi: int) -> None:
         raise OSError(f"{os.fspath(path)}: cannot write plot ({exc})") from None
 
 
-def reliability_diagram(report: EvalReport, path: "str | os.PathLike[str]",
-                        title: Optional[str] = None, dpi: int = 120,
-                        log_counts: Optional[bool] = None) -> Any:
+def reliability_diagram(
+    report: EvalReport,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    dpi: int = 120,
+    log_counts: bool | None = None,
+) -> Any:
     """Write a PNG (or any format matplotlib infers from the suffix). Top: per non-empty
     confidence bin, top-1 accuracy (bars, with a 95% binomial error bar from the bin's row
     count) and mean confidence (markers) against the diagonal, each bar labelled with its row
@@ -68,17 +72,48 @@ def reliability_diagram(report: EvalReport, path: "str | os.PathLike[str]",
     counts = np.array([b.count for b in bins])
     err = 1.96 * np.sqrt(np.clip(acc * (1 - acc), 0, None) / np.maximum(counts, 1))
     top.plot([0, 1], [0, 1], "--", color=GREY, linewidth=1, label="perfect calibration")
-    top.bar(lefts, acc, width=width * 0.9, align="edge", color=BLUE, edgecolor="white",
-            label="top-1 accuracy (95% interval)", zorder=2)
-    top.errorbar(mids - width * 0.05, acc, yerr=err, fmt="none", ecolor="black",
-                 elinewidth=0.9, capsize=2, zorder=3)
-    top.plot(mids - width * 0.05, conf, "D", color=ORANGE, markersize=5,
-             label="mean confidence", zorder=4)
+    top.bar(
+        lefts,
+        acc,
+        width=width * 0.9,
+        align="edge",
+        color=BLUE,
+        edgecolor="white",
+        label="top-1 accuracy (95% interval)",
+        zorder=2,
+    )
+    top.errorbar(
+        mids - width * 0.05,
+        acc,
+        yerr=err,
+        fmt="none",
+        ecolor="black",
+        elinewidth=0.9,
+        capsize=2,
+        zorder=3,
+    )
+    top.plot(
+        mids - width * 0.05,
+        conf,
+        "D",
+        color=ORANGE,
+        markersize=5,
+        label="mean confidence",
+        zorder=4,
+    )
     fs = 7 if len(bins) <= 20 else 5
     for x, a, e, c, n in zip(mids - width * 0.05, acc, err, conf, counts):
         y = min(max(a + e, c + 0.025), 0.97) + 0.015  # above the error bar and the marker
-        top.text(x, y, f"{n:,}", ha="center", va="bottom", fontsize=fs,
-                 rotation=90 if len(bins) > 12 else 0, color="black")
+        top.text(
+            x,
+            y,
+            f"{n:,}",
+            ha="center",
+            va="bottom",
+            fontsize=fs,
+            rotation=90 if len(bins) > 12 else 0,
+            color="black",
+        )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.08)
     top.set_ylabel("top-1 accuracy")
@@ -99,12 +134,21 @@ def reliability_diagram(report: EvalReport, path: "str | os.PathLike[str]",
 
 def _annotate(ax: Any, r: EvalReport) -> None:
     text = f"ECE {r.ece:.4f}\nMCE {r.mce:.4f}\nrows {r.rows:,}"
-    ax.text(0.97, 0.03, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
-            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": GREY})
+    ax.text(
+        0.97,
+        0.03,
+        text,
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": GREY},
+    )
 
 
-def position_curve(extras: Any, path: "str | os.PathLike[str]", title: Optional[str] = None,
-                   dpi: int = 120) -> Any:
+def position_curve(
+    extras: Any, path: str | os.PathLike[str], title: str | None = None, dpi: int = 120
+) -> Any:
     """Mean NLL per position t (``evaluate(per_position=True).extras``) with its 95% band from
     the standard error across the position's rows; positions with no scored row are left
     out. Below: rows scored per position."""
@@ -116,8 +160,9 @@ def position_curve(extras: Any, path: "str | os.PathLike[str]", title: Optional[
     pos = np.flatnonzero(cnt > 0)
     m = extras.position_mean_nll[pos]
     se = np.nan_to_num(extras.position_nll_se[pos], nan=0.0)
-    top.fill_between(pos, m - 1.96 * se, m + 1.96 * se, color="#b9cde8", linewidth=0,
-                     label="95% interval")
+    top.fill_between(
+        pos, m - 1.96 * se, m + 1.96 * se, color="#b9cde8", linewidth=0, label="95% interval"
+    )
     top.plot(pos, m, color=BLUE, linewidth=1.4, label="mean NLL")
     top.set_ylabel("mean NLL (nats)")
     top.legend(loc="upper right", fontsize=8, framealpha=1.0)
@@ -130,9 +175,13 @@ def position_curve(extras: Any, path: "str | os.PathLike[str]", title: Optional[
     return fig
 
 
-def kl_histogram(report: CompareReport, path: "str | os.PathLike[str]",
-                 title: Optional[str] = None, dpi: int = 120,
-                 log_counts: bool = False) -> Any:
+def kl_histogram(
+    report: CompareReport,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    dpi: int = 120,
+    log_counts: bool = False,
+) -> Any:
     """Rows per KL(base || new) on log-spaced bins (10 per decade; rows with KL below 1e-15,
     e.g. identical rows, are counted in the text, not drawn), with the median, 99% and max."""
     edges, counts = report.kl_hist_edges, report.kl_hist_counts
@@ -142,28 +191,44 @@ def kl_histogram(report: CompareReport, path: "str | os.PathLike[str]",
     ax = fig.subplots(1, 1)
     drawn = int(np.sum(counts))
     if counts.size:
-        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=BLUE,
-               edgecolor="white", linewidth=0.5)
+        ax.bar(
+            edges[:-1],
+            counts,
+            width=np.diff(edges),
+            align="edge",
+            color=BLUE,
+            edgecolor="white",
+            linewidth=0.5,
+        )
         ax.set_xscale("log")
         from matplotlib.ticker import NullFormatter
 
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: no overlaps
     pct = report.kl_percentiles
-    for key, colour, label in (("median", ORANGE, "median"), ("99", RED, "99%"),
-                               ("max", "black", "max")):
+    for key, colour, label in (
+        ("median", ORANGE, "median"),
+        ("99", RED, "99%"),
+        ("max", "black", "max"),
+    ):
         v = pct.get(key, math.nan)
         if v > 0 and math.isfinite(v):
-            ax.axvline(v, color=colour, linewidth=1.2, linestyle="--",
-                       label=f"{label} {v:.4g}")
+            ax.axvline(v, color=colour, linewidth=1.2, linestyle="--", label=f"{label} {v:.4g}")
     if log_counts:
         ax.set_yscale("log")
     ax.set_xlabel("KL(base || new) per row (nats)")
     ax.set_ylabel("rows" + (" (log)" if log_counts else ""))
     zero = report.rows - drawn
-    ax.text(0.02, 0.97, f"mean {report.mean_kl:.5g} +/- {report.kl_se:.2g}\nrows {report.rows:,}"
-            + (f"\n{zero:,} rows with KL < 1e-15 (not drawn)" if zero else ""),
-            transform=ax.transAxes, ha="left", va="top", fontsize=8,
-            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": GREY})
+    ax.text(
+        0.02,
+        0.97,
+        f"mean {report.mean_kl:.5g} +/- {report.kl_se:.2g}\nrows {report.rows:,}"
+        + (f"\n{zero:,} rows with KL < 1e-15 (not drawn)" if zero else ""),
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=8,
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": GREY},
+    )
     if any(pct.get(k, 0) > 0 for k in ("median", "99", "max")):
         ax.legend(loc="upper right", fontsize=8, framealpha=1.0)
     if title:

@@ -38,9 +38,18 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """``with Progress(total_bytes, "eval") as bar: bar.advance(n)``."""
 
-    def __init__(self, total: int, label: str = "", *, enabled: bool | None = None,
-                 stream: TextIO | None = None, delay: float = 1.0, interval: float = 0.1,
-                 width: int = 24, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        total: int,
+        label: str = "",
+        *,
+        enabled: bool | None = None,
+        stream: TextIO | None = None,
+        delay: float = 1.0,
+        interval: float = 0.1,
+        width: int = 24,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = max(int(total), 0)
         self.label = label
         self.stream: TextIO = stream if stream is not None else sys.stderr
@@ -87,8 +96,10 @@ class Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         head = f"{self.label} " if self.label else ""
-        return (f"{head}{frac * 100:5.1f}% [{bar}] {format_bytes(self.done)}/"
-                f"{format_bytes(self.total)} {format_bytes(rate)}/s ETA {format_duration(eta)}")
+        return (
+            f"{head}{frac * 100:5.1f}% [{bar}] {format_bytes(self.done)}/"
+            f"{format_bytes(self.total)} {format_bytes(rate)}/s ETA {format_duration(eta)}"
+        )
 
     def _draw(self, now: float) -> None:
         try:

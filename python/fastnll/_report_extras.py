@@ -21,8 +21,9 @@ already writes (``_core.eval_rows(..., nll_out=, rank_out=)``), in the same read
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,12 @@ __all__ = ["MAX_CLASSES", "Extras", "ExtrasAccumulator", "masked_target"]
 MAX_CLASSES = 4096  # per-class statistics are kept for at most this many classes
 MAX_EXACT_ROWS = 1 << 26  # equal-mass ECE from the rows themselves up to this many rows
 FINE_BINS = 1 << 16
-Count = Union[int, Sequence[int], np.ndarray, None]
+Count = int | Sequence[int] | np.ndarray | None
 
 
-def masked_target(target: Any, mask: Any, min_position: int, ignore_index: int,
-                  shift: bool = False) -> np.ndarray:
+def masked_target(
+    target: Any, mask: Any, min_position: int, ignore_index: int, shift: bool = False
+) -> np.ndarray:
     """A copy of the targets with ``ignore_index`` where ``mask`` is 0/False (a labels or
     attention mask shaped like the targets as given: with ``shift=True``, mask[:, 1:] goes
     with the scored targets, as in Hugging Face's shifted loss) and for the predictions at
@@ -56,17 +58,18 @@ def masked_target(target: Any, mask: Any, min_position: int, ignore_index: int,
     if int(min_position) < 0:
         raise ValueError(f"min_position must be >= 0, got {min_position}")
     if min_position:
-        t[..., :int(min_position) + int(bool(shift))] = ignore_index
+        t[..., : int(min_position) + int(bool(shift))] = ignore_index
     return t
 
 
-def _counts(v: Count, name: str, n_seq: int) -> Optional[np.ndarray]:
+def _counts(v: Count, name: str, n_seq: int) -> np.ndarray | None:
     if v is None:
         return None
     a = np.asarray(v, dtype=np.float64).reshape(-1)
     if a.size not in (1, n_seq):
-        raise ValueError(f"{name} must be a total or one count per sequence ({n_seq}), "
-                         f"got {a.size} values")
+        raise ValueError(
+            f"{name} must be a total or one count per sequence ({n_seq}), got {a.size} values"
+        )
     if np.any(a <= 0) or not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be positive, got {v!r}")
     return a
@@ -76,71 +79,79 @@ def _counts(v: Count, name: str, n_seq: int) -> Optional[np.ndarray]:
 class Extras:
     """The extra views of one evaluation (fields None when not asked for)."""
 
-    position_count: Optional[np.ndarray] = None  # [T] scored rows per position
-    position_mean_nll: Optional[np.ndarray] = None  # [T] (NaN where no row)
-    position_accuracy: Optional[np.ndarray] = None
-    position_nll_se: Optional[np.ndarray] = None  # [T] SE of the mean (NaN below 2 rows)
-    sequence_count: Optional[np.ndarray] = None  # [B]
-    sequence_mean_nll: Optional[np.ndarray] = None
-    sequence_perplexity: Optional[np.ndarray] = None
+    position_count: np.ndarray | None = None  # [T] scored rows per position
+    position_mean_nll: np.ndarray | None = None  # [T] (NaN where no row)
+    position_accuracy: np.ndarray | None = None
+    position_nll_se: np.ndarray | None = None  # [T] SE of the mean (NaN below 2 rows)
+    sequence_count: np.ndarray | None = None  # [B]
+    sequence_mean_nll: np.ndarray | None = None
+    sequence_perplexity: np.ndarray | None = None
     sequence_nll_mean: float = math.nan  # mean over sequences of their mean NLL
     sequence_nll_se: float = math.nan  # its standard error across sequences
     sequence_perplexity_mean: float = math.nan
     sequence_perplexity_se: float = math.nan
-    n_bytes: Optional[float] = None
-    n_words: Optional[float] = None
+    n_bytes: float | None = None
+    n_words: float | None = None
     bits_per_byte: float = math.nan
     word_perplexity: float = math.nan
-    class_count: Optional[np.ndarray] = None  # [C]
-    class_mean_nll: Optional[np.ndarray] = None
-    class_recall: Optional[np.ndarray] = None
+    class_count: np.ndarray | None = None  # [C]
+    class_mean_nll: np.ndarray | None = None
+    class_recall: np.ndarray | None = None
     classwise_ece: float = math.nan  # only with classwise_ece=True
-    class_ece: Optional[np.ndarray] = None  # [C] each class's ECE
+    class_ece: np.ndarray | None = None  # [C] each class's ECE
     ece_equal_mass: float = math.nan  # only with equal_mass_ece=True
-    equal_mass_bins: Optional[list] = None  # [{lower, upper, count, mean_confidence, accuracy}]
-    equal_mass_exact: Optional[bool] = None
-    zero_prob_rows: Optional[int] = None  # probabilities only
-    clip: Optional[float] = None
-    clipped_rows: Optional[int] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    equal_mass_bins: list | None = None  # [{lower, upper, count, mean_confidence, accuracy}]
+    equal_mass_exact: bool | None = None
+    zero_prob_rows: int | None = None  # probabilities only
+    clip: float | None = None
+    clipped_rows: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready (arrays as lists, non-finite as null); only the views computed."""
+
         def j(v: Any) -> Any:
             if isinstance(v, np.ndarray):
                 return [j(x) for x in v.tolist()]
             if isinstance(v, float):
                 return v if math.isfinite(v) else None
             return v
-        out: Dict[str, Any] = {}
+
+        out: dict[str, Any] = {}
         if self.position_count is not None:
-            out["positions"] = {"count": j(self.position_count),
-                                "mean_nll": j(self.position_mean_nll),
-                                "accuracy": j(self.position_accuracy),
-                                "nll_se": j(self.position_nll_se)}
+            out["positions"] = {
+                "count": j(self.position_count),
+                "mean_nll": j(self.position_mean_nll),
+                "accuracy": j(self.position_accuracy),
+                "nll_se": j(self.position_nll_se),
+            }
         if self.sequence_count is not None:
-            out["sequences"] = {"count": j(self.sequence_count),
-                                "mean_nll": j(self.sequence_mean_nll),
-                                "perplexity": j(self.sequence_perplexity),
-                                "nll_mean": j(self.sequence_nll_mean),
-                                "nll_se": j(self.sequence_nll_se),
-                                "perplexity_mean": j(self.sequence_perplexity_mean),
-                                "perplexity_se": j(self.sequence_perplexity_se)}
+            out["sequences"] = {
+                "count": j(self.sequence_count),
+                "mean_nll": j(self.sequence_mean_nll),
+                "perplexity": j(self.sequence_perplexity),
+                "nll_mean": j(self.sequence_nll_mean),
+                "nll_se": j(self.sequence_nll_se),
+                "perplexity_mean": j(self.sequence_perplexity_mean),
+                "perplexity_se": j(self.sequence_perplexity_se),
+            }
         if self.n_bytes is not None:
             out["n_bytes"], out["bits_per_byte"] = self.n_bytes, j(self.bits_per_byte)
         if self.n_words is not None:
             out["n_words"], out["word_perplexity"] = self.n_words, j(self.word_perplexity)
         if self.class_count is not None:
-            out["classes"] = {"count": j(self.class_count), "mean_nll": j(self.class_mean_nll),
-                              "recall": j(self.class_recall)}
+            out["classes"] = {
+                "count": j(self.class_count),
+                "mean_nll": j(self.class_mean_nll),
+                "recall": j(self.class_recall),
+            }
         if self.class_ece is not None:
             out["classwise_ece"] = j(self.classwise_ece)
             out["class_ece"] = j(self.class_ece)
         if self.equal_mass_bins is not None:
             out["ece_equal_mass"] = j(self.ece_equal_mass)
             out["equal_mass_exact"] = self.equal_mass_exact
-            out["equal_mass_bins"] = [{k: j(v) for k, v in b.items()}
-                                      for b in self.equal_mass_bins]
+            out["equal_mass_bins"] = [{k: j(v) for k, v in b.items()} for b in self.equal_mass_bins]
         if self.zero_prob_rows is not None:
             out["zero_prob_rows"] = self.zero_prob_rows
         if self.clip is not None:
@@ -151,10 +162,21 @@ class Extras:
 class ExtrasAccumulator:
     """Mergeable sums behind :class:`Extras`, fed chunk by chunk with per-row NLL and rank."""
 
-    def __init__(self, shape: Sequence[int], n_classes: int, *, per_position: bool = False,
-                 per_sequence: bool = False, per_class: bool = False, probs: bool = False,
-                 clip: Optional[float] = None, n_bytes: Count = None,
-                 n_words: Count = None, classwise_bins: int = 0, mass_bins: int = 0) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        n_classes: int,
+        *,
+        per_position: bool = False,
+        per_sequence: bool = False,
+        per_class: bool = False,
+        probs: bool = False,
+        clip: float | None = None,
+        n_bytes: Count = None,
+        n_words: Count = None,
+        classwise_bins: int = 0,
+        mass_bins: int = 0,
+    ) -> None:
         b, t = (1, int(shape[0])) if len(shape) == 1 else (int(shape[0]), int(shape[1]))
         self.b, self.t, self.c = b, t, int(n_classes)
         if per_position and len(shape) != 2:
@@ -162,11 +184,14 @@ class ExtrasAccumulator:
         if per_sequence and len(shape) != 2:
             raise ValueError("per_sequence needs a [B, T, V] dump")
         if per_class and self.c > MAX_CLASSES:
-            raise ValueError(f"per_class is kept for at most {MAX_CLASSES} classes, "
-                             f"the dump has {self.c}")
+            raise ValueError(
+                f"per_class is kept for at most {MAX_CLASSES} classes, the dump has {self.c}"
+            )
         if classwise_bins and self.c > MAX_CLASSES:
-            raise ValueError(f"classwise_ece is computed for at most {MAX_CLASSES} classes, "
-                             f"the dump has {self.c}")
+            raise ValueError(
+                f"classwise_ece is computed for at most {MAX_CLASSES} classes, "
+                f"the dump has {self.c}"
+            )
         self.cw_bins = int(classwise_bins)
         nb = max(self.cw_bins, 1)
         self.cw_n = np.zeros(self.c * nb, np.float64)  # rows per (class, bin of p_k)
@@ -177,14 +202,14 @@ class ExtrasAccumulator:
         self._conf: list = []
         self._ok: list = []
         self._kept = 0
-        self.fine: Optional[np.ndarray] = None  # (count, Σ conf, Σ correct) per fine bin
+        self.fine: np.ndarray | None = None  # (count, Σ conf, Σ correct) per fine bin
         # once past MAX_EXACT_ROWS
         if clip is not None and not 0 < float(clip) < 1:
             raise ValueError(f"clip must be in (0, 1), got {clip}")
         self.flags = (per_position, per_sequence, per_class, probs, clip)
         self.n_bytes = _counts(n_bytes, "n_bytes", b)
         self.n_words = _counts(n_words, "n_words", b)
-        z = lambda n: np.zeros(n, np.float64)  # noqa: E731
+        z = lambda n: np.zeros(n, np.float64)
         self.pos_n, self.pos_nll, self.pos_ok, self.pos_sq = z(t), z(t), z(t), z(t)
         self.seq_n, self.seq_nll = z(b), z(b)
         self.cls_n, self.cls_nll, self.cls_ok = z(self.c), z(self.c), z(self.c)
@@ -204,8 +229,14 @@ class ExtrasAccumulator:
             self.fine[2] += np.bincount(b, weights=k, minlength=FINE_BINS)
         self._conf, self._ok, self._kept = [], [], 0
 
-    def add(self, offset: int, nll: np.ndarray, rank: np.ndarray,
-            target: Optional[np.ndarray], conf: Optional[np.ndarray] = None) -> None:
+    def add(
+        self,
+        offset: int,
+        nll: np.ndarray,
+        rank: np.ndarray,
+        target: np.ndarray | None,
+        conf: np.ndarray | None = None,
+    ) -> None:
         """Rows offset .. offset + len(nll) of the flat [B*T] order (ignored rows: rank -1)."""
         per_position, per_sequence, per_class, probs, clip = self.flags
         ok = rank >= 0
@@ -249,12 +280,13 @@ class ExtrasAccumulator:
         b = np.minimum((p * nb).astype(np.int64), nb - 1)
         b = np.maximum(b, 0) + np.arange(self.c)[None, :] * nb
         self.cw_n += np.bincount(b.ravel(), minlength=self.cw_n.size)
-        self.cw_p += np.bincount(b.ravel(), weights=p.ravel().astype(np.float64),
-                                 minlength=self.cw_n.size)
+        self.cw_p += np.bincount(
+            b.ravel(), weights=p.ravel().astype(np.float64), minlength=self.cw_n.size
+        )
         self.cw_y += np.bincount(b[np.arange(target.size), target], minlength=self.cw_n.size)
         self.cw_rows += target.size
 
-    def merge(self, o: "ExtrasAccumulator") -> "ExtrasAccumulator":
+    def merge(self, o: ExtrasAccumulator) -> ExtrasAccumulator:
         """Add another accumulator's sums (same shape and options)."""
         if (o.b, o.t, o.c, o.flags) != (self.b, self.t, self.c, self.flags):
             raise ValueError("cannot merge extras of different shapes or options")
@@ -270,8 +302,20 @@ class ExtrasAccumulator:
         elif self.fine is not None or self._kept > MAX_EXACT_ROWS:
             self._fold()
         self.cw_rows += o.cw_rows
-        for name in ("cw_n", "cw_p", "cw_y", "pos_n", "pos_nll", "pos_ok", "pos_sq", "seq_n", "seq_nll", "cls_n", "cls_nll",
-                     "cls_ok"):
+        for name in (
+            "cw_n",
+            "cw_p",
+            "cw_y",
+            "pos_n",
+            "pos_nll",
+            "pos_ok",
+            "pos_sq",
+            "seq_n",
+            "seq_nll",
+            "cls_n",
+            "cls_nll",
+            "cls_ok",
+        ):
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.sum_nll += o.sum_nll
         self.zero_prob += o.zero_prob
@@ -291,7 +335,7 @@ class ExtrasAccumulator:
                 e.position_mean_nll = np.where(self.pos_n > 0, self.pos_nll / self.pos_n, np.nan)
                 e.position_accuracy = np.where(self.pos_n > 0, self.pos_ok / self.pos_n, np.nan)
                 n = self.pos_n
-                var = (self.pos_sq - self.pos_nll ** 2 / n) / (n - 1)
+                var = (self.pos_sq - self.pos_nll**2 / n) / (n - 1)
                 e.position_nll_se = np.where(n > 1, np.sqrt(np.maximum(var, 0) / n), np.nan)
             if per_sequence:
                 e.sequence_count = self.seq_n.astype(np.int64)
@@ -303,8 +347,7 @@ class ExtrasAccumulator:
                     e.sequence_perplexity_mean = float(np.exp(got).mean())
                 if got.size > 1:
                     e.sequence_nll_se = float(got.std(ddof=1) / math.sqrt(got.size))
-                    e.sequence_perplexity_se = float(np.exp(got).std(ddof=1)
-                                                     / math.sqrt(got.size))
+                    e.sequence_perplexity_se = float(np.exp(got).std(ddof=1) / math.sqrt(got.size))
             if per_class:
                 e.class_count = self.cls_n.astype(np.int64)
                 e.class_mean_nll = np.where(self.cls_n > 0, self.cls_nll / self.cls_n, np.nan)
@@ -360,17 +403,32 @@ class ExtrasAccumulator:
             ks = np.bincount(g, weights=f[2], minlength=nb)
             idx = np.arange(FINE_BINS)
             occupied = f[0] > 0
-            lo = np.array([idx[(g == b) & occupied].min() / FINE_BINS if cnt[b] else np.nan
-                           for b in range(nb)])
-            hi = np.array([(idx[(g == b) & occupied].max() + 1) / FINE_BINS if cnt[b] else np.nan
-                           for b in range(nb)])
+            lo = np.array(
+                [
+                    idx[(g == b) & occupied].min() / FINE_BINS if cnt[b] else np.nan
+                    for b in range(nb)
+                ]
+            )
+            hi = np.array(
+                [
+                    (idx[(g == b) & occupied].max() + 1) / FINE_BINS if cnt[b] else np.nan
+                    for b in range(nb)
+                ]
+            )
             keep = cnt > 0
             cnt, cs, ks, lo, hi = cnt[keep], cs[keep], ks[keep], lo[keep], hi[keep]
             exact = False
         ece = float(np.sum(np.abs(ks - cs)) / n)
-        bins = [{"lower": float(a), "upper": float(b), "count": int(m),
-                 "mean_confidence": float(x / m), "accuracy": float(y / m)}
-                for a, b, m, x, y in zip(lo, hi, cnt, cs, ks)]
+        bins = [
+            {
+                "lower": float(a),
+                "upper": float(b),
+                "count": int(m),
+                "mean_confidence": float(x / m),
+                "accuracy": float(y / m),
+            }
+            for a, b, m, x, y in zip(lo, hi, cnt, cs, ks)
+        ]
         return ece, bins, exact
 
     def clipped_nll(self) -> tuple:
@@ -394,23 +452,51 @@ def block_of(offset: int, rows: int, t: int) -> tuple:
     return b0, b0 + rows // t, 0, t
 
 
-def make(d: Any, kind: str, per_position: bool, per_sequence: bool, per_class: bool,
-         n_bytes: Count, n_words: Count, clip: Optional[float], classwise_ece: bool = False,
-         n_bins: int = 15, equal_mass_ece: bool = False) -> Optional[ExtrasAccumulator]:
+def make(
+    d: Any,
+    kind: str,
+    per_position: bool,
+    per_sequence: bool,
+    per_class: bool,
+    n_bytes: Count,
+    n_words: Count,
+    clip: float | None,
+    classwise_ece: bool = False,
+    n_bins: int = 15,
+    equal_mass_ece: bool = False,
+) -> ExtrasAccumulator | None:
     """The accumulator :func:`fastnll.evaluate` feeds, or None when no extra is asked for
     (probabilities always count their zero-probability targets)."""
     if clip is not None and kind != "probs":
-        raise ValueError(f"clip= applies to kind='probs' (got kind={kind!r}): logits and "
-                         "log-probabilities have no probability to clip")
-    wanted = per_position or per_sequence or per_class or n_bytes is not None \
-        or n_words is not None or kind == "probs" or classwise_ece or equal_mass_ece
+        raise ValueError(
+            f"clip= applies to kind='probs' (got kind={kind!r}): logits and "
+            "log-probabilities have no probability to clip"
+        )
+    wanted = (
+        per_position
+        or per_sequence
+        or per_class
+        or n_bytes is not None
+        or n_words is not None
+        or kind == "probs"
+        or classwise_ece
+        or equal_mass_ece
+    )
     if not wanted:
         return None
-    return ExtrasAccumulator(d.out_shape, d.x.shape[-1], per_position=per_position,
-                             per_sequence=per_sequence, per_class=per_class,
-                             probs=kind == "probs", clip=clip, n_bytes=n_bytes,
-                             n_words=n_words, classwise_bins=n_bins if classwise_ece else 0,
-                             mass_bins=n_bins if equal_mass_ece else 0)
+    return ExtrasAccumulator(
+        d.out_shape,
+        d.x.shape[-1],
+        per_position=per_position,
+        per_sequence=per_sequence,
+        per_class=per_class,
+        probs=kind == "probs",
+        clip=clip,
+        n_bytes=n_bytes,
+        n_words=n_words,
+        classwise_bins=n_bins if classwise_ece else 0,
+        mass_bins=n_bins if equal_mass_ece else 0,
+    )
 
 
 def _probs(x: np.ndarray, kind: str) -> np.ndarray:
@@ -426,15 +512,16 @@ def _probs(x: np.ndarray, kind: str) -> np.ndarray:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def chain(d: Any, sink: Any, ex: Optional[ExtrasAccumulator], kind: str = "logits") -> Any:
+def chain(d: Any, sink: Any, ex: ExtrasAccumulator | None, kind: str = "logits") -> Any:
     """One row sink feeding the per-row store (if any) and the extras (if any)."""
     if ex is None:
         return sink
     t_len = d.x.shape[1]
     want_t = ex.flags[2]
 
-    def both(offset: int, nll: np.ndarray, rank: np.ndarray,
-             conf: Optional[np.ndarray] = None) -> None:
+    def both(
+        offset: int, nll: np.ndarray, rank: np.ndarray, conf: np.ndarray | None = None
+    ) -> None:
         if sink is not None:
             sink(offset, nll, rank, conf)
         tgt = None
@@ -450,7 +537,7 @@ def chain(d: Any, sink: Any, ex: Optional[ExtrasAccumulator], kind: str = "logit
     return both
 
 
-def attach(rep: Any, ex: Optional[ExtrasAccumulator]) -> Any:
+def attach(rep: Any, ex: ExtrasAccumulator | None) -> Any:
     """The report with its extras; with clip= its NLL fields are the clipped NLL's."""
     from dataclasses import replace
 
@@ -464,5 +551,11 @@ def attach(rep: Any, ex: Optional[ExtrasAccumulator]) -> Any:
     n = rep.rows
     mean = s / n
     se = math.sqrt(max((s2 - s * s / n) / (n - 1), 0.0) / n) if n > 1 else math.nan
-    return replace(rep, sum_nll=s, mean_nll=mean, nll_se=se, perplexity=_exp(mean),
-                   bits_per_token=mean / math.log(2))
+    return replace(
+        rep,
+        sum_nll=s,
+        mean_nll=mean,
+        nll_se=se,
+        perplexity=_exp(mean),
+        bits_per_token=mean / math.log(2),
+    )

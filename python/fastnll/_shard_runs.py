@@ -69,8 +69,10 @@ def unit_arrays(u: Unit) -> tuple[list[np.ndarray], np.ndarray, bool]:
             big = np.iinfo(np.int64).max
             for part, src in ((t, u.target.source), (head, u.next_target.source)):
                 if part.dtype.kind == "u" and part.size and int(part.max()) > big:
-                    raise IndexError(f"{src}: target {int(part.max())} is out of range (it "
-                                     f"does not even fit in int64)")
+                    raise IndexError(
+                        f"{src}: target {int(part.max())} is out of range (it "
+                        f"does not even fit in int64)"
+                    )
         return xs, np.concatenate([t[1:].astype(dt), head.astype(dt)]), False
     return [x[:-1] for x in xs], t[1:], False
 
@@ -95,8 +97,17 @@ def _unit_dumps(u: Unit, opts: dict[str, Any]) -> tuple[list[Any], Any]:
 
     ii = int(opts["ignore_index"])
     if not u.chained:
-        ds = [prepare(p.source, u.target.source, shift=bool(opts["shift"]), dtype=p.raw_dtype,
-                      shape=p.raw_shape, target_dtype=u.target.raw_dtype) for p in u.preds]
+        ds = [
+            prepare(
+                p.source,
+                u.target.source,
+                shift=bool(opts["shift"]),
+                dtype=p.raw_dtype,
+                shape=p.raw_shape,
+                target_dtype=u.target.raw_dtype,
+            )
+            for p in u.preds
+        ]
         c, tname = ds[0].x.shape[-1], ds[0].tname
 
         def where(value: int, pos: tuple[int, ...]) -> str:
@@ -110,6 +121,7 @@ def _unit_dumps(u: Unit, opts: dict[str, Any]) -> tuple[list[Any], Any]:
 
         def where(value: int, pos: tuple[int, ...]) -> str:
             return chained_message(u, value, pos[0], c, ii)
+
     if opts["check_kind"]:
         for d in ds:
             check_declared_kind(d, opts["kind"], ii, int(opts["chunk_bytes"]))
@@ -123,8 +135,12 @@ def run_eval_unit(u: Unit, opts: dict[str, Any]) -> Any:
     from .evaluate import Evaluator
 
     (d,), where = _unit_dumps(u, opts)
-    ev = Evaluator(shift=False, progress=False, check_kind=False,
-                   **{k: opts[k] for k in EVAL_KEYS if k != "check_kind"})
+    ev = Evaluator(
+        shift=False,
+        progress=False,
+        check_kind=False,
+        **{k: opts[k] for k in EVAL_KEYS if k != "check_kind"},
+    )
     eval_dump(ev, d, int(opts["chunk_bytes"]), where)
     if ev.n_classes is None:
         ev.n_classes = d.x.shape[-1]
@@ -145,21 +161,29 @@ def run_compare_unit(u: Unit, opts: dict[str, Any]) -> Any:
 
 def plan_eval(preds: Specs, target: Specs, opts: dict[str, Any]) -> list[Unit]:
     """Units of an evaluation of shard files (checked: counts, rows, classes)."""
-    ps, ts = pair(preds, target, dtype=opts.get("dtype"), shape=opts.get("shape"),
-                  target_dtype=opts.get("target_dtype"))
+    ps, ts = pair(
+        preds,
+        target,
+        dtype=opts.get("dtype"),
+        shape=opts.get("shape"),
+        target_dtype=opts.get("target_dtype"),
+    )
     return units([(p,) for p in ps], ts, bool(opts["shift"]))
 
 
 def plan_compare(base: Specs, new: Specs, target: Specs, opts: dict[str, Any]) -> list[Unit]:
     """Units of a comparison of two models' shard files on the same target shards."""
-    kw = dict(dtype=opts.get("dtype"), shape=opts.get("shape"),
-              target_dtype=opts.get("target_dtype"))
+    kw = dict(
+        dtype=opts.get("dtype"), shape=opts.get("shape"), target_dtype=opts.get("target_dtype")
+    )
     bs, ts = pair(base, target, what="base", **kw)
     ns, _ = pair(new, target, what="new", **kw)
     for b, n in zip(bs, ns):
         if b.shape != n.shape:
-            raise DumpError(f"{n.source} has shape {n.shape} but {b.source} has {b.shape}: "
-                            f"the two models' shards must match")
+            raise DumpError(
+                f"{n.source} has shape {n.shape} but {b.source} has {b.shape}: "
+                f"the two models' shards must match"
+            )
     return units(list(zip(bs, ns)), ts, bool(opts["shift"]))
 
 
@@ -200,30 +224,42 @@ def split_cli(a: Any, names: Sequence[str]) -> None:
     paths = list(getattr(a, "paths", None) or [])
     cluster = bool(getattr(a, "workers", None) or getattr(a, "scheduler", None))
     if getattr(a, "workers", None) and getattr(a, "scheduler", None):
-        raise UsageError("give --workers (a local cluster) or --scheduler (a running one), "
-                         "not both")
+        raise UsageError(
+            "give --workers (a local cluster) or --scheduler (a running one), not both"
+        )
     if not paths:  # a namespace made without positional paths (e.g. by the demo)
         a.shards = None
         return
     k = len(names)
     if len(paths) < k:  # as argparse says it for missing positionals
-        raise UsageError(f"the following arguments are required: {', '.join(names[len(paths):])}")
+        raise UsageError(f"the following arguments are required: {', '.join(names[len(paths) :])}")
     if len(paths) % k:
-        raise UsageError(f"expected {' '.join(n.upper() + '...' for n in names)} (equal "
-                         f"numbers of each): {len(paths)} paths do not split into {k} groups")
-    groups = [paths[i * len(paths) // k:(i + 1) * len(paths) // k] for i in range(k)]
+        raise UsageError(
+            f"expected {' '.join(n.upper() + '...' for n in names)} (equal "
+            f"numbers of each): {len(paths)} paths do not split into {k} groups"
+        )
+    groups = [paths[i * len(paths) // k : (i + 1) * len(paths) // k] for i in range(k)]
     for n, g in zip(names, groups):
         setattr(a, n, " ".join(g))
     a.shards = None if all(map(_one_file, groups)) and not cluster else groups
     if a.shards is not None and getattr(a, "per_row", None):
-        raise UsageError("--per-row takes one predictions file in this process; it cannot be "
-                         "combined with several shards, --workers or --scheduler")
+        raise UsageError(
+            "--per-row takes one predictions file in this process; it cannot be "
+            "combined with several shards, --workers or --scheduler"
+        )
 
 
 def _cli_opts(a: Any) -> dict[str, Any]:
-    return dict(kind=a.kind, ignore_index=a.ignore_index, shift=a.shift,
-                chunk_bytes=a.chunk_mb << 20, check_kind=not a.no_kind_check, dtype=a.dtype,
-                shape=a.shape, target_dtype=a.target_dtype)
+    return dict(
+        kind=a.kind,
+        ignore_index=a.ignore_index,
+        shift=a.shift,
+        chunk_bytes=a.chunk_mb << 20,
+        check_kind=not a.no_kind_check,
+        dtype=a.dtype,
+        shape=a.shape,
+        target_dtype=a.target_dtype,
+    )
 
 
 def cli_evaluate(a: Any) -> Any:

@@ -61,9 +61,12 @@ def expand(specs: Specs, what: str = "preds") -> list[str]:
         path, key = split_key(text)
         base, tail = str(path), ("" if key is None else f":{key}")
         if os.path.isdir(base):
-            found = [os.path.join(base, f) for f in os.listdir(base)
-                     if os.path.splitext(f)[1].lower() in KNOWN_SUFFIXES
-                     and os.path.isfile(os.path.join(base, f))]
+            found = [
+                os.path.join(base, f)
+                for f in os.listdir(base)
+                if os.path.splitext(f)[1].lower() in KNOWN_SUFFIXES
+                and os.path.isfile(os.path.join(base, f))
+            ]
             if not found:
                 raise DumpError(f"{text}: directory holds no .npy, .npz or .safetensors files")
         elif glob.has_magic(base) and not os.path.exists(base):
@@ -111,8 +114,7 @@ def _recipe(source: str, target: bool, dtype: Any, shape: Any) -> tuple[Any, Any
     return dtype, shape
 
 
-def describe(source: str, *, target: bool = False, dtype: Any = None,
-             shape: Any = None) -> Shard:
+def describe(source: str, *, target: bool = False, dtype: Any = None, shape: Any = None) -> Shard:
     """Shape and dtype of one shard. Predictions: ``dtype``/``shape`` describe raw binary
     files; targets: ``dtype`` is the raw file's integer dtype (default int64)."""
     rd, rs = _recipe(source, target, dtype, shape)
@@ -120,34 +122,46 @@ def describe(source: str, *, target: bool = False, dtype: Any = None,
     return Shard(source, tuple(int(d) for d in arr.shape), arr.dtype, rd, rs)
 
 
-def pair(pred_specs: Specs, target_specs: Specs, *, dtype: Any = None, shape: Any = None,
-         target_dtype: Any = None, what: str = "preds",
-         ) -> tuple[list[Shard], list[Shard]]:
+def pair(
+    pred_specs: Specs,
+    target_specs: Specs,
+    *,
+    dtype: Any = None,
+    shape: Any = None,
+    target_dtype: Any = None,
+    what: str = "preds",
+) -> tuple[list[Shard], list[Shard]]:
     """Prediction and target shards matched by position (sorted names), checked: the same
     number of files, each target shard holding one class index per prediction row, every
     prediction shard of the same rank and number of classes, integer targets."""
     pf, tf = expand(pred_specs, what), expand(target_specs, "target")
     if len(pf) != len(tf):
-        raise DumpError(f"{len(pf)} {what} shards ({_first(pf)}) but {len(tf)} target shards "
-                        f"({_first(tf)}): shards are matched one to one by sorted name")
+        raise DumpError(
+            f"{len(pf)} {what} shards ({_first(pf)}) but {len(tf)} target shards "
+            f"({_first(tf)}): shards are matched one to one by sorted name"
+        )
     preds = [describe(p, dtype=dtype, shape=shape) for p in pf]
     targets = [describe(t, target=True, dtype=target_dtype) for t in tf]
     first = preds[0]
     for p, t in zip(preds, targets):
         if len(p.shape) not in (2, 3):
-            raise DumpError(f"{p.source}: must be 2-d [N, C] or 3-d [B, T, V], got shape "
-                            f"{p.shape}")
+            raise DumpError(f"{p.source}: must be 2-d [N, C] or 3-d [B, T, V], got shape {p.shape}")
         if len(p.shape) != len(first.shape) or p.shape[-1] != first.shape[-1]:
-            raise DumpError(f"{p.source} has shape {p.shape} but {first.source} has "
-                            f"{first.shape}: shards must have the same rank and classes")
+            raise DumpError(
+                f"{p.source} has shape {p.shape} but {first.source} has "
+                f"{first.shape}: shards must have the same rank and classes"
+            )
         if t.dtype.kind not in "iu":
-            raise DumpError(f"{t.source}: targets must hold integer class indices, got dtype "
-                            f"{t.dtype}")
+            raise DumpError(
+                f"{t.source}: targets must hold integer class indices, got dtype {t.dtype}"
+            )
         lead = p.shape[:-1]
         if t.shape != lead and t.rows != math.prod(lead):
-            raise DumpError(f"{t.source} holds {t.rows} targets (shape {t.shape}) but its "
-                            f"predictions {p.source} have {math.prod(lead)} rows (shape "
-                            f"{p.shape}): shards are matched by sorted name")
+            raise DumpError(
+                f"{t.source} holds {t.rows} targets (shape {t.shape}) but its "
+                f"predictions {p.source} have {math.prod(lead)} rows (shape "
+                f"{p.shape}): shards are matched by sorted name"
+            )
     return preds, targets
 
 
@@ -216,8 +230,13 @@ def _wrap(arr: np.ndarray, recipe: tuple[Any, ...]) -> np.ndarray:
     return out
 
 
-def _reopen(recipe: tuple[Any, ...], pos: int, shape: tuple[int, ...], dtype: np.dtype,
-            strides: tuple[int, ...]) -> np.ndarray:
+def _reopen(
+    recipe: tuple[Any, ...],
+    pos: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    strides: tuple[int, ...],
+) -> np.ndarray:
     whole = _load(recipe)
     mm = _mapping(whole)
     if mm is None:
@@ -234,8 +253,9 @@ def _load(recipe: tuple[Any, ...]) -> np.ndarray:
     return load_array(source, dtype=rd, shape=rs)
 
 
-def open_shard(shard: Shard | str, *, target: bool = False, dtype: Any = None,
-               shape: Any = None) -> np.ndarray:
+def open_shard(
+    shard: Shard | str, *, target: bool = False, dtype: Any = None, shape: Any = None
+) -> np.ndarray:
     """Map one shard read-only (in the process that calls it, e.g. a Dask task) as a
     :class:`ShardArray`."""
     _register_dask()

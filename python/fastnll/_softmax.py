@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _core
 from ._arrays import as_array, as_float_array, core_view, float_tag
 
-Axis = Union[None, int, Sequence[int]]
+Axis = None | int | Sequence[int]
 
 
 def _out_dtype(x: np.ndarray) -> type:
     return np.float64 if float_tag(x.dtype) == "f64" else np.float32
 
 
-def _norm_axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
+def _norm_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
@@ -26,9 +27,13 @@ def _norm_axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
         try:
             a = operator.index(a)
         except TypeError:
-            raise TypeError(f"axis must be an integer, a tuple of integers or None, got {axis!r}") from None
+            raise TypeError(
+                f"axis must be an integer, a tuple of integers or None, got {axis!r}"
+            ) from None
         if not -ndim <= a < ndim:
-            raise np.exceptions.AxisError(f"axis {a} is out of bounds for array of dimension {ndim}")
+            raise np.exceptions.AxisError(
+                f"axis {a} is out of bounds for array of dimension {ndim}"
+            )
         out.append(a % ndim)
     if len(set(out)) != len(out):
         raise ValueError(f"repeated axis in {axis!r}")
@@ -46,7 +51,7 @@ def _lse_last(x: np.ndarray, dtype: type) -> np.ndarray:
 def logsumexp(
     a: Any,
     axis: Axis = -1,
-    b: Optional[Any] = None,
+    b: Any | None = None,
     keepdims: bool = False,
     return_sign: bool = False,
 ) -> Any:
@@ -78,7 +83,9 @@ def logsumexp(
         try:
             bfull = np.broadcast_to(bb, x.shape).reshape(x0.shape)
         except ValueError:
-            raise ValueError(f"b of shape {bb.shape} cannot be broadcast to a's shape {x.shape}") from None
+            raise ValueError(
+                f"b of shape {bb.shape} cannot be broadcast to a's shape {x.shape}"
+            ) from None
         # The weighted path works on rows; reduced axes are merged (a copy only if needed).
         k = int(np.prod([x0.shape[a] for a in axes]))  # explicit: -1 is ambiguous when empty
         xr = moved.reshape(lead + (k,))
@@ -128,7 +135,7 @@ def _check_out(out: Any, x: np.ndarray, ax: int) -> np.ndarray:
     return moved
 
 
-def _softmax(x_in: Any, axis: int, log: bool, out: Optional[np.ndarray] = None) -> np.ndarray:
+def _softmax(x_in: Any, axis: int, log: bool, out: np.ndarray | None = None) -> np.ndarray:
     x = as_float_array(x_in, "input")
     x0 = x.reshape(1) if x.ndim == 0 else x
     if isinstance(axis, (tuple, list)) or axis is None or isinstance(axis, bool):
@@ -146,7 +153,7 @@ def _softmax(x_in: Any, axis: int, log: bool, out: Optional[np.ndarray] = None) 
     return np.moveaxis(res, -1, ax).reshape(x.shape)
 
 
-def log_softmax(x: Any, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+def log_softmax(x: Any, axis: int = -1, *, out: np.ndarray | None = None) -> np.ndarray:
     """``x - logsumexp(x, axis, keepdims=True)``, as PyTorch's ``log_softmax`` (``dim=axis``).
 
     Writes a new array of the input's shape: float32 for 16/32-bit input, float64 for float64;
@@ -161,7 +168,7 @@ def log_softmax(x: Any, axis: int = -1, *, out: Optional[np.ndarray] = None) -> 
     return _softmax(x, axis, True, out)
 
 
-def softmax(x: Any, axis: int = -1, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+def softmax(x: Any, axis: int = -1, *, out: np.ndarray | None = None) -> np.ndarray:
     """``exp(log_softmax(x, axis))``, as PyTorch's ``softmax`` (``dim=axis``); ``out`` as for
     :func:`log_softmax`.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -42,11 +42,17 @@ class TemperatureFit:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (the "temperature" object of docs/evaluate.md)."""
-        f = lambda v: v if math.isfinite(v) else None  # noqa: E731
-        return {"temperature": f(self.temperature), "nll_before": f(self.nll_before),
-                "nll_after": f(self.nll_after), "ece_before": f(self.ece_before),
-                "ece_after": f(self.ece_after), "iterations": self.iterations,
-                "converged": self.converged, "rows": self.rows}
+        f = lambda v: v if math.isfinite(v) else None
+        return {
+            "temperature": f(self.temperature),
+            "nll_before": f(self.nll_before),
+            "nll_after": f(self.nll_after),
+            "ece_before": f(self.ece_before),
+            "ece_after": f(self.ece_after),
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "rows": self.rows,
+        }
 
 
 def _rows(d: Dump, chunk_bytes: int, ignore_index: int):
@@ -82,12 +88,14 @@ def _curvature(d: Dump, chunk_bytes: int, ignore_index: int) -> float:
     return 0.0
 
 
-def _scaled_report(d: Dump, beta: float, chunk_bytes: int, ignore_index: int,
-                   n_bins: int) -> EvalReport:
+def _scaled_report(
+    d: Dump, beta: float, chunk_bytes: int, ignore_index: int, n_bins: int
+) -> EvalReport:
     from .evaluate import Evaluator
 
-    ev = Evaluator(kind="logits", ignore_index=ignore_index, top_k=(1,), n_bins=n_bins,
-                   check_kind=False)
+    ev = Evaluator(
+        kind="logits", ignore_index=ignore_index, top_k=(1,), n_bins=n_bins, check_kind=False
+    )
     b, t, c = d.x.shape
     if beta == 1.0:  # the dump as it is, read in place
         ev._update(d, None)
@@ -105,11 +113,21 @@ def _slope(r: EvalReport, beta: float) -> float:
     return (r.mean_nll - r.mean_entropy) / beta
 
 
-def fit_temperature(preds: Any, target: Any, *, kind: str = "logits",
-                    ignore_index: int = -100, shift: bool = False, n_bins: int = 15,
-                    max_iter: int = 50, tol: float = 1e-6, chunk_bytes: int = 256 << 20,
-                    dtype: Any = None, shape: Any = None,
-                    target_dtype: Any = None) -> TemperatureFit:
+def fit_temperature(
+    preds: Any,
+    target: Any,
+    *,
+    kind: str = "logits",
+    ignore_index: int = -100,
+    shift: bool = False,
+    n_bins: int = 15,
+    max_iter: int = 50,
+    tol: float = 1e-6,
+    chunk_bytes: int = 256 << 20,
+    dtype: Any = None,
+    shape: Any = None,
+    target_dtype: Any = None,
+) -> TemperatureFit:
     """Fit the temperature T minimising the mean NLL of softmax(preds / T) against target.
 
     ``preds``: logits (or log-probabilities, ``kind="log_probs"``: softmax(log p / T) is the
@@ -119,23 +137,25 @@ def fit_temperature(preds: Any, target: Any, *, kind: str = "logits",
     scored or the NLL has no finite minimum: every row ranks its target strictly first
     (T -> 0), or the logits carry no information about the targets (T -> infinity)."""
     if kind not in ("logits", "log_probs"):
-        raise ValueError(f"fit_temperature needs kind='logits' or 'log_probs', got {kind!r} "
-                         "(for probabilities pass np.log(probs) with kind='log_probs')")
+        raise ValueError(
+            f"fit_temperature needs kind='logits' or 'log_probs', got {kind!r} "
+            "(for probabilities pass np.log(probs) with kind='log_probs')"
+        )
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
-                target_dtype=target_dtype)
+    d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     cb = int(chunk_bytes)
     before = _scaled_report(d, 1.0, cb, ignore_index, n_bins)
     n = before.rows
     if n == 0:
         raise ValueError("fit_temperature: no scored rows (every target is ignore_index)")
     if not math.isfinite(before.mean_nll) or not math.isfinite(before.mean_entropy):
-        raise ValueError("fit_temperature: the NLL at T = 1 is not finite (NaN or +inf "
-                         "logits in the dump)")
+        raise ValueError(
+            "fit_temperature: the NLL at T = 1 is not finite (NaN or +inf logits in the dump)"
+        )
     g = _slope(before, 1.0)
-    lo: Optional[float] = None  # L' < 0 here (the minimum is at a larger β)
-    hi: Optional[float] = None  # L' >= 0 here
+    lo: float | None = None  # L' < 0 here (the minimum is at a larger β)
+    hi: float | None = None  # L' >= 0 here
     if g < 0:
         lo = 1.0
     else:
@@ -147,20 +167,26 @@ def fit_temperature(preds: Any, target: Any, *, kind: str = "logits",
     it, converged = 0, g == 0
     while not converged and it < max_iter:
         if nb > 1e4:
-            raise ValueError(f"fit_temperature: the NLL keeps falling as T -> 0 (T = "
-                             f"{1 / nb:.3g} after {it} passes): the rows already rank their "
-                             "targets first; no finite temperature")
+            raise ValueError(
+                f"fit_temperature: the NLL keeps falling as T -> 0 (T = "
+                f"{1 / nb:.3g} after {it} passes): the rows already rank their "
+                "targets first; no finite temperature"
+            )
         if nb < 1e-4:
-            raise ValueError(f"fit_temperature: the NLL keeps falling as T -> infinity (T = "
-                             f"{1 / nb:.3g} after {it} passes): the logits carry no "
-                             "information about the targets, the uniform prediction is best")
+            raise ValueError(
+                f"fit_temperature: the NLL keeps falling as T -> infinity (T = "
+                f"{1 / nb:.3g} after {it} passes): the logits carry no "
+                "information about the targets, the uniform prediction is best"
+            )
         rep = _scaled_report(d, nb, cb, ignore_index, n_bins)
         it += 1
         g = _slope(rep, nb)
         if g < 0 and rep.mean_nll < 1e-5:  # below float32's resolution of the NLL
-            raise ValueError(f"fit_temperature: the NLL keeps falling as T -> 0 (mean NLL "
-                             f"{rep.mean_nll:.3g} at T = {1 / nb:.3g}): the rows already rank "
-                             "their targets first; no finite temperature")
+            raise ValueError(
+                f"fit_temperature: the NLL keeps falling as T -> 0 (mean NLL "
+                f"{rep.mean_nll:.3g} at T = {1 / nb:.3g}): the rows already rank "
+                "their targets first; no finite temperature"
+            )
         prev, prev_g = cur, cur_g
         cur, cur_g, after = nb, g, rep
         if g < 0:
@@ -179,10 +205,20 @@ def fit_temperature(preds: Any, target: Any, *, kind: str = "logits",
         else:
             nb = cand
     if not converged:
-        raise ValueError(f"fit_temperature: no convergence in max_iter={max_iter} passes "
-                         f"(T = {1 / cur:.6g}, dNLL/d(1/T) = {g:.3g})")
+        raise ValueError(
+            f"fit_temperature: no convergence in max_iter={max_iter} passes "
+            f"(T = {1 / cur:.6g}, dNLL/d(1/T) = {g:.3g})"
+        )
     beta = cur
-    return TemperatureFit(temperature=1.0 / beta, nll_before=before.mean_nll,
-                          nll_after=after.mean_nll, ece_before=before.ece,
-                          ece_after=after.ece, iterations=it, converged=converged, rows=n,
-                          before=before, after=after)
+    return TemperatureFit(
+        temperature=1.0 / beta,
+        nll_before=before.mean_nll,
+        nll_after=after.mean_nll,
+        ece_before=before.ece,
+        ece_after=after.ece,
+        iterations=it,
+        converged=converged,
+        rows=n,
+        before=before,
+        after=after,
+    )

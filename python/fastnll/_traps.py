@@ -23,12 +23,20 @@ def looks_like_probs(rows: np.ndarray, eps: float) -> bool:
     if rows.size == 0 or rows.shape[1] < 2 or not np.all(np.isfinite(rows)):
         return False
     tol = max(0.01, 4 * eps)
-    return bool(rows.min() >= 0 and rows.max() <= 1 + tol
-                and np.all(np.abs(rows.sum(axis=1) - 1) <= tol))
+    return bool(
+        rows.min() >= 0 and rows.max() <= 1 + tol and np.all(np.abs(rows.sum(axis=1) - 1) <= tol)
+    )
 
 
-def warn_input(d: Dump, kind: str, ignore_index: int, shift: bool, budget: int,
-               check_kind: bool, shift_warned: bool = False) -> None:
+def warn_input(
+    d: Dump,
+    kind: str,
+    ignore_index: int,
+    shift: bool,
+    budget: int,
+    check_kind: bool,
+    shift_warned: bool = False,
+) -> None:
     """Warn (InputWarning) about probabilities declared as logits (a sample of at most 32 rows
     is read, as for the kind check; skipped with check_kind=False) and about shift=True on
     2-d predictions."""
@@ -36,7 +44,10 @@ def warn_input(d: Dump, kind: str, ignore_index: int, shift: bool, budget: int,
         warnings.warn(
             f"{d.name}: shift=True with 2-d predictions {d.x.shape[1] + 1} x {d.x.shape[2]} "
             "scores them as ONE sequence (row i against target i + 1); for a classifier dump "
-            "[N, C] drop shift=True (--shift)", InputWarning, stacklevel=4)
+            "[N, C] drop shift=True (--shift)",
+            InputWarning,
+            stacklevel=4,
+        )
     if kind != "logits" or not check_kind:
         return
     rows = _sample(d, ignore_index, budget)
@@ -47,4 +58,6 @@ def warn_input(d: Dump, kind: str, ignore_index: int, shift: bool, budget: int,
         f"({len(rows)} rows) lies in [0, 1] and sums to 1: these look like probabilities, "
         f"whose softmax gives a wrong NLL (near ln C = {math.log(rows.shape[1]):.3g}); pass "
         "kind='probs' (--kind probs), or check_kind=False if they really are logits",
-        InputWarning, stacklevel=4)
+        InputWarning,
+        stacklevel=4,
+    )

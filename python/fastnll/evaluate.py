@@ -12,25 +12,41 @@ import importlib
 import math
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 
-from . import _arrays
-from ._atomic import AtomicOutput, check_output_path
-from ._inputs import (KINDS, Dump, check_declared_kind, check_settings, chunks, name_of,
-                      prepare, reraise, shape_of)
-from ._options import check_bool, check_per_row
-from .readers import split_key
+from . import _arrays, _traps
 from . import _report_extras as _extras
-from . import _traps
+from ._atomic import AtomicOutput, check_output_path
+from ._inputs import (
+    KINDS,
+    Dump,
+    check_declared_kind,
+    check_settings,
+    chunks,
+    name_of,
+    prepare,
+    reraise,
+    shape_of,
+)
+from ._options import check_bool, check_per_row
 from ._progress import Progress
 from ._report import SCHEMA_VERSION, BinStat, CompareReport, EvalReport
-from .readers import PathLike
+from .readers import PathLike, split_key
 
-__all__ = ["evaluate", "compare", "Evaluator", "EvalReport", "CompareReport", "BinStat",
-           "SCHEMA_VERSION", "KINDS"]
+__all__ = [
+    "KINDS",
+    "SCHEMA_VERSION",
+    "BinStat",
+    "CompareReport",
+    "EvalReport",
+    "Evaluator",
+    "compare",
+    "evaluate",
+]
 
 
 def _core() -> Any:
@@ -39,7 +55,7 @@ def _core() -> Any:
 
 
 # ----------------------------------------------------------------------------- evaluator
-RowSink = Callable[[int, np.ndarray, np.ndarray, Optional[np.ndarray]], None]
+RowSink = Callable[[int, np.ndarray, np.ndarray, np.ndarray | None], None]
 TIES = ("target", "first")
 
 STATE_FORMAT = 1  # version of Evaluator.__getstate__'s dict (its "format" key)
@@ -65,13 +81,28 @@ class Evaluator:
     they must be): a tampered or foreign state is a ValueError, never silently merged.
     """
 
-    def __init__(self, *, kind: str = "logits", ignore_index: int = -100,
-                 top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
-                 chunk_bytes: int = 256 << 20, progress: Optional[bool] = None,
-                 check_kind: bool = True, ties: str = "target") -> None:
-        (self.kind, self.top_k, self.n_bins, self.chunk_bytes, self.ignore_index, self.shift,
-         self.check_kind) = check_settings(kind, top_k, n_bins, chunk_bytes, ignore_index,
-                                           shift, check_kind)
+    def __init__(
+        self,
+        *,
+        kind: str = "logits",
+        ignore_index: int = -100,
+        top_k: Sequence[int] = (1, 5),
+        n_bins: int = 15,
+        shift: bool = False,
+        chunk_bytes: int = 256 << 20,
+        progress: bool | None = None,
+        check_kind: bool = True,
+        ties: str = "target",
+    ) -> None:
+        (
+            self.kind,
+            self.top_k,
+            self.n_bins,
+            self.chunk_bytes,
+            self.ignore_index,
+            self.shift,
+            self.check_kind,
+        ) = check_settings(kind, top_k, n_bins, chunk_bytes, ignore_index, shift, check_kind)
         if ties not in TIES:
             raise ValueError(f"ties must be 'target' or 'first', got {ties!r}")
         self.ties = ties  # the top-1 rule (docs/evaluate.md)
@@ -81,7 +112,7 @@ class Evaluator:
         self.progress = progress
         self._ks = sorted(set(self.top_k) | {1})
         self._lock = threading.Lock()
-        self.n_classes: Optional[int] = None
+        self.n_classes: int | None = None
         self._zero()
 
     def _zero(self) -> None:
@@ -91,31 +122,47 @@ class Evaluator:
         self.bin_count = np.zeros(self.n_bins, dtype=np.int64)
         # Σ confidence per bin as exact integers in units of 2**-60 (see _core.eval_rows):
         # chunked, sharded and whole runs give the same bins, ECE and MCE, bit for bit.
-        self.bin_conf_fixed: List[int] = [0] * self.n_bins
+        self.bin_conf_fixed: list[int] = [0] * self.n_bins
         self.conf_nonfinite = 0
         self.bin_correct = np.zeros(self.n_bins, dtype=np.int64)
 
-    def _settings(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "ignore_index": self.ignore_index, "top_k": self.top_k,
-                "n_bins": self.n_bins, "shift": self.shift, "chunk_bytes": self.chunk_bytes,
-                "progress": self.progress, "check_kind": self.check_kind, "ties": self.ties}
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "ignore_index": self.ignore_index,
+            "top_k": self.top_k,
+            "n_bins": self.n_bins,
+            "shift": self.shift,
+            "chunk_bytes": self.chunk_bytes,
+            "progress": self.progress,
+            "check_kind": self.check_kind,
+            "ties": self.ties,
+        }
 
-    def _config(self) -> Tuple[Any, ...]:
+    def _config(self) -> tuple[Any, ...]:
         return (self.kind, self.ignore_index, self.top_k, self.n_bins, self.ties)
 
-    def _fresh(self) -> "Evaluator":
+    def _fresh(self) -> Evaluator:
         return Evaluator(**self._settings())
 
     def _check_classes(self, c: int, who: str) -> None:
         if self.n_classes is not None and self.n_classes != c:
             raise ValueError(f"{who} has {c} classes but earlier data had {self.n_classes}")
 
-    def update(self, preds: Any, target: Any, *, dtype: Any = None, shape: Any = None,
-               target_dtype: Any = None) -> "Evaluator":
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        dtype: Any = None,
+        shape: Any = None,
+        target_dtype: Any = None,
+    ) -> Evaluator:
         """Add a dump (array, memmap or path; see :func:`evaluate`). Returns self. All or
         nothing: on any error the evaluator is unchanged."""
-        d = prepare(preds, target, shift=self.shift, dtype=dtype, shape=shape,
-                    target_dtype=target_dtype)
+        d = prepare(
+            preds, target, shift=self.shift, dtype=dtype, shape=shape, target_dtype=target_dtype
+        )
         try:
             part = self._fresh()
             part._update(d, None, self)
@@ -124,15 +171,15 @@ class Evaluator:
         self._absorb(part.__getstate__(), d.name)
         return self
 
-    def _update(self, d: Dump, sink: Optional[RowSink],
-                owner: Optional["Evaluator"] = None) -> None:
+    def _update(self, d: Dump, sink: RowSink | None, owner: Evaluator | None = None) -> None:
         """Fill this (fresh) accumulator from `d`; `owner` is the evaluator it will be
         merged into (checked for the number of classes before any work)."""
         b, t, c = d.x.shape
         (owner or self)._check_classes(c, d.name)
         self.n_classes = c
-        _traps.warn_input(d, self.kind, self.ignore_index, bool(d.shift), self.chunk_bytes,
-                          self.check_kind)
+        _traps.warn_input(
+            d, self.kind, self.ignore_index, bool(d.shift), self.chunk_bytes, self.check_kind
+        )
         if self.check_kind:
             check_declared_kind(d, self.kind, self.ignore_index, self.chunk_bytes)
         core = _core()
@@ -146,9 +193,21 @@ class Evaluator:
                 rank = np.empty(rows, np.int64) if sink else None
                 conf = np.empty(rows, np.float64) if sink and self.want_conf else None
                 try:
-                    r = core.eval_rows(view, tag, swap, ts, self.kind, self.ignore_index,
-                                       self._ks, self.n_bins, lead, nll, rank, conf,
-                                       self.ties)
+                    r = core.eval_rows(
+                        view,
+                        tag,
+                        swap,
+                        ts,
+                        self.kind,
+                        self.ignore_index,
+                        self._ks,
+                        self.n_bins,
+                        lead,
+                        nll,
+                        rank,
+                        conf,
+                        self.ties,
+                    )
                 except (IndexError, ValueError) as exc:
                     reraise(exc, d, ts, b0, t0, self.ignore_index)
                 self._add(r)
@@ -156,7 +215,7 @@ class Evaluator:
                     sink(offset, nll, rank, conf)
                 bar.advance(rows * row_bytes)
 
-    def _add(self, r: Dict[str, Any]) -> None:
+    def _add(self, r: dict[str, Any]) -> None:
         self.n += int(r["n"])
         self.n_ignored += int(r["n_ignored"])
         self.sum_nll += float(r["sum_nll"])
@@ -169,7 +228,7 @@ class Evaluator:
         self.conf_nonfinite += int(r["conf_nonfinite"])
         self.bin_correct += np.asarray(r["bin_correct"], dtype=np.int64)
 
-    def _absorb(self, state: Dict[str, Any], who: str) -> None:
+    def _absorb(self, state: dict[str, Any], who: str) -> None:
         """Add a validated state's sums, under the lock (all checks before any change)."""
         with self._lock:
             if state["n_classes"] is not None:
@@ -177,26 +236,32 @@ class Evaluator:
                 self.n_classes = state["n_classes"]
             self._add(state)
 
-    def merge(self, other: "Evaluator") -> "Evaluator":
+    def merge(self, other: Evaluator) -> Evaluator:
         """Add another evaluator's sums (same kind, ignore_index, top_k, n_bins). Returns self.
         The other's state is validated first; on any error nothing is added."""
         if not isinstance(other, Evaluator):
             raise TypeError(f"can only merge an Evaluator, got {type(other).__name__}")
         state = _check_state(other.__getstate__())  # a snapshot, under the other's lock
         if other._config() != self._config():
-            raise ValueError(f"cannot merge evaluators with different settings: "
-                             f"{other._config()} vs {self._config()} "
-                             f"(kind, ignore_index, top_k, n_bins, ties)")
+            raise ValueError(
+                f"cannot merge evaluators with different settings: "
+                f"{other._config()} vs {self._config()} "
+                f"(kind, ignore_index, top_k, n_bins, ties)"
+            )
         self._absorb(state, "the merged evaluator")
         return self
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         """The versioned state (``"format": 1``): settings, ``n_classes`` and the sums, as
         plain Python values."""
         lock = getattr(self, "_lock", None)
         with lock if lock is not None else threading.Lock():
-            state: Dict[str, Any] = {"format": STATE_FORMAT, **self._settings(),
-                                     "top_k": list(self.top_k), "n_classes": self.n_classes}
+            state: dict[str, Any] = {
+                "format": STATE_FORMAT,
+                **self._settings(),
+                "top_k": list(self.top_k),
+                "n_classes": self.n_classes,
+            }
             for k in _COUNTS:
                 state[k] = int(getattr(self, k))
             for k in _SUMS:
@@ -205,12 +270,25 @@ class Evaluator:
                 state[k] = [int(v) for v in getattr(self, k)]
         return state
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         st = _check_state(state)
-        Evaluator.__init__(self, **{k: st[k] for k in ("kind", "ignore_index", "top_k",
-                                                       "n_bins", "shift", "chunk_bytes",
-                                                       "progress", "check_kind")},
-                            ties=st.get("ties", "target"))
+        Evaluator.__init__(
+            self,
+            **{
+                k: st[k]
+                for k in (
+                    "kind",
+                    "ignore_index",
+                    "top_k",
+                    "n_bins",
+                    "shift",
+                    "chunk_bytes",
+                    "progress",
+                    "check_kind",
+                )
+            },
+            ties=st.get("ties", "target"),
+        )
         self.n_classes = st["n_classes"]
         self._add(st)
 
@@ -233,22 +311,35 @@ class Evaluator:
             if cnt:
                 conf = nan if bad and i == 0 else fixed / (cnt * one)
                 acc = int(self.bin_correct[i]) / cnt
-                gaps.append(nan if bad else abs(int(self.bin_correct[i]) * one - fixed) / (cnt * one))
+                gaps.append(
+                    nan if bad else abs(int(self.bin_correct[i]) * one - fixed) / (cnt * one)
+                )
             bins.append(BinStat(i / self.n_bins, (i + 1) / self.n_bins, cnt, conf, acc))
         gap_sum = sum(abs(int(c) * one - f) for c, f in zip(self.bin_correct, self.bin_conf_fixed))
         ece = nan if not n or bad else gap_sum / (n * one)
         return EvalReport(
-            kind=self.kind, n_classes=self.n_classes or 0, rows=n, ignored=self.n_ignored,
-            sum_nll=self.sum_nll, mean_nll=mean, nll_se=se, perplexity=_exp(mean),
-            bits_per_token=mean / math.log(2), accuracy=correct[1] / n if n else nan,
+            kind=self.kind,
+            n_classes=self.n_classes or 0,
+            rows=n,
+            ignored=self.n_ignored,
+            sum_nll=self.sum_nll,
+            mean_nll=mean,
+            nll_se=se,
+            perplexity=_exp(mean),
+            bits_per_token=mean / math.log(2),
+            accuracy=correct[1] / n if n else nan,
             top_k_accuracy={k: (correct[k] / n if n else nan) for k in self.top_k},
             mean_entropy=self.sum_entropy / n if n else nan,
-            brier=self.sum_brier / n if n else nan, ece=ece,
-            mce=nan if bad or not gaps else max(gaps), n_bins=self.n_bins, bins=tuple(bins),
-            ties=self.ties)
+            brier=self.sum_brier / n if n else nan,
+            ece=ece,
+            mce=nan if bad or not gaps else max(gaps),
+            n_bins=self.n_bins,
+            bins=tuple(bins),
+            ties=self.ties,
+        )
 
 
-def _int_list(v: Any, n: int, what: str) -> List[int]:
+def _int_list(v: Any, n: int, what: str) -> list[int]:
     if not isinstance(v, (list, tuple, np.ndarray)) or len(v) != n:
         raise ValueError(f"{what} must be a list of {n} integers")
     out = []
@@ -259,25 +350,52 @@ def _int_list(v: Any, n: int, what: str) -> List[int]:
     return out
 
 
-def _check_state(state: Any) -> Dict[str, Any]:
+def _check_state(state: Any) -> dict[str, Any]:
     """A validated copy of an Evaluator state (see Evaluator.__getstate__), else ValueError
     saying what is wrong."""
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt != STATE_FORMAT:
-        raise ValueError(f"not a fastnll Evaluator state of format {STATE_FORMAT} (format "
-                         f"{fmt!r}): written by another version, or not an Evaluator")
-    need = {"kind", "ignore_index", "top_k", "n_bins", "shift", "chunk_bytes", "progress",
-            "check_kind", "n_classes", *_COUNTS, *_SUMS, *_VECTORS}
+        raise ValueError(
+            f"not a fastnll Evaluator state of format {STATE_FORMAT} (format "
+            f"{fmt!r}): written by another version, or not an Evaluator"
+        )
+    need = {
+        "kind",
+        "ignore_index",
+        "top_k",
+        "n_bins",
+        "shift",
+        "chunk_bytes",
+        "progress",
+        "check_kind",
+        "n_classes",
+        *_COUNTS,
+        *_SUMS,
+        *_VECTORS,
+    }
     missing = need - set(state)
     if missing:
         raise ValueError(f"Evaluator state lacks {', '.join(sorted(missing))}")
     head = "invalid Evaluator state: "
     st = dict(state)
     try:
-        (st["kind"], top_k, st["n_bins"], st["chunk_bytes"], st["ignore_index"], st["shift"],
-         st["check_kind"]) = check_settings(st["kind"], st["top_k"], st["n_bins"],
-                                            st["chunk_bytes"], st["ignore_index"], st["shift"],
-                                            st["check_kind"])
+        (
+            st["kind"],
+            top_k,
+            st["n_bins"],
+            st["chunk_bytes"],
+            st["ignore_index"],
+            st["shift"],
+            st["check_kind"],
+        ) = check_settings(
+            st["kind"],
+            st["top_k"],
+            st["n_bins"],
+            st["chunk_bytes"],
+            st["ignore_index"],
+            st["shift"],
+            st["check_kind"],
+        )
         if st["progress"] is not None:
             check_bool("progress", st["progress"])
     except (TypeError, ValueError) as exc:
@@ -298,7 +416,8 @@ def _check_state(state: Any) -> Dict[str, Any]:
     for k in _SUMS:
         v = st[k]
         if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-            raise ValueError(f"{head}{k} must be a number, got {v!r}")
+            # a corrupt state file is a bad value, not a caller's type error
+            raise ValueError(f"{head}{k} must be a number, got {v!r}")  # noqa: TRY004
         st[k] = float(v)
     ks, nb, n = sorted(set(top_k) | {1}), st["n_bins"], st["n"]
     try:
@@ -359,21 +478,20 @@ def _exp(v: float) -> float:
 REC_DTYPE = np.dtype([("nll", "<f8"), ("rank", "<i8")])
 
 
-def _input_paths(*sources: Any) -> List[str]:
+def _input_paths(*sources: Any) -> list[str]:
     """The files behind path inputs ("dump.npz:key" -> dump.npz), for the same-file check."""
     return [os.fspath(split_key(s)[0]) for s in sources if isinstance(s, (str, os.PathLike))]
 
 
-def _row_sink(d: Dump) -> Tuple[RowSink, np.ndarray, np.ndarray]:
+def _row_sink(d: Dump) -> tuple[RowSink, np.ndarray, np.ndarray]:
     """Per-row outputs in memory (per_row=True)."""
     nll = np.empty(d.out_shape, np.float64)
     rank = np.empty(d.out_shape, np.int64)
     flat_nll, flat_rank = nll.reshape(-1), rank.reshape(-1)
 
-    def sink(offset: int, n: np.ndarray, r: np.ndarray,
-             conf: Optional[np.ndarray] = None) -> None:
-        flat_nll[offset:offset + n.size] = n
-        flat_rank[offset:offset + r.size] = r
+    def sink(offset: int, n: np.ndarray, r: np.ndarray, conf: np.ndarray | None = None) -> None:
+        flat_nll[offset : offset + n.size] = n
+        flat_rank[offset : offset + r.size] = r
 
     return sink, nll, rank
 
@@ -383,13 +501,17 @@ def _file_sink(d: Dump, out: AtomicOutput) -> RowSink:
     writes, never through a memory map: a full disk is an OSError, not a SIGBUS)."""
     fh = out.file
     np.lib.format.write_array_header_2_0(
-        fh, {"descr": np.lib.format.dtype_to_descr(REC_DTYPE), "fortran_order": False,
-             "shape": tuple(d.out_shape)})
+        fh,
+        {
+            "descr": np.lib.format.dtype_to_descr(REC_DTYPE),
+            "fortran_order": False,
+            "shape": tuple(d.out_shape),
+        },
+    )
     out.preallocate(fh.tell() + math.prod(d.out_shape) * REC_DTYPE.itemsize)
     written = [0]
 
-    def sink(offset: int, n: np.ndarray, r: np.ndarray,
-             conf: Optional[np.ndarray] = None) -> None:
+    def sink(offset: int, n: np.ndarray, r: np.ndarray, conf: np.ndarray | None = None) -> None:
         if offset != written[0]:  # chunks() yields rows in flat order
             raise AssertionError(f"per-row records out of order: {offset} != {written[0]}")
         rec = np.empty(n.size, REC_DTYPE)
@@ -397,22 +519,42 @@ def _file_sink(d: Dump, out: AtomicOutput) -> RowSink:
         try:
             fh.write(rec.tobytes())
         except OSError as exc:
-            raise OSError(exc.errno, f"{out.dest}: cannot write per-row records "
-                                     f"({exc.strerror or exc})") from None
+            raise OSError(
+                exc.errno, f"{out.dest}: cannot write per-row records ({exc.strerror or exc})"
+            ) from None
         written[0] += n.size
 
     return sink
 
 
-def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int = -100,
-             top_k: Sequence[int] = (1, 5), n_bins: int = 15, shift: bool = False,
-             per_row: Union[bool, PathLike] = False, chunk_bytes: int = 256 << 20,
-             progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
-             target_dtype: Any = None, check_kind: bool = True, mask: Any = None,
-             min_position: int = 0, per_position: bool = False, per_sequence: bool = False,
-             per_class: bool = False, n_bytes: Any = None, n_words: Any = None,
-             clip: Optional[float] = None, classwise_ece: bool = False,
-             equal_mass_ece: bool = False, ties: str = "target") -> EvalReport:
+def evaluate(
+    preds: Any,
+    target: Any,
+    *,
+    kind: str = "logits",
+    ignore_index: int = -100,
+    top_k: Sequence[int] = (1, 5),
+    n_bins: int = 15,
+    shift: bool = False,
+    per_row: bool | PathLike = False,
+    chunk_bytes: int = 256 << 20,
+    progress: bool | None = None,
+    dtype: Any = None,
+    shape: Any = None,
+    target_dtype: Any = None,
+    check_kind: bool = True,
+    mask: Any = None,
+    min_position: int = 0,
+    per_position: bool = False,
+    per_sequence: bool = False,
+    per_class: bool = False,
+    n_bytes: Any = None,
+    n_words: Any = None,
+    clip: float | None = None,
+    classwise_ece: bool = False,
+    equal_mass_ece: bool = False,
+    ties: str = "target",
+) -> EvalReport:
     """Score a whole dump in one streaming read; see docs/evaluate.md.
 
     ``preds``: [N, C] or [B, T, V] array, memmap, or a path (.npy, .npz[:key],
@@ -433,20 +575,38 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
     counts. ``ties="first"`` scores top-1 by the first maximal index (torch's argmax) instead
     of counting a tie for the target.
     """
-    ev = Evaluator(kind=kind, ignore_index=ignore_index, top_k=top_k, n_bins=n_bins,
-                   shift=shift, chunk_bytes=chunk_bytes, progress=progress,
-                   check_kind=check_kind, ties=ties)
+    ev = Evaluator(
+        kind=kind,
+        ignore_index=ignore_index,
+        top_k=top_k,
+        n_bins=n_bins,
+        shift=shift,
+        chunk_bytes=chunk_bytes,
+        progress=progress,
+        check_kind=check_kind,
+        ties=ties,
+    )
     per_row = check_per_row(per_row)
     if per_row is not True and per_row is not False:
         check_output_path(per_row, _input_paths(preds, target), "per_row output")
     paths = _input_paths(preds, target)
     if mask is not None or min_position:
         target = _extras.masked_target(target, mask, min_position, ignore_index, shift)
-    d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape,
-                target_dtype=target_dtype)
+    d = prepare(preds, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     try:
-        ex = _extras.make(d, kind, per_position, per_sequence, per_class, n_bytes, n_words,
-                          clip, classwise_ece, n_bins, equal_mass_ece)
+        ex = _extras.make(
+            d,
+            kind,
+            per_position,
+            per_sequence,
+            per_class,
+            n_bytes,
+            n_words,
+            clip,
+            classwise_ece,
+            n_bins,
+            equal_mass_ece,
+        )
         ev.want_conf = bool(equal_mass_ece)
         if per_row is False:
             ev._update(d, _extras.chain(d, None, ex, kind))
@@ -464,19 +624,20 @@ def evaluate(preds: Any, target: Any, *, kind: str = "logits", ignore_index: int
 
 
 # ----------------------------------------------------------------------------- compare
-COMPARE_REC_DTYPE = np.dtype([("kl", "<f8"), ("dp", "<f8"), ("nll_base", "<f8"),
-                              ("nll_new", "<f8"), ("same_top1", "i1")])
-CompareSink = Callable[[int, List[np.ndarray]], None]
+COMPARE_REC_DTYPE = np.dtype(
+    [("kl", "<f8"), ("dp", "<f8"), ("nll_base", "<f8"), ("nll_new", "<f8"), ("same_top1", "i1")]
+)
+CompareSink = Callable[[int, list[np.ndarray]], None]
 
 
-def _compare_memory_sink(d: Dump) -> Tuple[CompareSink, Dict[str, np.ndarray]]:
+def _compare_memory_sink(d: Dump) -> tuple[CompareSink, dict[str, np.ndarray]]:
     """Per-row compare outputs in memory (per_row=True), shaped like the scored targets."""
     arrays = {k: np.empty(d.out_shape, COMPARE_REC_DTYPE[k]) for k in COMPARE_REC_DTYPE.names}
     flat = [a.reshape(-1) for a in arrays.values()]
 
-    def sink(offset: int, outs: List[np.ndarray]) -> None:
+    def sink(offset: int, outs: list[np.ndarray]) -> None:
         for f, v in zip(flat, outs):
-            f[offset:offset + v.size] = v
+            f[offset : offset + v.size] = v
 
     return sink, arrays
 
@@ -485,12 +646,17 @@ def _compare_file_sink(d: Dump, out: AtomicOutput) -> CompareSink:
     """Per-row compare records written in order to the temporary .npy of ``out``."""
     fh = out.file
     np.lib.format.write_array_header_2_0(
-        fh, {"descr": np.lib.format.dtype_to_descr(COMPARE_REC_DTYPE), "fortran_order": False,
-             "shape": tuple(d.out_shape)})
+        fh,
+        {
+            "descr": np.lib.format.dtype_to_descr(COMPARE_REC_DTYPE),
+            "fortran_order": False,
+            "shape": tuple(d.out_shape),
+        },
+    )
     out.preallocate(fh.tell() + math.prod(d.out_shape) * COMPARE_REC_DTYPE.itemsize)
     written = [0]
 
-    def sink(offset: int, outs: List[np.ndarray]) -> None:
+    def sink(offset: int, outs: list[np.ndarray]) -> None:
         if offset != written[0]:  # chunks() yields rows in flat order
             raise AssertionError(f"per-row records out of order: {offset} != {written[0]}")
         rec = np.empty(outs[0].size, COMPARE_REC_DTYPE)
@@ -499,16 +665,25 @@ def _compare_file_sink(d: Dump, out: AtomicOutput) -> CompareSink:
         try:
             fh.write(rec.tobytes())
         except OSError as exc:
-            raise OSError(exc.errno, f"{out.dest}: cannot write per-row records "
-                                     f"({exc.strerror or exc})") from None
+            raise OSError(
+                exc.errno, f"{out.dest}: cannot write per-row records ({exc.strerror or exc})"
+            ) from None
         written[0] += rec.size
 
     return sink
 
 
-def _compare_chunks(core: Any, db: Dump, dn: Dump, kind: str, ignore_index: int,
-                    chunk_bytes: int, progress: Optional[bool], acc: Any,
-                    sink: Optional[CompareSink]) -> None:
+def _compare_chunks(
+    core: Any,
+    db: Dump,
+    dn: Dump,
+    kind: str,
+    ignore_index: int,
+    chunk_bytes: int,
+    progress: bool | None,
+    acc: Any,
+    sink: CompareSink | None,
+) -> None:
     """One read of both dumps, chunk by chunk: the core's sums and per-row outputs."""
     b, t, c = db.x.shape
     row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
@@ -520,8 +695,7 @@ def _compare_chunks(core: Any, db: Dump, dn: Dump, kind: str, ignore_index: int,
             rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
             outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
             try:
-                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, ignore_index, lead,
-                                      *outs)
+                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, ignore_index, lead, *outs)
             except (IndexError, ValueError) as exc:
                 reraise(exc, db, ts, b0, t0, ignore_index)
             acc.add(r, outs[0], outs[1], outs[4])
@@ -538,19 +712,39 @@ def compare_report(acc: Any, kind: str, n_classes: int) -> CompareReport:
     kl_p, dp_p, method, err = acc.percentiles()
     edges, counts = acc.kl_hist.coarse(10)
     return CompareReport(
-        kind=kind, n_classes=n_classes, rows=int(acc.sums["n"]),
-        ignored=int(acc.sums["n_ignored"]), sum_kl=float(acc.sums["sum_kl"]),
-        sum_dnll=float(acc.sums["sum_dnll"]), kl_percentiles=kl_p, dp_percentiles=dp_p,
-        percentile_method=method, percentile_rel_error=err, kl_hist_edges=edges,
+        kind=kind,
+        n_classes=n_classes,
+        rows=int(acc.sums["n"]),
+        ignored=int(acc.sums["n_ignored"]),
+        sum_kl=float(acc.sums["sum_kl"]),
+        sum_dnll=float(acc.sums["sum_dnll"]),
+        kl_percentiles=kl_p,
+        dp_percentiles=dp_p,
+        percentile_method=method,
+        percentile_rel_error=err,
+        kl_hist_edges=edges,
         kl_hist_counts=counts,
-        **{k: v for k, v in s.items() if k in CompareReport.SCALARS})  # type: ignore[arg-type]
+        **{k: v for k, v in s.items() if k in CompareReport.SCALARS},
+    )  # type: ignore[arg-type]
 
 
-def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
-            ignore_index: int = -100, shift: bool = False, per_row: Union[bool, PathLike] = False,
-            max_exact_rows: int = 1 << 26, chunk_bytes: int = 256 << 20,
-            progress: Optional[bool] = None, dtype: Any = None, shape: Any = None,
-            target_dtype: Any = None, check_kind: bool = True) -> CompareReport:
+def compare(
+    base: Any,
+    new: Any,
+    target: Any,
+    *,
+    kind: str = "logits",
+    ignore_index: int = -100,
+    shift: bool = False,
+    per_row: bool | PathLike = False,
+    max_exact_rows: int = 1 << 26,
+    chunk_bytes: int = 256 << 20,
+    progress: bool | None = None,
+    dtype: Any = None,
+    shape: Any = None,
+    target_dtype: Any = None,
+    check_kind: bool = True,
+) -> CompareReport:
     """llama.cpp ``--kl-divergence`` statistics of two dumps (same shape; dtypes may differ) in
     one read of each: KL(base || new) mean +- SE and percentiles, delta-p = p_new(t) - p_base(t)
     mean +- SE, percentiles and RMS, same top-1 +- SE, PPL(base), PPL(new), their ratio and
@@ -561,7 +755,8 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
     ``max_exact_rows`` rows, else read from log-spaced histograms (error stated in the
     report); docs/evaluate.md."""
     kind, _, _, chunk_bytes, ignore_index, shift, check_kind = check_settings(
-        kind, (1,), 1, chunk_bytes, ignore_index, shift, check_kind)
+        kind, (1,), 1, chunk_bytes, ignore_index, shift, check_kind
+    )
     if progress is not None:
         check_bool("progress", progress)
     if isinstance(max_exact_rows, bool) or int(max_exact_rows) < 0:
@@ -572,28 +767,54 @@ def compare(base: Any, new: Any, target: Any, *, kind: str = "logits",
         check_output_path(per_row, paths, "per_row output")
     db = prepare(base, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     try:
-        dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape,
-                     target_dtype=target_dtype)
+        dn = prepare(new, target, shift=shift, dtype=dtype, shape=shape, target_dtype=target_dtype)
     except BaseException:
         db.close()
         raise
     try:
-        return _compare(db, dn, base, new, kind, ignore_index, shift, chunk_bytes, progress,
-                        check_kind, per_row, int(max_exact_rows), paths)
+        return _compare(
+            db,
+            dn,
+            base,
+            new,
+            kind,
+            ignore_index,
+            shift,
+            chunk_bytes,
+            progress,
+            check_kind,
+            per_row,
+            int(max_exact_rows),
+            paths,
+        )
     finally:
         db.close()
         dn.close()
 
 
-def _compare(db: Dump, dn: Dump, base: Any, new: Any, kind: str, ignore_index: int,
-             shift: bool, chunk_bytes: int, progress: Optional[bool], check_kind: bool,
-             per_row: Any, max_exact_rows: int, paths: List[str]) -> CompareReport:
+def _compare(
+    db: Dump,
+    dn: Dump,
+    base: Any,
+    new: Any,
+    kind: str,
+    ignore_index: int,
+    shift: bool,
+    chunk_bytes: int,
+    progress: bool | None,
+    check_kind: bool,
+    per_row: Any,
+    max_exact_rows: int,
+    paths: list[str],
+) -> CompareReport:
     from ._compare_stats import CompareAccumulator
 
     db.name, dn.name = name_of(base, "base"), name_of(new, "new")
     if db.x.shape != dn.x.shape:
-        raise ValueError(f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
-                         f"{shape_of(db)}: the two dumps must match")
+        raise ValueError(
+            f"{dn.name} has shape {shape_of(dn)} but {db.name} has "
+            f"{shape_of(db)}: the two dumps must match"
+        )
     _traps.warn_input(db, kind, ignore_index, shift, chunk_bytes, check_kind)
     _traps.warn_input(dn, kind, ignore_index, shift, chunk_bytes, check_kind, shift_warned=True)
     if check_kind:
@@ -602,7 +823,7 @@ def _compare(db: Dump, dn: Dump, base: Any, new: Any, kind: str, ignore_index: i
     b, t, c = db.x.shape
     core = _core()
     acc = CompareAccumulator(exact=b * t <= max_exact_rows)
-    arrays: Optional[Dict[str, np.ndarray]] = None
+    arrays: dict[str, np.ndarray] | None = None
     if per_row is False:
         _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc, None)
     elif per_row is True:
@@ -610,13 +831,27 @@ def _compare(db: Dump, dn: Dump, base: Any, new: Any, kind: str, ignore_index: i
         _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc, sink)
     else:
         with AtomicOutput(per_row, paths, "per_row output") as out:
-            _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc,
-                            _compare_file_sink(db, out))
+            _compare_chunks(
+                core,
+                db,
+                dn,
+                kind,
+                ignore_index,
+                chunk_bytes,
+                progress,
+                acc,
+                _compare_file_sink(db, out),
+            )
         rec = np.load(os.fspath(per_row), mmap_mode="r")
         arrays = {k: rec[k] for k in COMPARE_REC_DTYPE.names}
     rep = compare_report(acc, kind, c)
     if arrays is not None:
-        rep = replace(rep, row_kl=arrays["kl"], row_dp=arrays["dp"],
-                      row_nll_base=arrays["nll_base"], row_nll_new=arrays["nll_new"],
-                      row_same_top1=arrays["same_top1"])
+        rep = replace(
+            rep,
+            row_kl=arrays["kl"],
+            row_dp=arrays["dp"],
+            row_nll_base=arrays["nll_base"],
+            row_nll_new=arrays["nll_new"],
+            row_same_top1=arrays["same_top1"],
+        )
     return rep

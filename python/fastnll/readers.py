@@ -177,8 +177,9 @@ def _kind_of(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "is a directory"
     if stat.S_ISFIFO(mode):
-        return ("is a pipe or FIFO (e.g. <(...) process substitution); save it to a regular "
-                "file first")
+        return (
+            "is a pipe or FIFO (e.g. <(...) process substitution); save it to a regular file first"
+        )
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "is a device"
     if stat.S_ISSOCK(mode):
@@ -211,8 +212,9 @@ def _require_file(path: Path) -> None:
 
 def _check_dtype(p: Path, dt: np.dtype, what: str = "array") -> None:
     if dt.hasobject:
-        raise DumpError(f"{p}: {what} has dtype {dt}, which holds Python objects; "
-                        f"dumps must hold numbers")
+        raise DumpError(
+            f"{p}: {what} has dtype {dt}, which holds Python objects; dumps must hold numbers"
+        )
     if dt.itemsize == 0:
         raise DumpError(f"{p}: {what} has dtype {dt} of 0-byte items")
 
@@ -220,8 +222,10 @@ def _check_dtype(p: Path, dt: np.dtype, what: str = "array") -> None:
 def _nbytes(p: Path, shape: tuple[int, ...], dt: np.dtype, what: str = "array") -> int:
     n = math.prod(shape) * dt.itemsize
     if n >= 1 << 62:
-        raise DumpError(f"{p}: {what} of shape {shape} and dtype {dt} would be {n} bytes, "
-                        f"more than any file holds")
+        raise DumpError(
+            f"{p}: {what} of shape {shape} and dtype {dt} would be {n} bytes, "
+            f"more than any file holds"
+        )
     return n
 
 
@@ -236,11 +240,13 @@ def _npy_header(p: Path, fh: Any, what: str) -> tuple[tuple[int, ...], bool, np.
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except Exception as exc:  # noqa: BLE001 - NumPy's parser raises many kinds
-        raise DumpError(f"{p}: {what} has a malformed .npy header "
-                        f"({type(exc).__name__}: {_short(exc)})") from None
+        raise DumpError(
+            f"{p}: {what} has a malformed .npy header ({type(exc).__name__}: {_short(exc)})"
+        ) from None
     if not isinstance(shape, tuple) or any(type(d) is not int or d < 0 for d in shape):
-        raise DumpError(f"{p}: {what} has a bad shape {shape!r} in its header "
-                        f"(sizes must be integers >= 0)")
+        raise DumpError(
+            f"{p}: {what} has a bad shape {shape!r} in its header (sizes must be integers >= 0)"
+        )
     if type(fortran) is not bool:
         raise DumpError(f"{p}: {what} has fortran_order {fortran!r} (must be True or False)")
     if not isinstance(dtype, np.dtype):
@@ -269,13 +275,18 @@ def open_npy(path: PathLike) -> np.ndarray:
         need = _nbytes(p, shape, dtype)
         if size - offset != need:
             state = "truncated: " if size - offset < need else ""
-            raise DumpError(f"{p}: {state}the header says {dtype} {shape} ({need} bytes of "
-                            f"data) but the file holds {size - offset}")
+            raise DumpError(
+                f"{p}: {state}the header says {dtype} {shape} ({need} bytes of "
+                f"data) but the file holds {size - offset}"
+            )
         order = "F" if fortran else "C"
         if need == 0:
             return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload,no-any-return]
-        return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
-            fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
+        return _bf16_from_void(
+            np.memmap(  # type: ignore[call-overload]
+                fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order
+            )
+        )
 
 
 def _no_duplicates(p: Path) -> Any:
@@ -286,6 +297,7 @@ def _no_duplicates(p: Path) -> Any:
                 raise DumpError(f"{p}: the .safetensors header names {k!r} twice")
             out[k] = v
         return out
+
     return hook
 
 
@@ -327,25 +339,31 @@ def _st_entry(p: Path, name: str, info: Any, data: int) -> tuple[np.dtype, tuple
     begin offset)."""
     head = f"{p}: tensor {name!r}"
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-        raise DumpError(f"{head}: the header entry must be an object with dtype, shape and "
-                        f"data_offsets")
+        raise DumpError(
+            f"{head}: the header entry must be an object with dtype, shape and data_offsets"
+        )
     code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(code, str):
         raise DumpError(f"{head}: dtype must be a string, got {code!r}")
     dtype = _st_dtype(p, name, code)
     if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
         raise DumpError(f"{head}: shape must be a list of integers >= 0, got {shape!r}")
-    if (not isinstance(offs, list) or len(offs) != 2
-            or any(type(v) is not int or v < 0 for v in offs)):
+    if (
+        not isinstance(offs, list)
+        or len(offs) != 2
+        or any(type(v) is not int or v < 0 for v in offs)
+    ):
         raise DumpError(f"{head}: data_offsets must be two integers >= 0, got {offs!r}")
     begin, end = offs
     nbytes = _nbytes(p, tuple(shape), dtype, f"tensor {name!r}")
     if end < begin or end - begin != nbytes:
-        raise DumpError(f"{head}: data_offsets span {end - begin} bytes, but "
-                        f"{code}{list(shape)} needs {nbytes}")
+        raise DumpError(
+            f"{head}: data_offsets span {end - begin} bytes, but {code}{list(shape)} needs {nbytes}"
+        )
     if end > data:
-        raise DumpError(f"{p}: truncated: tensor {name!r} ends at byte {end} of the data, "
-                        f"which holds {data}")
+        raise DumpError(
+            f"{p}: truncated: tensor {name!r} ends at byte {end} of the data, which holds {data}"
+        )
     return dtype, tuple(shape), begin
 
 
@@ -403,8 +421,9 @@ def _npz_members(p: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     for i in zf.infolist():
         name = i.filename.removesuffix(".npy")
         if name in infos:
-            raise DumpError(f"{p}: holds two members named {i.filename!r}; which one is meant "
-                            f"is ambiguous")
+            raise DumpError(
+                f"{p}: holds two members named {i.filename!r}; which one is meant is ambiguous"
+            )
         infos[name] = i
     return infos
 
@@ -424,13 +443,18 @@ def _npz_stored(p: Path, fh: IO[bytes], name: str, info: zipfile.ZipInfo) -> np.
     need = _nbytes(p, shape, dtype, what)
     have = base + info.compress_size - offset
     if need != have:
-        raise DumpError(f"{p}: {what}: the header says {dtype} {shape} ({need} bytes of data) "
-                        f"but the zip member holds {have}")
+        raise DumpError(
+            f"{p}: {what}: the header says {dtype} {shape} ({need} bytes of data) "
+            f"but the zip member holds {have}"
+        )
     order = "F" if fortran else "C"
     if need == 0:
         return np.empty(shape, dtype=dtype, order=order)  # type: ignore[call-overload,no-any-return]
-    return _bf16_from_void(np.memmap(  # type: ignore[call-overload]
-        fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order))
+    return _bf16_from_void(
+        np.memmap(  # type: ignore[call-overload]
+            fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order
+        )
+    )
 
 
 def _npz_inflate(p: Path, zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> np.ndarray:
@@ -441,20 +465,25 @@ def _npz_inflate(p: Path, zf: zipfile.ZipFile, name: str, info: zipfile.ZipInfo)
         header_len = src.tell()
         need = _nbytes(p, shape, dtype, what)
         if need != info.file_size - header_len:
-            raise DumpError(f"{p}: {what}: the header says {dtype} {shape} ({need} bytes of "
-                            f"data) but the zip member holds {info.file_size - header_len}")
+            raise DumpError(
+                f"{p}: {what}: the header says {dtype} {shape} ({need} bytes of "
+                f"data) but the zip member holds {info.file_size - header_len}"
+            )
         try:
             arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
         except MemoryError:
-            raise DumpError(f"{p}: {what} ({need} bytes) is compressed and too large to "
-                            f"inflate in memory; store it uncompressed (np.savez)") from None
+            raise DumpError(
+                f"{p}: {what} ({need} bytes) is compressed and too large to "
+                f"inflate in memory; store it uncompressed (np.savez)"
+            ) from None
         flat = arr.reshape(-1, order="A").view(np.uint8).data
         got = 0
         while got < need:
             k = src.readinto(flat[got:])
             if not k:
-                raise DumpError(f"{p}: {what}: the compressed data ends after {got} of "
-                                f"{need} bytes")
+                raise DumpError(
+                    f"{p}: {what}: the compressed data ends after {got} of {need} bytes"
+                )
             got += k
         if src.read(1):
             raise DumpError(f"{p}: {what}: the compressed data is longer than its header says")
@@ -484,12 +513,12 @@ def open_npz(path: PathLike, key: str | None = None) -> np.ndarray:
             except DumpError:
                 raise
             except Exception as exc:  # noqa: BLE001 - zlib.error, NotImplementedError, ...
-                raise DumpError(f"{p}: array {name!r} cannot be read "
-                                f"({type(exc).__name__}: {_short(exc)})") from None
+                raise DumpError(
+                    f"{p}: array {name!r} cannot be read ({type(exc).__name__}: {_short(exc)})"
+                ) from None
 
 
-def open_raw(path: PathLike, dtype: Any, shape: str | Sequence[int],
-             offset: int = 0) -> np.ndarray:
+def open_raw(path: PathLike, dtype: Any, shape: str | Sequence[int], offset: int = 0) -> np.ndarray:
     """Memory-map raw binary of the given dtype and shape (one dimension may be -1). The
     dtype must be numeric (no Python objects) and the file must hold exactly the shape."""
     p = Path(path)
@@ -505,13 +534,15 @@ def open_raw(path: PathLike, dtype: Any, shape: str | Sequence[int],
         if -1 in dims:
             known = math.prod(d for d in dims if d != -1) * dt.itemsize
             if known == 0 or avail % known:
-                raise DumpError(f"{p}: {avail} bytes do not divide into rows of shape "
-                                f"{tuple(dims)} {dt}")
+                raise DumpError(
+                    f"{p}: {avail} bytes do not divide into rows of shape {tuple(dims)} {dt}"
+                )
             dims[dims.index(-1)] = avail // known
         need = _nbytes(p, tuple(dims), dt, "raw data")
         if need != avail:
-            raise DumpError(f"{p}: file holds {avail} bytes but shape {tuple(dims)} of {dt} "
-                            f"needs {need}")
+            raise DumpError(
+                f"{p}: file holds {avail} bytes but shape {tuple(dims)} of {dt} needs {need}"
+            )
         if need == 0:
             return np.empty(tuple(dims), dtype=dt)
         return np.memmap(fh, dtype=dt, mode="r", offset=offset, shape=tuple(dims))
@@ -533,8 +564,13 @@ def list_arrays(path: PathLike) -> list[str]:
             return sorted(_npz_members(p, zf))
 
 
-def load_array(source: Any, *, key: str | None = None, dtype: Any = None,
-               shape: None | str | Sequence[int] = None) -> np.ndarray:
+def load_array(
+    source: Any,
+    *,
+    key: str | None = None,
+    dtype: Any = None,
+    shape: None | str | Sequence[int] = None,
+) -> np.ndarray:
     """An array for any accepted source.
 
     Arrays (including memmaps) are returned as they are; other array-likes go through
@@ -554,8 +590,10 @@ def load_array(source: Any, *, key: str | None = None, dtype: Any = None,
     suffix = path.suffix.lower()
     if suffix in KNOWN_SUFFIXES:
         if dtype is not None or shape is not None:
-            raise ValueError(f"{path}: dtype and shape are only for raw binary files, "
-                             f"a {suffix} file records its own")
+            raise ValueError(
+                f"{path}: dtype and shape are only for raw binary files, "
+                f"a {suffix} file records its own"
+            )
         if suffix == ".npy":
             if key is not None:
                 raise DumpError(f"{path}: a .npy file holds one array; there is no {key!r}")
@@ -567,8 +605,10 @@ def load_array(source: Any, *, key: str | None = None, dtype: Any = None,
         return open_safetensors(path, key)
     if dtype is None or shape is None:
         _require_file(path)
-        raise DumpError(f"{path}: not a .npy/.npz/.safetensors/.pt file; to read raw binary give "
-                        f"its dtype and shape (--dtype/--shape)")
+        raise DumpError(
+            f"{path}: not a .npy/.npz/.safetensors/.pt file; to read raw binary give "
+            f"its dtype and shape (--dtype/--shape)"
+        )
     return open_raw(path, dtype, shape)
 
 
