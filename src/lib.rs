@@ -24,8 +24,8 @@ pub mod tensor;
 #[cfg(feature = "python")]
 mod py;
 
-pub use error::{Error, Result};
 pub use compare::{compare_rows, CompareOut, CompareSums};
+pub use error::{Error, Result};
 pub use eval::{EvalOptions, EvalSums, Kind};
 pub use kernel::Stats;
 pub use loss::{bce_with_logits, ClassOptions, Total};
