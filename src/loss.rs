@@ -288,6 +288,13 @@ pub fn nll_loss<O: Out>(
     )
 }
 
+thread_local! {
+    /// Per-thread rows of [`cross_entropy_soft`] widened to f64 (logits, targets).
+    static SOFT_ROWS: std::cell::RefCell<(Vec<f64>, Vec<f64>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// Cross-entropy against probability targets of the input's shape (PyTorch's soft targets):
 /// loss_i = Σ_c w_c·y'_ic·(lse_i - x_ic), y' = (1-ε)·y + ε/C, terms with y' = 0 count 0.
 /// Σ weight is the number of rows (PyTorch divides the mean by it).
@@ -313,16 +320,20 @@ pub fn cross_entropy_soft<O: Out>(
         out,
         |rw, i| {
             let (shift, ln_s) = rw.stats(i, 0.0, Want::default()).split();
-            let yr = Rows::new(y);
-            let mut loss = 0.0;
-            for j in 0..c {
-                let yj = (1.0 - eps) * yr.value(i, j) + eps / c as f64;
-                if yj != 0.0 {
-                    let w = opt.weight.map_or(1.0, |w| w[j]);
-                    loss += w * yj * ((shift - rw.value(i, j)) + ln_s);
+            // the row and its targets widened to f64 once (typed loops), then summed
+            SOFT_ROWS.with(|b| {
+                let (bx, by) = &mut *b.borrow_mut();
+                let (xs, ys) = (x.f64_run(i, bx), y.f64_run(i, by));
+                let mut loss = 0.0;
+                for (j, (&xv, &yv)) in xs.iter().zip(ys).enumerate() {
+                    let yj = (1.0 - eps) * yv + eps / c as f64;
+                    if yj != 0.0 {
+                        let w = opt.weight.map_or(1.0, |w| w[j]);
+                        loss += w * yj * ((shift - xv) + ln_s);
+                    }
                 }
-            }
-            Ok((loss, 1.0))
+                Ok((loss, 1.0))
+            })
         },
         no_fast,
     )

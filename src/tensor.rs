@@ -405,6 +405,30 @@ impl<'a> View<'a> {
         buf
     }
 
+    /// Row `i` as f64: borrowed for direct float64 rows, else widened (any layout, byte order
+    /// and dtype) into `buf` by one typed loop.
+    pub(crate) fn f64_run<'s>(&'s self, i: usize, buf: &'s mut Vec<f64>) -> &'s [f64] {
+        let (base, c) = (self.elem_ptr(i, 0), self.cols());
+        if self.dtype == DType::F64 && self.direct {
+            // SAFETY: direct rows are contiguous, aligned and native.
+            return unsafe { std::slice::from_raw_parts(base as *const f64, c) };
+        }
+        buf.clear();
+        match self.dtype {
+            DType::F64 => buf.extend((0..c).map(|j| self.at::<f64>(base, j))),
+            DType::F32 => buf.extend((0..c).map(|j| f64::from(self.at::<f32>(base, j)))),
+            DType::F16 => buf.extend(
+                (0..c).map(|j| f64::from(half::f16::from_bits(self.at::<F16>(base, j).0).to_f32())),
+            ),
+            DType::BF16 => {
+                buf.extend((0..c).map(|j| {
+                    f64::from(f32::from_bits(u32::from(self.at::<BF16>(base, j).0) << 16))
+                }))
+            }
+        }
+        buf
+    }
+
     /// Row `i` as a slice: borrowed in place when possible, else gathered into `scratch`.
     #[inline]
     pub(crate) fn row<'s, T: Storage>(&'s self, i: usize, scratch: &'s mut Vec<T>) -> &'s [T] {
