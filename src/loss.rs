@@ -245,7 +245,37 @@ pub fn cross_entropy<O: Out>(
     let wt = w32.as_deref().zip(opt.weight);
     let fast = |r: Range<usize>, o: Option<&mut [O]>, s: &mut Scratch| -> Option<BlockSums> {
         if eps > 0.0 {
-            return None;
+            // short rows: (1-ε)·w_t·(-lp_t) + ε/C·Σ_c w_c·(-lp_c) from a log-probability tile
+            let mut o = o;
+            return with_logp(x, r.clone(), s, |lp, done, _| {
+                let mut b = BlockSums::default();
+                for l in 0..done {
+                    let i = r.start + l;
+                    let v = t.get(i);
+                    let (loss, w) = if v == opt.ignore_index as i128 {
+                        (0.0, 0.0)
+                    } else if v < 0 || v >= c as i128 {
+                        break; // the row kernel reports it
+                    } else {
+                        let k = v as usize;
+                        let row = &lp[l * c..(l + 1) * c];
+                        let wk = opt.weight.map_or(1.0, |w| w[k]);
+                        let smooth: f64 = match opt.weight {
+                            None => row.iter().map(|&p| -f64::from(p)).sum(),
+                            Some(w) => row.iter().zip(w).map(|(&p, &wc)| -wc * f64::from(p)).sum(),
+                        };
+                        let loss = (1.0 - eps) * wk * -f64::from(row[k]) + eps / c as f64 * smooth;
+                        (loss, wk)
+                    };
+                    if let Some(o) = o.as_deref_mut() {
+                        o[l] = O::from_f64(loss);
+                    }
+                    b.sum += loss;
+                    b.weight += w;
+                    b.rows += 1;
+                }
+                b
+            });
         }
         let o = match o {
             Some(o) => Some(O::as_f32(o)?),
@@ -286,6 +316,43 @@ pub fn nll_loss<O: Out>(
         },
         no_fast,
     )
+}
+
+/// Per-thread buffers of [`with_logp`]: log-probabilities, lanes parts, spread, targets.
+type LogpBufs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+thread_local! {
+    static LOGP: std::cell::RefCell<LogpBufs> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new()))
+    };
+}
+
+/// Short rows (C <= `LANES_MAX_C`, 16/32-bit, a SIMD path): the log-probabilities of rows `r`
+/// in one tile (their max and ln s in lanes, one flat vector pass; see
+/// `stage::softmax_short`), handed to `f` with the rows done (it stops before a block holding
+/// a row that is not ordinary) and a spare f32 buffer. None where it does not apply.
+fn with_logp<T>(
+    x: &View,
+    r: Range<usize>,
+    s: &mut Scratch,
+    f: impl FnOnce(&[f32], usize, &mut Vec<f32>) -> T,
+) -> Option<T> {
+    let (c, path) = (x.cols(), simd::current());
+    if path == Path::Scalar || !(1..=kernel::LANES_MAX_C).contains(&c) || x.dtype == DType::F64 {
+        return None;
+    }
+    LOGP.with(|b| {
+        let (lp, parts, spread, spare) = &mut *b.borrow_mut();
+        lp.clear();
+        lp.resize(r.len() * c, 0.0);
+        let done = match x.dtype {
+            DType::F32 => stage::softmax_short::<f32>(path, x, r, true, lp, parts, spread, s),
+            DType::F16 => stage::softmax_short::<F16>(path, x, r, true, lp, parts, spread, s),
+            DType::BF16 => stage::softmax_short::<BF16>(path, x, r, true, lp, parts, spread, s),
+            DType::F64 => return None,
+        };
+        Some(f(&lp[..done * c], done, spare))
+    })
 }
 
 thread_local! {
@@ -335,7 +402,33 @@ pub fn cross_entropy_soft<O: Out>(
                 Ok((loss, 1.0))
             })
         },
-        no_fast,
+        |r: Range<usize>, mut o: Option<&mut [O]>, s: &mut Scratch| -> Option<BlockSums> {
+            // short rows: Σ_c w_c·y'_c·(-lp_c) from a log-probability tile, y' = (1-ε)·y + ε/C
+            with_logp(x, r.clone(), s, |lp, done, _| {
+                let mut b = BlockSums::default();
+                let mut ybuf: Vec<f64> = Vec::new();
+                for l in 0..done {
+                    let i = r.start + l;
+                    let row = &lp[l * c..(l + 1) * c];
+                    let mut loss = 0.0;
+                    let yrow = y.f64_run(i, &mut ybuf);
+                    for (j, (&p, &yv)) in row.iter().zip(yrow).enumerate() {
+                        let yj = (1.0 - eps) * yv + eps / c as f64;
+                        if yj != 0.0 {
+                            let w = opt.weight.map_or(1.0, |w| w[j]);
+                            loss += w * yj * -f64::from(p);
+                        }
+                    }
+                    if let Some(o) = o.as_deref_mut() {
+                        o[l] = O::from_f64(loss);
+                    }
+                    b.sum += loss;
+                    b.weight += 1.0;
+                    b.rows += 1;
+                }
+                b
+            })
+        },
     )
 }
 
@@ -369,7 +462,10 @@ pub fn bce_with_logits<O: Out>(
             )));
         }
     }
-    if x.dtype != DType::F64 && simd::current() != Path::Scalar {
+    // float64 anywhere (logits, targets or weights) keeps the float64 loop: a target in f64
+    // times a logit of 1e3 needs its full precision
+    let narrow = |v: &View| v.dtype != DType::F64;
+    if narrow(x) && narrow(y) && weight.is_none_or(narrow) && simd::current() != Path::Scalar {
         return bce_vector(x, y, weight, pos_weight, out);
     }
     let per = chunk_per(x);
@@ -430,6 +526,26 @@ fn bce_vector<O: Out>(
     let path = simd::current();
     let pw32: Option<Vec<f32>> = pos_weight.map(|p| p.iter().map(|&v| v as f32).collect());
     let chunk = |r: Range<usize>, mut o: Option<&mut [f32]>| -> f64 {
+        let (mut bx, mut by, mut bw) = (Vec::new(), Vec::new(), Vec::new());
+        // packed inputs: the chunk's elements as one flat run (pos_weight laid out per element)
+        if let (Some(xs), Some(ys)) = (
+            x.flat_f32(r.start, r.end, &mut bx),
+            y.flat_f32(r.start, r.end, &mut by),
+        ) {
+            let ws = match weight {
+                Some(w) => match w.flat_f32(r.start, r.end, &mut bw) {
+                    Some(ws) => Some(ws),
+                    None => None,
+                },
+                None => None,
+            };
+            if weight.is_none() || ws.is_some() {
+                let pf: Option<Vec<f32>> = pw32
+                    .as_deref()
+                    .map(|p| (r.start..r.end).map(|e| p[e % c]).collect());
+                return kernel::bce_elems::<f32>(path, xs, ys, ws, pf.as_deref(), o);
+            }
+        }
         let (mut bx, mut by, mut bw) = (Vec::new(), Vec::new(), Vec::new());
         let mut sum = 0.0;
         let mut e = r.start;

@@ -405,6 +405,42 @@ impl<'a> View<'a> {
         buf
     }
 
+    /// Flat elements `e0..e1` (across rows) as f32 when the rows are packed: borrowed for
+    /// float32, widened into `buf` by one typed loop otherwise; None for unpacked views.
+    pub(crate) fn flat_f32<'s>(
+        &'s self,
+        e0: usize,
+        e1: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> Option<&'s [f32]> {
+        macro_rules! flat {
+            ($t:ty) => {
+                &self.packed_rows::<$t>(0, self.rows())?[e0..e1]
+            };
+        }
+        Some(match self.dtype {
+            DType::F32 => flat!(f32),
+            DType::F64 => {
+                let s = flat!(f64);
+                buf.clear();
+                buf.extend(s.iter().map(|&v| v as f32));
+                buf
+            }
+            DType::F16 => {
+                let s = flat!(F16);
+                buf.clear();
+                buf.extend(s.iter().map(|v| half::f16::from_bits(v.0).to_f32()));
+                buf
+            }
+            DType::BF16 => {
+                let s = flat!(BF16);
+                buf.clear();
+                buf.extend(s.iter().map(|v| f32::from_bits(u32::from(v.0) << 16)));
+                buf
+            }
+        })
+    }
+
     /// Row `i` as f64: borrowed for direct float64 rows, else widened (any layout, byte order
     /// and dtype) into `buf` by one typed loop.
     pub(crate) fn f64_run<'s>(&'s self, i: usize, buf: &'s mut Vec<f64>) -> &'s [f64] {
