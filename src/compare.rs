@@ -126,21 +126,18 @@ impl<'a> CompareOut<'a> {
     }
 
     fn put(&mut self, idx: usize, r: Option<&RowCompare>) {
-        match r {
-            Some(r) => {
-                self.kl[idx] = r.kl;
-                self.dp[idx] = r.dp;
-                self.nll_base[idx] = r.nll_base;
-                self.nll_new[idx] = r.nll_new;
-                self.same[idx] = r.same as i8;
-            }
-            None => {
-                self.kl[idx] = f64::NAN;
-                self.dp[idx] = f64::NAN;
-                self.nll_base[idx] = f64::NAN;
-                self.nll_new[idx] = f64::NAN;
-                self.same[idx] = -1;
-            }
+        if let Some(r) = r {
+            self.kl[idx] = r.kl;
+            self.dp[idx] = r.dp;
+            self.nll_base[idx] = r.nll_base;
+            self.nll_new[idx] = r.nll_new;
+            self.same[idx] = r.same as i8;
+        } else {
+            self.kl[idx] = f64::NAN;
+            self.dp[idx] = f64::NAN;
+            self.nll_base[idx] = f64::NAN;
+            self.nll_new[idx] = f64::NAN;
+            self.same[idx] = -1;
         }
     }
 }
@@ -171,7 +168,7 @@ unsafe fn series<I: Isa>(r: I::V) -> I::V {
         1.0 / 720.0,
         1.0 / 5040.0,
         1.0 / 40320.0,
-        1.0 / 362880.0,
+        1.0 / 362_880.0,
     ];
     let mut p = I::splat(C[7]);
     for &c in C[..7].iter().rev() {
@@ -366,10 +363,10 @@ fn f_r(r: f64) -> f64 {
         1.0 / 720.0,
         1.0 / 5040.0,
         1.0 / 40320.0,
-        1.0 / 362880.0,
-        1.0 / 3628800.0,
-        1.0 / 39916800.0,
-        1.0 / 479001600.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
     ];
     if r.abs() <= 0.5 {
         let p = C.iter().rev().fold(0.0, |p, &c| p * r + c);
@@ -420,6 +417,7 @@ struct RowRead {
     ln_s: f64,
 }
 
+#[allow(clippy::float_cmp)] // m is a value of the row: the search for it is exact on purpose
 fn argmax_first(rw: &Rows, i: usize, m: f64) -> usize {
     // first index holding the row max (NaN rows: the first non-NaN maximum, as the scan)
     (0..rw.cols())
@@ -438,7 +436,7 @@ fn argmax_first(rw: &Rows, i: usize, m: f64) -> usize {
 
 /// The KL sweep of two typed rows and the first index of each row's max (the rows' maxima
 /// `ma`, `mb` are values of the rows, so the search is exact).
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::float_cmp)]
 fn sweep_pair<A: Elem, B: Elem>(
     path: Path,
     xa: &[A],
@@ -697,6 +695,7 @@ pub fn compare(
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp)] // the tests check exact results (0, inf, bit-equal paths) on purpose
 mod tests {
     use super::*;
 
@@ -709,7 +708,7 @@ mod tests {
 
     /// (lse, ln s, max) of an f32 row in f64.
     fn norm(x: &[f32]) -> (f64, f64, f32) {
-        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let s: f64 = x.iter().map(|&v| (v as f64 - m as f64).exp()).sum();
         (m as f64 + s.ln(), s.ln(), m)
     }
@@ -729,7 +728,7 @@ mod tests {
 
     #[test]
     fn simd_kl_matches_float64_and_is_zero_for_identical_rows() {
-        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         for &c in &[1usize, 2, 7, 16, 33, 1000, 4099, 9000] {
             for noise in [1e-3, 3e-2, 1.0] {
                 let a: Vec<f32> = (0..c)
@@ -774,15 +773,15 @@ mod tests {
         // p = (1/2, 1/2), q = (1/4, 3/4): KL = ½ln2 + ½ln(2/3)
         let (a, b) = ([0.5f64.ln(), 0.5f64.ln()], [0.25f64.ln(), 0.75f64.ln()]);
         let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
-        let got = kl_scalar(a.iter().cloned(), b.iter().cloned(), 0.0, 0.0);
+        let got = kl_scalar(a.iter().copied(), b.iter().copied(), 0.0, 0.0);
         assert!((got - want).abs() < 1e-15);
         assert_eq!(
-            kl_scalar(a.iter().cloned(), a.iter().cloned(), 0.0, 0.0),
+            kl_scalar(a.iter().copied(), a.iter().copied(), 0.0, 0.0),
             0.0
         );
         let z = [0.0, f64::NEG_INFINITY];
         assert_eq!(
-            kl_scalar(a.iter().cloned(), z.iter().cloned(), 0.0, 0.0),
+            kl_scalar(a.iter().copied(), z.iter().copied(), 0.0, 0.0),
             f64::INFINITY
         );
     }

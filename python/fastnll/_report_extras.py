@@ -23,9 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._report import EvalReport
 
 __all__ = ["MAX_CLASSES", "Extras", "ExtrasAccumulator", "masked_target"]
 
@@ -100,7 +103,8 @@ class Extras:
     classwise_ece: float = math.nan  # only with classwise_ece=True
     class_ece: np.ndarray | None = None  # [C] each class's ECE
     ece_equal_mass: float = math.nan  # only with equal_mass_ece=True
-    equal_mass_bins: list | None = None  # [{lower, upper, count, mean_confidence, accuracy}]
+    # [{lower, upper, count, mean_confidence, accuracy}] per equal-mass bin
+    equal_mass_bins: list[dict[str, float]] | None = None
     equal_mass_exact: bool | None = None
     zero_prob_rows: int | None = None  # probabilities only
     clip: float | None = None
@@ -199,8 +203,8 @@ class ExtrasAccumulator:
         self.cw_y = np.zeros(self.c * nb, np.float64)  # Σ 1[target = k]
         self.cw_rows = 0
         self.mass_bins = int(mass_bins)
-        self._conf: list = []
-        self._ok: list = []
+        self._conf: list[np.ndarray] = []
+        self._ok: list[np.ndarray] = []
         self._kept = 0
         self.fine: np.ndarray | None = None  # (count, Σ conf, Σ correct) per fine bin
         # once past MAX_EXACT_ROWS
@@ -209,7 +213,10 @@ class ExtrasAccumulator:
         self.flags = (per_position, per_sequence, per_class, probs, clip)
         self.n_bytes = _counts(n_bytes, "n_bytes", b)
         self.n_words = _counts(n_words, "n_words", b)
-        z = lambda n: np.zeros(n, np.float64)
+
+        def z(n: int) -> np.ndarray:
+            return np.zeros(n, np.float64)
+
         self.pos_n, self.pos_nll, self.pos_ok, self.pos_sq = z(t), z(t), z(t), z(t)
         self.seq_n, self.seq_nll = z(b), z(b)
         self.cls_n, self.cls_nll, self.cls_ok = z(self.c), z(self.c), z(self.c)
@@ -371,7 +378,7 @@ class ExtrasAccumulator:
             e.clip, e.clipped_rows = float(clip), self.clipped
         return e
 
-    def _equal_mass(self) -> tuple:
+    def _equal_mass(self) -> tuple[float, list[dict[str, float]], bool]:
         """(ECE, bins, exact) over n_bins bins of equal row counts by confidence."""
         nb = self.mass_bins
         if self.fine is None:
@@ -431,7 +438,7 @@ class ExtrasAccumulator:
         ]
         return ece, bins, exact
 
-    def clipped_nll(self) -> tuple:
+    def clipped_nll(self) -> tuple[float, float]:
         """(Σ, Σ²) of min(nll, -ln clip) over scored rows."""
         return self.sum_clipped, self.sum_clipped_sq
 
@@ -443,7 +450,7 @@ def _exp(v: float) -> float:
         return math.inf
 
 
-def block_of(offset: int, rows: int, t: int) -> tuple:
+def block_of(offset: int, rows: int, t: int) -> tuple[int, int, int, int]:
     """(b0, b1, t0, t1) of a chunk of ``rows`` consecutive flat rows starting at ``offset``
     (the planner's chunks are a run inside one sequence, or whole sequences)."""
     b0, t0 = divmod(offset, t)
@@ -506,10 +513,12 @@ def _probs(x: np.ndarray, kind: str) -> np.ndarray:
         if kind == "probs":
             return x
         if kind == "log_probs":
-            return np.exp(x)
+            p: np.ndarray = np.exp(x)
+            return p
         m = x.max(axis=1, keepdims=True)
         e = np.exp(x - np.where(np.isfinite(m), m, 0))
-        return e / e.sum(axis=1, keepdims=True)
+        q: np.ndarray = e / e.sum(axis=1, keepdims=True)
+        return q
 
 
 def chain(d: Any, sink: Any, ex: ExtrasAccumulator | None, kind: str = "logits") -> Any:
@@ -537,7 +546,7 @@ def chain(d: Any, sink: Any, ex: ExtrasAccumulator | None, kind: str = "logits")
     return both
 
 
-def attach(rep: Any, ex: ExtrasAccumulator | None) -> Any:
+def attach(rep: EvalReport, ex: ExtrasAccumulator | None) -> EvalReport:
     """The report with its extras; with clip= its NLL fields are the clipped NLL's."""
     from dataclasses import replace
 

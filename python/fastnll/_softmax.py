@@ -42,7 +42,7 @@ def _norm_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
 
 def _lse_last(x: np.ndarray, dtype: type) -> np.ndarray:
     """logsumexp over the last axis of x (any strides), into a new array of `dtype`."""
-    out = np.empty(x.shape[:-1], dtype=dtype)
+    out: np.ndarray = np.empty(x.shape[:-1], dtype=dtype)
     view, tag, swap = core_view(x)
     _core.logsumexp(view, tag, swap, out.reshape(-1))
     return out
@@ -90,8 +90,8 @@ def logsumexp(
         k = int(np.prod([x0.shape[a] for a in axes]))  # explicit: -1 is ambiguous when empty
         xr = moved.reshape(lead + (k,))
         br = np.transpose(bfull, keep + axes).reshape(lead + (k,))
-        out = np.empty(lead, dtype=dtype)
-        sign = np.empty(lead, dtype=dtype) if return_sign else None
+        out: np.ndarray = np.empty(lead, dtype=dtype)
+        sign: np.ndarray | None = np.empty(lead, dtype=dtype) if return_sign else None
         view, tag, swap = core_view(xr)
         _core.logsumexp_b(
             view, tag, swap, br, out.reshape(-1), None if sign is None else sign.reshape(-1)
@@ -147,7 +147,7 @@ def _softmax(x_in: Any, axis: int, log: bool, out: np.ndarray | None = None) -> 
         view, tag, swap = core_view(moved)
         _core.softmax(view, tag, swap, log, dest.reshape(-1))
         return out
-    res = np.empty(moved.shape, dtype=_out_dtype(x))
+    res: np.ndarray = np.empty(moved.shape, dtype=_out_dtype(x))
     view, tag, swap = core_view(moved)
     _core.softmax(view, tag, swap, log, res.reshape(-1))
     return np.moveaxis(res, -1, ax).reshape(x.shape)

@@ -12,6 +12,7 @@ step is below ``tol``·β: typically 3-6 passes. The last pass is the "after" re
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +41,12 @@ class TemperatureFit:
     before: EvalReport
     after: EvalReport
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the "temperature" object of docs/evaluate.md)."""
-        f = lambda v: v if math.isfinite(v) else None
+
+        def f(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
         return {
             "temperature": f(self.temperature),
             "nll_before": f(self.nll_before),
@@ -55,7 +59,7 @@ class TemperatureFit:
         }
 
 
-def _rows(d: Dump, chunk_bytes: int, ignore_index: int):
+def _rows(d: Dump, chunk_bytes: int, ignore_index: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(float32 logits [r, C], int64 targets [r]) of the scored rows, chunk by chunk."""
     b, t, c = d.x.shape
     budget = max(c * 4, min(int(chunk_bytes), BUFFER_BYTES))

@@ -630,9 +630,19 @@ COMPARE_REC_DTYPE = np.dtype(
 CompareSink = Callable[[int, list[np.ndarray]], None]
 
 
+def _field_names(dt: np.dtype) -> tuple[str, ...]:
+    """The field names of a structured dtype (``dtype.names`` is None for a plain one)."""
+    if dt.names is None:
+        raise TypeError(f"{dt} is not a structured dtype")
+    return dt.names
+
+
+COMPARE_REC_FIELDS = _field_names(COMPARE_REC_DTYPE)  # kl, dp, nll_base, nll_new, same_top1
+
+
 def _compare_memory_sink(d: Dump) -> tuple[CompareSink, dict[str, np.ndarray]]:
     """Per-row compare outputs in memory (per_row=True), shaped like the scored targets."""
-    arrays = {k: np.empty(d.out_shape, COMPARE_REC_DTYPE[k]) for k in COMPARE_REC_DTYPE.names}
+    arrays = {k: np.empty(d.out_shape, COMPARE_REC_DTYPE[k]) for k in COMPARE_REC_FIELDS}
     flat = [a.reshape(-1) for a in arrays.values()]
 
     def sink(offset: int, outs: list[np.ndarray]) -> None:
@@ -660,7 +670,7 @@ def _compare_file_sink(d: Dump, out: AtomicOutput) -> CompareSink:
         if offset != written[0]:  # chunks() yields rows in flat order
             raise AssertionError(f"per-row records out of order: {offset} != {written[0]}")
         rec = np.empty(outs[0].size, COMPARE_REC_DTYPE)
-        for k, v in zip(COMPARE_REC_DTYPE.names, outs):
+        for k, v in zip(COMPARE_REC_FIELDS, outs):
             rec[k] = v
         try:
             fh.write(rec.tobytes())
@@ -711,6 +721,8 @@ def compare_report(acc: Any, kind: str, n_classes: int) -> CompareReport:
     s = summary(acc.sums)
     kl_p, dp_p, method, err = acc.percentiles()
     edges, counts = acc.kl_hist.coarse(10)
+    # The summary's SCALARS keys are float fields of CompareReport (any other: TypeError).
+    scalars: dict[str, Any] = {k: v for k, v in s.items() if k in CompareReport.SCALARS}
     return CompareReport(
         kind=kind,
         n_classes=n_classes,
@@ -724,8 +736,8 @@ def compare_report(acc: Any, kind: str, n_classes: int) -> CompareReport:
         percentile_rel_error=err,
         kl_hist_edges=edges,
         kl_hist_counts=counts,
-        **{k: v for k, v in s.items() if k in CompareReport.SCALARS},
-    )  # type: ignore[arg-type]
+        **scalars,
+    )
 
 
 def compare(
@@ -843,7 +855,7 @@ def _compare(
                 _compare_file_sink(db, out),
             )
         rec = np.load(os.fspath(per_row), mmap_mode="r")
-        arrays = {k: rec[k] for k in COMPARE_REC_DTYPE.names}
+        arrays = {k: rec[k] for k in COMPARE_REC_FIELDS}
     rep = compare_report(acc, kind, c)
     if arrays is not None:
         rep = replace(
