@@ -459,7 +459,7 @@ impl<'a> View<'a> {
             DType::BF16 => {
                 buf.extend((0..c).map(|j| {
                     f64::from(f32::from_bits(u32::from(self.at::<BF16>(base, j).0) << 16))
-                }))
+                }));
             }
         }
         buf
