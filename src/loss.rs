@@ -155,11 +155,6 @@ fn drive<O: Out>(
     Ok(total)
 }
 
-/// No fast path: every row goes through the row kernel.
-fn no_fast<O>(_: Range<usize>, _: Option<&mut [O]>, _: &mut Scratch) -> Option<BlockSums> {
-    None
-}
-
 /// The vectorised cross-entropy over rows `r`, where it applies: a SIMD path, 16/32-bit rows
 /// of any layout (rows long enough to be split across threads excepted), targets of any
 /// integer dtype, f32 outputs (see `stage`).
@@ -314,8 +309,57 @@ pub fn nll_loss<O: Out>(
             let w = opt.weight.map_or(1.0, |w| w[k]);
             Ok((-w * v, w))
         },
-        no_fast,
+        |r: Range<usize>, mut o: Option<&mut [O]>, _: &mut Scratch| -> Option<BlockSums> {
+            // targets widened per run by one typed loop, the gathered values read by one
+            // typed loop; it stops at the first row to report (bad target, not a log-prob)
+            NLL_T.with(|b| {
+                let tb = &mut *b.borrow_mut();
+                let ts = t.to_i64(r.start, r.len(), opt.ignore_index, tb);
+                let c = x.cols() as u64;
+                let mut acc = BlockSums::default();
+                macro_rules! go {
+                    ($ty:ty, $f:expr) => {{
+                        let f = $f;
+                        for (l, &v) in ts.iter().enumerate() {
+                            let (loss, w) = if v == opt.ignore_index {
+                                (0.0, 0.0)
+                            } else if (v as u64) < c {
+                                let k = v as usize;
+                                let xv: f64 = f(x.get::<$ty>(r.start + l, k));
+                                if xv > NLL_TOLERANCE {
+                                    break;
+                                }
+                                let w = opt.weight.map_or(1.0, |w| w[k]);
+                                (-w * xv, w)
+                            } else {
+                                break;
+                            };
+                            if let Some(o) = o.as_deref_mut() {
+                                o[l] = O::from_f64(loss);
+                            }
+                            acc.sum += loss;
+                            acc.weight += w;
+                            acc.rows += 1;
+                        }
+                    }};
+                }
+                match x.dtype {
+                    DType::F32 => go!(f32, |v: f32| f64::from(v)),
+                    DType::F64 => go!(f64, |v: f64| v),
+                    DType::F16 => go!(F16, |v: F16| f64::from(half::f16::from_bits(v.0).to_f32())),
+                    DType::BF16 => go!(BF16, |v: BF16| f64::from(f32::from_bits(
+                        u32::from(v.0) << 16
+                    ))),
+                }
+                Some(acc)
+            })
+        },
     )
+}
+
+thread_local! {
+    /// Per-thread targets of [`nll_loss`]'s fast path, widened to int64.
+    static NLL_T: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Per-thread buffers of [`with_logp`]: log-probabilities, lanes parts, spread, targets.

@@ -180,3 +180,18 @@ def dtype(request):
 @pytest.fixture(params=REDUCTIONS)
 def reduction(request):
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _simd_settings_restored():
+    """Every test leaves the process-wide SIMD path and short-row scheme as it found them: the
+    test command pins a path per run (FASTNLL_SIMD), and a test that switched paths and
+    restored another one would run every later test, and compare them with subprocesses and
+    Dask workers, on the wrong path."""
+    import fastnll
+    from fastnll import _core
+
+    before = (fastnll.simd_path(), _core.short_scheme())
+    yield
+    after = (fastnll.simd_path(), _core.short_scheme())
+    assert after == before, f"the test left the SIMD settings at {after}, was {before}"

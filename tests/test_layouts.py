@@ -89,6 +89,7 @@ def _same(a, b, what):
 @pytest.mark.parametrize("c", [1, 2, 3, 10, 32, 33, 1000])
 @pytest.mark.parametrize("tag", ["f32", "bf16", "f16", "f64"])
 def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
+    before = _core.short_scheme()
     _core.set_short_scheme(scheme)
     try:
         n = 150 if c >= 1000 else 613
@@ -120,7 +121,7 @@ def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
             strided[::2] = tt
             _same(want, _results(x, strided[::2]), f"{tag} C={c} strided {tdt.__name__}")
     finally:
-        _core.set_short_scheme("auto")
+        _core.set_short_scheme(before)
 
 
 def _ref_rows(x: np.ndarray, t: np.ndarray):

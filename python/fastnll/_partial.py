@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays
 from ._inputs import (
     Dump,
     check_declared_kind,
     chunks,
     name_of,
     prepare,
-    reraise,
     shape_of,
     validate,
 )
@@ -112,25 +110,16 @@ class CompareSums(_Versioned):
         if check_kind:
             check_declared_kind(db, self.kind, self.ignore_index, chunk_bytes)
             check_declared_kind(dn, self.kind, self.ignore_index, chunk_bytes)
-        b, t, c = db.x.shape
+        c = db.x.shape[-1]
         if self.n_classes is not None and c != self.n_classes:
             raise ValueError(f"{db.name} has {c} classes but earlier data had {self.n_classes}")
         self.n_classes = c
+        from .evaluate import _compare_chunks  # the one chunk loop of compare
+
         core = importlib.import_module(f"{__package__}._core")
-        row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
-        for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
-            xb, ts, lead = db.block(b0, b1, t0, t1)
-            vb, tb, sb = _arrays.core_view(xb)
-            vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
-            rows = (b1 - b0) * (t1 - t0)
-            outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
-            try:
-                r = core.compare_rows(
-                    vb, tb, sb, vn, tn, sn, ts, self.kind, self.ignore_index, lead, *outs
-                )
-            except (IndexError, ValueError) as exc:
-                reraise(exc, db, ts, b0, t0, self.ignore_index)
-            self.acc.add(r, outs[0], outs[1], outs[4])
+        _compare_chunks(
+            core, db, dn, self.kind, self.ignore_index, chunk_bytes, False, self.acc, None
+        )
         return self
 
     def merge(self, other: CompareSums) -> CompareSums:
