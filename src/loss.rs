@@ -257,7 +257,13 @@ pub fn cross_entropy<O: Out>(
                         let wk = opt.weight.map_or(1.0, |w| w[k]);
                         let smooth: f64 = match opt.weight {
                             None => row.iter().map(|&p| -f64::from(p)).sum(),
-                            Some(w) => row.iter().zip(w).map(|(&p, &wc)| -wc * f64::from(p)).sum(),
+                            // zero weights skip their term (a masked -inf class: 0·inf)
+                            Some(w) => row
+                                .iter()
+                                .zip(w)
+                                .filter(|(_, &wc)| wc != 0.0)
+                                .map(|(&p, &wc)| -wc * f64::from(p))
+                                .sum(),
                         };
                         let loss = (1.0 - eps) * wk * -f64::from(row[k]) + eps / c as f64 * smooth;
                         (loss, wk)

@@ -227,3 +227,27 @@ def test_softmax_out_writes_the_callers_array(log):
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         f(x, out=ro)
+
+
+@pytest.mark.parametrize("c", [5, 40])  # the short-row tile path and the row path
+def test_label_smoothing_skips_zero_weight_classes(c):
+    """A masked class (-inf logit) of weight 0 adds nothing to the smoothing term (0·inf is
+    not taken), on the short-row path as on the row path; float64 reference written here."""
+    g = np.random.default_rng(c)
+    n, eps = 333, 0.1
+    x = (g.standard_normal((n, c)) * 2).astype(np.float32)
+    x[:, 3] = -np.inf
+    w = g.uniform(0.5, 2.0, c)
+    w[3] = 0.0
+    t = g.choice([k for k in range(c) if k != 3], n)
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=1, keepdims=True)
+    lp = x64 - (m + np.log(np.exp(x64 - m).sum(axis=1, keepdims=True)))
+    keep = w != 0
+    smooth = -(lp[:, keep] * w[keep]).sum(axis=1)
+    rows = (1 - eps) * w[t] * -lp[np.arange(n), t] + eps / c * smooth
+    want = rows.sum() / w[t].sum()
+    got = fastnll.cross_entropy(x, t, weight=w, label_smoothing=eps)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=2e-6)
+    per = fastnll.cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="none")
+    np.testing.assert_allclose(per, rows, rtol=2e-6, atol=2e-6)
