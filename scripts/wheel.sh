@@ -47,8 +47,28 @@ trap 'rm -rf "$tmp"' EXIT
 # site-packages, which come first, get fastnll from the wheel only.
 "$PY" -m venv --system-site-packages "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install --quiet --no-deps --force-reinstall "$whl"
-nocargo=$(echo "$PATH" | tr ':' '\n' | grep -v -e '\.cargo' -e '\.rustup' | paste -sd: -)
-nocargo="$tmp/venv/bin:$nocargo"
+# PATH without any Rust toolchain: rustup's directories dropped, and a system directory that
+# holds cargo or rustc (Debian's cargo-web puts them in /usr/bin) replaced by a directory of
+# links to everything else in it.
+parts=()
+IFS=: read -ra dirs <<< "$PATH"
+for d in "${dirs[@]}"; do
+  case "$d" in *.cargo*|*.rustup*|"") continue ;; esac
+  [ -d "$d" ] || continue
+  if [ -e "$d/cargo" ] || [ -e "$d/rustc" ]; then
+    sd="$tmp/path-without-rust/${d//\//_}"
+    mkdir -p "$sd"
+    for f in "$d"/*; do
+      b=${f##*/}
+      case "$b" in cargo*|rustc*|rustdoc*|rustup*|rust-gdb*|rust-lldb*) continue ;; esac
+      ln -s "$f" "$sd/$b"
+    done
+    parts+=("$sd")
+  else
+    parts+=("$d")
+  fi
+done
+nocargo="$tmp/venv/bin:$(IFS=:; echo "${parts[*]}")"
 if PATH=$nocargo command -v cargo >/dev/null || PATH=$nocargo command -v rustc >/dev/null; then
   echo "FAIL: cargo/rustc still on PATH"; exit 1
 fi
