@@ -54,6 +54,22 @@ fn tile_rows(c: usize, size: usize) -> usize {
     ((TILE_BYTES / (c * size).max(1)) & !15).max(16)
 }
 
+/// Whether [`source`] reads rows from `i` on in place (no staging, so no tile bound needed).
+fn in_place(x: &View, i: usize) -> bool {
+    macro_rules! at {
+        ($t:ty) => {
+            x.row_run::<$t>(i).is_some()
+                || (x.cols() <= LANES_MAX_C && x.col_run::<$t>(i).is_some())
+        };
+    }
+    match x.dtype {
+        crate::tensor::DType::F32 => at!(f32),
+        crate::tensor::DType::F16 => at!(F16),
+        crate::tensor::DType::BF16 => at!(BF16),
+        crate::tensor::DType::F64 => false,
+    }
+}
+
 /// How a tile's rows are read: (pointer, stride, kernel mode), the mode one of
 /// `kernel::{GATHER, COLS, TRANSPOSE}` for short rows (long rows always go row by row).
 type Src<E> = (*const E, usize, u8);
@@ -112,7 +128,13 @@ pub(crate) fn ce<E: Tile>(
     let mut done = 0;
     while done < n {
         let i = r.start + done;
-        let m = tile.min(n - done);
+        // read in place (logits and int64 targets): the whole run in one call, no per-tile
+        // overhead (it cost C = 2 a third of its speed); staged: a bounded tile
+        let m = if in_place(x, i) && t.packed_i64(i, n - done).is_some() {
+            n - done
+        } else {
+            tile.min(n - done)
+        };
         let ts = t.to_i64(i, m, ignore, tbuf);
         let mut args = CeArgs {
             t: ts,
@@ -153,7 +175,11 @@ pub(crate) fn lse<E: Tile>(
     let mut done = 0;
     while done < n {
         let i = r.start + done;
-        let m = tile.min(n - done);
+        let m = if in_place(x, i) {
+            n - done
+        } else {
+            tile.min(n - done)
+        };
         let o = &mut out[done..done + m];
         let (p, st, mode) = source(x, i, m, scheme, xbuf);
         let b = Block { p, st, n: m, c };
