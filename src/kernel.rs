@@ -667,6 +667,9 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem, const M: u8>(
     if c == 0 || c > LANES_MAX_C || t.len() < b.n {
         return 0;
     }
+    if c == 2 && st == 2 && M != COLS && a.wt.is_none() {
+        return ce_pairs::<I, E>(b, a, acc);
+    }
     // Element offsets of the targets for the gathers (rows mode only).
     let istride = if M == GATHER { st } else { 0 };
     let (mut idx, mut wl, mut sl, mut kl) = ([0i32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
@@ -725,6 +728,53 @@ pub(crate) unsafe fn ce_short<I: Isa, E: Elem, const M: u8>(
         acc.weight += wsum;
         done += w;
     }
+    acc.rows += done;
+    done
+}
+
+/// [`ce_short`] of packed binary rows without class weights: the most common dump, in its
+/// own loop so that nothing of the general short-row body (tiles, transposes, the weighted
+/// decode) competes for registers (that cost C = 2 a quarter of its speed). Same arithmetic
+/// as `lane_lse`'s c = 2 branch and the same per-block sum, so results are bit-identical.
+#[inline(always)]
+unsafe fn ce_pairs<I: Isa, E: Elem>(b: Block<E>, a: &mut CeArgs, acc: &mut BlockSums) -> usize {
+    let w = I::W;
+    let t = a.t;
+    let mut idx = [0i32; 16];
+    let (zero, one, nl2) = (I::splat(0.0), I::splat(1.0), I::splat(-exp2c::LOG2E));
+    let mut out = a.out.as_deref_mut();
+    // the running sum continues acc's, block by block as in `ce_short` (bit-identical)
+    let (mut done, mut sum, mut wsum) = (0, acc.sum, 0u64);
+    while done + w <= b.n {
+        let (scored, n, bad, kf) = I::targets(t.as_ptr().add(done), 2, 0, a.ignore, &mut idx);
+        if bad {
+            break;
+        }
+        let p = b.p.add(done * 2);
+        short_prefetch::<I, E>(p, 2);
+        let pt = (t.as_ptr().add(done) as *const u8).wrapping_add(SHORT_AHEAD);
+        for k in (0..w * 8).step_by(64) {
+            I::prefetch(pt.wrapping_add(k));
+        }
+        let (x0, x1) = E::load_pair::<I>(p);
+        let vm = I::max_ignore_nan(x0, x1);
+        let e = I::exp2_sum(I::mul(I::abs(I::sub(x0, x1)), nl2));
+        if !I::all_abs_below(I::fma(e, zero, vm), exp2c::BIG) {
+            break;
+        }
+        let ln_s = I::ln_ge1(I::add(one, e));
+        let xt = I::blend_eq(kf, 1.0, x0, x1);
+        let loss = I::zero_where_zero(scored, I::mul(I::add(I::sub(vm, xt), ln_s), scored));
+        if let Some(o) = out.as_deref_mut() {
+            I::store(o.as_mut_ptr().add(done), loss);
+        }
+        sum += I::hsum(loss) as f64;
+        wsum += u64::from(n);
+        done += w;
+    }
+    acc.sum = sum;
+    // counts: exact in f64 in any order
+    acc.weight += wsum as f64;
     acc.rows += done;
     done
 }
