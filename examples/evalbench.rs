@@ -1,5 +1,6 @@
 //! Timing of evaluate vs cross_entropy and logsumexp without Python, on 512 MiB float32
-//! arrays: `T=2 cargo run --release --example evalbench` (T threads, default 1).
+//! arrays: `T=2 C=2,10,1000 cargo run --release --example evalbench` (T threads, default 1; C the
+//! class counts).
 use fastnll::eval::evaluate;
 use fastnll::loss::cross_entropy;
 use fastnll::softmax::logsumexp;
@@ -32,7 +33,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     fastnll::parallel::set_num_threads(threads);
-    for c in [1000usize, 32000] {
+    let cs: Vec<usize> = std::env::var("C")
+        .unwrap_or_else(|_| "2,10,128,1000,32000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    for c in cs {
         let n = (512 << 20) / (4 * c);
         let mut seed = 1u64;
         let mut x = huge_vec(n * c);

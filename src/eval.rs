@@ -67,8 +67,8 @@ pub struct EvalSums {
 
 /// A confidence in units of 2^-60: exact for conf >= 2^-7, below off by < 2^-60. (Values
 /// above 1 only come from invalid probabilities; capped below 16 to fit the u64.)
-fn conf_fixed(conf: f64) -> u128 {
-    (conf.clamp(0.0, 15.0) * 2f64.powi(60)) as u64 as u128
+pub(crate) fn conf_fixed(conf: f64) -> u64 {
+    (conf.clamp(0.0, 15.0) * 2f64.powi(60)) as u64
 }
 
 impl EvalSums {
@@ -157,6 +157,9 @@ fn finish(kind: Kind, xt: f64, rs: &RowStats) -> RowMetrics {
     }
 }
 
+/// Most calibration bins `evaluate` takes (a bin index must fit the lanes' u32).
+pub const MAX_BINS: usize = 1 << 24;
+
 /// Rows whose statistics are taken and finished together (see [`evaluate`]).
 const BATCH: usize = 16;
 
@@ -200,7 +203,7 @@ fn add_row(
         // conf in [0, 1] for valid inputs; the cast saturates (NaN excluded above)
         let b = ((m.conf * nb as f64) as usize).min(nb - 1);
         // a u128 of units of 2^-60 cannot overflow before 2^64 rows
-        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].wrapping_add(conf_fixed(m.conf));
+        acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].wrapping_add(u128::from(conf_fixed(m.conf)));
         b
     } else {
         acc.conf_nonfinite += 1;
@@ -236,8 +239,11 @@ pub fn evaluate(
     per_row: Option<PerRow>,
 ) -> Result<EvalSums> {
     check_target_shape(x, t.shape(), "target")?;
-    if opt.n_bins == 0 {
-        return Err(Error::Value("n_bins must be at least 1".into()));
+    if opt.n_bins == 0 || opt.n_bins > MAX_BINS {
+        return Err(Error::Value(format!(
+            "n_bins must be in [1, {MAX_BINS}], got {}",
+            opt.n_bins
+        )));
     }
     if let Some(&k) = opt.top_k.iter().find(|&&k| k == 0) {
         return Err(Error::Value(format!("top_k values must be >= 1, got {k}")));
@@ -256,6 +262,13 @@ pub fn evaluate(
         // per-lane f64 sums of NLL, NLL², entropy and Brier of the clean lane groups
         let mut lacc = [[0f64; BATCH]; 4];
         let mut acc = EvalSums::new(opt);
+        // the clean lane groups' histogram (see `kernel::Hist`), folded into acc at the end
+        let ways = if opt.n_bins <= 256 { 4 } else { 1 };
+        let (mut h_count, mut h_conf, mut h_correct) = (
+            vec![0u64; ways * opt.n_bins],
+            vec![0u128; ways * opt.n_bins],
+            vec![0u64; ways * opt.n_bins],
+        );
         let mut i = r.start;
         while i < r.end {
             let g = (r.end - i).min(BATCH);
@@ -322,43 +335,29 @@ pub fn evaluate(
                     && !opt.ties_first
                     && (0..BATCH).all(|l| rows[l].is_some() && lane.ok[l] != 0.0);
                 if clean {
-                    // every row scored and ordinary: sums in per-lane f64 accumulators (the
-                    // loops vectorise), counts by lane, only the bins row by row
-                    for l in 0..BATCH {
-                        let v = lane.nll[l] as f64;
-                        lacc[0][l] += v;
-                        lacc[1][l] += v * v;
-                        lacc[2][l] += lane.ent[l] as f64;
-                        lacc[3][l] += lane.brier[l] as f64;
-                    }
-                    for (cnt, &kk) in acc.topk_correct.iter_mut().zip(&opt.top_k) {
-                        *cnt += lane
-                            .rank
-                            .iter()
-                            .filter(|&&rk| (rk as u64) < kk as u64)
-                            .count() as u64;
-                    }
+                    // every row scored and ordinary: the sums in a vector pass over the lanes
+                    let mut cf = [0f64; BATCH];
+                    let mut hist = kernel::Hist {
+                        ways,
+                        count: &mut h_count,
+                        conf: &mut h_conf,
+                        correct: &mut h_correct,
+                    };
+                    acc.conf_nonfinite += kernel::eval_clean16::<f32>(
+                        path,
+                        &lane,
+                        lp,
+                        &opt.top_k,
+                        &mut lacc,
+                        &mut acc.topk_correct,
+                        &mut hist,
+                        &mut cf,
+                    );
                     acc.n += BATCH as u64;
-                    let nb = opt.n_bins;
-                    for l in 0..BATCH {
-                        let cf = if lp {
-                            (lane.conf[l] as f64).exp()
-                        } else {
-                            1.0 / lane.conf[l] as f64
-                        };
-                        let b = if cf.is_finite() {
-                            let b = ((cf * nb as f64) as usize).min(nb - 1);
-                            acc.bin_conf_fixed[b] =
-                                acc.bin_conf_fixed[b].wrapping_add(conf_fixed(cf));
-                            b
-                        } else {
-                            acc.conf_nonfinite += 1;
-                            0
-                        };
-                        acc.bin_count[b] += 1;
-                        acc.bin_correct[b] += (lane.rank[l] == 0.0) as u64;
-                        if let Some(o) = o.as_mut() {
-                            o.set(i + l - r.start, lane.nll[l] as f64, lane.rank[l] as i64, cf);
+                    if let Some(o) = o.as_mut() {
+                        for l in 0..BATCH {
+                            let (nll, rank) = (lane.nll[l] as f64, lane.rank[l] as i64);
+                            o.set(i + l - r.start, nll, rank, cf[l]);
                         }
                     }
                     i += g;
@@ -429,6 +428,11 @@ pub fn evaluate(
                 add_row(&mut acc, &mut o, i + l - r.start, &m, opt);
             }
             i += g;
+        }
+        for (k, b) in (0..ways * opt.n_bins).map(|k| (k, k % opt.n_bins)) {
+            acc.bin_count[b] += h_count[k];
+            acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].wrapping_add(h_conf[k]);
+            acc.bin_correct[b] += h_correct[k];
         }
         let lane_sum = |a: &[f64; BATCH]| a.iter().sum::<f64>();
         acc.sum_nll += lane_sum(&lacc[0]);

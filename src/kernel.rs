@@ -121,6 +121,7 @@ unsafe fn sweep_vec<I: Isa, const EVAL: bool, const CLAMP: bool>(
     vnt: I::V,
     vxt: I::V,
     acc: &mut [I::V; 4],
+    gt: &mut u32,
 ) {
     let t = I::fma(x, vl, vnt);
     if EVAL {
@@ -133,14 +134,14 @@ unsafe fn sweep_vec<I: Isa, const EVAL: bool, const CLAMP: bool>(
         acc[0] = I::add(acc[0], e);
         acc[1] = I::fma(e, t, acc[1]);
         acc[2] = I::fma(e, e, acc[2]);
-        acc[3] = I::count_gt(acc[3], x, vxt);
+        *gt += I::gt_lanes(x, vxt);
     } else {
         acc[0] = I::add(acc[0], I::exp2_sum(t));
     }
 }
 
-/// The sweep of one L1-resident block: lane sums of 2^t (and with `EVAL` of e·t, e², and
-/// the count of x > xt), prefetching the memory `ahead` of it.
+/// The sweep of one L1-resident block: lane sums of 2^t (and with `EVAL` of e·t and e²), and
+/// the count of x > xt (0 without `EVAL`), prefetching the memory `ahead` of it.
 #[inline(always)]
 unsafe fn sweep_block<I: Isa, E: Elem, const EVAL: bool, const CLAMP: bool>(
     blk: &[E],
@@ -148,22 +149,23 @@ unsafe fn sweep_block<I: Isa, E: Elem, const EVAL: bool, const CLAMP: bool>(
     vnt: I::V,
     vxt: I::V,
     ahead: *const u8,
-) -> [I::V; 4] {
+) -> ([I::V; 4], u32) {
     let w = I::W;
     let mut acc = [I::splat(0.0); 4];
+    let mut gt = 0;
     let p = blk.as_ptr();
     let mut i = 0;
     while i + w <= blk.len() {
         I::prefetch(ahead.wrapping_add(i * std::mem::size_of::<E>()));
-        sweep_vec::<I, EVAL, CLAMP>(E::load::<I>(p.add(i)), vl, vnt, vxt, &mut acc);
+        sweep_vec::<I, EVAL, CLAMP>(E::load::<I>(p.add(i)), vl, vnt, vxt, &mut acc, &mut gt);
         i += w;
     }
     if i < blk.len() {
         // clamped: the lanes past the end hold -inf
         let v = E::load_tail::<I>(p.add(i), blk.len() - i);
-        sweep_vec::<I, EVAL, true>(v, vl, vnt, vxt, &mut acc);
+        sweep_vec::<I, EVAL, true>(v, vl, vnt, vxt, &mut acc, &mut gt);
     }
-    acc
+    (acc, gt)
 }
 
 /// 2^k for the small |k| <= 64 of the shift's rounding (|k| < 2^-10 for |m| < ~700): a short
@@ -205,10 +207,10 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) 
         // While this block is swept from L1, pull the next one (of this row, or the next
         // packed row) from memory, so reading and computing overlap.
         let ahead = (blk.as_ptr() as *const u8).wrapping_add(BLOCK * std::mem::size_of::<E>());
-        let mut acc = sweep_block::<I, E, EVAL, false>(blk, vl, vnt, vxt, ahead);
+        let (mut acc, mut gt) = sweep_block::<I, E, EVAL, false>(blk, vl, vnt, vxt, ahead);
         if EVAL && I::hsum(acc[1]).is_nan() {
             // a -inf (or NaN) entry: again with t clamped (a NaN stays NaN)
-            acc = sweep_block::<I, E, EVAL, true>(blk, vl, vnt, vxt, ahead);
+            (acc, gt) = sweep_block::<I, E, EVAL, true>(blk, vl, vnt, vxt, ahead);
         }
         let corr = exp2_small(k);
         let se = I::hsum(acc[0]) as f64;
@@ -218,7 +220,7 @@ pub(crate) unsafe fn stats<I: Isa, E: Elem, const EVAL: bool>(x: &[E], xt: f32) 
             let set = I::hsum(acc[1]) as f64;
             st.t += corr * (set + k * se) * exp2c::INV_LOG2E;
             st.q += corr * corr * I::hsum(acc[2]) as f64;
-            st.gt += I::hsum(acc[3]) as u64; // <= BLOCK per block: exact in f32
+            st.gt += u64::from(gt);
         }
     }
     if st.m == f32::NEG_INFINITY {
@@ -1013,6 +1015,92 @@ pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8, const LOGP: bool>(
     }
 }
 
+/// The calibration histogram of `evaluate`: rows, Σ confidence (fixed point, see
+/// `eval::conf_fixed`) and correct rows per bin, `ways` (1, 2, 4, ...) copies of `n_bins`
+/// bins, way-major: lane l adds to copy l % ways, so that rows falling in the same bin (most
+/// rows, for a confident model) do not wait on each other's read-modify-write.
+pub(crate) struct Hist<'a> {
+    pub ways: usize,
+    pub count: &'a mut [u64],
+    pub conf: &'a mut [u128],
+    pub correct: &'a mut [u64],
+}
+
+/// Adds a clean group of 16 [`LaneMetrics`] (every row scored and ordinary) to the per-lane
+/// f64 sums `lacc` (NLL, NLL², entropy, Brier), the top-k counts and the histogram, and
+/// writes each row's confidence to `cf`; returns the rows of non-finite confidence (counted
+/// in bin 0). Plain loops over the 16 lanes: under the caller's target features they
+/// vectorise (at the baseline ISA this bookkeeping cost more than the kernel).
+#[inline(always)]
+pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
+    lane: &LaneMetrics,
+    log_probs: bool,
+    top_k: &[usize],
+    lacc: &mut [[f64; 16]; 4],
+    topk: &mut [u64],
+    hist: &mut Hist<'_>,
+    cf: &mut [f64; 16],
+) -> u64 {
+    for l in 0..16 {
+        let v = f64::from(lane.nll[l]);
+        lacc[0][l] += v;
+        lacc[1][l] += v * v;
+        lacc[2][l] += f64::from(lane.ent[l]);
+        lacc[3][l] += f64::from(lane.brier[l]);
+    }
+    for (cnt, &kk) in topk.iter_mut().zip(top_k) {
+        // ranks are small integers (< LANES_MAX_C), exact in f32; so is kk once capped
+        let k = kk.min(1 << 20) as f32;
+        *cnt += lane.rank.iter().map(|&r| u64::from(r < k)).sum::<u64>();
+    }
+    if log_probs {
+        for l in 0..16 {
+            cf[l] = f64::from(lane.conf[l]).exp();
+        }
+    } else {
+        for l in 0..16 {
+            cf[l] = 1.0 / f64::from(lane.conf[l]);
+        }
+    }
+    let ways = hist.ways;
+    let nb = hist.count.len() / ways;
+    debug_assert!(ways.is_power_of_two() && hist.conf.len() == nb * ways);
+    let (nbf, top) = (nb as f64, (nb - 1) as f64);
+    let (mut bin, mut fx) = ([0u32; 16], [0u64; 16]);
+    let mut nonfinite = 0;
+    for l in 0..16 {
+        // conf in (0, 1] for valid inputs; NaN fails `>=` and goes to 0, as does a
+        // non-finite conf's bin (counted below)
+        let v = cf[l];
+        let finite = v.is_finite();
+        nonfinite += u64::from(!finite);
+        let b = if finite && v >= 0.0 {
+            (v * nbf).min(top)
+        } else {
+            0.0
+        };
+        let c = if finite && v >= 0.0 { v.min(15.0) } else { 0.0 };
+        // SAFETY: b in [0, nb - 1] and c·2^60 in [0, 15·2^60] fit u32 / u64 (n_bins is a
+        // u32-sized count: bins are allocated per option); `conf_fixed` gives the same value
+        // for a finite v (the clamp at 0 and the truncation are the same).
+        (bin[l], fx[l]) = (
+            b.to_int_unchecked::<u32>(),
+            (c * 2f64.powi(60)).to_int_unchecked::<u64>(),
+        );
+        if !finite {
+            fx[l] = 0;
+        }
+    }
+    for l in 0..16 {
+        let b = (l & (ways - 1)) * nb + bin[l] as usize;
+        // SAFETY: bin[l] <= nb - 1 (above), and the three slices hold ways · nb bins.
+        *hist.conf.get_unchecked_mut(b) += u128::from(fx[l]);
+        *hist.count.get_unchecked_mut(b) += 1;
+        *hist.correct.get_unchecked_mut(b) += u64::from(lane.rank[l] == 0.0);
+    }
+    nonfinite
+}
+
 /// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
 pub(crate) const GROUP: usize = 16;
 
@@ -1273,6 +1361,20 @@ unsafe fn ln_exp_each<I: Isa, E: Elem>(s: &mut [f32; 16], d: &mut [f32; 16]) {
             I::exp_le0(I::load(d.as_ptr().add(g))),
         );
     }
+}
+
+dispatch! {
+    /// See [`eval_clean`] (`E` is unused).
+    pub(crate) fn eval_clean16<E>(
+        lane: &LaneMetrics,
+        log_probs: bool,
+        top_k: &[usize],
+        lacc: &mut [[f64; 16]; 4],
+        topk: &mut [u64],
+        hist: &mut Hist<'_>,
+        cf: &mut [f64; 16]
+    ) -> u64
+    => eval_clean
 }
 
 dispatch! {

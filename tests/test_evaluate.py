@@ -83,6 +83,24 @@ def test_metrics_match_reference(dtype: str, kind: str, layout: str) -> None:
     assert rep.n_classes == shape[-1] and rep.kind == kind
 
 
+@pytest.mark.parametrize("n_bins", [7, 300])
+@pytest.mark.parametrize("c", [2, 5, 17, 32])
+@pytest.mark.parametrize("kind", ["logits", "log_probs"])
+def test_short_rows_in_lanes_match_reference(kind: str, c: int, n_bins: int) -> None:
+    # C <= 32: rows in SIMD lanes, whole groups of 16 summed by the vector bookkeeping (its
+    # histogram kept in 4 interleaved copies up to 256 bins, one beyond); the ragged end and
+    # the group holding an ignored row take the row-by-row sums
+    rng = np.random.default_rng(c * 1000 + n_bins)
+    x = make_preds(rng, (16 * 40 + 5, c), kind, "float32")
+    t = make_targets(rng, (16 * 40 + 5,), c)
+    t[100] = -100
+    rep = evaluate(x, t, kind=kind, top_k=(1, 2, 40), n_bins=n_bins, per_row=True)
+    ref = reference_metrics(x, t, kind=kind, top_k=(1, 2, 40), n_bins=n_bins)
+    assert_matches(rep, ref, n_bins=n_bins)
+    np.testing.assert_allclose(rep.row_nll, ref["row_nll"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(rep.row_rank, ref["row_rank"])
+
+
 @pytest.mark.parametrize("ignore_index", [0, 4, -1])
 def test_other_ignore_index(ignore_index: int) -> None:
     rng = np.random.default_rng(11)

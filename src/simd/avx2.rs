@@ -149,6 +149,10 @@ impl Isa for Avx2 {
         _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_NEQ_UQ>(mask, _mm256_setzero_ps()))
     }
     #[inline(always)]
+    unsafe fn gt_lanes(v: __m256, t: __m256) -> u32 {
+        (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u32).count_ones()
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: __m256, v: __m256, t: __m256) -> __m256 {
         let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(v, t);
         _mm256_add_ps(acc, _mm256_and_ps(gt, _mm256_set1_ps(1.0)))

@@ -282,6 +282,9 @@ pub(crate) trait Isa: Copy {
     unsafe fn zero_where_zero(mask: Self::V, v: Self::V) -> Self::V;
     /// acc + 1 in the lanes where v > t (false for NaN): a per-lane count kept in f32.
     unsafe fn count_gt(acc: Self::V, v: Self::V, t: Self::V) -> Self::V;
+    /// The number of lanes where v > t (false for NaN), counted on the integer side: the
+    /// long-row sweeps are bound by the vector pipes, which this leaves alone.
+    unsafe fn gt_lanes(v: Self::V, t: Self::V) -> u32;
     /// Lane l = p[l * stride] for l < W (a column of W rows).
     unsafe fn gather(p: *const f32, stride: usize) -> Self::V;
     /// The first `c` (<= 32) columns of W rows, row l at `p + l·st`, into `cols[0..c]`.

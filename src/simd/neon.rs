@@ -174,6 +174,10 @@ impl Isa for Neon {
         float(vbicq_u32(bits(v), vceqq_f32(mask, vdupq_n_f32(0.0))))
     }
     #[inline(always)]
+    unsafe fn gt_lanes(v: float32x4_t, t: float32x4_t) -> u32 {
+        vaddvq_u32(vshrq_n_u32::<31>(vcgtq_f32(v, t)))
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: float32x4_t, v: float32x4_t, t: float32x4_t) -> float32x4_t {
         let one = vandq_u32(vcgtq_f32(v, t), bits(vdupq_n_f32(1.0)));
         vaddq_f32(acc, float(one))
