@@ -11,6 +11,7 @@
 //! normalisers moves it only by about ε·KL + ε²/2 instead of ε. f is a series for |r| <= 1/2
 //! (no cancellation), and q_j - p_j - p_j·r_j otherwise.
 
+use crate::compare_lanes as lanes;
 use crate::error::{Error, Result};
 use crate::eval::Kind;
 use crate::loss::class_of;
@@ -483,6 +484,70 @@ fn sweep_typed(
     }
 }
 
+/// Column-major staging tiles of 16 short rows of each dump (see [`lanes::lanes`]).
+#[derive(Default)]
+struct Tiles {
+    a32: Vec<f32>,
+    a16: Vec<F16>,
+    ab16: Vec<BF16>,
+    b32: Vec<f32>,
+    b16: Vec<F16>,
+    bb16: Vec<BF16>,
+}
+
+impl Tiles {
+    /// Stages rows i..i + g (g <= 16; the rest padded) of both dumps and runs the lanes.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        path: Path,
+        a: &View,
+        b: &View,
+        i: usize,
+        g: usize,
+        kf: &[f32; 16],
+        log_probs: bool,
+        o: &mut lanes::LaneCompare,
+    ) {
+        let c = a.cols();
+        macro_rules! second {
+            ($ta:expr) => {{
+                let ta = $ta;
+                match b.dtype {
+                    DType::F32 => {
+                        b.copy_cols(i, g, 16, &mut self.b32);
+                        lanes::lanes_on(path, ta, &self.b32, c, kf, log_probs, o);
+                    }
+                    DType::F16 => {
+                        b.copy_cols(i, g, 16, &mut self.b16);
+                        lanes::lanes_on(path, ta, &self.b16, c, kf, log_probs, o);
+                    }
+                    DType::BF16 => {
+                        b.copy_cols(i, g, 16, &mut self.bb16);
+                        lanes::lanes_on(path, ta, &self.bb16, c, kf, log_probs, o);
+                    }
+                    DType::F64 => unreachable!("float64 rows take the row path"),
+                }
+            }};
+        }
+        match a.dtype {
+            DType::F32 => {
+                a.copy_cols(i, g, 16, &mut self.a32);
+                second!(&self.a32[..]);
+            }
+            DType::F16 => {
+                a.copy_cols(i, g, 16, &mut self.a16);
+                second!(&self.a16[..]);
+            }
+            DType::BF16 => {
+                a.copy_cols(i, g, 16, &mut self.ab16);
+                second!(&self.ab16[..]);
+            }
+            DType::F64 => unreachable!("float64 rows take the row path"),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Bufs {
     a32: Vec<f32>,
@@ -630,10 +695,64 @@ pub fn compare_rows(
     }
     check_target_shape(base, t.shape(), "target")?;
     let path = simd::current();
+    let c = base.cols();
+    // short rows of 16/32-bit logits or log-probabilities: 16 rows in SIMD lanes (the scalar
+    // path keeps the row path, as `evaluate` does)
+    let lanes = kind != Kind::Probs
+        && (1..=lanes::MAX_C).contains(&c)
+        && base.dtype != DType::F64
+        && new.dtype != DType::F64
+        && path != Path::Scalar;
     let chunk = |r: Range<usize>, mut o: Option<CompareOut>| -> Result<CompareSums> {
         let (mut ra, mut rb) = (Rows::new(base), Rows::new(new));
         let mut bufs = Bufs::default();
         let mut acc = CompareSums::default();
+        if lanes {
+            let mut tiles = Tiles::default();
+            let mut lc = lanes::LaneCompare::default();
+            let mut i = r.start;
+            while i < r.end {
+                let g = (r.end - i).min(16);
+                let mut ks = [None; 16];
+                let mut kf = [0f32; 16];
+                for l in 0..g {
+                    ks[l] = class_of(t, base, i + l, ignore_index)?;
+                    kf[l] = ks[l].map_or(0.0, |k| k as f32);
+                }
+                tiles.run(path, base, new, i, g, &kf, kind == Kind::LogProbs, &mut lc);
+                for l in 0..g {
+                    let idx = i + l - r.start;
+                    let Some(k) = ks[l] else {
+                        acc.n_ignored += 1;
+                        if let Some(o) = o.as_mut() {
+                            o.put(idx, None);
+                        }
+                        continue;
+                    };
+                    let row = if lc.ok[l] == 0.0 {
+                        row_logits(kind, path, base, new, &mut ra, &mut rb, &mut bufs, i + l, k)
+                    } else {
+                        RowCompare {
+                            kl: if lc.inf[l] > 0.0 {
+                                f64::INFINITY
+                            } else {
+                                (f64::from(lc.h[l]) / f64::from(lc.sa[l])).max(0.0)
+                            },
+                            dp: f64::from(lc.dp[l]),
+                            nll_base: f64::from(lc.nll_a[l]),
+                            nll_new: f64::from(lc.nll_b[l]),
+                            same: lc.same[l] != 0.0,
+                        }
+                    };
+                    acc.add(&row);
+                    if let Some(o) = o.as_mut() {
+                        o.put(idx, Some(&row));
+                    }
+                }
+                i += g;
+            }
+            return Ok(acc);
+        }
         for (idx, i) in r.enumerate() {
             let Some(k) = class_of(t, base, i, ignore_index)? else {
                 acc.n_ignored += 1;

@@ -9,6 +9,7 @@
 //! [`eval`].
 
 pub mod compare;
+mod compare_lanes;
 pub mod error;
 pub mod eval;
 pub(crate) mod kernel;

@@ -172,21 +172,21 @@ def percentiles_sorted(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> 
 
 
 def exact_percentiles(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
-    """Percentiles of the non-NaN values of v, by partial sorts (O(n))."""
-    v = v[~np.isnan(v)]
+    """Percentiles of the non-NaN values of v, by partial sorts (O(n)); v is left as given."""
+    nan = np.isnan(v)
+    v = v[~nan] if nan.any() else v.copy()
     n = v.size
     if n == 0:
         return {name: NAN for name, _ in levels}
     ks = sorted({min(math.floor(q * (n - 1)) + d, n - 1) for _, q in levels for d in (0, 1)})
-    part = np.partition(v, ks)
-    # the values at the needed ranks, laid out as a tiny sorted array indexed by rank
+    v.partition(ks)  # in place on the copy: no second array
     out: dict[str, float] = {}
     for name, q in levels:
         h = q * (n - 1)
         i = min(math.floor(h), n - 1)
         f = h - i
-        a = float(part[i])
-        out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * float(part[i + 1])
+        a = float(v[i])
+        out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * float(v[i + 1])
     return out
 
 
@@ -213,11 +213,20 @@ class LogHistogram:
 
     def _index(self, v: np.ndarray) -> np.ndarray:
         a = np.abs(v)
+        zero = a < self.lo
+        # in place: floor(log10(max(a, lo) / lo) · per_decade), capped at nb (overflow)
+        np.maximum(a, self.lo, out=a)
         with np.errstate(divide="ignore", invalid="ignore"):
-            k = np.floor(np.log10(np.maximum(a, self.lo) / self.lo) * self.per_decade)
-        k = np.where(a < self.lo, -1, np.minimum(k, self.nb)).astype(np.int64)  # nb = overflow
+            np.log10(a, out=a)
+        a -= math.log10(self.lo)
+        a *= self.per_decade
+        np.floor(a, out=a)
+        np.minimum(a, self.nb, out=a)
+        k: np.ndarray = a.astype(np.int64)
+        k[zero] = -1
         if not self.signed:
-            return k + 1  # 0 = zero bin, 1..nb bins, nb + 1 overflow
+            out: np.ndarray = k + 1  # 0 = zero bin, 1..nb bins, nb + 1 overflow
+            return out
         z = self.nb + 1  # zero bin
         return np.where(k < 0, z, np.where(v > 0, z + 1 + k, z - 1 - k))
 
@@ -289,7 +298,11 @@ class LogHistogram:
 
 
 class CompareAccumulator:
-    """Sums from the core plus what the percentiles need (exact values or histograms)."""
+    """Sums from the core plus what the percentiles need: while ``exact``, the per-row KL and
+    Δp values (16 bytes per scored row); otherwise log-spaced histograms. The values seen are
+    always the histograms' counts plus the values held, so the histograms are filled only
+    when the exact values are dropped (a merge past ``max_exact_rows``): per chunk, the
+    exact mode costs a copy, not a histogram pass."""
 
     def __init__(self, exact: bool, max_exact_rows: int | None = None) -> None:
         self.sums: dict[str, float] = {k: 0 for k in SUM_KEYS}
@@ -300,6 +313,14 @@ class CompareAccumulator:
         self._dp: list[np.ndarray] = []
         self.kl_hist = LogHistogram()
         self.dp_hist = LogHistogram(hi=10.0, signed=True)
+
+    def _drop_exact(self) -> None:
+        """Moves the held values into the histograms and stops holding values."""
+        for v in self._kl:
+            self.kl_hist.add(v)
+        for v in self._dp:
+            self.dp_hist.add(v)
+        self.exact, self._kl, self._dp = False, [], []
 
     def merge(self, other: CompareAccumulator) -> CompareAccumulator:
         """Adds another part's accumulator (shards, blocks, workers). Percentiles stay exact
@@ -317,7 +338,11 @@ class CompareAccumulator:
             self._kl += other._kl
             self._dp += other._dp
         else:
-            self.exact, self._kl, self._dp = False, [], []
+            self._drop_exact()
+            for v in other._kl:
+                self.kl_hist.add(v)
+            for v in other._dp:
+                self.dp_hist.add(v)
         return self
 
     def add(self, r: dict[str, Any], kl: np.ndarray, dp: np.ndarray, same: np.ndarray) -> None:
@@ -325,21 +350,35 @@ class CompareAccumulator:
         for k in SUM_KEYS:
             self.sums[k] += r[k]
         scored = same >= 0
-        kv, dv = kl[scored], dp[scored]
-        self.kl_hist.add(kv)  # always: the plot's histogram, and a fallback
-        self.dp_hist.add(dv)
+        kv, dv = kl[scored], dp[scored]  # boolean indexing: copies
         if self.exact:
-            self._kl.append(kv.copy())
-            self._dp.append(dv.copy())
+            self._kl.append(kv)
+            self._dp.append(dv)
+        else:
+            self.kl_hist.add(kv)
+            self.dp_hist.add(dv)
+
+    def _held(self, parts: list[np.ndarray]) -> np.ndarray:
+        if not parts:
+            return np.zeros(0)
+        if len(parts) > 1:
+            parts[:] = [np.concatenate(parts)]  # once: later calls reuse it
+        return parts[0]
+
+    def plot_hist(self, per_decade: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, counts) of KL for the report's histogram, ``per_decade`` bins per decade."""
+        if not self.exact:
+            return self.kl_hist.coarse(per_decade)
+        h = LogHistogram(per_decade=per_decade)
+        h.add(self._held(self._kl))
+        return h.coarse(per_decade)
 
     def percentiles(self) -> tuple[dict[str, float], dict[str, float], str, float | None]:
         """(KL percentiles, Δp percentiles, method, relative error bound or None)."""
         if self.exact:
-            kl = np.concatenate(self._kl) if self._kl else np.zeros(0)
-            dp = np.concatenate(self._dp) if self._dp else np.zeros(0)
             return (
-                exact_percentiles(kl, KL_LEVELS),
-                exact_percentiles(dp, DP_LEVELS),
+                exact_percentiles(self._held(self._kl), KL_LEVELS),
+                exact_percentiles(self._held(self._dp), DP_LEVELS),
                 "exact",
                 None,
             )

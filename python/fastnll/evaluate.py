@@ -720,7 +720,7 @@ def compare_report(acc: Any, kind: str, n_classes: int) -> CompareReport:
 
     s = summary(acc.sums)
     kl_p, dp_p, method, err = acc.percentiles()
-    edges, counts = acc.kl_hist.coarse(10)
+    edges, counts = acc.plot_hist(10)
     # The summary's SCALARS keys are float fields of CompareReport (any other: TypeError).
     scalars: dict[str, Any] = {k: v for k, v in s.items() if k in CompareReport.SCALARS}
     return CompareReport(
