@@ -263,12 +263,11 @@ pub fn evaluate(
         let mut lacc = [[0f64; BATCH]; 4];
         let mut acc = EvalSums::new(opt);
         // the clean lane groups' histogram (see `kernel::Hist`), folded into acc at the end
+        // (only the lanes use it: none for the other inputs)
         let ways = if opt.n_bins <= 256 { 4 } else { 1 };
-        let (mut h_count, mut h_conf, mut h_correct) = (
-            vec![0u64; ways * opt.n_bins],
-            vec![0u128; ways * opt.n_bins],
-            vec![0u64; ways * opt.n_bins],
-        );
+        let hb = if lanes { ways * opt.n_bins } else { 0 };
+        let (mut h_count, mut h_conf, mut h_correct) =
+            (vec![0u64; hb], vec![0u128; hb], vec![0u64; hb]);
         let mut i = r.start;
         while i < r.end {
             let g = (r.end - i).min(BATCH);
@@ -429,7 +428,7 @@ pub fn evaluate(
             }
             i += g;
         }
-        for (k, b) in (0..ways * opt.n_bins).map(|k| (k, k % opt.n_bins)) {
+        for (k, b) in (0..hb).map(|k| (k, k % opt.n_bins)) {
             acc.bin_count[b] += h_count[k];
             acc.bin_conf_fixed[b] = acc.bin_conf_fixed[b].wrapping_add(h_conf[k]);
             acc.bin_correct[b] += h_correct[k];
