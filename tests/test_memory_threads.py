@@ -6,6 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
+import fastnll
+
 SCRIPT = textwrap.dedent(
     """
     import threading, time, numpy as np, fastnll
@@ -58,3 +62,43 @@ def test_800mb_input_not_copied_and_gil_released():
 
     want = math.log(math.e**2 + 999 * math.e) - 2.0
     assert abs(float(fields["loss"]) - want) < 1e-5
+
+
+def _traced_peak(f) -> int:
+    import tracemalloc
+
+    f()  # warm up (lazy imports, caches)
+    tracemalloc.start()
+    try:
+        f()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_short_row_reductions_keep_per_row_temporaries_bounded() -> None:
+    # At C = 2 a reduction's per-row temporaries (NLL, rank, KL, ... of a whole 256 MiB chunk,
+    # or per-position sums sized by the row count of a 2-d dump) were 2-4x the input: they
+    # are now capped per chunk (_inputs.ROW_TEMP_BYTES), so the numpy-side peak is a fixed
+    # few ROW_TEMP_BYTES whatever the dump's size: the same for 1 M and 4 M rows.
+    from fastnll._inputs import ROW_TEMP_BYTES
+
+    def peaks(n: int) -> tuple[int, int, int]:
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((n, 2)).astype(np.float32)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        y = (z + 0.01 * rng.standard_normal((n, 2))).astype(np.float32)
+        t = rng.integers(0, 2, n)
+        return (
+            _traced_peak(lambda: fastnll.evaluate(p, t, kind="probs")),
+            _traced_peak(lambda: fastnll.compare(z, y, t, max_exact_rows=0)),
+            _traced_peak(lambda: fastnll.compare(z, y, t)),
+        )
+
+    small, big = peaks(1 << 20), peaks(1 << 22)
+    for a, b in zip(small[:2], big[:2]):
+        # chunks are near-equal splits under the cap (262 K and 323 K rows here): the peak
+        # follows the chunk, not the dump (4x the rows; it was 4x the peak)
+        assert b < 1.5 * a and b < 4 * ROW_TEMP_BYTES, (small, big)
+    # exact percentiles hold 16 bytes per scored row, and nothing beyond a bounded extra
+    assert big[2] < 16 * (1 << 22) + 4 * ROW_TEMP_BYTES, big

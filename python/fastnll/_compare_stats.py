@@ -171,15 +171,19 @@ def percentiles_sorted(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> 
     return out
 
 
-def exact_percentiles(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
-    """Percentiles of the non-NaN values of v, by partial sorts (O(n)); v is left as given."""
+def exact_percentiles(
+    v: np.ndarray, levels: tuple[tuple[str, float], ...], reorder: bool = False
+) -> dict[str, float]:
+    """Percentiles of the non-NaN values of v, by partial sorts (O(n)). v is left as given,
+    unless ``reorder`` (the caller owns v and only its set of values matters): then it is
+    partitioned in place, with no copy."""
     nan = np.isnan(v)
-    v = v[~nan] if nan.any() else v.copy()
+    v = v[~nan] if nan.any() else (v if reorder else v.copy())
     n = v.size
     if n == 0:
         return {name: NAN for name, _ in levels}
     ks = sorted({min(math.floor(q * (n - 1)) + d, n - 1) for _, q in levels for d in (0, 1)})
-    v.partition(ks)  # in place on the copy: no second array
+    v.partition(ks)  # in place: no second array
     out: dict[str, float] = {}
     for name, q in levels:
         h = q * (n - 1)
@@ -231,13 +235,16 @@ class LogHistogram:
         return np.where(k < 0, z, np.where(v > 0, z + 1 + k, z - 1 - k))
 
     def add(self, v: np.ndarray) -> None:
-        """Count the values of v (NaN counted apart)."""
+        """Count the values of v (NaN counted apart), a block at a time (the index pass
+        takes a few temporaries of its block's size)."""
         v = np.asarray(v, np.float64).reshape(-1)
-        bad = np.isnan(v)
-        self.nan += int(bad.sum())
-        v = v[~bad]
-        if v.size:
-            self.counts += np.bincount(self._index(v), minlength=self.counts.size)
+        for s in range(0, v.size, 1 << 18):
+            blk = v[s : s + (1 << 18)]
+            bad = np.isnan(blk)
+            self.nan += int(bad.sum())
+            blk = blk[~bad]
+            if blk.size:
+                self.counts += np.bincount(self._index(blk), minlength=self.counts.size)
 
     def merge(self, other: LogHistogram) -> LogHistogram:
         """Add another histogram of the same layout."""
@@ -304,18 +311,32 @@ class CompareAccumulator:
     when the exact values are dropped (a merge past ``max_exact_rows``): per chunk, the
     exact mode costs a copy, not a histogram pass."""
 
-    def __init__(self, exact: bool, max_exact_rows: int | None = None) -> None:
+    def __init__(self, exact: bool, max_exact_rows: int | None = None, capacity: int = 0) -> None:
         self.sums: dict[str, float] = {k: 0 for k in SUM_KEYS}
         self.exact = exact
         # merged partial results drop to histograms past this many held rows
         self.max_exact_rows = max_exact_rows
         self._kl: list[np.ndarray] = []
         self._dp: list[np.ndarray] = []
+        # one run of known size: the values go straight into two arrays of that many rows
+        # (pages an ignored row never fills are never touched), no list to concatenate
+        self._buf: tuple[np.ndarray, np.ndarray] | None = (
+            (np.empty(capacity), np.empty(capacity)) if exact and capacity > 0 else None
+        )
+        self._n_buf = 0
         self.kl_hist = LogHistogram()
         self.dp_hist = LogHistogram(hi=10.0, signed=True)
 
+    def _unbuffer(self) -> None:
+        """The buffered values as list parts (before a merge changes the set of values)."""
+        if self._buf is not None:
+            n = self._n_buf
+            self._kl, self._dp = [self._buf[0][:n].copy()], [self._buf[1][:n].copy()]
+            self._buf, self._n_buf = None, 0
+
     def _drop_exact(self) -> None:
         """Moves the held values into the histograms and stops holding values."""
+        self._unbuffer()
         for v in self._kl:
             self.kl_hist.add(v)
         for v in self._dp:
@@ -329,6 +350,8 @@ class CompareAccumulator:
             self.sums[k] += other.sums[k]
         self.kl_hist.merge(other.kl_hist)
         self.dp_hist.merge(other.dp_hist)
+        self._unbuffer()
+        other._unbuffer()
         held = sum(len(v) for v in self._kl) + sum(len(v) for v in other._kl)
         if (
             self.exact
@@ -350,6 +373,12 @@ class CompareAccumulator:
         for k in SUM_KEYS:
             self.sums[k] += r[k]
         scored = same >= 0
+        if self.exact and self._buf is not None:
+            a, n = self._n_buf, int(np.count_nonzero(scored))
+            np.compress(scored, kl, out=self._buf[0][a : a + n])
+            np.compress(scored, dp, out=self._buf[1][a : a + n])
+            self._n_buf += n
+            return
         kv, dv = kl[scored], dp[scored]  # boolean indexing: copies
         if self.exact:
             self._kl.append(kv)
@@ -359,6 +388,8 @@ class CompareAccumulator:
             self.dp_hist.add(dv)
 
     def _held(self, parts: list[np.ndarray]) -> np.ndarray:
+        if self._buf is not None:
+            return self._buf[0 if parts is self._kl else 1][: self._n_buf]
         if not parts:
             return np.zeros(0)
         if len(parts) > 1:
@@ -377,8 +408,8 @@ class CompareAccumulator:
         """(KL percentiles, Δp percentiles, method, relative error bound or None)."""
         if self.exact:
             return (
-                exact_percentiles(self._held(self._kl), KL_LEVELS),
-                exact_percentiles(self._held(self._dp), DP_LEVELS),
+                exact_percentiles(self._held(self._kl), KL_LEVELS, reorder=True),
+                exact_percentiles(self._held(self._dp), DP_LEVELS, reorder=True),
                 "exact",
                 None,
             )

@@ -163,6 +163,19 @@ def chunks(b: int, t: int, row_bytes: int, chunk_bytes: int) -> Iterator[tuple[i
             yield b0, min(b, b0 + step), 0, t
 
 
+#: Bytes of per-row temporaries (NLL, rank, KL, ...) one chunk may allocate: a chunk's rows are
+#: capped so that these stay a small, fixed cost instead of a multiple of the input (at C = 2
+#: a 256 MiB chunk would allocate 3x its own size in per-row arrays).
+ROW_TEMP_BYTES = 8 << 20
+
+
+def temp_chunk_bytes(chunk_bytes: int, row_bytes: int, temp_per_row: int) -> int:
+    """chunk_bytes, lowered so that a chunk's per-row temporaries (temp_per_row bytes each)
+    fit ROW_TEMP_BYTES (but a chunk keeps at least 16384 rows: each chunk is a parallel call)."""
+    rows = max(ROW_TEMP_BYTES // max(temp_per_row, 1), 16384)
+    return min(int(chunk_bytes), rows * max(row_bytes, 1))
+
+
 def _finfo_eps(dt: np.dtype) -> float:
     try:
         return float(np.finfo(dt).eps)

@@ -217,7 +217,10 @@ class ExtrasAccumulator:
         def z(n: int) -> np.ndarray:
             return np.zeros(n, np.float64)
 
-        self.pos_n, self.pos_nll, self.pos_ok, self.pos_sq = z(t), z(t), z(t), z(t)
+        # per position only when asked: for a 2-d dump t is the number of rows, and four
+        # arrays of it were 4x the input at C = 2
+        tp = t if per_position else 0
+        self.pos_n, self.pos_nll, self.pos_ok, self.pos_sq = z(tp), z(tp), z(tp), z(tp)
         self.seq_n, self.seq_nll = z(b), z(b)
         self.cls_n, self.cls_nll, self.cls_ok = z(self.c), z(self.c), z(self.c)
         self.sum_nll = 0.0

@@ -31,6 +31,7 @@ from ._inputs import (
     prepare,
     reraise,
     shape_of,
+    temp_chunk_bytes,
 )
 from ._options import check_bool, check_per_row
 from ._progress import Progress
@@ -184,8 +185,14 @@ class Evaluator:
             check_declared_kind(d, self.kind, self.ignore_index, self.chunk_bytes)
         core = _core()
         row_bytes = c * d.x.dtype.itemsize
+        # with per-row outputs: NLL, rank and maybe confidence, 8 bytes each, per chunk
+        step = (
+            temp_chunk_bytes(self.chunk_bytes, row_bytes, 24)
+            if sink is not None
+            else self.chunk_bytes
+        )
         with Progress(b * t * row_bytes, "eval", enabled=self.progress) as bar:
-            for b0, b1, t0, t1 in chunks(b, t, row_bytes, self.chunk_bytes):
+            for b0, b1, t0, t1 in chunks(b, t, row_bytes, step):
                 xs, ts, lead = d.block(b0, b1, t0, t1)
                 view, tag, swap = _arrays.core_view(xs)
                 rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
@@ -697,8 +704,10 @@ def _compare_chunks(
     """One read of both dumps, chunk by chunk: the core's sums and per-row outputs."""
     b, t, c = db.x.shape
     row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
+    # per chunk: four float64 and one int8 output per row
+    step = temp_chunk_bytes(chunk_bytes, row_bytes, 33)
     with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
-        for b0, b1, t0, t1 in chunks(b, t, row_bytes, chunk_bytes):
+        for b0, b1, t0, t1 in chunks(b, t, row_bytes, step):
             xb, ts, lead = db.block(b0, b1, t0, t1)
             vb, tb, sb = _arrays.core_view(xb)
             vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
@@ -834,7 +843,7 @@ def _compare(
         check_declared_kind(dn, kind, ignore_index, chunk_bytes)
     b, t, c = db.x.shape
     core = _core()
-    acc = CompareAccumulator(exact=b * t <= max_exact_rows)
+    acc = CompareAccumulator(exact=b * t <= max_exact_rows, capacity=b * t)
     arrays: dict[str, np.ndarray] | None = None
     if per_row is False:
         _compare_chunks(core, db, dn, kind, ignore_index, chunk_bytes, progress, acc, None)
