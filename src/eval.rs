@@ -217,11 +217,10 @@ fn add_row(
 }
 
 /// Whether `evaluate` takes the rows-in-lanes metrics for this input: a SIMD path, 16/32-bit
-/// logits or log-probabilities of at most `LANES_MAX_C` classes.
-fn lanes_apply(x: &View, kind: Kind) -> bool {
+/// rows of at most `LANES_MAX_C` classes.
+fn lanes_apply(x: &View) -> bool {
     let c = x.cols();
-    kind != Kind::Probs
-        && x.dtype != DType::F64
+    x.dtype != DType::F64
         && (1..=kernel::LANES_MAX_C).contains(&c)
         && simd::current() != simd::Path::Scalar
 }
@@ -248,7 +247,7 @@ pub fn evaluate(
     if let Some(&k) = opt.top_k.iter().find(|&&k| k == 0) {
         return Err(Error::Value(format!("top_k values must be >= 1, got {k}")));
     }
-    let lanes = lanes_apply(x, opt.kind);
+    let lanes = lanes_apply(x);
     let c = x.cols();
     let path = simd::current();
     // The f32 finishing (vector ln and exp) is for 16/32-bit inputs; float64 rows are
@@ -294,7 +293,7 @@ pub fn evaluate(
                     Some(k) => *slot = Some((k, if lanes { f64::NAN } else { rw.value(i + l, k) })),
                 }
             }
-            if opt.kind == Kind::Probs {
+            if opt.kind == Kind::Probs && !lanes {
                 for (l, row) in rows.iter().enumerate().take(g) {
                     if let Some((k, _)) = *row {
                         let mut m = probs_metrics(&mut rw, i + l, k);
@@ -316,7 +315,11 @@ pub fn evaluate(
                         kf[l] = *k as f32;
                     }
                 }
-                let lp = opt.kind == Kind::LogProbs;
+                let lp = match opt.kind {
+                    Kind::Logits => kernel::LOGITS,
+                    Kind::LogProbs => kernel::LOG_PROBS,
+                    Kind::Probs => kernel::PROBS,
+                };
                 let lm = &mut lane;
                 match x.dtype {
                     DType::F32 => {
@@ -335,7 +338,7 @@ pub fn evaluate(
                     && (0..BATCH).all(|l| rows[l].is_some() && lane.ok[l] != 0.0);
                 if clean {
                     // every row scored and ordinary: the sums in a vector pass over the lanes
-                    let mut cf = [0f64; BATCH];
+                    let (mut nll, mut cf) = ([0f64; BATCH], [0f64; BATCH]);
                     let mut hist = kernel::Hist {
                         ways,
                         count: &mut h_count,
@@ -350,13 +353,13 @@ pub fn evaluate(
                         &mut lacc,
                         &mut acc.topk_correct,
                         &mut hist,
+                        &mut nll,
                         &mut cf,
                     );
                     acc.n += BATCH as u64;
                     if let Some(o) = o.as_mut() {
                         for l in 0..BATCH {
-                            let (nll, rank) = (lane.nll[l] as f64, lane.rank[l] as i64);
-                            o.set(i + l - r.start, nll, rank, cf[l]);
+                            o.set(i + l - r.start, nll[l], lane.rank[l] as i64, cf[l]);
                         }
                     }
                     i += g;
@@ -364,7 +367,9 @@ pub fn evaluate(
                 }
                 for l in 0..g {
                     let Some((k, _)) = rows[l] else { continue };
-                    let mut m = if lane.ok[l] == 0.0 {
+                    let mut m = if lane.ok[l] == 0.0 && opt.kind == Kind::Probs {
+                        probs_metrics(&mut rw, i + l, k)
+                    } else if lane.ok[l] == 0.0 {
                         let xt = rw.value(i + l, k);
                         let rs = rw.stats(i + l, xt, Want { eval: true });
                         if opt.kind == Kind::Logits && rs.finite() {
@@ -374,14 +379,18 @@ pub fn evaluate(
                         }
                     } else {
                         RowMetrics {
-                            nll: lane.nll[l] as f64,
+                            nll: if opt.kind == Kind::Probs {
+                                -(lane.nll[l] as f64).ln()
+                            } else {
+                                lane.nll[l] as f64
+                            },
                             rank: lane.rank[l] as u64,
                             entropy: lane.ent[l] as f64,
                             brier: lane.brier[l] as f64,
-                            conf: if lp {
-                                (lane.conf[l] as f64).exp()
-                            } else {
-                                1.0 / lane.conf[l] as f64
+                            conf: match opt.kind {
+                                Kind::LogProbs => (lane.conf[l] as f64).exp(),
+                                Kind::Probs => lane.conf[l] as f64,
+                                Kind::Logits => 1.0 / lane.conf[l] as f64,
                             },
                         }
                     };

@@ -347,17 +347,23 @@ pub(crate) unsafe fn probs_stats<I: Isa, E: Elem>(x: &[E], pt: f32) -> ProbStats
             probs_vec::<I>(E::load::<I>(p.add(i)), vpt, &mut acc);
             i += w;
         }
+        // the tail padded with zeros: they add nothing to Σ p² and Σ p·ln p, but would be
+        // counted above a negative p_t and would be the max of a row of negatives (invalid
+        // probabilities, but every path must give them the same rank and confidence)
+        let (mut pad, mut tail_max) = (0u64, f32::NEG_INFINITY);
         if i < blk.len() {
-            // the tail padded with zeros, which change no statistic (max p >= 0 anyway when
-            // a row has a non-negative entry; a row of negatives is not probabilities)
             let mut buf = [E::ZERO; 16];
             buf[..blk.len() - i].copy_from_slice(&blk[i..]);
+            let keep = acc[0];
             probs_vec::<I>(E::load::<I>(buf.as_ptr()), vpt, &mut acc);
+            acc[0] = keep;
+            tail_max = blk[i..].iter().map(|v| v.to_f32()).fold(tail_max, f32::max);
+            pad = (w - (blk.len() - i)) as u64;
         }
-        out.pmax = out.pmax.max(I::hmax(acc[0]) as f64);
+        out.pmax = out.pmax.max(I::hmax(acc[0]).max(tail_max) as f64);
         out.sq += I::hsum(acc[1]) as f64;
         out.plogp += I::hsum(acc[2]) as f64;
-        out.gt += I::hsum(acc[3]) as u64;
+        out.gt += I::hsum(acc[3]) as u64 - if 0.0 > pt { pad } else { 0 };
     }
     out.nan = out.sq.is_nan() || out.plogp.is_nan();
     out
@@ -912,6 +918,55 @@ unsafe fn load_cols<I: Isa, E: Elem, const M: u8>(
     vm
 }
 
+/// What the rows of [`eval_short`] hold.
+pub(crate) const LOGITS: u8 = 0;
+pub(crate) const LOG_PROBS: u8 = 1;
+pub(crate) const PROBS: u8 = 2;
+
+/// [`eval_short`]'s metrics of W probability rows (columns at `cols`, lane max `vm`, target
+/// value `xt`), stored at lane offset `g`: the arithmetic of `probs_vec` (Σ p², Σ p·ln p with
+/// p = 0 adding 0, the count of p > p_t, max p); the `nll` slot holds p_t itself, whose
+/// -ln the caller takes in float64 (as the row path does: exact). Lanes with a NaN or infinite
+/// value, or a target probability below the smallest normal (NLL inf or a subnormal's log),
+/// are not ordinary.
+#[inline(always)]
+unsafe fn probs_lanes<I: Isa>(
+    cols: *const I::V,
+    c: usize,
+    vm: I::V,
+    xt: I::V,
+    g: usize,
+    o: &mut LaneMetrics,
+) {
+    let (zero, one) = (I::splat(0.0), I::splat(1.0));
+    let tiny = I::splat(f32::MIN_POSITIVE);
+    let (mut sq, mut plogp, mut gt) = (zero, zero, zero);
+    for j in 0..c {
+        let p = cols.add(j).read();
+        let pl = I::mul(p, I::ln_ge1(I::max_keep_nan(tiny, p)));
+        sq = I::fma(p, p, sq);
+        plogp = I::add(plogp, I::zero_where_zero(p, pl));
+        gt = I::count_gt(gt, p, xt);
+    }
+    // ordinary: finite sums and max (NaN anywhere spoils a sum), p_t >= the smallest normal
+    let chk = I::fma(I::add(sq, plogp), zero, vm);
+    let okv = I::mul(
+        I::ok_abs_below(chk, f32::MAX, one),
+        I::sub(one, I::count_gt(zero, tiny, xt)),
+    );
+    let brier = I::add(I::fma(I::splat(-2.0), xt, sq), one);
+    for (a, v) in [
+        (&mut o.nll, xt),
+        (&mut o.ent, I::sub(zero, plogp)),
+        (&mut o.brier, brier),
+        (&mut o.conf, vm),
+        (&mut o.rank, gt),
+        (&mut o.ok, okv),
+    ] {
+        I::store(a.as_mut_ptr().add(g), v);
+    }
+}
+
 /// Per-row metrics of 16 short rows, one row per lane: NLL, entropy, Brier score, what the
 /// confidence is made of (the exp-sum s for logits, κ = 1/s; the max m for log-probabilities,
 /// κ = exp(m): taken in f64 by the caller, since calibration errors are small differences of
@@ -928,13 +983,14 @@ pub(crate) struct LaneMetrics {
 }
 
 /// [`LaneMetrics`] of the 16 short rows at `p` (mode `M`, stride `st`), lane l scored against
-/// class `kf[l]` (as f32), as logits or (`LOGP`) log-probabilities, W lanes at a time.
+/// class `kf[l]` (as f32), as logits, log-probabilities or probabilities (`KIND`: [`LOGITS`],
+/// [`LOG_PROBS`], [`PROBS`]), W lanes at a time.
 ///
 /// Sums are taken in base 2 with the shift tm = m·L rounded (see `stats`), t clamped so that
 /// e·t stays finite where x = -inf, then brought back to the shift m; the metrics follow
 /// `eval::finish_logits` / `eval::finish` (κ = exp(m - lse)), in f32.
 #[inline(always)]
-pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8, const LOGP: bool>(
+pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8, const KIND: u8>(
     p: *const E,
     st: usize,
     c: usize,
@@ -951,6 +1007,10 @@ pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8, const LOGP: bool>(
         let mut xt = zero;
         for j in 0..c {
             xt = I::blend_eq(vk, j as f32, xt, cols.add(j).read());
+        }
+        if KIND == PROBS {
+            probs_lanes::<I>(cols, c, vm, xt, g, o);
+            continue;
         }
         let tm = I::mul(vm, vl);
         let vnt = I::sub(zero, tm);
@@ -977,7 +1037,7 @@ pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8, const LOGP: bool>(
         let chk = I::fma(I::add(I::add(sm, tv), qm), zero, vm);
         let mut okv = I::ok_abs_below(chk, exp2c::BIG, one);
         let (nll, ent, brier, conf);
-        if LOGP {
+        if KIND == LOG_PROBS {
             // κ = exp(m): log-probabilities above 0 are not ordinary (left to the row kernel)
             okv = I::mul(
                 okv,
@@ -1028,21 +1088,27 @@ pub(crate) struct Hist<'a> {
 
 /// Adds a clean group of 16 [`LaneMetrics`] (every row scored and ordinary) to the per-lane
 /// f64 sums `lacc` (NLL, NLL², entropy, Brier), the top-k counts and the histogram, and
-/// writes each row's confidence to `cf`; returns the rows of non-finite confidence (counted
+/// writes each row's NLL to `nll` (for probabilities -ln p_t in f64) and confidence to `cf`; returns the rows of non-finite confidence (counted
 /// in bin 0). Plain loops over the 16 lanes: under the caller's target features they
 /// vectorise (at the baseline ISA this bookkeeping cost more than the kernel).
 #[inline(always)]
 pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
     lane: &LaneMetrics,
-    log_probs: bool,
+    kind: u8,
     top_k: &[usize],
     lacc: &mut [[f64; 16]; 4],
     topk: &mut [u64],
     hist: &mut Hist<'_>,
+    nll: &mut [f64; 16],
     cf: &mut [f64; 16],
 ) -> u64 {
     for l in 0..16 {
-        let v = f64::from(lane.nll[l]);
+        let v = if kind == PROBS {
+            -f64::from(lane.nll[l]).ln()
+        } else {
+            f64::from(lane.nll[l])
+        };
+        nll[l] = v;
         lacc[0][l] += v;
         lacc[1][l] += v * v;
         lacc[2][l] += f64::from(lane.ent[l]);
@@ -1053,9 +1119,13 @@ pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
         let k = kk.min(1 << 20) as f32;
         *cnt += lane.rank.iter().map(|&r| u64::from(r < k)).sum::<u64>();
     }
-    if log_probs {
+    if kind == LOG_PROBS {
         for l in 0..16 {
             cf[l] = f64::from(lane.conf[l]).exp();
+        }
+    } else if kind == PROBS {
+        for l in 0..16 {
+            cf[l] = f64::from(lane.conf[l]);
         }
     } else {
         for l in 0..16 {
@@ -1302,7 +1372,7 @@ dispatch! {
 
 dispatch! {
     /// Metrics of 16 short rows (see [`eval_short`]).
-    pub(crate) fn eval_short_rows<E, const M: u8, const LOGP: bool>(
+    pub(crate) fn eval_short_rows<E, const M: u8, const KIND: u8>(
         p: *const E,
         st: usize,
         c: usize,
@@ -1367,11 +1437,12 @@ dispatch! {
     /// See [`eval_clean`] (`E` is unused).
     pub(crate) fn eval_clean16<E>(
         lane: &LaneMetrics,
-        log_probs: bool,
+        kind: u8,
         top_k: &[usize],
         lacc: &mut [[f64; 16]; 4],
         topk: &mut [u64],
         hist: &mut Hist<'_>,
+        nll: &mut [f64; 16],
         cf: &mut [f64; 16]
     ) -> u64
     => eval_clean

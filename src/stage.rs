@@ -209,11 +209,11 @@ pub(crate) fn eval_block<E: Tile>(
     i: usize,
     n: usize,
     kf: &[f32; 16],
-    log_probs: bool,
+    kind: u8,
     o: &mut kernel::LaneMetrics,
     s: &mut Scratch,
 ) {
-    use kernel::{eval_short_rows as ev, COLS, GATHER, TRANSPOSE};
+    use kernel::{eval_short_rows as ev, COLS, GATHER, LOGITS, LOG_PROBS, PROBS, TRANSPOSE};
     let c = x.cols();
     let buf = E::bufs(s).0;
     let (p, st, mode) = if n == 16 {
@@ -222,13 +222,16 @@ pub(crate) fn eval_block<E: Tile>(
         x.copy_cols(i, n, 16, buf);
         (buf.as_ptr(), 16, kernel::COLS)
     };
-    match (mode, log_probs) {
-        (COLS, false) => ev::<E, COLS, false>(path, p, st, c, kf, o),
-        (COLS, true) => ev::<E, COLS, true>(path, p, st, c, kf, o),
-        (TRANSPOSE, false) => ev::<E, TRANSPOSE, false>(path, p, st, c, kf, o),
-        (TRANSPOSE, true) => ev::<E, TRANSPOSE, true>(path, p, st, c, kf, o),
-        (_, false) => ev::<E, GATHER, false>(path, p, st, c, kf, o),
-        (_, true) => ev::<E, GATHER, true>(path, p, st, c, kf, o),
+    match (mode, kind) {
+        (COLS, LOGITS) => ev::<E, COLS, LOGITS>(path, p, st, c, kf, o),
+        (COLS, LOG_PROBS) => ev::<E, COLS, LOG_PROBS>(path, p, st, c, kf, o),
+        (COLS, _) => ev::<E, COLS, PROBS>(path, p, st, c, kf, o),
+        (TRANSPOSE, LOGITS) => ev::<E, TRANSPOSE, LOGITS>(path, p, st, c, kf, o),
+        (TRANSPOSE, LOG_PROBS) => ev::<E, TRANSPOSE, LOG_PROBS>(path, p, st, c, kf, o),
+        (TRANSPOSE, _) => ev::<E, TRANSPOSE, PROBS>(path, p, st, c, kf, o),
+        (_, LOGITS) => ev::<E, GATHER, LOGITS>(path, p, st, c, kf, o),
+        (_, LOG_PROBS) => ev::<E, GATHER, LOG_PROBS>(path, p, st, c, kf, o),
+        (_, _) => ev::<E, GATHER, PROBS>(path, p, st, c, kf, o),
     }
 }
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fastnll
 from eval_reference import make_preds, make_targets, reference_compare, reference_metrics
 from fastnll.evaluate import EvalReport, Evaluator, compare, evaluate
 
@@ -85,7 +86,7 @@ def test_metrics_match_reference(dtype: str, kind: str, layout: str) -> None:
 
 @pytest.mark.parametrize("n_bins", [7, 300])
 @pytest.mark.parametrize("c", [2, 5, 17, 32])
-@pytest.mark.parametrize("kind", ["logits", "log_probs"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_short_rows_in_lanes_match_reference(kind: str, c: int, n_bins: int) -> None:
     # C <= 32: rows in SIMD lanes, whole groups of 16 summed by the vector bookkeeping (its
     # histogram kept in 4 interleaved copies up to 256 bins, one beyond); the ragged end and
@@ -369,3 +370,40 @@ def test_torchmetrics_calibration_error() -> None:
     mce = cls.multiclass_calibration_error(*args, num_classes=5, n_bins=10, norm="max")
     assert rep.ece == pytest.approx(float(ece), abs=1e-6)
     assert rep.mce == pytest.approx(float(mce), abs=1e-6)
+
+
+@pytest.mark.parametrize("c", [2, 5, 32])
+def test_probability_lanes_and_row_path_agree_on_odd_rows(c: int) -> None:
+    # kind="probs" with C <= 32 runs in SIMD lanes; a zero, subnormal, negative, NaN or inf
+    # target probability, or a NaN / inf elsewhere in the row, goes to the row path (the
+    # scalar path has no lanes), and every row's NLL (float64 -ln p_t, as the row path) and
+    # rank must match it
+    rng = np.random.default_rng(c)
+    n = 16 * 5 + 7
+    z = rng.standard_normal((n, c)) * 3
+    p = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
+    t = rng.integers(0, c, n)
+    p[3, t[3]] = 0.0
+    p[17, t[17]] = 1e-40  # subnormal
+    p[20, t[20]] = -0.25
+    p[33, (t[33] + 1) % c] = np.nan
+    p[40, t[40]] = np.inf
+    p[64, t[64]] = np.nan
+    p[70] = 1.0 / c  # every class ties
+    t[9] = -100
+    before = fastnll.simd_path()
+    got = {}
+    try:
+        for path in fastnll.available_simd_paths():
+            fastnll.set_simd_path(path)
+            got[path] = evaluate(p, t, kind="probs", per_row=True, check_kind=False)
+    finally:
+        fastnll.set_simd_path(before)
+    row = got["scalar"]
+    for path, rep in got.items():
+        np.testing.assert_array_equal(rep.row_nll, row.row_nll, err_msg=path)
+        np.testing.assert_array_equal(rep.row_rank, row.row_rank, err_msg=path)
+        assert rep.ignored == row.ignored == 1 and rep.rows == row.rows
+        assert rep.top_k_accuracy == row.top_k_accuracy
+        assert [b.count for b in rep.bins] == [b.count for b in row.bins]
+    assert row.row_nll[3] == np.inf and np.isnan(row.row_nll[20])

@@ -256,27 +256,31 @@ class ExtrasAccumulator:
             self._kept += int(ok.sum())
             if self.fine is not None or self._kept > MAX_EXACT_ROWS:
                 self._fold()
-        rows = np.arange(offset, offset + nll.size)[ok]
-        v, r = nll[ok], rank[ok]
+        per_seq = per_sequence or (self.n_bytes is not None and self.n_bytes.size > 1)
+        need_rows = per_position or per_seq
+        # each pass below is over a chunk's rows: only the ones an asked-for extra needs
+        rows = np.arange(offset, offset + nll.size)[ok] if need_rows else None
+        v = nll[ok]
+        r = rank[ok] if per_position or per_class else None
         self.n += v.size
         self.sum_nll += float(v.sum())
-        if per_position:
+        if per_position and rows is not None and r is not None:
             p = rows % self.t
             self.pos_n += np.bincount(p, minlength=self.t)
             self.pos_nll += np.bincount(p, weights=v, minlength=self.t)
             self.pos_ok += np.bincount(p, weights=(r == 0), minlength=self.t)
             self.pos_sq += np.bincount(p, weights=v * v, minlength=self.t)
-        if per_sequence or self.n_bytes is not None and self.n_bytes.size > 1:
+        if rows is not None and per_seq:
             s = rows // self.t
             self.seq_n += np.bincount(s, minlength=self.b)
             self.seq_nll += np.bincount(s, weights=v, minlength=self.b)
-        if per_class and target is not None:
+        if per_class and target is not None and r is not None:
             k = target[ok].astype(np.int64)
             self.cls_n += np.bincount(k, minlength=self.c)
             self.cls_nll += np.bincount(k, weights=v, minlength=self.c)
             self.cls_ok += np.bincount(k, weights=(r == 0), minlength=self.c)
         if probs:
-            self.zero_prob += int(np.isposinf(v).sum())
+            self.zero_prob += int(np.count_nonzero(v == np.inf))
         if clip is not None:
             cap = -math.log(float(clip))
             self.clipped += int((v > cap).sum())
