@@ -19,7 +19,6 @@ use crate::parallel;
 use crate::rows::{RowStats, Rows, Want};
 use crate::simd::{self, Elem, Isa, Path, BF16, F16};
 use crate::tensor::{check_target_shape, DType, IntView, View};
-use rayon::prelude::*;
 use std::ops::Range;
 
 /// Mergeable sums of a two-dump comparison (over scored rows).
@@ -781,16 +780,10 @@ pub fn compare_rows(
                     "per-row outputs must have {n} elements"
                 )));
             }
-            let pieces = o.split(per);
-            parallel::install(|| {
-                pieces
-                    .into_par_iter()
-                    .enumerate()
-                    .map(|(k, p)| {
-                        let len = p.kl.len();
-                        chunk(k * per..k * per + len, Some(p))
-                    })
-                    .collect()
+            let pieces: Vec<_> = o.split(per).into_iter().enumerate().collect();
+            parallel::map_items(pieces, |(k, p)| {
+                let len = p.kl.len();
+                chunk(k * per..k * per + len, Some(p))
             })
         }
         None => parallel::map_chunks(n, per, |r| chunk(r, None)),

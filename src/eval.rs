@@ -10,7 +10,6 @@ use crate::rows::{RowStats, Rows, Want};
 use crate::simd::{self, BF16, F16};
 use crate::stage::{self, Scratch};
 use crate::tensor::{check_target_shape, DType, IntView, View};
-use rayon::prelude::*;
 use std::ops::Range;
 
 pub use crate::compare::{compare, CompareSums};
@@ -484,11 +483,7 @@ pub fn evaluate(
                     },
                 ));
             }
-            parallel::install(|| {
-                outs.into_par_iter()
-                    .map(|(rg, o)| chunk(rg, Some(o)))
-                    .collect()
-            })
+            parallel::map_items(outs, |(rg, o)| chunk(rg, Some(o)))
         }
         None => parallel::map_chunks(n, per, |r| chunk(r, None)),
     };

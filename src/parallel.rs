@@ -226,6 +226,42 @@ pub fn chunks(n: usize, per: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread runs a one-chunk section inline (see [`inline`]): nested parallel
+/// loops then run their pieces in order on this thread instead.
+pub fn is_serial() -> bool {
+    SERIAL.with(std::cell::Cell::get)
+}
+
+/// Runs a section of one chunk of several rows (at most `CHUNK_BYTES` of input, tens of
+/// microseconds) on the calling thread: handing it to a pool thread costs a wake-up of about 50 us, which was the
+/// whole time of a small call. Same chunk, same arithmetic: results are unchanged.
+fn inline<T>(f: impl FnOnce() -> T) -> T {
+    let _reset = SerialReset(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Restores the thread's serial flag when an inline section ends (or unwinds).
+struct SerialReset(bool);
+
+impl Drop for SerialReset {
+    fn drop(&mut self) {
+        SERIAL.with(|s| s.set(self.0));
+    }
+}
+
+/// Applies `f` to each item, in parallel on the pool unless there is only one (then on this
+/// thread, see [`inline`]); results in item order.
+pub fn map_items<I: Send, T: Send>(items: Vec<I>, f: impl Fn(I) -> T + Sync + Send) -> Vec<T> {
+    if items.len() <= 1 {
+        return inline(|| items.into_iter().map(&f).collect());
+    }
+    install(|| items.into_par_iter().map(&f).collect())
+}
+
 /// Applies `f` to every chunk in parallel; results come back in chunk order.
 pub fn map_chunks<T: Send>(
     n: usize,
@@ -235,6 +271,18 @@ pub fn map_chunks<T: Send>(
     let ranges = chunks(n, per);
     let tok = current_token();
     let _ = enter_chunk(&tok);
+    // (per = 1: rows of half a chunk or more; a single one splits its class axis on the pool)
+    if ranges.len() <= 1 && per > 1 {
+        return inline(|| {
+            ranges
+                .into_iter()
+                .map(|r| {
+                    let _scope = enter_chunk(&tok);
+                    f(r)
+                })
+                .collect()
+        });
+    }
     section(ranges.len(), || {
         ranges
             .into_par_iter()
@@ -260,6 +308,12 @@ pub fn map_chunks_out<T: Send, O: Send>(
     let n = out.len() / width;
     let tok = current_token();
     let _ = enter_chunk(&tok);
+    if n <= per && per > 1 {
+        return inline(|| {
+            let _scope = enter_chunk(&tok);
+            vec![f(0..n, out)]
+        });
+    }
     section(n.div_ceil(per.max(1)), || {
         out.par_chunks_mut(per * width)
             .enumerate()
@@ -276,6 +330,21 @@ pub fn map_chunks_out<T: Send, O: Send>(
 mod cancel_tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn one_chunk_runs_inline_and_more_on_the_pool() {
+        let me = std::thread::current().id();
+        let one = map_chunks(10, 100, |_| (std::thread::current().id(), is_serial()));
+        assert_eq!(one, vec![(me, true)]);
+        assert!(!is_serial(), "the flag is reset after the section");
+        let many = map_chunks(1000, 10, |_| is_serial());
+        assert!(many.iter().all(|&s| !s), "pool chunks are not serial");
+        // one row of half a chunk or more stays on the pool (its class axis is split there)
+        assert_eq!(map_chunks(1, 1, |_| is_serial()), vec![false]);
+        let mut out = vec![0u8; 10];
+        let r = map_chunks_out(&mut out, 1, 100, |_, _| std::thread::current().id());
+        assert_eq!(r, vec![me]);
+    }
 
     #[test]
     fn a_cancelled_call_skips_its_remaining_chunks() {

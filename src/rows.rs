@@ -4,6 +4,7 @@
 //! statistics kernel; what differs between them is only what they do with the statistics.
 
 use crate::kernel::{self, Stats};
+use crate::parallel;
 use crate::simd::{self, Path, BF16, F16};
 use crate::tensor::{DType, View};
 use rayon::prelude::*;
@@ -82,7 +83,12 @@ fn typed_stats<E: simd::Elem>(path: Path, x: &[E], xt: f32, want: Want) -> Stats
     if x.len() <= 2 * SEGMENT {
         return one(x);
     }
-    let parts: Vec<Stats> = x.par_chunks(SEGMENT).map(one).collect();
+    // the same segments, merged in the same order, whether on the pool or on this thread
+    let parts: Vec<Stats> = if parallel::is_serial() {
+        x.chunks(SEGMENT).map(one).collect()
+    } else {
+        x.par_chunks(SEGMENT).map(one).collect()
+    };
     parts
         .into_iter()
         .reduce(Stats::merge)
