@@ -1088,9 +1088,10 @@ pub(crate) struct Hist<'a> {
 
 /// Adds a clean group of 16 [`LaneMetrics`] (every row scored and ordinary) to the per-lane
 /// f64 sums `lacc` (NLL, NLL², entropy, Brier), the top-k counts and the histogram, and
-/// writes each row's NLL to `nll` (for probabilities -ln p_t in f64) and confidence to `cf`; returns the rows of non-finite confidence (counted
-/// in bin 0). Plain loops over the 16 lanes: under the caller's target features they
-/// vectorise (at the baseline ISA this bookkeeping cost more than the kernel).
+/// writes each row's NLL to `nll` (for probabilities -ln p_t in f64) and its confidence to
+/// `cf`; returns the rows of non-finite confidence (counted in bin 0). Plain loops over the
+/// 16 lanes: under the caller's target features they vectorise (at the baseline ISA this
+/// bookkeeping cost more than the kernel).
 #[inline(always)]
 pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
     lane: &LaneMetrics,
@@ -1150,9 +1151,9 @@ pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
             0.0
         };
         let c = if finite && v >= 0.0 { v.min(15.0) } else { 0.0 };
-        // SAFETY: b in [0, nb - 1] and c·2^60 in [0, 15·2^60] fit u32 / u64 (n_bins is a
-        // u32-sized count: bins are allocated per option); `conf_fixed` gives the same value
-        // for a finite v (the clamp at 0 and the truncation are the same).
+        // SAFETY: b in [0, nb - 1] and c·2^60 in [0, 15·2^60] fit u32 / u64 (evaluate
+        // rejects n_bins above eval::MAX_BINS = 2^24); `conf_fixed` gives the same value for
+        // a finite v (the clamp at 0 and the truncation are the same).
         (bin[l], fx[l]) = (
             b.to_int_unchecked::<u32>(),
             (c * 2f64.powi(60)).to_int_unchecked::<u64>(),
