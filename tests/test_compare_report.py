@@ -409,3 +409,34 @@ def test_short_rows_lanes_and_row_path_agree_on_odd_rows(kind: str, c: int) -> N
     ok[[3, 9, 20, 37, 50]] = False
     v = t != -100
     np.testing.assert_allclose(got[before].row_kl[ok], ref["kl"][ok[v]], rtol=1e-4, atol=1e-8)
+
+
+def test_merge_past_max_exact_rows_counts_each_value_once() -> None:
+    # An accumulator holds either exact values or histogram counts of a value, never both:
+    # merging parts past max_exact_rows moves the held values into the histograms once, so
+    # the merged histograms equal one histogram of every value (and exact parts merged within
+    # the limit keep exact percentiles)
+    from fastnll._compare_stats import CompareAccumulator, LogHistogram
+
+    rng = np.random.default_rng(8)
+    parts = []
+    every_kl, every_dp = [], []
+    for k in range(4):
+        n = 300 + 50 * k
+        kl = rng.exponential(1e-3, n)
+        dp = rng.normal(0, 1e-2, n)
+        same = np.where(rng.random(n) < 0.1, -1, 1).astype(np.int8)
+        acc = CompareAccumulator(exact=True, max_exact_rows=700, capacity=n if k % 2 else 0)
+        acc.add({key: 0 for key in acc.sums}, kl, dp, same)
+        parts.append(acc)
+        every_kl.append(kl[same >= 0])
+        every_dp.append(dp[same >= 0])
+    a = parts[0].merge(parts[1])  # 2 x ~300 rows: within 700, still exact
+    assert a.exact and a.percentiles()[2] == "exact"
+    a.merge(parts[2]).merge(parts[3])  # past 700: histograms
+    assert not a.exact and a.percentiles()[2] == "histogram"
+    ref_kl, ref_dp = LogHistogram(), LogHistogram(hi=10.0, signed=True)
+    ref_kl.add(np.concatenate(every_kl))
+    ref_dp.add(np.concatenate(every_dp))
+    np.testing.assert_array_equal(a.kl_hist.counts, ref_kl.counts)
+    np.testing.assert_array_equal(a.dp_hist.counts, ref_dp.counts)

@@ -38,7 +38,8 @@ __all__ = [
     "windows",
 ]
 
-FORMAT = 2  # bump when the meaning of the fields below changes (2: llama.cpp statistics)
+FORMAT = 3  # bump when the meaning of the fields below changes (2: llama.cpp statistics;
+# 3: a compare accumulator's histograms no longer also count the exact values it holds)
 
 
 class _Versioned:
