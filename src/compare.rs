@@ -781,7 +781,7 @@ pub fn compare_rows(
                 )));
             }
             let pieces: Vec<_> = o.split(per).into_iter().enumerate().collect();
-            parallel::map_items(pieces, |(k, p)| {
+            parallel::map_items(pieces, per, |(k, p)| {
                 let len = p.kl.len();
                 chunk(k * per..k * per + len, Some(p))
             })

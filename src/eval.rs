@@ -483,7 +483,7 @@ pub fn evaluate(
                     },
                 ));
             }
-            parallel::map_items(outs, |(rg, o)| chunk(rg, Some(o)))
+            parallel::map_items(outs, per, |(rg, o)| chunk(rg, Some(o)))
         }
         None => parallel::map_chunks(n, per, |r| chunk(r, None)),
     };

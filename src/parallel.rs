@@ -237,8 +237,9 @@ pub fn is_serial() -> bool {
 }
 
 /// Runs a section of one chunk of several rows (at most `CHUNK_BYTES` of input, tens of
-/// microseconds) on the calling thread: handing it to a pool thread costs a wake-up of about 50 us, which was the
-/// whole time of a small call. Same chunk, same arithmetic: results are unchanged.
+/// microseconds) on the calling thread: handing it to a pool thread costs a wake-up of about
+/// 50 us, which was the whole time of a small call. Same chunk, same arithmetic: results are
+/// unchanged.
 fn inline<T>(f: impl FnOnce() -> T) -> T {
     let _reset = SerialReset(SERIAL.with(|s| s.replace(true)));
     f()
@@ -253,10 +254,15 @@ impl Drop for SerialReset {
     }
 }
 
-/// Applies `f` to each item, in parallel on the pool unless there is only one (then on this
-/// thread, see [`inline`]); results in item order.
-pub fn map_items<I: Send, T: Send>(items: Vec<I>, f: impl Fn(I) -> T + Sync + Send) -> Vec<T> {
-    if items.len() <= 1 {
+/// Applies `f` to each item (a chunk of `per` rows), in parallel on the pool unless there is
+/// only one chunk of several rows (then on this thread, see [`inline`]; one row of half a
+/// chunk or more stays on the pool, where its class axis is split); results in item order.
+pub fn map_items<I: Send, T: Send>(
+    items: Vec<I>,
+    per: usize,
+    f: impl Fn(I) -> T + Sync + Send,
+) -> Vec<T> {
+    if items.len() <= 1 && per > 1 {
         return inline(|| items.into_iter().map(&f).collect());
     }
     install(|| items.into_par_iter().map(&f).collect())
@@ -344,6 +350,8 @@ mod cancel_tests {
         let mut out = vec![0u8; 10];
         let r = map_chunks_out(&mut out, 1, 100, |_, _| std::thread::current().id());
         assert_eq!(r, vec![me]);
+        assert_eq!(map_items(vec![0], 100, |_| is_serial()), vec![true]);
+        assert_eq!(map_items(vec![0], 1, |_| is_serial()), vec![false]);
     }
 
     #[test]
