@@ -153,7 +153,7 @@ struct RowCompare {
 
 /// Below this (in nats from the row max) a logit counts as probability 0 in the KL's log
 /// ratio; exp of it is 0 in every float format.
-const FLOOR: f32 = -1.0e4;
+pub(crate) const FLOOR: f32 = -1.0e4;
 /// |r| up to which f(r) = e^r - 1 - r is taken from its series.
 const SERIES: f32 = 0.5;
 
@@ -192,9 +192,23 @@ unsafe fn kl_vec<I: Isa>(
     inf: &mut I::V,
 ) {
     let floor = I::splat(FLOOR);
-    let zero = I::splat(0.0);
     let ya = I::max_keep_nan(floor, I::sub(xa, ma));
     let yb = I::max_keep_nan(floor, I::sub(xb, mb));
+    kl_shifted::<I>(ya, yb, c, g, acc, inf);
+}
+
+/// [`kl_vec`]'s terms given the shifted rows ya = max(FLOOR, xa - ma), yb likewise (the
+/// short-row lanes of `compare_lanes` take them from their tiles).
+#[inline(always)]
+pub(crate) unsafe fn kl_shifted<I: Isa>(
+    ya: I::V,
+    yb: I::V,
+    c: I::V,
+    g: I::V,
+    acc: &mut I::V,
+    inf: &mut I::V,
+) {
+    let (floor, zero) = (I::splat(FLOOR), I::splat(0.0));
     let ea = I::exp_le0(ya);
     let eb = I::exp_le0(yb);
     let r = I::add(I::sub(yb, ya), c);

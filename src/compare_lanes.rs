@@ -5,12 +5,9 @@
 //! flagged and left to the row path, so a row's numbers never depend on which rows share its
 //! group: whole, chunked and merged runs agree.
 
+use crate::compare::{kl_shifted, FLOOR};
 use crate::simd::{self, exp2c, Elem, Isa, Path};
 
-/// Below this (in nats from the row max) a logit counts as probability 0 (as the row path).
-const FLOOR: f32 = -1.0e4;
-/// |r| up to which f(r) = e^r - 1 - r is taken from its series (as the row path).
-const SERIES: f32 = 0.5;
 /// Longest row taken in lanes (the short-row bound of the other kernels).
 pub(crate) const MAX_C: usize = crate::kernel::LANES_MAX_C;
 
@@ -27,26 +24,6 @@ pub(crate) struct LaneCompare {
     pub dp: [f32; 16],
     pub same: [f32; 16],
     pub ok: [f32; 16],
-}
-
-/// f(r)/r² = 1/2 + r/6 + ... + r^7/9! (as the row path's series).
-#[inline(always)]
-unsafe fn series<I: Isa>(r: I::V) -> I::V {
-    const C: [f32; 8] = [
-        1.0 / 2.0,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-        1.0 / 5040.0,
-        1.0 / 40320.0,
-        1.0 / 362_880.0,
-    ];
-    let mut p = I::splat(C[7]);
-    for &c in C[..7].iter().rev() {
-        p = I::fma(p, r, I::splat(c));
-    }
-    I::mul(I::mul(r, r), p)
 }
 
 /// Max, first argmax and target value of W rows (column j at `p + 16·j`).
@@ -108,22 +85,7 @@ pub(crate) unsafe fn lanes<I: Isa, A: Elem, B: Elem>(
         let gg = I::exp2_sum(I::mul(cc, I::splat(exp2c::LOG2E)));
         let (mut h, mut inf) = (zero, zero);
         for j in 0..c {
-            let (va, vb) = (ya.add(j).read(), yb.add(j).read());
-            let (ea, eb) = (I::exp_le0(va), I::exp_le0(vb));
-            let r = I::add(I::sub(vb, va), cc);
-            let big = I::count_gt(zero, I::abs(r), I::splat(SERIES));
-            let h_small = I::mul(ea, series::<I>(r));
-            let h_big = I::sub(I::mul(eb, gg), I::fma(ea, r, ea));
-            h = I::add(
-                h,
-                I::add(
-                    I::zero_where_zero(big, h_big),
-                    I::zero_where_zero(I::sub(one, big), h_small),
-                ),
-            );
-            let has_a = I::count_gt(zero, va, floor);
-            let has_b = I::count_gt(zero, vb, floor);
-            inf = I::fma(has_a, I::sub(one, has_b), inf);
+            kl_shifted::<I>(ya.add(j).read(), yb.add(j).read(), cc, gg, &mut h, &mut inf);
         }
         let (nll_a, nll_b) = if log_probs {
             (I::sub(zero, xta), I::sub(zero, xtb))
