@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(ordered)
     print(
         "roofline = reference time / cell time (1.0 = as fast as touching its bytes once; see benches/README.md); "
-        "vs X = X time / fastnll time; * = fewer than 2 runs; extra peak = growth of peak RSS over one call."
+        "vs X = X time / fastnll time; * = fewer than 2 runs; extra peak = growth of peak RSS over one call, less the array it returns."
     )
     failed = [r for r in ordered if "error" in r]
     for r in failed:

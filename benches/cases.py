@@ -223,9 +223,16 @@ def matrix() -> list[Cell]:
 
 def quick() -> list[Cell]:
     """A reduced grid for development: every op at C = 2 and 1000, every dtype, target dtype and
-    layout of cross_entropy and evaluate at C = 10, a few dumps on disk (no cold run)."""
+    layout of cross_entropy and evaluate at C = 10, their half-precision cells at C = 1000, a
+    few dumps on disk (no cold run)."""
     cells: list[Cell | None] = [cell(op, c) for op in OPS for c in (2, 1000)]
     cells += _grids(("cross_entropy", "evaluate_logits"), (10,))
+    # the half-precision bar (>= 1.5x the f32 elements per ns) is stated for C >= 1000
+    cells += [
+        cell(op, 1000, dtype=d)
+        for op in ("cross_entropy", "evaluate_logits")
+        for d in ("bf16", "f16")
+    ]
     cells += [
         cell("evaluate_logits", 1000, store=st, via=v) for st in STORES for v in ("path", "cli")
     ]
