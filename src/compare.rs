@@ -14,6 +14,7 @@
 use crate::compare_lanes as lanes;
 use crate::error::{Error, Result};
 use crate::eval::Kind;
+use crate::kernel;
 use crate::loss::class_of;
 use crate::parallel;
 use crate::rows::{RowStats, Rows, Want};
@@ -212,14 +213,20 @@ pub(crate) unsafe fn kl_shifted<I: Isa>(
     let ea = I::exp_le0(ya);
     let eb = I::exp_le0(yb);
     let r = I::add(I::sub(yb, ya), c);
-    let big = I::count_gt(zero, I::abs(r), I::splat(SERIES));
-    let small = I::sub(I::splat(1.0), big);
     let h_small = I::mul(ea, series::<I>(r));
-    let h_big = I::sub(I::mul(eb, g), I::fma(ea, r, ea));
-    let h = I::add(
-        I::zero_where_zero(big, h_big),
-        I::zero_where_zero(small, h_small),
-    );
+    // every lane in the series' range (two close models: most vectors): the same sum
+    // without the other branch (its terms would be masked to 0 and added)
+    let h = if I::all_abs_below(r, SERIES) {
+        h_small
+    } else {
+        let big = I::count_gt(zero, I::abs(r), I::splat(SERIES));
+        let small = I::sub(I::splat(1.0), big);
+        let h_big = I::sub(I::mul(eb, g), I::fma(ea, r, ea));
+        I::add(
+            I::zero_where_zero(big, h_big),
+            I::zero_where_zero(small, h_small),
+        )
+    };
     *acc = I::add(*acc, h);
     let has_a = I::count_gt(zero, ya, floor);
     let has_b = I::count_gt(zero, yb, floor);
@@ -461,8 +468,8 @@ fn sweep_pair<A: Elem, B: Elem>(
     g: f32,
 ) -> ([f64; 2], bool) {
     let kl = kl_sweep(path, xa, xb, ma, mb, c, g);
-    let ia = xa.iter().position(|v| v.to_f32() == ma);
-    let ib = xb.iter().position(|v| v.to_f32() == mb);
+    let ia = kernel::first_eq(path, xa, ma);
+    let ib = kernel::first_eq(path, xb, mb);
     (kl, ia == ib)
 }
 

@@ -1420,6 +1420,28 @@ dispatch! {
     => write_rows
 }
 
+/// The index of the first element equal to `v` (as f32; none for NaN), a vector at a time.
+#[inline(always)]
+unsafe fn first_eq_in<I: Isa, E: Elem>(x: &[E], v: f32) -> Option<usize> {
+    let (w, vv, p) = (I::W, I::splat(v), x.as_ptr());
+    let mut i = 0;
+    while i + w <= x.len() {
+        let bits = I::eq_bits(E::load::<I>(p.add(i)), vv);
+        if bits != 0 {
+            return Some(i + bits.trailing_zeros() as usize);
+        }
+        i += w;
+    }
+    // the tail one by one: a padded load could match a padding value
+    x[i..].iter().position(|e| e.to_f32() == v).map(|k| i + k)
+}
+
+dispatch! {
+    /// See [`first_eq_in`].
+    pub(crate) fn first_eq<E>(x: &[E], v: f32) -> Option<usize>
+    => first_eq_in
+}
+
 dispatch! {
     /// Read-only sum of a row.
     pub(crate) fn row_sum<E>(x: &[E]) -> f64

@@ -662,3 +662,37 @@ fn f16_subnormals_widen_exactly_under_flush_to_zero() {
         assert_eq!(got, half::f16::from_bits(v.0).to_f32(), "{:#06x}", v.0);
     }
 }
+
+#[test]
+fn first_eq_finds_the_first_equal_element_on_every_path() {
+    // ties, NaN, -inf, a value only in the tail, no match; every length 0..40
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % 5
+    };
+    on_each_path(|p| {
+        for n in 0..40 {
+            let x: Vec<f32> = (0..n)
+                .map(|_| match next() {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    k => k as f32,
+                })
+                .collect();
+            for v in [2.0, 3.0, 4.0, f32::NEG_INFINITY, f32::NAN, 9.0] {
+                let want = x.iter().position(|&e| e == v);
+                assert_eq!(crate::kernel::first_eq(p, &x, v), want, "{p:?} n={n} v={v}");
+                let h: Vec<BF16> = x
+                    .iter()
+                    .map(|&e| BF16((e.to_bits() >> 16) as u16))
+                    .collect();
+                assert_eq!(
+                    crate::kernel::first_eq(p, &h, v),
+                    want,
+                    "{p:?} bf16 n={n} v={v}"
+                );
+            }
+        }
+    });
+}

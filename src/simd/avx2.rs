@@ -153,6 +153,10 @@ impl Isa for Avx2 {
         (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u32).count_ones()
     }
     #[inline(always)]
+    unsafe fn eq_bits(v: __m256, t: __m256) -> u32 {
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, t)) as u32
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: __m256, v: __m256, t: __m256) -> __m256 {
         let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(v, t);
         _mm256_add_ps(acc, _mm256_and_ps(gt, _mm256_set1_ps(1.0)))

@@ -140,6 +140,10 @@ impl Isa for Avx512 {
         u32::from(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t)).count_ones()
     }
     #[inline(always)]
+    unsafe fn eq_bits(v: __m512, t: __m512) -> u32 {
+        u32::from(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, t))
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: __m512, v: __m512, t: __m512) -> __m512 {
         let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t);
         _mm512_mask_add_ps(acc, gt, acc, _mm512_set1_ps(1.0))

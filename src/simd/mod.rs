@@ -285,6 +285,8 @@ pub(crate) trait Isa: Copy {
     /// The number of lanes where v > t (false for NaN), counted on the integer side: the
     /// long-row sweeps are bound by the vector pipes, which this leaves alone.
     unsafe fn gt_lanes(v: Self::V, t: Self::V) -> u32;
+    /// Bit l set where lane l of v equals t (false for NaN).
+    unsafe fn eq_bits(v: Self::V, t: Self::V) -> u32;
     /// Lane l = p[l * stride] for l < W (a column of W rows).
     unsafe fn gather(p: *const f32, stride: usize) -> Self::V;
     /// The first `c` (<= 32) columns of W rows, row l at `p + l·st`, into `cols[0..c]`.

@@ -178,6 +178,11 @@ impl Isa for Neon {
         vaddvq_u32(vshrq_n_u32::<31>(vcgtq_f32(v, t)))
     }
     #[inline(always)]
+    unsafe fn eq_bits(v: float32x4_t, t: float32x4_t) -> u32 {
+        let w = vld1q_u32([1u32, 2, 4, 8].as_ptr());
+        vaddvq_u32(vandq_u32(vceqq_f32(v, t), w))
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: float32x4_t, v: float32x4_t, t: float32x4_t) -> float32x4_t {
         let one = vandq_u32(vcgtq_f32(v, t), bits(vdupq_n_f32(1.0)));
         vaddq_f32(acc, float(one))

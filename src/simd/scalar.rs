@@ -157,6 +157,10 @@ impl Isa for Scalar {
         u32::from(v > t)
     }
     #[inline(always)]
+    unsafe fn eq_bits(v: f32, t: f32) -> u32 {
+        u32::from(v == t)
+    }
+    #[inline(always)]
     unsafe fn count_gt(acc: f32, v: f32, t: f32) -> f32 {
         acc + (v > t) as u32 as f32
     }
