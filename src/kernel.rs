@@ -1433,13 +1433,137 @@ unsafe fn first_eq_in<I: Isa, E: Elem>(x: &[E], v: f32) -> Option<usize> {
         i += w;
     }
     // the tail one by one: a padded load could match a padding value
-    x[i..].iter().position(|e| e.to_f32() == v).map(|k| i + k)
+    #[allow(clippy::float_cmp)] // equality with the row's own maximum, on purpose
+    let at = x[i..].iter().position(|e| e.to_f32() == v);
+    at.map(|k| i + k)
 }
 
 dispatch! {
     /// See [`first_eq_in`].
     pub(crate) fn first_eq<E>(x: &[E], v: f32) -> Option<usize>
     => first_eq_in
+}
+
+/// Σ_c w_c·(shift - x_c) over a row (w_c = 1 without weights; a zero weight skips its term,
+/// so a masked -inf class gives no 0·inf), in float64: 16 independent partial sums, added
+/// pairwise at the end. Plain loops that vectorise under the path's features; the operations
+/// and their order are the same on every path, so is the result.
+#[inline(always)]
+unsafe fn dev_sum_in<I: Isa, E: Elem>(x: &[E], shift: f64, w: Option<&[f64]>) -> f64 {
+    const L: usize = 16;
+    let mut acc = [0f64; L];
+    let n = x.len() / L * L;
+    let d = |v: E| shift - f64::from(v.to_f32());
+    match w {
+        None => {
+            for ch in x[..n].chunks_exact(L) {
+                for j in 0..L {
+                    acc[j] += d(ch[j]);
+                }
+            }
+            for (a, &v) in acc.iter_mut().zip(&x[n..]) {
+                *a += d(v);
+            }
+        }
+        Some(w) => {
+            let term = |v: E, wc: f64| if wc == 0.0 { 0.0 } else { wc * d(v) };
+            for (ch, wc) in x[..n].chunks_exact(L).zip(w[..n].chunks_exact(L)) {
+                for j in 0..L {
+                    acc[j] += term(ch[j], wc[j]);
+                }
+            }
+            for ((a, &v), &wc) in acc.iter_mut().zip(&x[n..]).zip(&w[n..]) {
+                *a += term(v, wc);
+            }
+        }
+    }
+    let mut k = L;
+    while k > 1 {
+        k /= 2;
+        for j in 0..k {
+            acc[j] += acc[j + k];
+        }
+    }
+    acc[0]
+}
+
+dispatch! {
+    /// See [`dev_sum_in`].
+    pub(crate) fn dev_sum<E>(x: &[E], shift: f64, w: Option<&[f64]>) -> f64
+    => dev_sum_in
+}
+
+/// Σ_j w_j·y'_j·((shift - x_j) + ln_s) over a row widened to f64, y' = (1-ε)·y + ε/C, terms
+/// with y' = 0 counting 0 (soft-target cross-entropy; w_j = 1 without weights): 16
+/// independent partial sums added pairwise, the same on every path (see [`dev_sum_in`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn soft_sum_in<I: Isa, E: Elem>(
+    xs: &[f64],
+    ys: &[f64],
+    shift: f64,
+    ln_s: f64,
+    eps: f64,
+    c: f64,
+    w: Option<&[f64]>,
+) -> f64 {
+    const L: usize = 16;
+    let mut acc = [0f64; L];
+    let n = xs.len().min(ys.len());
+    let term = |xv: f64, yv: f64, wj: f64| {
+        let yj = (1.0 - eps) * yv + eps / c;
+        if yj == 0.0 {
+            0.0
+        } else {
+            wj * yj * ((shift - xv) + ln_s)
+        }
+    };
+    let body = n / L * L;
+    match w {
+        None => {
+            for (cx, cy) in xs[..body].chunks_exact(L).zip(ys[..body].chunks_exact(L)) {
+                for j in 0..L {
+                    acc[j] += term(cx[j], cy[j], 1.0);
+                }
+            }
+        }
+        Some(w) => {
+            for ((cx, cy), cw) in xs[..body]
+                .chunks_exact(L)
+                .zip(ys[..body].chunks_exact(L))
+                .zip(w[..body].chunks_exact(L))
+            {
+                for j in 0..L {
+                    acc[j] += term(cx[j], cy[j], cw[j]);
+                }
+            }
+        }
+    }
+    for j in body..n {
+        acc[j - body] += term(xs[j], ys[j], w.map_or(1.0, |w| w[j]));
+    }
+    let mut k = L;
+    while k > 1 {
+        k /= 2;
+        for j in 0..k {
+            acc[j] += acc[j + k];
+        }
+    }
+    acc[0]
+}
+
+dispatch! {
+    /// See [`soft_sum_in`] (`E` is unused).
+    pub(crate) fn soft_sum<E>(
+        xs: &[f64],
+        ys: &[f64],
+        shift: f64,
+        ln_s: f64,
+        eps: f64,
+        c: f64,
+        w: Option<&[f64]>
+    ) -> f64
+    => soft_sum_in
 }
 
 dispatch! {

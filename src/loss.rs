@@ -441,14 +441,8 @@ pub fn cross_entropy_soft<O: Out>(
             SOFT_ROWS.with(|b| {
                 let (bx, by) = &mut *b.borrow_mut();
                 let (xs, ys) = (x.f64_run(i, bx), y.f64_run(i, by));
-                let mut loss = 0.0;
-                for (j, (&xv, &yv)) in xs.iter().zip(ys).enumerate() {
-                    let yj = (1.0 - eps) * yv + eps / c as f64;
-                    if yj != 0.0 {
-                        let w = opt.weight.map_or(1.0, |w| w[j]);
-                        loss += w * yj * ((shift - xv) + ln_s);
-                    }
-                }
+                let (path, cf) = (simd::current(), c as f64);
+                let loss = kernel::soft_sum::<f32>(path, xs, ys, shift, ln_s, eps, cf, opt.weight);
                 Ok((loss, 1.0))
             })
         },

@@ -202,22 +202,14 @@ impl<'v, 'a> Rows<'v, 'a> {
                     .sum(),
             }
         }
-        let view = self.view;
+        let (view, path) = (self.view, self.path);
+        // 16/32-bit rows: the vectorised float64 sum (a serial f64 chain was 4 cycles per
+        // element: label smoothing ran at a quarter of cross_entropy's speed)
         match view.dtype {
-            DType::F32 => go(view.row(i, &mut self.s32), |v| v as f64, shift, weight),
+            DType::F32 => kernel::dev_sum(path, view.row(i, &mut self.s32), shift, weight),
             DType::F64 => go(view.row(i, &mut self.s64), |v| v, shift, weight),
-            DType::F16 => go(
-                view.row(i, &mut self.s16),
-                |v| simd::Elem::to_f32(v) as f64,
-                shift,
-                weight,
-            ),
-            DType::BF16 => go(
-                view.row(i, &mut self.sb16),
-                |v| simd::Elem::to_f32(v) as f64,
-                shift,
-                weight,
-            ),
+            DType::F16 => kernel::dev_sum(path, view.row(i, &mut self.s16), shift, weight),
+            DType::BF16 => kernel::dev_sum(path, view.row(i, &mut self.sb16), shift, weight),
         }
     }
 

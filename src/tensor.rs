@@ -450,6 +450,31 @@ impl<'a> View<'a> {
             return unsafe { std::slice::from_raw_parts(base as *const f64, c) };
         }
         buf.clear();
+        if self.direct {
+            // in place: one widening loop over the slice (it vectorises)
+            // SAFETY: direct rows are contiguous, aligned and native, c elements readable.
+            unsafe {
+                match self.dtype {
+                    DType::F64 => unreachable!("returned above"),
+                    DType::F32 => buf.extend(
+                        std::slice::from_raw_parts(base as *const f32, c)
+                            .iter()
+                            .map(|&v| f64::from(v)),
+                    ),
+                    DType::F16 => buf.extend(
+                        std::slice::from_raw_parts(base as *const F16, c)
+                            .iter()
+                            .map(|v| f64::from(half::f16::from_bits(v.0).to_f32())),
+                    ),
+                    DType::BF16 => buf.extend(
+                        std::slice::from_raw_parts(base as *const BF16, c)
+                            .iter()
+                            .map(|v| f64::from(f32::from_bits(u32::from(v.0) << 16))),
+                    ),
+                }
+            }
+            return buf;
+        }
         match self.dtype {
             DType::F64 => buf.extend((0..c).map(|j| self.at::<f64>(base, j))),
             DType::F32 => buf.extend((0..c).map(|j| f64::from(self.at::<f32>(base, j)))),
