@@ -239,6 +239,24 @@ pub fn cross_entropy<O: Out>(
     let w32: Option<Vec<f32>> = opt.weight.map(|w| w.iter().map(|&v| v as f32).collect());
     let wt = w32.as_deref().zip(opt.weight);
     let fast = |r: Range<usize>, o: Option<&mut [O]>, s: &mut Scratch| -> Option<BlockSums> {
+        if eps > 0.0 && opt.weight.is_none() && o.is_none() {
+            // without class weights the smoothed loss is the plain one plus ε·(x_t - mean x):
+            // (1-ε)·(lse - x_t) + ε/C·Σ_c (lse - x_c) = (lse - x_t) + ε·(x_t - Σ_c x_c / C),
+            // so the rows take the cross-entropy kernel and one float64 row sum
+            let mut b = ce_fast(x, t, r.clone(), opt.ignore_index, None, None, s)?;
+            b.sum += eps
+                * SMOOTH_T.with(|tb| {
+                    let tb = &mut *tb.borrow_mut();
+                    let ts = t.to_i64(r.start, b.rows, opt.ignore_index, tb);
+                    match x.dtype {
+                        DType::F32 => target_gap::<f32>(x, r.start, ts, opt.ignore_index),
+                        DType::F16 => target_gap::<F16>(x, r.start, ts, opt.ignore_index),
+                        DType::BF16 => target_gap::<BF16>(x, r.start, ts, opt.ignore_index),
+                        DType::F64 => unreachable!("ce_fast excludes float64"),
+                    }
+                });
+            return Some(b);
+        }
         if eps > 0.0 {
             // short rows: (1-ε)·w_t·(-lp_t) + ε/C·Σ_c w_c·(-lp_c) from a log-probability tile
             let mut o = o;
@@ -285,6 +303,71 @@ pub fn cross_entropy<O: Out>(
         ce_fast(x, t, r, opt.ignore_index, wt, o, s)
     };
     drive(x, chunk_per(x), out, row, fast)
+}
+
+thread_local! {
+    /// Per-thread targets of the smoothed cross-entropy's fast path, widened to int64.
+    static SMOOTH_T: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Σ over the scored rows `start..start + ts.len()` (targets `ts`, all in range or ignored:
+/// the rows the cross-entropy kernel finished) of x_t - Σ_c x_c / C, in float64. The row sum
+/// is a plain loop for short rows and the vectorised one (`kernel::dev_sum`) from 64 classes:
+/// a choice by C alone, so every layout and thread count sums a row the same way.
+#[inline(always)]
+fn short_row_sum<E: simd::Elem>(row: &[E]) -> f64 {
+    row.iter().map(|v| f64::from(v.to_f32())).sum::<f64>()
+}
+
+fn target_gap<E: simd::Elem + crate::tensor::Storage>(
+    x: &View,
+    start: usize,
+    ts: &[i64],
+    ignore: i64,
+) -> f64 {
+    let (c, path) = (x.cols(), simd::current());
+    // Σ x_t and Σ_rows Σ_c x_c apart, divided once: no division per row
+    let (mut sum_t, mut sum_rows) = (0.0, 0.0);
+    let mut add = |row: &[E], k: i64| {
+        sum_rows += if c >= 64 {
+            -kernel::dev_sum(path, row, 0.0, None)
+        } else {
+            short_row_sum(row)
+        };
+        #[allow(clippy::cast_sign_loss)] // the kernel finished the row: 0 <= k < C
+        let xt = f64::from(row[k as usize].to_f32());
+        sum_t += xt;
+    };
+    if c < 64 {
+        // packed short rows: the same sums in one inlined loop (a call per row was 3x the
+        // cross-entropy kernel at C = 2)
+        if let Some(flat) = x.packed_rows::<E>(start, ts.len()) {
+            for (row, &k) in flat.chunks_exact(c).zip(ts) {
+                if k != ignore {
+                    sum_rows += short_row_sum(row);
+                    #[allow(clippy::cast_sign_loss)] // as above
+                    let xt = f64::from(row[k as usize].to_f32());
+                    sum_t += xt;
+                }
+            }
+            return sum_t - sum_rows / c as f64;
+        }
+    }
+    if let Some(flat) = x.packed_rows::<E>(start, ts.len()) {
+        for (row, &k) in flat.chunks_exact(c).zip(ts) {
+            if k != ignore {
+                add(row, k);
+            }
+        }
+    } else {
+        let mut buf: Vec<E> = Vec::new();
+        for (l, &k) in ts.iter().enumerate() {
+            if k != ignore {
+                add(x.row(start + l, &mut buf), k);
+            }
+        }
+    }
+    sum_t - sum_rows / c as f64
 }
 
 /// NLL of log-probabilities `[..., C]`: loss_i = -w[t]·x_it. A gathered value above

@@ -57,6 +57,8 @@ def _results(x, t):
         "ce_none": fastnll.cross_entropy(x, t, reduction="none"),
         "ce_w": fastnll.cross_entropy(x, t, weight=np.linspace(0.5, 2, x.shape[1])),
         "lse": fastnll.logsumexp(x, axis=-1),
+        "ce_smooth": fastnll.cross_entropy(x, t, label_smoothing=0.1),
+        "ce_smooth_sum": fastnll.cross_entropy(x, t, label_smoothing=0.1, reduction="sum"),
     }
     rep = fastnll.evaluate(x, t, per_row=True, check_kind=False)
     res.update(

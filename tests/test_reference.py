@@ -522,3 +522,26 @@ def test_softmax_family_vs_torch(rng, dim):
     assert_close(fastnll.softmax(x, axis=dim), F.softmax(xt, dim=dim).numpy(), np.float32)
     assert_close(fastnll.log_softmax(x, axis=dim), F.log_softmax(xt, dim=dim).numpy(), np.float32)
     assert_close(fastnll.logsumexp(x, axis=dim), torch.logsumexp(xt, dim=dim).numpy(), np.float32)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 10, 63, 64, 100, 1000])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_label_smoothing_rows_against_reference(rng, dtype, n_classes, offset):
+    """Unweighted label smoothing takes the cross-entropy kernel plus eps * (x_t - mean x): the
+    same number as the float64 reference (short and long rows, a large common offset, ignored
+    rows), and its mean agrees with the per-row losses the other path computes."""
+    n = 300 if n_classes <= 100 else 40
+    x64 = rng.normal(size=(n, n_classes)) * 2 + offset
+    x = x64.astype(dtype)
+    t = make_targets(rng, (n,), n_classes, ignore_index=-100, frac_ignored=0.1)
+    for reduction in ("mean", "sum"):
+        got = fastnll.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1)
+        want = ref.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1)
+        check_loss(got, want, dtype, reduction, n_rows=n)
+    rows = fastnll.cross_entropy(x, t, reduction="none", label_smoothing=0.1)
+    keep = t != -100
+    np.testing.assert_allclose(
+        fastnll.cross_entropy(x, t, reduction="sum", label_smoothing=0.1),
+        np.sum(rows[keep], dtype=np.float64),
+        rtol=1e-6,
+    )
