@@ -532,6 +532,28 @@ pub fn cross_entropy_soft<O: Out>(
         |r: Range<usize>, mut o: Option<&mut [O]>, s: &mut Scratch| -> Option<BlockSums> {
             // short rows: Σ_c w_c·y'_c·(-lp_c) from a log-probability tile, y' = (1-ε)·y + ε/C
             with_logp(x, r.clone(), s, |lp, done, _| {
+                // packed targets: one typed loop over the tile's rows
+                let packed = match y.dtype {
+                    DType::F32 => y.packed_rows::<f32>(r.start, done).map(|ys| {
+                        soft_tile(lp, ys, c, eps, opt.weight, o.as_deref_mut(), f64::from)
+                    }),
+                    DType::F64 => y
+                        .packed_rows::<f64>(r.start, done)
+                        .map(|ys| soft_tile(lp, ys, c, eps, opt.weight, o.as_deref_mut(), |v| v)),
+                    DType::F16 => y.packed_rows::<F16>(r.start, done).map(|ys| {
+                        soft_tile(lp, ys, c, eps, opt.weight, o.as_deref_mut(), |v| {
+                            f64::from(simd::Elem::to_f32(v))
+                        })
+                    }),
+                    DType::BF16 => y.packed_rows::<BF16>(r.start, done).map(|ys| {
+                        soft_tile(lp, ys, c, eps, opt.weight, o.as_deref_mut(), |v| {
+                            f64::from(simd::Elem::to_f32(v))
+                        })
+                    }),
+                };
+                if let Some(b) = packed {
+                    return b;
+                }
                 let mut b = BlockSums::default();
                 let mut ybuf: Vec<f64> = Vec::new();
                 for l in 0..done {
@@ -557,6 +579,38 @@ pub fn cross_entropy_soft<O: Out>(
             })
         },
     )
+}
+
+/// Soft-target losses of the rows of a log-probability tile `lp` against their packed targets
+/// `ys` (as [`cross_entropy_soft`]'s row loop: the same terms in the same order).
+fn soft_tile<Y: Copy, O: Out>(
+    lp: &[f32],
+    ys: &[Y],
+    c: usize,
+    eps: f64,
+    weight: Option<&[f64]>,
+    mut o: Option<&mut [O]>,
+    conv: impl Fn(Y) -> f64,
+) -> BlockSums {
+    let mut b = BlockSums::default();
+    let tail = eps / c as f64;
+    for (l, (row, yrow)) in lp.chunks_exact(c).zip(ys.chunks_exact(c)).enumerate() {
+        let mut loss = 0.0;
+        for (j, (&p, &yv)) in row.iter().zip(yrow).enumerate() {
+            let yj = (1.0 - eps) * conv(yv) + tail;
+            if yj != 0.0 {
+                let w = weight.map_or(1.0, |w| w[j]);
+                loss += w * yj * -f64::from(p);
+            }
+        }
+        if let Some(o) = o.as_deref_mut() {
+            o[l] = O::from_f64(loss);
+        }
+        b.sum += loss;
+        b.weight += 1.0;
+        b.rows += 1;
+    }
+    b
 }
 
 /// Binary cross-entropy with logits, element-wise over `[..., C]`, PyTorch's stable form:
