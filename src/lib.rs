@@ -17,6 +17,7 @@ pub mod loss;
 pub mod nd;
 pub mod parallel;
 pub mod rows;
+pub mod select;
 pub mod simd;
 pub mod softmax;
 pub(crate) mod stage;

@@ -440,3 +440,37 @@ def test_merge_past_max_exact_rows_counts_each_value_once() -> None:
     ref_dp.add(np.concatenate(every_dp))
     np.testing.assert_array_equal(a.kl_hist.counts, ref_kl.counts)
     np.testing.assert_array_equal(a.dp_hist.counts, ref_dp.counts)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: g.lognormal(-10, 3, 1_000_003),  # KL-like: positive, heavy-tailed
+        lambda g: g.normal(0, 1e-3, 300_001),  # delta-p-like: signed
+        lambda g: np.round(g.normal(0, 2, 50_000)),  # many ties
+        lambda g: np.array([0.0, -0.0, np.inf, -np.inf, 5e-324, -1e300, np.nan, 1.0]),
+        lambda g: np.full(10_000, 0.125),
+        lambda g: np.array([7.0]),
+    ],
+)
+def test_exact_percentiles_match_numpy(make):
+    """The core's radix pre-selection gives the percentiles of the non-NaN values exactly
+    (llama.cpp's rule on a full sort, written here: (1 - f)·v[i] + f·v[i + 1] at h = q·(n - 1)),
+    within rounding of NumPy's, and leaves its input unchanged."""
+    from fastnll._compare_stats import DP_LEVELS, KL_LEVELS, exact_percentiles
+
+    v = make(np.random.default_rng(11))
+    before = v.copy()
+    s = np.sort(v[~np.isnan(v)])
+    n = s.size
+    for levels in (KL_LEVELS, DP_LEVELS):
+        got = exact_percentiles(v, levels)
+        for name, q in levels:
+            h = q * (n - 1)
+            i = min(math.floor(h), n - 1)
+            f = h - i
+            want = s[i] if f == 0 or i + 1 >= n else (1 - f) * s[i] + f * s[i + 1]
+            assert got[name] == want, (name, q, got[name], want)
+            if np.all(np.isfinite(s[max(i - 1, 0) : i + 2])):
+                np.testing.assert_allclose(got[name], np.percentile(s, 100 * q), rtol=1e-12)
+    assert np.array_equal(v, before, equal_nan=True)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
+
 KL_LEVELS: tuple[tuple[str, float], ...] = (
     ("max", 1.0),
     ("99.9", 0.999),
@@ -171,26 +173,27 @@ def percentiles_sorted(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> 
     return out
 
 
-def exact_percentiles(
-    v: np.ndarray, levels: tuple[tuple[str, float], ...], reorder: bool = False
-) -> dict[str, float]:
-    """Percentiles of the non-NaN values of v, by partial sorts (O(n)). v is left as given,
-    unless ``reorder`` (the caller owns v and only its set of values matters): then it is
-    partitioned in place, with no copy."""
+def exact_percentiles(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    """Percentiles of the non-NaN values of v (linear interpolation between order statistics,
+    NumPy's default), exact: the order statistics come from the core's radix pre-selection
+    (two reads of v, on the thread pool; see src/select.rs), which leaves v as given and takes
+    no copy of it."""
+    v = np.ascontiguousarray(np.asarray(v, np.float64).reshape(-1))
     nan = np.isnan(v)
-    v = v[~nan] if nan.any() else (v if reorder else v.copy())
+    if nan.any():
+        v = v[~nan]
     n = v.size
     if n == 0:
         return {name: NAN for name, _ in levels}
     ks = sorted({min(math.floor(q * (n - 1)) + d, n - 1) for _, q in levels for d in (0, 1)})
-    v.partition(ks)  # in place: no second array
+    at = dict(zip(ks, _core.order_stats(v, ks)))
     out: dict[str, float] = {}
     for name, q in levels:
         h = q * (n - 1)
         i = min(math.floor(h), n - 1)
         f = h - i
-        a = float(v[i])
-        out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * float(v[i + 1])
+        a = at[i]
+        out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * at[i + 1]
     return out
 
 
@@ -408,8 +411,8 @@ class CompareAccumulator:
         """(KL percentiles, Δp percentiles, method, relative error bound or None)."""
         if self.exact:
             return (
-                exact_percentiles(self._held(self._kl), KL_LEVELS, reorder=True),
-                exact_percentiles(self._held(self._dp), DP_LEVELS, reorder=True),
+                exact_percentiles(self._held(self._kl), KL_LEVELS),
+                exact_percentiles(self._held(self._dp), DP_LEVELS),
                 "exact",
                 None,
             )

@@ -22,6 +22,7 @@ __all__ = [
     "logsumexp",
     "logsumexp_b",
     "nll_loss",
+    "order_stats",
     "roofline_sum",
     "set_num_threads",
     "set_short_scheme",
@@ -101,6 +102,10 @@ def softmax(x: np.ndarray, tag: str, swap: bool, log: bool, out: np.ndarray) -> 
 
 def roofline_sum(x: np.ndarray, tag: str, swap: bool) -> float:
     """Read-only SIMD sum of every element: the benchmarks' bandwidth roofline."""
+
+def order_stats(v: np.ndarray, ks: list[int]) -> list[float]:
+    """Exact order statistics (0-based ranks) of a 1-d C-contiguous float64 array without NaN,
+    which is only read."""
 
 def eval_rows(
     x: np.ndarray,

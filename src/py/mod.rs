@@ -287,6 +287,14 @@ fn softmax(py: Python<'_>, x: &Arr, tag: &str, swap: bool, log: bool, out: &Arr)
     }
 }
 
+/// Exact order statistics (0-based ranks `ks`) of a 1-d C-contiguous float64 array without
+/// NaN, which is only read (see `select::order_stats`).
+#[pyfunction]
+fn order_stats(py: Python<'_>, v: &Arr, ks: Vec<usize>) -> PyResult<Vec<f64>> {
+    let v = arrays::f64_slice(v)?;
+    run(py, move || crate::select::order_stats(v, &ks))
+}
+
 /// Read-only SIMD sum of every element: the streaming roofline of the benchmarks.
 #[pyfunction]
 fn roofline_sum(py: Python<'_>, x: &Arr, tag: &str, swap: bool) -> PyResult<f64> {
@@ -523,6 +531,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logsumexp_b, m)?)?;
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(roofline_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(order_stats, m)?)?;
     m.add_function(wrap_pyfunction!(eval_rows, m)?)?;
     m.add_function(wrap_pyfunction!(compare_rows, m)?)?;
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
