@@ -260,10 +260,14 @@ pub fn evaluate(
         // per-lane f64 sums of NLL, NLL², entropy and Brier of the clean lane groups
         let mut lacc = [[0f64; BATCH]; 4];
         let mut acc = EvalSums::new(opt);
-        // the clean lane groups' histogram (see `kernel::Hist`), folded into acc at the end
-        // (only the lanes use it: none for the other inputs)
+        // the clean groups' histogram (see `kernel::Hist`), folded into acc at the end (the
+        // lanes and the 16/32-bit row groups use it: none for float64)
         let ways = if opt.n_bins <= 256 { 4 } else { 1 };
-        let hb = if lanes { ways * opt.n_bins } else { 0 };
+        let hb = if lanes || f32_finish {
+            ways * opt.n_bins
+        } else {
+            0
+        };
         let (mut h_count, mut h_conf, mut h_correct) =
             (vec![0u64; hb], vec![0u128; hb], vec![0u64; hb]);
         let mut i = r.start;
@@ -337,7 +341,7 @@ pub fn evaluate(
                     && (0..BATCH).all(|l| rows[l].is_some() && lane.ok[l] != 0.0);
                 if clean {
                     // every row scored and ordinary: the sums in a vector pass over the lanes
-                    let (mut nll, mut cf) = ([0f64; BATCH], [0f64; BATCH]);
+                    let mut m = kernel::Metrics16::default();
                     let mut hist = kernel::Hist {
                         ways,
                         count: &mut h_count,
@@ -352,13 +356,12 @@ pub fn evaluate(
                         &mut lacc,
                         &mut acc.topk_correct,
                         &mut hist,
-                        &mut nll,
-                        &mut cf,
+                        &mut m,
                     );
                     acc.n += BATCH as u64;
                     if let Some(o) = o.as_mut() {
                         for l in 0..BATCH {
-                            o.set(i + l - r.start, nll[l], lane.rank[l] as i64, cf[l]);
+                            o.set(i + l - r.start, m.nll[l], lane.rank[l] as i64, m.conf[l]);
                         }
                     }
                     i += g;
@@ -418,6 +421,44 @@ pub fn evaluate(
                 }
             }
             kernel::ln_exp16::<f32>(path, &mut ln_s, &mut e_t);
+            let clean = g == BATCH
+                && !opt.ties_first
+                && (0..BATCH).all(|l| rows[l].is_some() && st[l].as_ref().is_some_and(fast));
+            if clean {
+                // every row scored and ordinary: finished here, summed in one vector pass
+                let mut m = kernel::Metrics16::default();
+                for l in 0..BATCH {
+                    let (Some((_, xt)), Some(rs)) = (rows[l], st[l]) else {
+                        unreachable!("a clean group")
+                    };
+                    let rm = finish_logits(xt, &rs, ln_s[l] as f64, e_t[l] as f64);
+                    (m.nll[l], m.ent[l], m.brier[l], m.conf[l]) =
+                        (rm.nll, rm.entropy, rm.brier, rm.conf);
+                    m.rank[l] = rm.rank as f64;
+                }
+                let mut hist = kernel::Hist {
+                    ways,
+                    count: &mut h_count,
+                    conf: &mut h_conf,
+                    correct: &mut h_correct,
+                };
+                acc.conf_nonfinite += kernel::eval_sums16::<f32>(
+                    path,
+                    &m,
+                    &opt.top_k,
+                    &mut lacc,
+                    &mut acc.topk_correct,
+                    &mut hist,
+                );
+                acc.n += BATCH as u64;
+                if let Some(o) = o.as_mut() {
+                    for l in 0..BATCH {
+                        o.set(i + l - r.start, m.nll[l], m.rank[l] as i64, m.conf[l]);
+                    }
+                }
+                i += g;
+                continue;
+            }
             for l in 0..g {
                 let (Some((k, xt)), Some(rs)) = (rows[l], st[l]) else {
                     continue;

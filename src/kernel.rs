@@ -1086,58 +1086,74 @@ pub(crate) struct Hist<'a> {
     pub correct: &'a mut [u64],
 }
 
-/// Adds a clean group of 16 [`LaneMetrics`] (every row scored and ordinary) to the per-lane
-/// f64 sums `lacc` (NLL, NLL², entropy, Brier), the top-k counts and the histogram, and
-/// writes each row's NLL to `nll` (for probabilities -ln p_t in f64) and its confidence to
-/// `cf`; returns the rows of non-finite confidence (counted in bin 0). Plain loops over the
-/// 16 lanes: under the caller's target features they vectorise (at the baseline ISA this
-/// bookkeeping cost more than the kernel).
+/// The metrics of 16 scored, ordinary rows in float64 (the rank as f64: exact to 2^53).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Metrics16 {
+    pub nll: [f64; 16],
+    pub ent: [f64; 16],
+    pub brier: [f64; 16],
+    pub conf: [f64; 16],
+    pub rank: [f64; 16],
+}
+
+/// A clean group of 16 [`LaneMetrics`] (every row scored and ordinary) widened to
+/// [`Metrics16`]: NLL (for probabilities -ln p_t in f64) and the confidence per kind.
 #[inline(always)]
-pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
-    lane: &LaneMetrics,
-    kind: u8,
-    top_k: &[usize],
-    lacc: &mut [[f64; 16]; 4],
-    topk: &mut [u64],
-    hist: &mut Hist<'_>,
-    nll: &mut [f64; 16],
-    cf: &mut [f64; 16],
-) -> u64 {
+unsafe fn lanes_to_metrics<I: Isa, E: Elem>(lane: &LaneMetrics, kind: u8, m: &mut Metrics16) {
     // two loops, not one with a branch: if-converted, the branch would take the scalar
     // libm log of all 16 lanes for every kind (it was a fifth of evaluate's time at C = 2)
     if kind == PROBS {
         for l in 0..16 {
-            nll[l] = -f64::from(lane.nll[l]).ln();
+            m.nll[l] = -f64::from(lane.nll[l]).ln();
         }
     } else {
         for l in 0..16 {
-            nll[l] = f64::from(lane.nll[l]);
+            m.nll[l] = f64::from(lane.nll[l]);
         }
     }
     for l in 0..16 {
-        let v = nll[l];
-        lacc[0][l] += v;
-        lacc[1][l] += v * v;
-        lacc[2][l] += f64::from(lane.ent[l]);
-        lacc[3][l] += f64::from(lane.brier[l]);
-    }
-    for (cnt, &kk) in topk.iter_mut().zip(top_k) {
-        // ranks are small integers (< LANES_MAX_C), exact in f32; so is kk once capped
-        let k = kk.min(1 << 20) as f32;
-        *cnt += lane.rank.iter().map(|&r| u64::from(r < k)).sum::<u64>();
+        m.ent[l] = f64::from(lane.ent[l]);
+        m.brier[l] = f64::from(lane.brier[l]);
+        m.rank[l] = f64::from(lane.rank[l]);
     }
     if kind == LOG_PROBS {
         for l in 0..16 {
-            cf[l] = f64::from(lane.conf[l]).exp();
+            m.conf[l] = f64::from(lane.conf[l]).exp();
         }
     } else if kind == PROBS {
         for l in 0..16 {
-            cf[l] = f64::from(lane.conf[l]);
+            m.conf[l] = f64::from(lane.conf[l]);
         }
     } else {
         for l in 0..16 {
-            cf[l] = 1.0 / f64::from(lane.conf[l]);
+            m.conf[l] = 1.0 / f64::from(lane.conf[l]);
         }
+    }
+}
+
+/// Adds 16 rows' [`Metrics16`] to the per-lane f64 sums `lacc` (NLL, NLL², entropy, Brier),
+/// the top-k counts and the histogram; returns the rows of non-finite confidence (counted in
+/// bin 0). Plain loops over the 16 rows: under the caller's target features they vectorise
+/// (at the baseline ISA this bookkeeping cost more than the kernel).
+#[inline(always)]
+unsafe fn accumulate16<I: Isa>(
+    m: &Metrics16,
+    top_k: &[usize],
+    lacc: &mut [[f64; 16]; 4],
+    topk: &mut [u64],
+    hist: &mut Hist<'_>,
+) -> u64 {
+    for l in 0..16 {
+        let v = m.nll[l];
+        lacc[0][l] += v;
+        lacc[1][l] += v * v;
+        lacc[2][l] += m.ent[l];
+        lacc[3][l] += m.brier[l];
+    }
+    for (cnt, &kk) in topk.iter_mut().zip(top_k) {
+        // ranks are integers below 2^53, exact in f64; so is kk once capped
+        let k = kk.min(1 << 52) as f64;
+        *cnt += m.rank.iter().map(|&r| u64::from(r < k)).sum::<u64>();
     }
     let ways = hist.ways;
     let nb = hist.count.len() / ways;
@@ -1148,7 +1164,7 @@ pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
     for l in 0..16 {
         // conf in (0, 1] for valid inputs; NaN fails `>=` and goes to 0, as does a
         // non-finite conf's bin (counted below)
-        let v = cf[l];
+        let v = m.conf[l];
         let finite = v.is_finite();
         nonfinite += u64::from(!finite);
         let b = if finite && v >= 0.0 {
@@ -1173,9 +1189,37 @@ pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
         // SAFETY: bin[l] <= nb - 1 (above), and the three slices hold ways · nb bins.
         *hist.conf.get_unchecked_mut(b) += u128::from(fx[l]);
         *hist.count.get_unchecked_mut(b) += 1;
-        *hist.correct.get_unchecked_mut(b) += u64::from(lane.rank[l] == 0.0);
+        *hist.correct.get_unchecked_mut(b) += u64::from(m.rank[l] == 0.0);
     }
     nonfinite
+}
+
+/// A clean lanes group: [`lanes_to_metrics`] into `m` (the caller's per-row outputs read it),
+/// then [`accumulate16`].
+#[inline(always)]
+pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
+    lane: &LaneMetrics,
+    kind: u8,
+    top_k: &[usize],
+    lacc: &mut [[f64; 16]; 4],
+    topk: &mut [u64],
+    hist: &mut Hist<'_>,
+    m: &mut Metrics16,
+) -> u64 {
+    lanes_to_metrics::<I, E>(lane, kind, m);
+    accumulate16::<I>(m, top_k, lacc, topk, hist)
+}
+
+/// [`accumulate16`] of metrics the caller finished (`E` is unused).
+#[inline(always)]
+pub(crate) unsafe fn eval_sums<I: Isa, E: Elem>(
+    m: &Metrics16,
+    top_k: &[usize],
+    lacc: &mut [[f64; 16]; 4],
+    topk: &mut [u64],
+    hist: &mut Hist<'_>,
+) -> u64 {
+    accumulate16::<I>(m, top_k, lacc, topk, hist)
 }
 
 /// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
@@ -1595,10 +1639,21 @@ dispatch! {
         lacc: &mut [[f64; 16]; 4],
         topk: &mut [u64],
         hist: &mut Hist<'_>,
-        nll: &mut [f64; 16],
-        cf: &mut [f64; 16]
+        m: &mut Metrics16
     ) -> u64
     => eval_clean
+}
+
+dispatch! {
+    /// See [`eval_sums`] (`E` is unused).
+    pub(crate) fn eval_sums16<E>(
+        m: &Metrics16,
+        top_k: &[usize],
+        lacc: &mut [[f64; 16]; 4],
+        topk: &mut [u64],
+        hist: &mut Hist<'_>
+    ) -> u64
+    => eval_sums
 }
 
 dispatch! {
