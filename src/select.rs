@@ -6,8 +6,10 @@
 //! exponent and 4 mantissa bits: a bucket spans a factor 2^(1/16) of magnitude), on the pool.
 //! The prefix sums name the bucket of each requested rank. Pass 2 copies the values of those
 //! buckets (at most one per rank) out, and a multi-select (`select_nth_unstable`) on each
-//! bucket finds the ranks. For a continuous distribution the buckets are a few percent of the
-//! values, so the work is two streaming reads instead of a partial sort of the whole array.
+//! bucket finds the ranks. A bucket holding more than 1/16 of the values is narrowed by the
+//! next 16 bits of the key instead (another counting pass), so what is copied stays small
+//! even when most values are equal (KL of identical dumps: all 0). For a continuous
+//! distribution the work is two streaming reads instead of a partial sort of the whole array.
 
 use crate::error::{Error, Result};
 use crate::parallel;
@@ -26,13 +28,16 @@ fn key(x: f64) -> u64 {
     }
 }
 
-#[inline]
-fn bucket(x: f64) -> usize {
-    (key(x) >> (64 - BITS)) as usize
+/// The f64 of a key (the inverse of [`key`]).
+fn from_key(k: u64) -> f64 {
+    f64::from_bits(if k >> 63 == 1 { k ^ (1 << 63) } else { !k })
 }
 
 /// The values of rank `ks` (0-based, ascending order of value) of `v`, which must hold no NaN;
-/// `ks` in any order, each < `v.len()`. `v` is only read. -0.0 is returned as 0.0.
+/// `ks` in any order, each < `v.len()`. `v` is only read; what is copied out is the wanted
+/// buckets of at most `v.len() / 16` values each (a larger one is narrowed by the next 16 key
+/// bits instead, one more pass: all-equal values cost passes, not a copy). -0.0 is returned
+/// as 0.0.
 ///
 /// # Errors
 /// A rank out of range, or a NaN in `v` (named by its position).
@@ -43,68 +48,104 @@ pub fn order_stats(v: &[f64], ks: &[usize]) -> Result<Vec<f64>> {
             "rank {k} is out of range for {n} values"
         )));
     }
-    if ks.is_empty() {
-        return Ok(Vec::new());
+    if let Some(i) = v.iter().position(|x| x.is_nan()) {
+        return Err(Error::Value(format!(
+            "order statistics of values holding NaN (at position {i})"
+        )));
     }
+    let mut out = vec![f64::NAN; ks.len()];
+    let ranks: Vec<(usize, u64)> = ks.iter().map(|&k| k as u64).enumerate().collect();
+    if !ranks.is_empty() {
+        narrow(v, 0, 0, &ranks, (n / 16).max(4096), &mut out);
+    }
+    Ok(out)
+}
+
+/// Resolves `ranks` ((output slot, rank among the values whose key starts with the `bits`-bit
+/// `prefix`)) into `out`: one counting pass over the next 16 key bits, then the values of
+/// each small wanted bucket copied out and multi-selected; a large one narrowed again.
+fn narrow(
+    v: &[f64],
+    prefix: u64,
+    bits: u32,
+    ranks: &[(usize, u64)],
+    small: usize,
+    out: &mut [f64],
+) {
+    let shift = 64 - bits - BITS;
+    let inside = move |k: u64| bits == 0 || k >> (64 - bits) == prefix;
+    let digit = move |k: u64| ((k >> shift) as usize) & (BUCKETS - 1);
     let per = parallel::chunk_rows(8);
-    // pass 1: bucket counts per chunk (u32: a chunk holds far fewer than 2^32 values), merged
-    let parts = parallel::map_chunks(n, per, |r| {
+    // bucket counts per chunk (u32: a chunk holds far fewer than 2^32 values), merged
+    let parts = parallel::map_chunks(v.len(), per, |r| {
         let mut h = vec![0u32; BUCKETS];
-        let mut nan = None;
-        for (i, &x) in v[r.clone()].iter().enumerate() {
-            if x.is_nan() {
-                nan.get_or_insert(r.start + i);
+        for &x in &v[r] {
+            let k = key(x);
+            if inside(k) {
+                h[digit(k)] += 1;
             }
-            h[bucket(x)] += 1;
         }
-        (h, nan)
+        h
     });
     let mut hist = vec![0u64; BUCKETS];
-    for (h, nan) in &parts {
-        if let Some(i) = nan {
-            return Err(Error::Value(format!(
-                "order statistics of values holding NaN (at position {i})"
-            )));
-        }
+    for h in &parts {
         for (a, &b) in hist.iter_mut().zip(h) {
             *a += u64::from(b);
         }
     }
     drop(parts);
-    // the bucket of each rank and the number of values in the buckets below it
     let mut below = vec![0u64; BUCKETS];
     let mut acc = 0u64;
     for (b, &c) in below.iter_mut().zip(&hist) {
         *b = acc;
         acc += c;
     }
-    let find = |k: usize| {
-        let k = k as u64;
-        // the last bucket whose start is <= k and which is not empty
-        let b = below.partition_point(|&s| s <= k) - 1;
-        debug_assert!(hist[b] > 0 && k < below[b] + hist[b]);
-        b
-    };
-    let mut wanted: Vec<usize> = ks.iter().map(|&k| find(k)).collect();
+    // the last non-empty bucket starting at or below the rank
+    let find = |r: u64| below.partition_point(|&s| s <= r) - 1;
+    let mut wanted: Vec<usize> = ranks.iter().map(|&(_, r)| find(r)).collect();
     wanted.sort_unstable();
     wanted.dedup();
-    // slot of each wanted bucket, + 1 (0: not wanted)
+    let mut collect: Vec<usize> = Vec::new();
+    for &b in &wanted {
+        let here: Vec<(usize, u64)> = ranks
+            .iter()
+            .filter(|&&(_, r)| find(r) == b)
+            .map(|&(s, r)| (s, r - below[b]))
+            .collect();
+        let full = prefix << BITS | b as u64;
+        if bits + BITS == 64 {
+            // the whole key is known: every value in this bucket is the same
+            for (s, _) in here {
+                out[s] = from_key(full) + 0.0;
+            }
+        } else if hist[b] as usize > small {
+            narrow(v, full, bits + BITS, &here, small, out);
+        } else {
+            collect.push(b);
+        }
+    }
+    if collect.is_empty() {
+        return;
+    }
+    // the small wanted buckets' values, in chunk order, then each bucket's ranks
     let mut slot = vec![0u32; BUCKETS];
-    for (s, &b) in wanted.iter().enumerate() {
+    for (s, &b) in collect.iter().enumerate() {
         slot[b] = s as u32 + 1;
     }
-    // pass 2: the values of the wanted buckets, in chunk order
-    let picked = parallel::map_chunks(n, per, |r| {
-        let mut out: Vec<Vec<f64>> = vec![Vec::new(); wanted.len()];
+    let picked = parallel::map_chunks(v.len(), per, |r| {
+        let mut got: Vec<Vec<f64>> = vec![Vec::new(); collect.len()];
         for &x in &v[r] {
-            let s = slot[bucket(x)] as usize;
-            if s != 0 {
-                out[s - 1].push(x);
+            let k = key(x);
+            if inside(k) {
+                let s = slot[digit(k)] as usize;
+                if s != 0 {
+                    got[s - 1].push(x);
+                }
             }
         }
-        out
+        got
     });
-    let mut vals: Vec<Vec<f64>> = wanted
+    let mut vals: Vec<Vec<f64>> = collect
         .iter()
         .map(|&b| Vec::with_capacity(hist[b] as usize))
         .collect();
@@ -113,30 +154,23 @@ pub fn order_stats(v: &[f64], ks: &[usize]) -> Result<Vec<f64>> {
             dst.extend_from_slice(&src);
         }
     }
-    // each rank within its bucket
-    let mut found: Vec<(usize, f64)> = Vec::with_capacity(ks.len());
-    for (s, &b) in wanted.iter().enumerate() {
-        let start = below[b] as usize;
-        let mut local: Vec<usize> = ks
+    for (vb, &b) in vals.iter_mut().zip(&collect) {
+        let mut local: Vec<usize> = ranks
             .iter()
-            .filter(|&&k| find(k) == b)
-            .map(|&k| k - start)
+            .filter(|&&(_, r)| find(r) == b)
+            .map(|&(_, r)| (r - below[b]) as usize)
             .collect();
         local.sort_unstable();
         local.dedup();
         let mut got = Vec::new();
-        multiselect(&mut vals[s], &local, 0, &mut got);
-        found.extend(got.into_iter().map(|(k, x)| (k + start, x + 0.0)));
+        multiselect(vb, &local, 0, &mut got);
+        for &(s, r) in ranks.iter().filter(|&&(_, r)| find(r) == b) {
+            let want = (r - below[b]) as usize;
+            if let Some(&(_, x)) = got.iter().find(|&&(j, _)| j == want) {
+                out[s] = x + 0.0;
+            }
+        }
     }
-    Ok(ks
-        .iter()
-        .map(|k| {
-            found
-                .iter()
-                .find(|(j, _)| j == k)
-                .map_or(f64::NAN, |&(_, x)| x)
-        })
-        .collect())
 }
 
 /// The values of the sorted, distinct ranks `ranks` (relative to `offset`) of `v`, appended
@@ -174,6 +208,7 @@ mod tests {
             vec![1.0],
             vec![0.0, -0.0, 0.0, -0.0],
             vec![2.5; 5000],
+            vec![-3.0; 300_000],
             vec![
                 f64::INFINITY,
                 f64::NEG_INFINITY,
@@ -191,6 +226,12 @@ mod tests {
         );
         cases.push((0..200_001).map(|_| (next() - 0.5) * 1e-3).collect());
         cases.push((0..100_000).map(|_| (next() * 8.0).floor() - 4.0).collect());
+        // most values equal, the rest spread: the big bucket is narrowed, the others collected
+        cases.push(
+            (0..400_000)
+                .map(|i| if i % 3 == 0 { next() * 1e-9 } else { 0.0 })
+                .collect(),
+        );
         for v in &cases {
             let s = sorted(v);
             let n = v.len();
