@@ -277,7 +277,7 @@ def mem_child(spec_json: str) -> None:
         cases.fastnll_call(fastnll, k, small, spec["threads"])()
         del small
     gc.collect()
-    deltas, method, out_bytes = [], "clear_refs", 0
+    deltas, raw, method, out_bytes = [], [], "clear_refs", 0
     for _ in range(2):
         if k.is_file:
             method = "sampled RssAnon"
@@ -295,12 +295,14 @@ def mem_child(spec_json: str) -> None:
         gc.collect()
         # the array the call returns (logsumexp's [N], log_softmax's [N, C]) is its answer,
         # not working memory: what is extra is the growth beyond it
-        deltas.append(max(0, (after - before) * 1024 - out_bytes))
+        raw.append(max(0, after - before) * 1024)
+        deltas.append(max(0, raw[-1] - out_bytes))
     print(
         json.dumps(
             {
                 "extra_peak_bytes": max(deltas),
                 "deltas": deltas,
+                "raw_deltas": raw,
                 "method": method,
                 "output_bytes": out_bytes,
             }

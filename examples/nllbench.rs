@@ -11,7 +11,7 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(d)
     };
-    let (threads, c) = (env("T", 1), env("C", 1000));
+    let (threads, c) = (env("T", 1), env("C", 1000).max(1));
     fastnll::parallel::set_num_threads(threads);
     let n = (128 << 20) / (4 * c);
     let x: Vec<f32> = (0..n * c)

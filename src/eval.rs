@@ -263,7 +263,10 @@ pub fn evaluate(
         // the clean groups' histogram (see `kernel::Hist`), folded into acc at the end (the
         // lanes and the 16/32-bit row groups use it: none for float64)
         let ways = if opt.n_bins <= 256 { 4 } else { 1 };
-        let hb = if lanes || f32_finish {
+        // (the row groups are summed there only for ordinary logits rows, ties counted for
+        // the target: see `clean` below)
+        let grouped = f32_finish && opt.kind == Kind::Logits && !opt.ties_first;
+        let hb = if lanes || grouped {
             ways * opt.n_bins
         } else {
             0

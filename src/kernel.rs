@@ -1151,8 +1151,8 @@ unsafe fn accumulate16<I: Isa>(
         lacc[3][l] += m.brier[l];
     }
     for (cnt, &kk) in topk.iter_mut().zip(top_k) {
-        // ranks are integers below 2^53, exact in f64; so is kk once capped
-        let k = kk.min(1 << 52) as f64;
+        // ranks are integers below 2^53, exact in f64; kk rounds only beyond any rank
+        let k = kk as f64;
         *cnt += m.rank.iter().map(|&r| u64::from(r < k)).sum::<u64>();
     }
     let ways = hist.ways;
@@ -1510,13 +1510,16 @@ unsafe fn dev_sum_in<I: Isa, E: Elem>(x: &[E], shift: f64, w: Option<&[f64]>) ->
             }
         }
         Some(w) => {
+            // (as zip: a weight vector shorter than the row ends the sum)
+            let m = x.len().min(w.len());
+            let n = m / L * L;
             let term = |v: E, wc: f64| if wc == 0.0 { 0.0 } else { wc * d(v) };
             for (ch, wc) in x[..n].chunks_exact(L).zip(w[..n].chunks_exact(L)) {
                 for j in 0..L {
                     acc[j] += term(ch[j], wc[j]);
                 }
             }
-            for ((a, &v), &wc) in acc.iter_mut().zip(&x[n..]).zip(&w[n..]) {
+            for ((a, &v), &wc) in acc.iter_mut().zip(&x[n..m]).zip(&w[n..m]) {
                 *a += term(v, wc);
             }
         }

@@ -310,15 +310,16 @@ thread_local! {
     static SMOOTH_T: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Σ over the scored rows `start..start + ts.len()` (targets `ts`, all in range or ignored:
-/// the rows the cross-entropy kernel finished) of x_t - Σ_c x_c / C, in float64. The row sum
-/// is a plain loop for short rows and the vectorised one (`kernel::dev_sum`) from 64 classes:
-/// a choice by C alone, so every layout and thread count sums a row the same way.
+/// Σ_c x_c of a short row in float64, in order.
 #[inline(always)]
 fn short_row_sum<E: simd::Elem>(row: &[E]) -> f64 {
     row.iter().map(|v| f64::from(v.to_f32())).sum::<f64>()
 }
 
+/// Σ over the scored rows `start..start + ts.len()` (targets `ts`, all in range or ignored:
+/// the rows the cross-entropy kernel finished) of x_t - Σ_c x_c / C, in float64. The row sum
+/// is a plain loop for short rows and the vectorised one (`kernel::dev_sum`) from 64 classes:
+/// a choice by C alone, so every layout and thread count sums a row the same way.
 fn target_gap<E: simd::Elem + crate::tensor::Storage>(
     x: &View,
     start: usize,
@@ -336,7 +337,11 @@ fn target_gap<E: simd::Elem + crate::tensor::Storage>(
         };
         #[allow(clippy::cast_sign_loss)] // the kernel finished the row: 0 <= k < C
         let xt = f64::from(row[k as usize].to_f32());
-        sum_t += xt;
+        // a masked (-inf) target: its row's sum is -inf too, so the gap is +inf as it should
+        // be (adding it here as well would make -inf + inf = NaN)
+        if xt != f64::NEG_INFINITY {
+            sum_t += xt;
+        }
     };
     if c < 64 {
         // packed short rows: the same sums in one inlined loop (a call per row was 3x the
@@ -347,7 +352,9 @@ fn target_gap<E: simd::Elem + crate::tensor::Storage>(
                     sum_rows += short_row_sum(row);
                     #[allow(clippy::cast_sign_loss)] // as above
                     let xt = f64::from(row[k as usize].to_f32());
-                    sum_t += xt;
+                    if xt != f64::NEG_INFINITY {
+                        sum_t += xt; // as above
+                    }
                 }
             }
             return sum_t - sum_rows / c as f64;

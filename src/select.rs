@@ -6,7 +6,7 @@
 //! exponent and 4 mantissa bits: a bucket spans a factor 2^(1/16) of magnitude), on the pool.
 //! The prefix sums name the bucket of each requested rank. Pass 2 copies the values of those
 //! buckets (at most one per rank) out, and a multi-select (`select_nth_unstable`) on each
-//! bucket finds the ranks. A bucket holding more than 1/16 of the values is narrowed by the
+//! bucket finds the ranks. A bucket holding more than 1/32 of the values is narrowed by the
 //! next 16 bits of the key instead (another counting pass), so what is copied stays small
 //! even when most values are equal (KL of identical dumps: all 0). For a continuous
 //! distribution the work is two streaming reads instead of a partial sort of the whole array.
@@ -35,7 +35,7 @@ fn from_key(k: u64) -> f64 {
 
 /// The values of rank `ks` (0-based, ascending order of value) of `v`, which must hold no NaN;
 /// `ks` in any order, each < `v.len()`. `v` is only read; what is copied out is the wanted
-/// buckets of at most `v.len() / 16` values each (a larger one is narrowed by the next 16 key
+/// buckets of at most `v.len() / 32` values each (a larger one is narrowed by the next 16 key
 /// bits instead, one more pass: all-equal values cost passes, not a copy). -0.0 is returned
 /// as 0.0.
 ///
@@ -56,7 +56,7 @@ pub fn order_stats(v: &[f64], ks: &[usize]) -> Result<Vec<f64>> {
     let mut out = vec![f64::NAN; ks.len()];
     let ranks: Vec<(usize, u64)> = ks.iter().map(|&k| k as u64).enumerate().collect();
     if !ranks.is_empty() {
-        narrow(v, 0, 0, &ranks, (n / 16).max(4096), &mut out);
+        narrow(v, 0, 0, &ranks, (n / 32).max(4096), &mut out);
     }
     Ok(out)
 }
@@ -75,10 +75,15 @@ fn narrow(
     let shift = 64 - bits - BITS;
     let inside = move |k: u64| bits == 0 || k >> (64 - bits) == prefix;
     let digit = move |k: u64| ((k >> shift) as usize) & (BUCKETS - 1);
-    let per = parallel::chunk_rows(8);
-    // bucket counts per chunk (u32: a chunk holds far fewer than 2^32 values), merged
+    // one chunk per thread for the counts (a 512 KiB histogram each: per 1 MiB chunk they
+    // would add half the input)
+    let per = v
+        .len()
+        .div_ceil(parallel::num_threads().max(1))
+        .max(1 << 16);
+    // bucket counts per chunk, merged
     let parts = parallel::map_chunks(v.len(), per, |r| {
-        let mut h = vec![0u32; BUCKETS];
+        let mut h = vec![0u64; BUCKETS];
         for &x in &v[r] {
             let k = key(x);
             if inside(k) {
@@ -90,7 +95,7 @@ fn narrow(
     let mut hist = vec![0u64; BUCKETS];
     for h in &parts {
         for (a, &b) in hist.iter_mut().zip(h) {
-            *a += u64::from(b);
+            *a += b;
         }
     }
     drop(parts);
@@ -127,31 +132,23 @@ fn narrow(
     if collect.is_empty() {
         return;
     }
-    // the small wanted buckets' values, in chunk order, then each bucket's ranks
+    // the small wanted buckets' values, straight into buffers of their exact size (one
+    // thread: per-thread parts would hold them twice), then each bucket's ranks
     let mut slot = vec![0u32; BUCKETS];
     for (s, &b) in collect.iter().enumerate() {
         slot[b] = s as u32 + 1;
     }
-    let picked = parallel::map_chunks(v.len(), per, |r| {
-        let mut got: Vec<Vec<f64>> = vec![Vec::new(); collect.len()];
-        for &x in &v[r] {
-            let k = key(x);
-            if inside(k) {
-                let s = slot[digit(k)] as usize;
-                if s != 0 {
-                    got[s - 1].push(x);
-                }
-            }
-        }
-        got
-    });
     let mut vals: Vec<Vec<f64>> = collect
         .iter()
         .map(|&b| Vec::with_capacity(hist[b] as usize))
         .collect();
-    for part in picked {
-        for (dst, src) in vals.iter_mut().zip(part) {
-            dst.extend_from_slice(&src);
+    for &x in v {
+        let k = key(x);
+        if inside(k) {
+            let s = slot[digit(k)] as usize;
+            if s != 0 {
+                vals[s - 1].push(x);
+            }
         }
     }
     for (vb, &b) in vals.iter_mut().zip(&collect) {

@@ -545,3 +545,19 @@ def test_label_smoothing_rows_against_reference(rng, dtype, n_classes, offset):
         np.sum(rows[keep], dtype=np.float64),
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize("n_classes", [2, 10, 100])
+def test_label_smoothing_masked_target_is_inf_not_nan(rng, dtype, n_classes):
+    """A row whose target class is -inf (a masked class) has an infinite smoothed loss, as in
+    PyTorch and the float64 reference, in every reduction; the other rows stay finite."""
+    n = 64
+    x = make_logits(rng, (n, n_classes), dtype)
+    t = make_targets(rng, (n,), n_classes)
+    x[5, t[5]] = -np.inf
+    for reduction in ("mean", "sum"):
+        got = fastnll.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1)
+        assert got == np.inf, (reduction, got)
+        assert ref.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1) == np.inf
+    rows = fastnll.cross_entropy(x, t, reduction="none", label_smoothing=0.1)
+    assert rows[5] == np.inf and np.isfinite(np.delete(rows, 5)).all()

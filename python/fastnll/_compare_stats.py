@@ -178,7 +178,7 @@ def exact_percentiles(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> d
     NumPy's default), exact: the order statistics come from the core's radix pre-selection
     (two reads of v, on the thread pool; see src/select.rs), which leaves v as given and takes
     no copy of it."""
-    v = np.ascontiguousarray(np.asarray(v, np.float64).reshape(-1))
+    v = np.require(np.asarray(v, np.float64).reshape(-1), requirements=["C", "A"])
     nan = np.isnan(v)
     if nan.any():
         v = v[~nan]

@@ -100,14 +100,22 @@ pub fn contig<'a, T: Element>(g: &'a mut PyReadwriteArrayDyn<'_, T>) -> PyResult
         .map_err(|_| PyValueError::new_err("internal: output must be C-contiguous"))
 }
 
-/// A contiguous float64 vector (weights), read in place.
+/// A contiguous float64 vector (weights, values to rank), read in place.
 pub fn f64_slice<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<&'a [f64]> {
     let d = a.dtype();
-    if !a.is_c_contiguous() || d.kind() != b'f' || d.itemsize() != 8 || a.ndim() != 1 {
+    let aligned = (data_ptr(a) as usize).is_multiple_of(std::mem::align_of::<f64>());
+    if !a.is_c_contiguous()
+        || d.kind() != b'f'
+        || d.itemsize() != 8
+        || a.ndim() != 1
+        || d.is_native_byteorder() == Some(false)
+        || !aligned
+    {
         return Err(PyValueError::new_err(
-            "internal: weights must be a 1-d C-contiguous float64 array",
+            "internal: expected a 1-d C-contiguous, aligned, native float64 array",
         ));
     }
-    // SAFETY: a contiguous 1-d float64 array that the caller holds for the call.
+    // SAFETY: a contiguous, aligned 1-d native float64 array that the caller holds for the
+    // call.
     Ok(unsafe { std::slice::from_raw_parts(data_ptr(a) as *const f64, a.len()) })
 }
