@@ -253,3 +253,22 @@ def test_label_smoothing_skips_zero_weight_classes(c):
     assert np.isfinite(got) and got == pytest.approx(want, rel=2e-6)
     per = fastnll.cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="none")
     np.testing.assert_allclose(per, rows, rtol=2e-6, atol=2e-6)
+
+
+def test_misaligned_class_weights_read_correctly():
+    """Class weights in a misaligned buffer (as an unpickled array can be) give the same loss
+    as aligned ones: the core copies what it cannot read in place."""
+    g = np.random.default_rng(3)
+    x = g.normal(size=(50, 7)).astype(np.float32)
+    t = g.integers(0, 7, 50)
+    w = g.uniform(0.5, 2.0, 7)
+    raw = np.zeros(w.nbytes + 1, np.uint8)
+    mis = raw[1:].view(np.float64)
+    mis[:] = w
+    assert mis.ctypes.data % 8 != 0
+    for kw in ({}, {"label_smoothing": 0.1}):
+        assert fastnll.cross_entropy(x, t, weight=mis, **kw) == fastnll.cross_entropy(
+            x, t, weight=w, **kw
+        )
+    lp = x - np.log(np.exp(x).sum(1, keepdims=True))
+    assert fastnll.nll_loss(lp, t, weight=mis) == fastnll.nll_loss(lp, t, weight=w)

@@ -100,22 +100,34 @@ pub fn contig<'a, T: Element>(g: &'a mut PyReadwriteArrayDyn<'_, T>) -> PyResult
         .map_err(|_| PyValueError::new_err("internal: output must be C-contiguous"))
 }
 
-/// A contiguous float64 vector (weights, values to rank), read in place.
-pub fn f64_slice<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<&'a [f64]> {
+/// A contiguous float64 vector (weights, values to rank): read in place when aligned and in
+/// native byte order, else copied (an unpickled array can be misaligned).
+pub fn f64_slice<'a>(a: &'a Bound<'_, PyUntypedArray>) -> PyResult<std::borrow::Cow<'a, [f64]>> {
     let d = a.dtype();
-    let aligned = (data_ptr(a) as usize).is_multiple_of(std::mem::align_of::<f64>());
-    if !a.is_c_contiguous()
-        || d.kind() != b'f'
-        || d.itemsize() != 8
-        || a.ndim() != 1
-        || d.is_native_byteorder() == Some(false)
-        || !aligned
-    {
+    if !a.is_c_contiguous() || d.kind() != b'f' || d.itemsize() != 8 || a.ndim() != 1 {
         return Err(PyValueError::new_err(
-            "internal: expected a 1-d C-contiguous, aligned, native float64 array",
+            "internal: expected a 1-d C-contiguous float64 array",
         ));
     }
-    // SAFETY: a contiguous, aligned 1-d native float64 array that the caller holds for the
-    // call.
-    Ok(unsafe { std::slice::from_raw_parts(data_ptr(a) as *const f64, a.len()) })
+    let p = data_ptr(a) as *const f64;
+    let swap = d.is_native_byteorder() == Some(false);
+    if !swap && (p as usize).is_multiple_of(std::mem::align_of::<f64>()) {
+        // SAFETY: a contiguous, aligned 1-d native float64 array that the caller holds for
+        // the call.
+        return Ok(std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(p, a.len())
+        }));
+    }
+    // SAFETY: a.len() contiguous 8-byte elements from p (any alignment: read_unaligned).
+    let v = (0..a.len())
+        .map(|i| {
+            let x = unsafe { p.add(i).read_unaligned() };
+            if swap {
+                f64::from_bits(x.to_bits().swap_bytes())
+            } else {
+                x
+            }
+        })
+        .collect();
+    Ok(std::borrow::Cow::Owned(v))
 }

@@ -146,7 +146,7 @@ fn cross_entropy(
 ) -> PyResult<(f64, f64)> {
     let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
     let w = weight.map(f64_slice).transpose()?;
-    let opt = class_options(w, ignore_index, label_smoothing);
+    let opt = class_options(w.as_deref(), ignore_index, label_smoothing);
     with_out!(py, out, |o| crate::loss::cross_entropy(&x, &t, &opt, o)
         .map(pair))
 }
@@ -166,7 +166,7 @@ fn nll_loss(
 ) -> PyResult<(f64, f64)> {
     let (x, t) = (float_view(x, tag, swap)?, int_view(target)?);
     let w = weight.map(f64_slice).transpose()?;
-    let opt = class_options(w, ignore_index, 0.0);
+    let opt = class_options(w.as_deref(), ignore_index, 0.0);
     with_out!(py, out, |o| crate::loss::nll_loss(&x, &t, &opt, o)
         .map(pair))
 }
@@ -188,7 +188,7 @@ fn cross_entropy_soft(
 ) -> PyResult<(f64, f64)> {
     let (x, y) = (float_view(x, tag, swap)?, float_view(y, ytag, yswap)?);
     let w = weight.map(f64_slice).transpose()?;
-    let opt = class_options(w, -100, label_smoothing);
+    let opt = class_options(w.as_deref(), -100, label_smoothing);
     with_out!(py, out, |o| crate::loss::cross_entropy_soft(
         &x, &y, &opt, o
     )
@@ -216,7 +216,7 @@ fn bce_with_logits(
     let w = weight.map(|w| float_view(w, wtag, wswap)).transpose()?;
     let pw = pos_weight.map(f64_slice).transpose()?;
     with_out!(py, out, |o| {
-        crate::loss::bce_with_logits(&x, &y, w.as_ref(), pw, o).map(pair)
+        crate::loss::bce_with_logits(&x, &y, w.as_ref(), pw.as_deref(), o).map(pair)
     })
 }
 
@@ -292,7 +292,7 @@ fn softmax(py: Python<'_>, x: &Arr, tag: &str, swap: bool, log: bool, out: &Arr)
 #[pyfunction]
 fn order_stats(py: Python<'_>, v: &Arr, ks: Vec<usize>) -> PyResult<Vec<f64>> {
     let v = arrays::f64_slice(v)?;
-    run(py, move || crate::select::order_stats(v, &ks))
+    run(py, move || crate::select::order_stats(&v, &ks))
 }
 
 /// Read-only SIMD sum of every element: the streaming roofline of the benchmarks.
