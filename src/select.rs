@@ -232,10 +232,20 @@ mod tests {
         for v in &cases {
             let s = sorted(v);
             let n = v.len();
-            let ks: Vec<usize> = [0, 1, n / 1000, n / 10, n / 2, n / 2 + 1, n - 2, n - 1, 0]
-                .into_iter()
-                .map(|k| k.min(n - 1))
-                .collect();
+            let ks: Vec<usize> = [
+                0,
+                1,
+                n / 1000,
+                n / 10,
+                n / 2,
+                n / 2 + 1,
+                n.saturating_sub(2),
+                n - 1,
+                0,
+            ]
+            .into_iter()
+            .map(|k| k.min(n - 1))
+            .collect();
             let got = order_stats(v, &ks).unwrap();
             for (k, g) in ks.iter().zip(&got) {
                 assert_eq!(g.to_bits(), s[*k].to_bits(), "n={n} k={k}");

@@ -390,18 +390,27 @@ fn nll_soft_and_bce() {
     let lse = ref_lse(&[2.0, f64::NEG_INFINITY, 0.5]);
     assert!(close(s.sum, lse - 2.0, 1e-6, 1e-7));
     // bce: z = 0, y = 1 -> ln 2; z = 2, y = 0 -> 2 + ln(1 + e^-2)
+    // (on every path, explicitly: the float64 loop on the scalar path, the f32 vector kernel
+    // elsewhere; this test used to read whichever path a concurrent test had left set)
     let z: Vec<f32> = vec![0.0, 2.0];
     let yy: Vec<f32> = vec![1.0, 0.0];
-    let b = bce_with_logits::<f32>(
-        &View::from_slice(&z, 1, 2),
-        &View::from_slice(&yy, 1, 2),
-        None,
-        None,
-        None,
-    )
-    .unwrap();
     let want = 2f64.ln() + 2.0 + (-2f64).exp().ln_1p();
-    assert!(close(b.sum, want, 1e-12, 0.0) && b.weight == 2.0);
+    on_each_path(|p| {
+        let b = bce_with_logits::<f32>(
+            &View::from_slice(&z, 1, 2),
+            &View::from_slice(&yy, 1, 2),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        let tol = if p == Path::Scalar { 1e-12 } else { 1e-6 };
+        assert!(
+            close(b.sum, want, tol, 0.0) && b.weight == 2.0,
+            "{p:?}: {}",
+            b.sum
+        );
+    });
 }
 
 #[test]
