@@ -265,14 +265,34 @@ pub fn evaluate(
         let ways = if opt.n_bins <= 256 { 4 } else { 1 };
         // (the row groups are summed there only for ordinary logits rows, ties counted for
         // the target: see `clean` below)
+        // With one way (n_bins > 256) the groups add to acc's own bins: no second copy.
         let grouped = f32_finish && opt.kind == Kind::Logits && !opt.ties_first;
-        let hb = if lanes || grouped {
+        let hb = if ways > 1 && (lanes || grouped) {
             ways * opt.n_bins
         } else {
             0
         };
         let (mut h_count, mut h_conf, mut h_correct) =
             (vec![0u64; hb], vec![0u128; hb], vec![0u64; hb]);
+        macro_rules! hist {
+            () => {
+                if ways == 1 {
+                    kernel::Hist {
+                        ways,
+                        count: &mut acc.bin_count,
+                        conf: &mut acc.bin_conf_fixed,
+                        correct: &mut acc.bin_correct,
+                    }
+                } else {
+                    kernel::Hist {
+                        ways,
+                        count: &mut h_count,
+                        conf: &mut h_conf,
+                        correct: &mut h_correct,
+                    }
+                }
+            };
+        }
         let mut i = r.start;
         while i < r.end {
             let g = (r.end - i).min(BATCH);
@@ -345,12 +365,7 @@ pub fn evaluate(
                 if clean {
                     // every row scored and ordinary: the sums in a vector pass over the lanes
                     let mut m = kernel::Metrics16::default();
-                    let mut hist = kernel::Hist {
-                        ways,
-                        count: &mut h_count,
-                        conf: &mut h_conf,
-                        correct: &mut h_correct,
-                    };
+                    let mut hist = hist!();
                     acc.conf_nonfinite += kernel::eval_clean16::<f32>(
                         path,
                         &lane,
@@ -439,12 +454,7 @@ pub fn evaluate(
                         (rm.nll, rm.entropy, rm.brier, rm.conf);
                     m.rank[l] = rm.rank as f64;
                 }
-                let mut hist = kernel::Hist {
-                    ways,
-                    count: &mut h_count,
-                    conf: &mut h_conf,
-                    correct: &mut h_correct,
-                };
+                let mut hist = hist!();
                 acc.conf_nonfinite += kernel::eval_sums16::<f32>(
                     path,
                     &m,

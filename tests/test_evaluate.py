@@ -102,6 +102,25 @@ def test_short_rows_in_lanes_match_reference(kind: str, c: int, n_bins: int) -> 
     np.testing.assert_array_equal(rep.row_rank, ref["row_rank"])
 
 
+@pytest.mark.parametrize("n_bins", [7, 300])
+@pytest.mark.parametrize("c", [33, 200])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_long_row_groups_match_reference(c: int, n_bins: int, dtype: str) -> None:
+    # C > 32, logits: whole groups of 16 ordinary rows are finished together and summed by
+    # the vector bookkeeping (4 interleaved histogram copies up to 256 bins; beyond, acc's own
+    # bins); the ragged end, a group holding an ignored row and one holding a -inf row do not
+    rng = np.random.default_rng(c + n_bins)
+    x = make_preds(rng, (16 * 12 + 3, c), "logits", dtype)
+    t = make_targets(rng, (16 * 12 + 3,), c)
+    t[40] = -100
+    x[70, 3] = -np.inf
+    rep = evaluate(x, t, top_k=(1, 5, 40), n_bins=n_bins, per_row=True)
+    ref = reference_metrics(x, t, top_k=(1, 5, 40), n_bins=n_bins)
+    assert_matches(rep, ref, n_bins=n_bins)
+    np.testing.assert_allclose(rep.row_nll, ref["row_nll"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(rep.row_rank, ref["row_rank"])
+
+
 @pytest.mark.parametrize("ignore_index", [0, 4, -1])
 def test_other_ignore_index(ignore_index: int) -> None:
     rng = np.random.default_rng(11)
