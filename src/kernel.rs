@@ -1488,6 +1488,19 @@ dispatch! {
     => first_eq_in
 }
 
+/// The 16 partial sums of [`dev_sum_in`] / [`soft_sum_in`] added pairwise.
+#[inline(always)]
+fn pairwise16(mut acc: [f64; 16]) -> f64 {
+    let mut k = 16;
+    while k > 1 {
+        k /= 2;
+        for j in 0..k {
+            acc[j] += acc[j + k];
+        }
+    }
+    acc[0]
+}
+
 /// Σ_c w_c·(shift - x_c) over a row (w_c = 1 without weights; a zero weight skips its term,
 /// so a masked -inf class gives no 0·inf), in float64: 16 independent partial sums, added
 /// pairwise at the end. Plain loops that vectorise under the path's features; the operations
@@ -1524,14 +1537,7 @@ unsafe fn dev_sum_in<I: Isa, E: Elem>(x: &[E], shift: f64, w: Option<&[f64]>) ->
             }
         }
     }
-    let mut k = L;
-    while k > 1 {
-        k /= 2;
-        for j in 0..k {
-            acc[j] += acc[j + k];
-        }
-    }
-    acc[0]
+    pairwise16(acc)
 }
 
 dispatch! {
@@ -1589,14 +1595,7 @@ unsafe fn soft_sum_in<I: Isa, E: Elem>(
     for j in body..n {
         acc[j - body] += term(xs[j], ys[j], w.map_or(1.0, |w| w[j]));
     }
-    let mut k = L;
-    while k > 1 {
-        k /= 2;
-        for j in 0..k {
-            acc[j] += acc[j + k];
-        }
-    }
-    acc[0]
+    pairwise16(acc)
 }
 
 dispatch! {

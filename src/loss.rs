@@ -566,15 +566,8 @@ pub fn cross_entropy_soft<O: Out>(
                 for l in 0..done {
                     let i = r.start + l;
                     let row = &lp[l * c..(l + 1) * c];
-                    let mut loss = 0.0;
                     let yrow = y.f64_run(i, &mut ybuf);
-                    for (j, (&p, &yv)) in row.iter().zip(yrow).enumerate() {
-                        let yj = (1.0 - eps) * yv + eps / c as f64;
-                        if yj != 0.0 {
-                            let w = opt.weight.map_or(1.0, |w| w[j]);
-                            loss += w * yj * -f64::from(p);
-                        }
-                    }
+                    let loss = soft_row(row, yrow, eps, eps / c as f64, opt.weight, |v| v);
                     if let Some(o) = o.as_deref_mut() {
                         o[l] = O::from_f64(loss);
                     }
@@ -586,6 +579,28 @@ pub fn cross_entropy_soft<O: Out>(
             })
         },
     )
+}
+
+/// Σ_c w_c·y'_c·(-lp_c) of one row, y' = (1-ε)·y + tail (tail = ε/C), terms with y' = 0
+/// counting 0 (a -inf log-probability there is no NaN).
+#[inline(always)]
+fn soft_row<Y: Copy>(
+    row: &[f32],
+    yrow: &[Y],
+    eps: f64,
+    tail: f64,
+    weight: Option<&[f64]>,
+    conv: impl Fn(Y) -> f64,
+) -> f64 {
+    let mut loss = 0.0;
+    for (j, (&p, &yv)) in row.iter().zip(yrow).enumerate() {
+        let yj = (1.0 - eps) * conv(yv) + tail;
+        if yj != 0.0 {
+            let w = weight.map_or(1.0, |w| w[j]);
+            loss += w * yj * -f64::from(p);
+        }
+    }
+    loss
 }
 
 /// Soft-target losses of the rows of a log-probability tile `lp` against their packed targets
@@ -602,14 +617,7 @@ fn soft_tile<Y: Copy, O: Out>(
     let mut b = BlockSums::default();
     let tail = eps / c as f64;
     for (l, (row, yrow)) in lp.chunks_exact(c).zip(ys.chunks_exact(c)).enumerate() {
-        let mut loss = 0.0;
-        for (j, (&p, &yv)) in row.iter().zip(yrow).enumerate() {
-            let yj = (1.0 - eps) * conv(yv) + tail;
-            if yj != 0.0 {
-                let w = weight.map_or(1.0, |w| w[j]);
-                loss += w * yj * -f64::from(p);
-            }
-        }
+        let loss = soft_row(row, yrow, eps, tail, weight, &conv);
         if let Some(o) = o.as_deref_mut() {
             o[l] = O::from_f64(loss);
         }
