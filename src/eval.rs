@@ -62,6 +62,8 @@ pub struct EvalSums {
     pub bin_correct: Vec<u64>,
     /// Rows whose confidence is NaN or infinite (counted in bin 0; they make ECE/MCE NaN).
     pub conf_nonfinite: u64,
+    /// Scored rows whose NLL is +inf (a target probability of 0).
+    pub nll_inf: u64,
 }
 
 /// A confidence in units of 2^-60: exact for conf >= 2^-7, below off by < 2^-60. (Values
@@ -85,6 +87,7 @@ impl EvalSums {
         self.n += o.n;
         self.n_ignored += o.n_ignored;
         self.conf_nonfinite += o.conf_nonfinite;
+        self.nll_inf += o.nll_inf;
         self.sum_nll += o.sum_nll;
         self.sum_nll_sq += o.sum_nll_sq;
         self.sum_entropy += o.sum_entropy;
@@ -191,6 +194,7 @@ fn add_row(
 ) {
     let nb = opt.n_bins;
     acc.n += 1;
+    acc.nll_inf += u64::from(m.nll == f64::INFINITY);
     acc.sum_nll += m.nll;
     acc.sum_nll_sq += m.nll * m.nll;
     acc.sum_entropy += m.entropy;
@@ -293,8 +297,62 @@ pub fn evaluate(
                 }
             };
         }
+        let lp = match opt.kind {
+            Kind::Logits => kernel::LOGITS,
+            Kind::LogProbs => kernel::LOG_PROBS,
+            Kind::Probs => kernel::PROBS,
+        };
+        // short rows: runs of clean groups in one kernel loop (`stage::eval_run`); after a
+        // group it stops at, the next try waits `backoff` rows, doubled while tries fail at
+        // once (runs of ignored rows) and reset by a try that gets anywhere
+        let run_ok = lanes && !opt.ties_first;
+        let (mut retry, mut backoff) = (r.start, BATCH);
         let mut i = r.start;
         while i < r.end {
+            if run_ok && i >= retry && r.end - i >= BATCH {
+                let k = i - r.start;
+                let outs = o.as_mut().map(|o| {
+                    (
+                        &mut o.nll[k..],
+                        &mut o.rank[k..],
+                        o.conf.as_deref_mut().map(|c| &mut c[k..]),
+                    )
+                });
+                let (got, [nf, ni]) = {
+                    let mut hist = hist!();
+                    let sums = (
+                        &opt.top_k[..],
+                        &mut lacc,
+                        &mut acc.topk_correct[..],
+                        &mut hist,
+                    );
+                    let (ig, sc) = (opt.ignore_index, &mut scratch);
+                    match x.dtype {
+                        DType::F32 => {
+                            stage::eval_run::<f32>(path, x, t, i..r.end, ig, lp, sums, outs, sc)
+                        }
+                        DType::F16 => {
+                            stage::eval_run::<F16>(path, x, t, i..r.end, ig, lp, sums, outs, sc)
+                        }
+                        DType::BF16 => {
+                            stage::eval_run::<BF16>(path, x, t, i..r.end, ig, lp, sums, outs, sc)
+                        }
+                        DType::F64 => unreachable!("lanes_apply excludes float64"),
+                    }
+                };
+                acc.n += got as u64;
+                (acc.conf_nonfinite, acc.nll_inf) = (acc.conf_nonfinite + nf, acc.nll_inf + ni);
+                i += got;
+                backoff = if got == 0 {
+                    (2 * backoff).min(4096)
+                } else {
+                    BATCH
+                };
+                retry = i + backoff;
+                if i >= r.end {
+                    break;
+                }
+            }
             let g = (r.end - i).min(BATCH);
             // targets: (class, target value) of scored rows
             let mut rows: [Option<(usize, f64)>; BATCH] = [None; BATCH];
@@ -341,11 +399,6 @@ pub fn evaluate(
                         kf[l] = *k as f32;
                     }
                 }
-                let lp = match opt.kind {
-                    Kind::Logits => kernel::LOGITS,
-                    Kind::LogProbs => kernel::LOG_PROBS,
-                    Kind::Probs => kernel::PROBS,
-                };
                 let lm = &mut lane;
                 match x.dtype {
                     DType::F32 => {
@@ -366,7 +419,7 @@ pub fn evaluate(
                     // every row scored and ordinary: the sums in a vector pass over the lanes
                     let mut m = kernel::Metrics16::default();
                     let mut hist = hist!();
-                    acc.conf_nonfinite += kernel::eval_clean16::<f32>(
+                    let [nf, ni] = kernel::eval_clean16::<f32>(
                         path,
                         &lane,
                         lp,
@@ -376,6 +429,7 @@ pub fn evaluate(
                         &mut hist,
                         &mut m,
                     );
+                    (acc.conf_nonfinite, acc.nll_inf) = (acc.conf_nonfinite + nf, acc.nll_inf + ni);
                     acc.n += BATCH as u64;
                     if let Some(o) = o.as_mut() {
                         for l in 0..BATCH {
@@ -455,7 +509,7 @@ pub fn evaluate(
                     m.rank[l] = rm.rank as f64;
                 }
                 let mut hist = hist!();
-                acc.conf_nonfinite += kernel::eval_sums16::<f32>(
+                let [nf, ni] = kernel::eval_sums16::<f32>(
                     path,
                     &m,
                     &opt.top_k,
@@ -463,6 +517,7 @@ pub fn evaluate(
                     &mut acc.topk_correct,
                     &mut hist,
                 );
+                (acc.conf_nonfinite, acc.nll_inf) = (acc.conf_nonfinite + nf, acc.nll_inf + ni);
                 acc.n += BATCH as u64;
                 if let Some(o) = o.as_mut() {
                     for l in 0..BATCH {

@@ -967,6 +967,95 @@ unsafe fn probs_lanes<I: Isa>(
     }
 }
 
+/// [`eval_short`]'s metrics of W binary rows (logits or log-probabilities) in closed form,
+/// stored at lane offset `g`. With a, b the two values, m = max(a, b) and u = -|a - b| (the
+/// smaller value less m, clamped at LO so that e·u stays finite where one is -inf):
+/// - logits: e = exp(u), s = 1 + e, κ = 1/s; NLL = (m - x_t) + ln s, entropy = ln s - κ·e·u,
+///   Brier = κ²(1 + e²) - 2κ·e_t + 1 with e_t = 1 for the larger class and e for the other;
+/// - log-probabilities: p = exp(x) per class; NLL = -x_t, entropy = -Σ p·x, Brier = Σ p² -
+///   2p_t + 1, confidence exp(m) (taken in f64 by the caller from m);
+///
+/// rank = 1 where the other class is above the target (a tie counts for the target). One exp,
+/// one log and one division per lane for logits (the general body takes five
+/// transcendentals), two exps for log-probabilities. Lanes that are not ordinary (as in the general body: an inf/NaN max or
+/// sum, |m| >= BIG, log-probabilities above 0) are marked so and left to the row kernel.
+#[inline(always)]
+unsafe fn pair_lanes<I: Isa, E: Elem, const M: u8, const KIND: u8>(
+    p: *const E,
+    st: usize,
+    vk: I::V,
+    g: usize,
+    o: &mut LaneMetrics,
+) {
+    let (zero, one) = (I::splat(0.0), I::splat(1.0));
+    let (a, b) = if M == COLS {
+        (E::load::<I>(p), E::load::<I>(p.add(st)))
+    } else if st == 2 {
+        E::load_pair::<I>(p)
+    } else if M == TRANSPOSE {
+        let mut ab = std::mem::MaybeUninit::<[I::V; 2]>::uninit();
+        let q = ab.as_mut_ptr() as *mut I::V;
+        I::rows_to_cols::<E>(p, st, 2, q);
+        (q.read(), q.add(1).read())
+    } else {
+        (E::load_col::<I>(p, st), E::load_col::<I>(p.add(1), st))
+    };
+    let vm = I::max_ignore_nan(a, b);
+    let xt = I::blend_eq(vk, 1.0, a, b);
+    let xo = I::blend_eq(vk, 1.0, b, a);
+    let gt = I::count_gt(zero, xo, xt);
+    let (nll, ent, brier, conf, okv);
+    if KIND == LOG_PROBS {
+        let lo = I::splat(expc::LO);
+        let (pa, pb) = (I::exp_le0(a), I::exp_le0(b));
+        let plogp = I::fma(
+            pa,
+            I::max_keep_nan(lo, a),
+            I::mul(pb, I::max_keep_nan(lo, b)),
+        );
+        let q = I::fma(pa, pa, I::mul(pb, pb));
+        let pt = I::exp_le0(xt);
+        let chk = I::fma(I::add(plogp, q), zero, vm);
+        okv = I::mul(
+            I::ok_abs_below(chk, exp2c::BIG, one),
+            I::ok_abs_below(I::max_keep_nan(zero, vm), f32::MIN_POSITIVE, one),
+        );
+        nll = I::sub(zero, xt);
+        ent = I::sub(zero, plogp);
+        brier = I::add(I::fma(I::splat(-2.0), pt, q), one);
+        conf = vm;
+    } else {
+        // t = u·log2(e), clamped at LO2 (e·t finite where one value is -inf)
+        let t = I::max_keep_nan(
+            I::splat(exp2c::LO2),
+            I::mul(I::abs(I::sub(a, b)), I::splat(-exp2c::LOG2E)),
+        );
+        let e = I::exp2_sum(t);
+        let s = I::add(one, e);
+        let ln_s = I::ln_ge1(I::max_ignore_nan(one, s));
+        let kappa = I::div(one, s);
+        // e_t: 1 where the target is the larger value (or a tie), e where it is the smaller
+        let e_t = I::fma(gt, I::sub(e, one), one);
+        let q = I::fma(e, e, one);
+        let eu = I::mul(I::mul(e, t), I::splat(exp2c::INV_LOG2E as f32));
+        okv = I::ok_abs_below(I::fma(s, zero, vm), exp2c::BIG, one);
+        nll = I::add(I::sub(vm, xt), ln_s);
+        ent = I::sub(ln_s, I::mul(kappa, eu));
+        brier = I::fma(kappa, I::fma(kappa, q, I::mul(I::splat(-2.0), e_t)), one);
+        conf = s;
+    }
+    for (dst, v) in [
+        (&mut o.nll, nll),
+        (&mut o.ent, ent),
+        (&mut o.brier, brier),
+        (&mut o.conf, conf),
+        (&mut o.rank, gt),
+        (&mut o.ok, okv),
+    ] {
+        I::store(dst.as_mut_ptr().add(g), v);
+    }
+}
+
 /// Per-row metrics of 16 short rows, one row per lane: NLL, entropy, Brier score, what the
 /// confidence is made of (the exp-sum s for logits, κ = 1/s; the max m for log-probabilities,
 /// κ = exp(m): taken in f64 by the caller, since calibration errors are small differences of
@@ -1002,8 +1091,12 @@ pub(crate) unsafe fn eval_short<I: Isa, E: Elem, const M: u8, const KIND: u8>(
     let (zero, one, vl) = (I::splat(0.0), I::splat(1.0), I::splat(exp2c::LOG2E));
     for g in (0..16).step_by(I::W) {
         let pb = if M == COLS { p.add(g) } else { p.add(g * st) };
-        let vm = load_cols::<I, E, M>(pb, st, c, cols);
         let vk = I::load(kf.as_ptr().add(g));
+        if c == 2 && KIND != PROBS {
+            pair_lanes::<I, E, M, KIND>(pb, st, vk, g, o);
+            continue;
+        }
+        let vm = load_cols::<I, E, M>(pb, st, c, cols);
         let mut xt = zero;
         for j in 0..c {
             xt = I::blend_eq(vk, j as f32, xt, cols.add(j).read());
@@ -1132,8 +1225,8 @@ unsafe fn lanes_to_metrics<I: Isa, E: Elem>(lane: &LaneMetrics, kind: u8, m: &mu
 }
 
 /// Adds 16 rows' [`Metrics16`] to the per-lane f64 sums `lacc` (NLL, NLL², entropy, Brier),
-/// the top-k counts and the histogram; returns the rows of non-finite confidence (counted in
-/// bin 0). Plain loops over the 16 rows: under the caller's target features they vectorise
+/// the top-k counts and the histogram; returns [rows of non-finite confidence (counted in
+/// bin 0), rows of NLL +inf]. Plain loops over the 16 rows: under the caller's target features they vectorise
 /// (at the baseline ISA this bookkeeping cost more than the kernel).
 #[inline(always)]
 unsafe fn accumulate16<I: Isa>(
@@ -1142,9 +1235,11 @@ unsafe fn accumulate16<I: Isa>(
     lacc: &mut [[f64; 16]; 4],
     topk: &mut [u64],
     hist: &mut Hist<'_>,
-) -> u64 {
+) -> [u64; 2] {
+    let mut nll_inf = 0;
     for l in 0..16 {
         let v = m.nll[l];
+        nll_inf += u64::from(v == f64::INFINITY);
         lacc[0][l] += v;
         lacc[1][l] += v * v;
         lacc[2][l] += m.ent[l];
@@ -1191,7 +1286,7 @@ unsafe fn accumulate16<I: Isa>(
         *hist.count.get_unchecked_mut(b) += 1;
         *hist.correct.get_unchecked_mut(b) += u64::from(m.rank[l] == 0.0);
     }
-    nonfinite
+    [nonfinite, nll_inf]
 }
 
 /// A clean lanes group: [`lanes_to_metrics`] into `m` (the caller's per-row outputs read it),
@@ -1205,7 +1300,7 @@ pub(crate) unsafe fn eval_clean<I: Isa, E: Elem>(
     topk: &mut [u64],
     hist: &mut Hist<'_>,
     m: &mut Metrics16,
-) -> u64 {
+) -> [u64; 2] {
     lanes_to_metrics::<I, E>(lane, kind, m);
     accumulate16::<I>(m, top_k, lacc, topk, hist)
 }
@@ -1218,8 +1313,84 @@ pub(crate) unsafe fn eval_sums<I: Isa, E: Elem>(
     lacc: &mut [[f64; 16]; 4],
     topk: &mut [u64],
     hist: &mut Hist<'_>,
-) -> u64 {
+) -> [u64; 2] {
     accumulate16::<I>(m, top_k, lacc, topk, hist)
+}
+
+/// Per-row outputs of [`eval_run`] from the block's first row: NLL, rank and (optionally)
+/// confidence.
+pub(crate) type EvalOut<'a> = (&'a mut [f64], &'a mut [i64], Option<&'a mut [f64]>);
+
+/// The target side and the sums of an [`eval_run`]: packed int64 targets (one per row), the
+/// ignore index, the top-k list, the lanes' f64 sums, top-k counts and histogram (see
+/// [`accumulate16`]), the counts (non-finite confidences, NLL +inf) and optional per-row
+/// outputs.
+pub(crate) struct EvalRun<'a, 'h> {
+    pub t: &'a [i64],
+    pub ignore: i64,
+    pub top_k: &'a [usize],
+    pub lacc: &'a mut [[f64; 16]; 4],
+    pub topk: &'a mut [u64],
+    pub hist: Hist<'h>,
+    pub counts: [u64; 2],
+    pub out: Option<EvalOut<'a>>,
+}
+
+/// `evaluate`'s clean groups of short rows in one loop: 16 rows at a time, their targets
+/// decoded in vectors, their metrics taken in lanes ([`eval_short`]) and summed
+/// ([`lanes_to_metrics`], [`accumulate16`]): the same arithmetic, in the same order, as the
+/// caller's group by group path, without its per-group decode and calls. Stops at the end or
+/// at the first group that is not clean (a target ignored or out of range, a row that is not
+/// ordinary), which the caller then takes row by row. Returns the rows done (a multiple of 16).
+#[inline(always)]
+pub(crate) unsafe fn eval_run<I: Isa, E: Elem, const M: u8, const KIND: u8>(
+    b: Block<E>,
+    a: &mut EvalRun,
+) -> usize {
+    let (c, st) = (b.c, b.st);
+    if c == 0 || c > LANES_MAX_C || a.t.len() < b.n {
+        return 0;
+    }
+    let mut lane = LaneMetrics::default();
+    let mut m = Metrics16::default();
+    let (mut idx, mut kf) = ([0i32; 16], [0f32; 16]);
+    let mut done = 0;
+    'groups: while done + 16 <= b.n {
+        for g in (0..16).step_by(I::W) {
+            let (_, n, bad, k) = I::targets(a.t.as_ptr().add(done + g), c, 0, a.ignore, &mut idx);
+            if bad || n as usize != I::W {
+                break 'groups;
+            }
+            I::store(kf.as_mut_ptr().add(g), k);
+        }
+        let p = if M == COLS {
+            b.p.add(done)
+        } else {
+            b.p.add(done * st)
+        };
+        if M != COLS {
+            short_prefetch::<I, E>(p, st);
+        }
+        eval_short::<I, E, M, KIND>(p, st, c, &kf, &mut lane);
+        if lane.ok.contains(&0.0) {
+            break;
+        }
+        lanes_to_metrics::<I, E>(&lane, KIND, &mut m);
+        let [nf, ni] = accumulate16::<I>(&m, a.top_k, a.lacc, a.topk, &mut a.hist);
+        a.counts[0] += nf;
+        a.counts[1] += ni;
+        if let Some((nll, rank, conf)) = a.out.as_mut() {
+            for l in 0..16 {
+                nll[done + l] = m.nll[l];
+                rank[done + l] = lane.rank[l] as i64;
+            }
+            if let Some(cf) = conf.as_deref_mut() {
+                cf[done..done + 16].copy_from_slice(&m.conf);
+            }
+        }
+        done += 16;
+    }
+    done
 }
 
 /// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
@@ -1642,7 +1813,7 @@ dispatch! {
         topk: &mut [u64],
         hist: &mut Hist<'_>,
         m: &mut Metrics16
-    ) -> u64
+    ) -> [u64; 2]
     => eval_clean
 }
 
@@ -1654,8 +1825,17 @@ dispatch! {
         lacc: &mut [[f64; 16]; 4],
         topk: &mut [u64],
         hist: &mut Hist<'_>
-    ) -> u64
+    ) -> [u64; 2]
     => eval_sums
+}
+
+dispatch! {
+    /// See [`eval_run`].
+    pub(crate) fn eval_run_rows<E, const M: u8, const KIND: u8>(
+        b: Block<E>,
+        a: &mut EvalRun<'_, '_>
+    ) -> usize
+    => eval_run
 }
 
 dispatch! {

@@ -235,6 +235,89 @@ pub(crate) fn eval_block<E: Tile>(
     }
 }
 
+/// `evaluate`'s clean groups of short rows `r` (see `kernel::eval_run`), the whole run in one
+/// call when it is read in place with packed int64 targets, else a bounded tile at a time
+/// (rows staged as in [`ce`], targets widened); `sums` = (top-k list, lanes' f64 sums, top-k
+/// counts, histogram). Returns the rows done (a multiple of 16: it stops at the first group
+/// that is not clean, or at fewer than 16 rows left) and [non-finite confidences, NLL +inf].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn eval_run<E: Tile>(
+    path: Path,
+    x: &View,
+    t: &IntView,
+    r: Range<usize>,
+    ignore: i64,
+    kind: u8,
+    sums: (
+        &[usize],
+        &mut [[f64; 16]; 4],
+        &mut [u64],
+        &mut kernel::Hist<'_>,
+    ),
+    mut out: Option<kernel::EvalOut<'_>>,
+    s: &mut Scratch,
+) -> (usize, [u64; 2]) {
+    use kernel::{eval_run_rows as ev, COLS, LOGITS, LOG_PROBS, TRANSPOSE};
+    const GATHER: u8 = kernel::GATHER;
+    const PROBS: u8 = kernel::PROBS;
+    let (xbuf, tbuf) = E::bufs(s);
+    let c = x.cols();
+    let scheme = simd::short_scheme();
+    let (top_k, lacc, topk, hist) = sums;
+    let n = r.len();
+    let (mut done, mut counts) = (0, [0u64; 2]);
+    while done + 16 <= n {
+        let i = r.start + done;
+        let m = if in_place(x, i) && t.packed_i64(i, n - done).is_some() {
+            n - done
+        } else {
+            SHORT_TILE.min(n - done)
+        };
+        let ts = t.to_i64(i, m, ignore, tbuf);
+        let (p, st, mode) = source(x, i, m, scheme, xbuf);
+        let mut a = kernel::EvalRun {
+            t: ts,
+            ignore,
+            top_k,
+            lacc: &mut *lacc,
+            topk: &mut *topk,
+            hist: kernel::Hist {
+                ways: hist.ways,
+                count: &mut *hist.count,
+                conf: &mut *hist.conf,
+                correct: &mut *hist.correct,
+            },
+            counts: [0; 2],
+            out: out.as_mut().map(|(nl, rk, cf)| {
+                (
+                    &mut nl[done..],
+                    &mut rk[done..],
+                    cf.as_deref_mut().map(|c| &mut c[done..]),
+                )
+            }),
+        };
+        let b = Block { p, st, n: m, c };
+        let got = match (mode, kind) {
+            (COLS, LOGITS) => ev::<E, COLS, LOGITS>(path, b, &mut a),
+            (COLS, LOG_PROBS) => ev::<E, COLS, LOG_PROBS>(path, b, &mut a),
+            (COLS, _) => ev::<E, COLS, PROBS>(path, b, &mut a),
+            (TRANSPOSE, LOGITS) => ev::<E, TRANSPOSE, LOGITS>(path, b, &mut a),
+            (TRANSPOSE, LOG_PROBS) => ev::<E, TRANSPOSE, LOG_PROBS>(path, b, &mut a),
+            (TRANSPOSE, _) => ev::<E, TRANSPOSE, PROBS>(path, b, &mut a),
+            (_, LOGITS) => ev::<E, GATHER, LOGITS>(path, b, &mut a),
+            (_, LOG_PROBS) => ev::<E, GATHER, LOG_PROBS>(path, b, &mut a),
+            (_, _) => ev::<E, GATHER, PROBS>(path, b, &mut a),
+        };
+        counts[0] += a.counts[0];
+        counts[1] += a.counts[1];
+        done += got;
+        if got != m {
+            break;
+        }
+    }
+    (done, counts)
+}
+
 /// log_softmax (`log`) or softmax of short rows `r` (C <= `LANES_MAX_C`) into the packed f32
 /// `out`, a tile at a time: each row's max and ln s in lanes, then one flat vector pass over
 /// the tile's rows (read in place when packed, else staged). Returns the rows done; it stops

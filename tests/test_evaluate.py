@@ -102,6 +102,41 @@ def test_short_rows_in_lanes_match_reference(kind: str, c: int, n_bins: int) -> 
     np.testing.assert_array_equal(rep.row_rank, ref["row_rank"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("c", [2, 3, 10, 32])
+@pytest.mark.parametrize("kind", KINDS)
+def test_clean_runs_match_reference_at_any_alignment(kind: str, c: int, dtype: str) -> None:
+    # C <= 32 with few ignored rows: runs of clean groups take one kernel loop
+    # (kernel::eval_run), which stops at an ignored row, at a long run of them (its retries
+    # back off) and at a row that is not ordinary; binary rows take the closed form. Every
+    # row's NLL and rank must match the reference and must not depend on which 16 rows share
+    # its group (slices from rows 1, 7 and 16 realign the groups) or on per-row outputs.
+    rng = np.random.default_rng(c * 7 + len(kind) + len(dtype))
+    n = 16 * 300 + 9
+    x = make_preds(rng, (n, c), kind, dtype)
+    t = make_targets(rng, (n,), c, ignore_frac=0.0)
+    t[[37, 500]] = -100
+    t[1000:2200] = -100
+    x[3000, (t[3000] + 1) % c] = -np.inf if kind != "probs" else 0.0  # a masked class
+    rep = evaluate(x, t, kind=kind, top_k=(1, 2), per_row=True, check_kind=False)
+    ref = reference_metrics(x, t, kind=kind, top_k=(1, 2))
+    assert_matches(rep, ref)
+    np.testing.assert_allclose(rep.row_nll, ref["row_nll"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(rep.row_rank, ref["row_rank"])
+    sums = evaluate(x, t, kind=kind, top_k=(1, 2), check_kind=False)
+    assert (sums.sum_nll, sums.brier, sums.ece) == (rep.sum_nll, rep.brier, rep.ece)
+    for k in (1, 7, 16):
+        sub = evaluate(x[k:], t[k:], kind=kind, top_k=(1, 2), per_row=True, check_kind=False)
+        np.testing.assert_array_equal(sub.row_nll, rep.row_nll[k:])
+        np.testing.assert_array_equal(sub.row_rank, rep.row_rank[k:])
+    # a NaN row is its own: NaN NLL, every other row as before
+    x[3100] = np.nan
+    bad = evaluate(x, t, kind=kind, top_k=(1, 2), per_row=True, check_kind=False)
+    assert np.isnan(bad.row_nll[3100])
+    keep = np.arange(n) != 3100
+    np.testing.assert_array_equal(bad.row_nll[keep], rep.row_nll[keep])
+
+
 @pytest.mark.parametrize("n_bins", [7, 300])
 @pytest.mark.parametrize("c", [33, 200])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -130,6 +130,10 @@ def test_float16_probs_zero_target_count_and_clip() -> None:
     assert zero.sum() > 3  # float16 underflow of the target's probability
     rep = evaluate(p, t, kind="probs")
     assert rep.extras.zero_prob_rows == zero.sum() and rep.mean_nll == math.inf
+    # counted from the core's sums (no per-row outputs) in any chunking, and from the rows
+    # when they are asked for
+    for kw in ({"chunk_bytes": 160}, {"per_row": True}, {"per_class": True}):
+        assert evaluate(p, t, kind="probs", **kw).extras.zero_prob_rows == zero.sum(), kw
     eps = 1e-7
     clipped = evaluate(p, t, kind="probs", clip=eps)
     pt = p.astype(np.float64)[np.arange(500), t]

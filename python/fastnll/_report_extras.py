@@ -21,7 +21,7 @@ already writes (``_core.eval_rows(..., nll_out=, rank_out=)``), in the same read
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +238,28 @@ class ExtrasAccumulator:
             self.fine[1] += np.bincount(b, weights=c, minlength=FINE_BINS)
             self.fine[2] += np.bincount(b, weights=k, minlength=FINE_BINS)
         self._conf, self._ok, self._kept = [], [], 0
+
+    @property
+    def rows_needed(self) -> bool:
+        """Whether an extra needs the per-row NLL and rank (the zero-probability count alone
+        comes from each chunk's sums: see :meth:`add_sums`)."""
+        per_position, per_sequence, per_class, _, clip = self.flags
+        return bool(
+            per_position
+            or per_sequence
+            or per_class
+            or clip is not None
+            or self.n_bytes is not None
+            or self.n_words is not None
+            or self.cw_bins
+            or self.mass_bins
+        )
+
+    def add_sums(self, r: dict[str, Any]) -> None:
+        """A chunk's core sums, when no rows are fed: its rows of NLL +inf (target
+        probability 0) and its scored rows."""
+        self.zero_prob += int(r["nll_inf"])
+        self.n += int(r["n"])
 
     def add(
         self,
@@ -529,8 +551,9 @@ def _probs(x: np.ndarray, kind: str) -> np.ndarray:
 
 
 def chain(d: Any, sink: Any, ex: ExtrasAccumulator | None, kind: str = "logits") -> Any:
-    """One row sink feeding the per-row store (if any) and the extras (if any)."""
-    if ex is None:
+    """One row sink feeding the per-row store (if any) and the extras that need rows (if
+    any; see :func:`sums_hook` for the others)."""
+    if ex is None or not ex.rows_needed:
         return sink
     t_len = d.x.shape[1]
     want_t = ex.flags[2]
@@ -551,6 +574,14 @@ def chain(d: Any, sink: Any, ex: ExtrasAccumulator | None, kind: str = "logits")
             ex.add_probs(_probs(x, kind), tgt[ok].astype(np.int64))
 
     return both
+
+
+def sums_hook(ex: ExtrasAccumulator | None) -> Callable[[dict[str, Any]], None] | None:
+    """What takes each chunk's core sums: the extras when they need no rows (probabilities'
+    zero-probability count alone), else nothing (:func:`chain` feeds them rows)."""
+    if ex is None or ex.rows_needed:
+        return None
+    return ex.add_sums
 
 
 def attach(rep: EvalReport, ex: ExtrasAccumulator | None) -> EvalReport:

@@ -172,9 +172,16 @@ class Evaluator:
         self._absorb(part.__getstate__(), d.name)
         return self
 
-    def _update(self, d: Dump, sink: RowSink | None, owner: Evaluator | None = None) -> None:
+    def _update(
+        self,
+        d: Dump,
+        sink: RowSink | None,
+        owner: Evaluator | None = None,
+        on_sums: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         """Fill this (fresh) accumulator from `d`; `owner` is the evaluator it will be
-        merged into (checked for the number of classes before any work)."""
+        merged into (checked for the number of classes before any work); `on_sums` takes each
+        chunk's core sums."""
         b, t, c = d.x.shape
         (owner or self)._check_classes(c, d.name)
         self.n_classes = c
@@ -218,6 +225,8 @@ class Evaluator:
                 except (IndexError, ValueError) as exc:
                     reraise(exc, d, ts, b0, t0, self.ignore_index)
                 self._add(r)
+                if on_sums is not None:
+                    on_sums(r)
                 if sink is not None and nll is not None and rank is not None:
                     sink(offset, nll, rank, conf)
                 bar.advance(rows * row_bytes)
@@ -615,15 +624,16 @@ def evaluate(
             equal_mass_ece,
         )
         ev.want_conf = bool(equal_mass_ece)
+        hook = _extras.sums_hook(ex)
         if per_row is False:
-            ev._update(d, _extras.chain(d, None, ex, kind))
+            ev._update(d, _extras.chain(d, None, ex, kind), on_sums=hook)
             return _extras.attach(ev.result(), ex)
         if per_row is True:
             sink, nll, rank = _row_sink(d)
-            ev._update(d, _extras.chain(d, sink, ex, kind))
+            ev._update(d, _extras.chain(d, sink, ex, kind), on_sums=hook)
             return _extras.attach(replace(ev.result(), row_nll=nll, row_rank=rank), ex)
         with AtomicOutput(per_row, paths, "per_row output") as out:
-            ev._update(d, _extras.chain(d, _file_sink(d, out), ex, kind))
+            ev._update(d, _extras.chain(d, _file_sink(d, out), ex, kind), on_sums=hook)
     finally:
         d.close()
     rec = np.load(os.fspath(per_row), mmap_mode="r")

@@ -373,6 +373,7 @@ fn eval_rows<'py>(
     d.set_item("bin_count", s.bin_count)?;
     d.set_item("bin_conf_fixed", s.bin_conf_fixed)?;
     d.set_item("conf_nonfinite", s.conf_nonfinite)?;
+    d.set_item("nll_inf", s.nll_inf)?;
     d.set_item("bin_correct", s.bin_correct)?;
     Ok(d)
 }

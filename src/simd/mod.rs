@@ -249,6 +249,8 @@ pub(crate) trait Isa: Copy {
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// a / b, correctly rounded.
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
     /// a * b + c
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Lane-wise maximum that ignores a NaN in `b` (returns `a` there).

@@ -86,6 +86,10 @@ impl Isa for Scalar {
         a * b
     }
     #[inline(always)]
+    unsafe fn div(a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
     unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
         // Without an FMA target feature `mul_add` is a slow libm call. In f64 the product is
         // exact and the sum rounds at most twice, as good as fused for f32 (the shifted
