@@ -787,6 +787,64 @@ unsafe fn ce_pairs<I: Isa, E: Elem>(b: Block<E>, a: &mut CeArgs, acc: &mut Block
     done
 }
 
+/// `nll_loss` of `n` packed binary rows at `p` (row l at `p + 2l`) without class weights or
+/// per-row output, 16 rows per step into the per-lane f64 sums `lsum` (losses) and `lw`
+/// (weights), lane l taking row 16j + l: the arithmetic and order of the caller's scalar loop
+/// (-f64(x_t) per scored row, +0 and weight 0 for an ignored one), so the sums are the same
+/// bits. Stops at the end or at the first 16 rows holding a target out of range or an x_t
+/// above `tol` (not a log-probability), which the caller's loop then stops at. Returns the
+/// rows done.
+#[inline(always)]
+pub(crate) unsafe fn nll_pairs<I: Isa, E: Elem>(
+    p: *const E,
+    n: usize,
+    t: &[i64],
+    ignore: i64,
+    tol: f64,
+    sums: &mut [[f64; 16]; 2],
+) -> usize {
+    let mut idx = [0i32; 16];
+    let (mut xt, mut sc) = ([0f32; 16], [0f32; 16]);
+    let mut done = 0;
+    'blocks: while done + 16 <= n.min(t.len()) {
+        // both streams prefetched ahead, as in `ce_pairs`
+        short_prefetch::<I, E>(p.add(2 * done), 2);
+        short_prefetch::<I, E>(p.add(2 * done + I::W * 2), 2);
+        let pt = (t.as_ptr().add(done) as *const u8).wrapping_add(SHORT_AHEAD);
+        for k in (0..16 * 8).step_by(64) {
+            I::prefetch(pt.wrapping_add(k));
+        }
+        for g in (0..16).step_by(I::W) {
+            let (scored, _, bad, kf) = I::targets(t.as_ptr().add(done + g), 2, 0, ignore, &mut idx);
+            if bad {
+                break 'blocks;
+            }
+            let (a, b) = E::load_pair::<I>(p.add(2 * (done + g)));
+            I::store(xt.as_mut_ptr().add(g), I::blend_eq(kf, 1.0, a, b));
+            I::store(sc.as_mut_ptr().add(g), scored);
+        }
+        // branch-free, so that it vectorises: selects and a count, no `&&` (it compiled to a
+        // branch per lane: 2.2 -> 1.5 ns per row)
+        let (mut loss, mut w, mut above) = ([0f64; 16], [0f64; 16], 0u32);
+        for l in 0..16 {
+            let v = f64::from(xt[l]);
+            let keep = sc[l] != 0.0;
+            above += u32::from(keep) * u32::from(v > tol);
+            loss[l] = if keep { -v } else { 0.0 };
+            w[l] = f64::from(sc[l]);
+        }
+        if above != 0 {
+            break;
+        }
+        for l in 0..16 {
+            sums[0][l] += loss[l];
+            sums[1][l] += w[l];
+        }
+        done += 16;
+    }
+    done
+}
+
 /// logsumexp of short rows into `out`, W rows per step, until the end or the first block
 /// holding an inf/NaN row. Returns the rows done.
 #[inline(always)]
@@ -1937,4 +1995,17 @@ fn stats_iter<It: Iterator<Item = f64> + Clone>(x: It, xt: f64, eval: bool) -> (
     }
     st.m = m as f32;
     (m, st)
+}
+
+dispatch! {
+    /// See [`nll_pairs`].
+    pub(crate) fn nll_pairs_rows<E>(
+        p: *const E,
+        n: usize,
+        t: &[i64],
+        ignore: i64,
+        tol: f64,
+        sums: &mut [[f64; 16]; 2]
+    ) -> usize
+    => nll_pairs
 }

@@ -272,3 +272,50 @@ def test_misaligned_class_weights_read_correctly():
         )
     lp = x - np.log(np.exp(x).sum(1, keepdims=True))
     assert fastnll.nll_loss(lp, t, weight=mis) == fastnll.nll_loss(lp, t, weight=w)
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 33])
+@pytest.mark.parametrize("tag", ["f32", "bf16", "f16", "f64"])
+def test_nll_loss_same_bits_in_every_layout_and_target_dtype(c, tag):
+    # packed binary rows take SIMD lanes (kernel::nll_pairs), every other input the scalar
+    # loop; both add 16 rows at a time into 16 partial sums in the same order, so every layout
+    # and target dtype gives the same bits, within rounding of a float64 sum written here
+    n = 16 * 70 + 5
+    g = np.random.default_rng(c + 10 * len(tag))
+    lp = (-np.abs(g.standard_normal((n, c))) * 3).astype(DTYPES[tag])
+    t = g.integers(0, c, n)
+    t[::23] = -100
+    t[300:520] = -100
+    if c > 1:
+        lp[40, (t[40] + 1) % c] = -np.inf  # not read
+        lp[41, (t[41] + 1) % c] = np.nan  # not read
+    w = np.linspace(0.5, 2, c)
+
+    def res(x, tt):
+        return {
+            "mean": fastnll.nll_loss(x, tt),
+            "sum": fastnll.nll_loss(x, tt, reduction="sum"),
+            "none": fastnll.nll_loss(x, tt, reduction="none"),
+            "w": fastnll.nll_loss(x, tt, weight=w),
+        }
+
+    want = res(lp, t)
+    x64, v = lp.astype(np.float64), t != -100
+    picked = -x64[np.arange(n), np.where(v, t, 0)]
+    assert want["sum"] == pytest.approx(picked[v].sum(), rel=1e-12)
+    assert want["mean"] == pytest.approx(picked[v].mean(), rel=1e-12)
+    np.testing.assert_allclose(want["none"], np.where(v, picked, 0.0), rtol=1e-6)
+    for name, xv in _layouts(lp).items():
+        _same(want, res(xv, t), f"nll {tag} C={c} layout {name}")
+    for tdt in (np.int32, np.int16, np.int64):
+        tt = t.astype(tdt)
+        _same(want, res(lp, tt), f"nll {tag} C={c} targets {tdt.__name__}")
+        strided = np.zeros(2 * n, tdt)
+        strided[::2] = tt
+        _same(want, res(lp, strided[::2]), f"nll {tag} C={c} strided {tdt.__name__}")
+    # a probability in the middle of a run is reported with its position
+    bad = lp.copy()
+    k = int(np.flatnonzero(v[700:])[0]) + 700
+    bad[k, t[k]] = 0.5
+    with pytest.raises(ValueError, match=rf"position \({k}, {t[k]}\) is 0\.5"):
+        fastnll.nll_loss(bad, t)
