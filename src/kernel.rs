@@ -944,6 +944,41 @@ pub(crate) unsafe fn write_rows<I: Isa, E: Elem, const LOG: bool>(
     }
 }
 
+/// log_softmax (`LOG`) or softmax of `n` packed binary rows at `p` (row l at `p + 2l`) into
+/// the packed f32 `out`, W rows per step in one pass: each block's max and ln s as
+/// [`lse_short`] takes them (`lane_lse`'s c = 2 branch), then (x - m) - ln s per element (or its
+/// exp) as [`write_rows`] writes it, so the bits are those of the tile path, without its
+/// per-row spread and second read. Stops at the end (a ragged end of fewer than W rows is left)
+/// or at the first block holding a row that is not ordinary. Returns the rows done.
+#[inline(always)]
+pub(crate) unsafe fn softmax_pairs<I: Isa, E: Elem, const LOG: bool>(
+    p: *const E,
+    n: usize,
+    out: &mut [f32],
+) -> usize {
+    let w = I::W;
+    let (zero, idx) = (I::splat(0.0), [0i32; 16]);
+    let mut done = 0;
+    while done + w <= n.min(out.len() / 2) {
+        let q = p.add(2 * done);
+        short_prefetch::<I, E>(q, 2);
+        let (vm, ln_s, finite, _) = lane_lse::<I, E, GATHER, false>(q, 2, 2, zero, &idx);
+        if !finite {
+            break;
+        }
+        let (a, b) = E::load_pair::<I>(q);
+        let (ya, yb) = (I::sub(I::sub(a, vm), ln_s), I::sub(I::sub(b, vm), ln_s));
+        let (ya, yb) = if LOG {
+            (ya, yb)
+        } else {
+            (I::exp_le0(ya), I::exp_le0(yb))
+        };
+        I::store_pair(out.as_mut_ptr().add(2 * done), ya, yb);
+        done += w;
+    }
+    done
+}
+
 /// Loads the c columns of W short rows into `cols` (see `GATHER`, `COLS`, `TRANSPOSE`) and
 /// returns their lane-wise max (NaN ignored).
 #[inline(always)]
@@ -2008,4 +2043,14 @@ dispatch! {
         sums: &mut [[f64; 16]; 2]
     ) -> usize
     => nll_pairs
+}
+
+dispatch! {
+    /// See [`softmax_pairs`].
+    pub(crate) fn softmax_pairs_rows<E, const LOG: bool>(
+        p: *const E,
+        n: usize,
+        out: &mut [f32]
+    ) -> usize
+    => softmax_pairs
 }

@@ -336,6 +336,14 @@ pub(crate) fn softmax_short<E: Tile>(
     let scheme = simd::short_scheme();
     let xbuf = E::bufs(s).0;
     let (n, mut done) = (r.len(), 0);
+    // packed binary rows: one pass, no tile (the same bits: see `kernel::softmax_pairs`)
+    if let Some((p, 2)) = x.row_run::<E>(r.start).filter(|_| c == 2) {
+        return if log {
+            kernel::softmax_pairs_rows::<E, true>(path, p, n, out)
+        } else {
+            kernel::softmax_pairs_rows::<E, false>(path, p, n, out)
+        };
+    }
     while done < n {
         let i = r.start + done;
         let m = SHORT_TILE.min(n - done);

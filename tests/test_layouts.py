@@ -59,6 +59,8 @@ def _results(x, t):
         "lse": fastnll.logsumexp(x, axis=-1),
         "ce_smooth": fastnll.cross_entropy(x, t, label_smoothing=0.1),
         "ce_smooth_sum": fastnll.cross_entropy(x, t, label_smoothing=0.1, reduction="sum"),
+        "log_softmax": fastnll.log_softmax(x),
+        "softmax": fastnll.softmax(x),
     }
     rep = fastnll.evaluate(x, t, per_row=True, check_kind=False)
     res.update(

@@ -217,6 +217,13 @@ impl Isa for Avx2 {
         )
     }
     #[inline(always)]
+    unsafe fn store_pair(p: *mut f32, a: __m256, b: __m256) {
+        // per 128-bit half: (a0 b0 a1 b1 | a4 b4 a5 b5) and (a2 b2 a3 b3 | a6 b6 a7 b7)
+        let (l, h) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        _mm256_storeu_ps(p, _mm256_permute2f128_ps::<0x20>(l, h));
+        _mm256_storeu_ps(p.add(8), _mm256_permute2f128_ps::<0x31>(l, h));
+    }
+    #[inline(always)]
     unsafe fn blend_eq(k: __m256, j: f32, a: __m256, b: __m256) -> __m256 {
         _mm256_blendv_ps(a, b, _mm256_cmp_ps::<_CMP_EQ_OQ>(k, _mm256_set1_ps(j)))
     }

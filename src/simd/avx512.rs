@@ -198,6 +198,13 @@ impl Isa for Avx512 {
         )
     }
     #[inline(always)]
+    unsafe fn store_pair(p: *mut f32, a: __m512, b: __m512) {
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+        _mm512_storeu_ps(p, _mm512_permutex2var_ps(a, lo, b));
+        _mm512_storeu_ps(p.add(16), _mm512_permutex2var_ps(a, hi, b));
+    }
+    #[inline(always)]
     unsafe fn blend_eq(k: __m512, j: f32, a: __m512, b: __m512) -> __m512 {
         _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(k, _mm512_set1_ps(j)), a, b)
     }

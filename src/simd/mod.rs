@@ -304,6 +304,9 @@ pub(crate) trait Isa: Copy {
     unsafe fn gather_idx(p: *const f32, idx: &[i32; 16]) -> Self::V;
     /// (p[2l], p[2l + 1]) for l < W: the two columns of W packed rows of 2 (reads 2W values).
     unsafe fn deinterleave2(p: *const f32) -> (Self::V, Self::V);
+    /// Stores a, b interleaved: p[2l] = a[l], p[2l + 1] = b[l] for l < W (the inverse of
+    /// `deinterleave2`: two columns back into W packed rows of 2).
+    unsafe fn store_pair(p: *mut f32, a: Self::V, b: Self::V);
     /// Lane l = b[l] where k[l] == j, else a[l] (a column-major row block picks each lane's
     /// target column with one compare and one blend per column: no gather).
     unsafe fn blend_eq(k: Self::V, j: f32, a: Self::V, b: Self::V) -> Self::V;

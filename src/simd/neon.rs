@@ -206,6 +206,10 @@ impl Isa for Neon {
         (v.0, v.1)
     }
     #[inline(always)]
+    unsafe fn store_pair(p: *mut f32, a: float32x4_t, b: float32x4_t) {
+        vst2q_f32(p, float32x4x2_t(a, b));
+    }
+    #[inline(always)]
     unsafe fn blend_eq(k: float32x4_t, j: f32, a: float32x4_t, b: float32x4_t) -> float32x4_t {
         vbslq_f32(vceqq_f32(k, vdupq_n_f32(j)), b, a)
     }

@@ -181,6 +181,10 @@ impl Isa for Scalar {
         (*p, *p.add(1))
     }
     #[inline(always)]
+    unsafe fn store_pair(p: *mut f32, a: f32, b: f32) {
+        (*p, *p.add(1)) = (a, b);
+    }
+    #[inline(always)]
     unsafe fn blend_eq(k: f32, j: f32, a: f32, b: f32) -> f32 {
         if k == j {
             b
