@@ -129,6 +129,22 @@ def test_clean_runs_match_reference_at_any_alignment(kind: str, c: int, dtype: s
         sub = evaluate(x[k:], t[k:], kind=kind, top_k=(1, 2), per_row=True, check_kind=False)
         np.testing.assert_array_equal(sub.row_nll, rep.row_nll[k:])
         np.testing.assert_array_equal(sub.row_rank, rep.row_rank[k:])
+    # the per-row confidence (max p) the clean runs write, against float64
+    conf = np.empty(n)
+    xv, tag, swap = fastnll._arrays.core_view(x)
+    nll_o, rank_o = np.empty(n), np.empty(n, np.int64)
+    fastnll._core.eval_rows(
+        xv, tag, swap, t, kind, -100, [1], 15, nll_out=nll_o, rank_out=rank_o, conf_out=conf
+    )
+    x64 = x.astype(np.float64)
+    if kind == "logits":
+        p64 = np.exp(x64 - x64.max(axis=1, keepdims=True))
+        p64 /= p64.sum(axis=1, keepdims=True)
+    else:
+        p64 = np.exp(x64) if kind == "log_probs" else x64
+    ok = t != -100
+    np.testing.assert_allclose(conf[ok], p64.max(axis=1)[ok], rtol=2e-6)
+    np.testing.assert_array_equal(nll_o, rep.row_nll)
     # a NaN row is its own: NaN NLL, every other row as before
     x[3100] = np.nan
     bad = evaluate(x, t, kind=kind, top_k=(1, 2), per_row=True, check_kind=False)
