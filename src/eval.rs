@@ -127,15 +127,34 @@ fn probs_metrics(rw: &mut Rows, i: usize, k: usize) -> RowMetrics {
 /// Metrics of an ordinary logits row (finite max and sum) given ln s and exp(x_t - m):
 /// κ = 1/s, and m - lse = -ln s.
 fn finish_logits(xt: f64, rs: &RowStats, ln_s: f64, e_t: f64) -> RowMetrics {
-    let st = rs.st;
-    let kappa = 1.0 / st.s;
+    let (nll, entropy, brier, conf, rank) = finish_logits_parts(xt, rs.m, &rs.st, ln_s, e_t);
     RowMetrics {
-        nll: (rs.m - xt) + ln_s,
-        rank: st.gt,
-        entropy: ln_s - kappa * st.t,
-        brier: kappa * (kappa * st.q - 2.0 * e_t) + 1.0,
-        conf: kappa,
+        nll,
+        rank: rank as u64,
+        entropy,
+        brier,
+        conf,
     }
+}
+
+/// [`finish_logits`] from the row's max `m` and statistics: (NLL, entropy, Brier, confidence,
+/// rank as f64), for the kernels' long-row groups (`kernel::eval_long`).
+#[inline(always)]
+pub(crate) fn finish_logits_parts(
+    xt: f64,
+    m: f64,
+    st: &crate::kernel::Stats,
+    ln_s: f64,
+    e_t: f64,
+) -> (f64, f64, f64, f64, f64) {
+    let kappa = 1.0 / st.s;
+    (
+        (m - xt) + ln_s,
+        ln_s - kappa * st.t,
+        kappa * (kappa * st.q - 2.0 * e_t) + 1.0,
+        kappa,
+        st.gt as f64,
+    )
 }
 
 /// Metrics of a log-probabilities row, or of a logits row that is not ordinary (inf/NaN: the
@@ -302,10 +321,12 @@ pub fn evaluate(
             Kind::LogProbs => kernel::LOG_PROBS,
             Kind::Probs => kernel::PROBS,
         };
-        // short rows: runs of clean groups in one kernel loop (`stage::eval_run`); after a
-        // group it stops at, the next try waits `backoff` rows, doubled while tries fail at
-        // once (runs of ignored rows) and reset by a try that gets anywhere
-        let run_ok = lanes && !opt.ties_first;
+        // runs of clean groups in one kernel loop (`stage::eval_run`: short rows in lanes,
+        // longer logits rows by the inlined row kernel); after a group it stops at, the next
+        // try waits `backoff` rows, doubled while tries fail at once (runs of ignored rows)
+        // and reset by a try that gets anywhere
+        let long_ok = grouped && c > kernel::LANES_MAX_C && c <= 2 * crate::rows::SEGMENT;
+        let run_ok = (lanes && !opt.ties_first) || long_ok;
         let (mut retry, mut backoff) = (r.start, BATCH);
         let mut i = r.start;
         while i < r.end {
@@ -337,7 +358,7 @@ pub fn evaluate(
                         DType::BF16 => {
                             stage::eval_run::<BF16>(path, x, t, i..r.end, ig, lp, sums, outs, sc)
                         }
-                        DType::F64 => unreachable!("lanes_apply excludes float64"),
+                        DType::F64 => unreachable!("the lanes and the row groups exclude float64"),
                     }
                 };
                 acc.n += got as u64;

@@ -1486,6 +1486,67 @@ pub(crate) unsafe fn eval_run<I: Isa, E: Elem, const M: u8, const KIND: u8>(
     done
 }
 
+/// `evaluate`'s clean groups of logits rows longer than [`LANES_MAX_C`] (and at most two
+/// segments, which the row path would split) in one loop: 16 rows at a time, each row's
+/// statistics by the inlined row kernel ([`stats`]), ln s and exp(x_t - m) in vectors
+/// ([`ln_exp_each`]), the metrics by `eval::finish_logits` and the sums by [`accumulate16`]:
+/// the arithmetic and order of the caller's group path, without its per-row calls. Stops at the
+/// end or at the first group holding a target ignored or out of range or a row that is not
+/// ordinary. Returns the rows done (a multiple of 16).
+#[inline(always)]
+pub(crate) unsafe fn eval_long<I: Isa, E: Elem>(b: Block<E>, a: &mut EvalRun) -> usize {
+    let (c, st) = (b.c, b.st);
+    if c <= LANES_MAX_C || c > 2 * crate::rows::SEGMENT || a.t.len() < b.n {
+        return 0;
+    }
+    let mut m = Metrics16::default();
+    let (mut ln_s, mut e_t) = ([1f32; 16], [0f32; 16]);
+    let mut rs = [Stats::EMPTY; 16];
+    let mut xt = [0f64; 16];
+    let mut done = 0;
+    'groups: while done + 16 <= b.n {
+        for l in 0..16 {
+            let v = a.t[done + l];
+            if v == a.ignore || (v as u64) >= c as u64 {
+                break 'groups;
+            }
+            let row = std::slice::from_raw_parts(b.p.add((done + l) * st), c);
+            let x = f64::from(row[v as usize].to_f32());
+            let s = stats::<I, E, true>(row, x as f32);
+            if !(f64::from(s.m).is_finite() && !s.nan && s.s.is_finite()) {
+                break 'groups;
+            }
+            (rs[l], xt[l]) = (s, x);
+            (ln_s[l], e_t[l]) = (s.s as f32, (x - f64::from(s.m)) as f32);
+        }
+        ln_exp_each::<I, E>(&mut ln_s, &mut e_t);
+        for l in 0..16 {
+            let rm = crate::eval::finish_logits_parts(
+                xt[l],
+                f64::from(rs[l].m),
+                &rs[l],
+                f64::from(ln_s[l]),
+                f64::from(e_t[l]),
+            );
+            (m.nll[l], m.ent[l], m.brier[l], m.conf[l], m.rank[l]) = rm;
+        }
+        let [nf, ni] = accumulate16::<I>(&m, a.top_k, a.lacc, a.topk, &mut a.hist);
+        a.counts[0] += nf;
+        a.counts[1] += ni;
+        if let Some((nll, rank, conf)) = a.out.as_mut() {
+            for l in 0..16 {
+                nll[done + l] = m.nll[l];
+                rank[done + l] = m.rank[l] as i64;
+            }
+            if let Some(cf) = conf.as_deref_mut() {
+                cf[done..done + 16].copy_from_slice(&m.conf);
+            }
+        }
+        done += 16;
+    }
+    done
+}
+
 /// Rows per group in [`ce_rows`] / [`lse_rows`]: their logs are taken together, W at a time.
 pub(crate) const GROUP: usize = 16;
 
@@ -2053,4 +2114,10 @@ dispatch! {
         out: &mut [f32]
     ) -> usize
     => softmax_pairs
+}
+
+dispatch! {
+    /// See [`eval_long`].
+    pub(crate) fn eval_long_rows<E>(b: Block<E>, a: &mut EvalRun<'_, '_>) -> usize
+    => eval_long
 }

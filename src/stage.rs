@@ -235,7 +235,8 @@ pub(crate) fn eval_block<E: Tile>(
     }
 }
 
-/// `evaluate`'s clean groups of short rows `r` (see `kernel::eval_run`), the whole run in one
+/// `evaluate`'s clean groups of rows `r` (short rows: `kernel::eval_run`; longer logits rows:
+/// `kernel::eval_long`, which the caller only asks for logits), the whole run in one
 /// call when it is read in place with packed int64 targets, else a bounded tile at a time
 /// (rows staged as in [`ce`], targets widened); `sums` = (top-k list, lanes' f64 sums, top-k
 /// counts, histogram). Returns the rows done (a multiple of 16: it stops at the first group
@@ -262,6 +263,7 @@ pub(crate) fn eval_run<E: Tile>(
     const PROBS: u8 = kernel::PROBS;
     let (xbuf, tbuf) = E::bufs(s);
     let c = x.cols();
+    let tile = tile_rows(c, std::mem::size_of::<E>());
     let scheme = simd::short_scheme();
     let (top_k, lacc, topk, hist) = sums;
     let n = r.len();
@@ -271,7 +273,7 @@ pub(crate) fn eval_run<E: Tile>(
         let m = if in_place(x, i) && t.packed_i64(i, n - done).is_some() {
             n - done
         } else {
-            SHORT_TILE.min(n - done)
+            tile.min(n - done)
         };
         let ts = t.to_i64(i, m, ignore, tbuf);
         let (p, st, mode) = source(x, i, m, scheme, xbuf);
@@ -298,6 +300,7 @@ pub(crate) fn eval_run<E: Tile>(
         };
         let b = Block { p, st, n: m, c };
         let got = match (mode, kind) {
+            _ if c > LANES_MAX_C => kernel::eval_long_rows::<E>(path, b, &mut a),
             (COLS, LOGITS) => ev::<E, COLS, LOGITS>(path, b, &mut a),
             (COLS, LOG_PROBS) => ev::<E, COLS, LOG_PROBS>(path, b, &mut a),
             (COLS, _) => ev::<E, COLS, PROBS>(path, b, &mut a),

@@ -103,12 +103,13 @@ def test_short_rows_in_lanes_match_reference(kind: str, c: int, n_bins: int) -> 
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("c", [2, 3, 10, 32])
+@pytest.mark.parametrize("c", [2, 3, 10, 32, 33, 200])
 @pytest.mark.parametrize("kind", KINDS)
 def test_clean_runs_match_reference_at_any_alignment(kind: str, c: int, dtype: str) -> None:
-    # C <= 32 with few ignored rows: runs of clean groups take one kernel loop
-    # (kernel::eval_run), which stops at an ignored row, at a long run of them (its retries
-    # back off) and at a row that is not ordinary; binary rows take the closed form. Every
+    # few ignored rows: runs of clean groups take one kernel loop (C <= 32: kernel::eval_run;
+    # longer logits rows: kernel::eval_long), which stops at an ignored row, at a long run of
+    # them (its retries back off) and at a row that is not ordinary; binary rows take the
+    # closed form; longer log-probabilities and probabilities take the row path. Every
     # row's NLL and rank must match the reference and must not depend on which 16 rows share
     # its group (slices from rows 1, 7 and 16 realign the groups) or on per-row outputs.
     rng = np.random.default_rng(c * 7 + len(kind) + len(dtype))
