@@ -1128,7 +1128,8 @@ unsafe fn pair_lanes<I: Isa, E: Elem, const M: u8, const KIND: u8>(
         let ln_s = I::ln_ge1(I::max_ignore_nan(one, s));
         let kappa = I::div(one, s);
         // e_t: 1 where the target is the larger value (or a tie), e where it is the smaller
-        let e_t = I::fma(gt, I::sub(e, one), one);
+        // (a blend: e - 1 would round away e's low bits)
+        let e_t = I::blend_eq(gt, 1.0, one, e);
         let q = I::fma(e, e, one);
         let eu = I::mul(I::mul(e, t), I::splat(exp2c::INV_LOG2E as f32));
         okv = I::ok_abs_below(I::fma(s, zero, vm), exp2c::BIG, one);
