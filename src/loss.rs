@@ -239,10 +239,11 @@ pub fn cross_entropy<O: Out>(
     let w32: Option<Vec<f32>> = opt.weight.map(|w| w.iter().map(|&v| v as f32).collect());
     let wt = w32.as_deref().zip(opt.weight);
     let fast = |r: Range<usize>, o: Option<&mut [O]>, s: &mut Scratch| -> Option<BlockSums> {
-        if eps > 0.0 && opt.weight.is_none() && o.is_none() {
+        if eps > 0.0 && eps < 1.0 && opt.weight.is_none() && o.is_none() {
             // without class weights the smoothed loss is the plain one plus ε·(x_t - mean x):
             // (1-ε)·(lse - x_t) + ε/C·Σ_c (lse - x_c) = (lse - x_t) + ε·(x_t - Σ_c x_c / C),
-            // so the rows take the cross-entropy kernel and one float64 row sum
+            // so the rows take the cross-entropy kernel and one float64 row sum (not at ε = 1,
+            // where a masked -inf target makes PyTorch's 0·inf a NaN: the row path keeps it)
             let mut b = ce_fast(x, t, r.clone(), opt.ignore_index, None, None, s)?;
             b.sum += eps
                 * SMOOTH_T.with(|tb| {

@@ -1373,3 +1373,24 @@ def test_every_contract_row_has_one_test(simd_path):
     }
     assert "xfail" not in hostile  # R66-R79 are fixed rows
     assert bug_rows == xfail, (bug_rows, xfail)
+
+
+@pytest.mark.parametrize("c", [2, 100])
+@pytest.mark.parametrize("eps", [0.5, 1.0])
+def test_R57b_label_smoothing_masked_target(c, eps):
+    # a masked (-inf) target logit: PyTorch's (1-ε)·nll + ε/C·Σ_c(-log p_c) is inf + inf = inf
+    # for ε < 1, and 0·inf + inf = NaN at ε = 1 (the fast ε·(x_t - mean x) form must not turn
+    # that into inf); the same for the mean and for per-row losses
+    g = np.random.default_rng(c)
+    x = g.standard_normal((40, c)).astype(np.float32)
+    t = g.integers(0, c, 40)
+    x[5, t[5]] = -INF
+    lp = ref.log_softmax(x.astype(np.float64))
+    with np.errstate(invalid="ignore"):
+        want = (1 - eps) * -lp[np.arange(40), t] + eps / c * -lp.sum(axis=1)
+    assert np.isnan(want[5]) if eps == 1.0 else want[5] == INF
+    rows = fastnll.cross_entropy(x, t, label_smoothing=eps, reduction="none")
+    close(np.delete(rows, 5), np.delete(want, 5), np.float32)
+    assert np.isnan(rows[5]) if eps == 1.0 else rows[5] == INF
+    mean = fastnll.cross_entropy(x, t, label_smoothing=eps)
+    assert np.isnan(mean) if eps == 1.0 else mean == INF
