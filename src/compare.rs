@@ -19,6 +19,7 @@ use crate::loss::class_of;
 use crate::parallel;
 use crate::rows::{RowStats, Rows, Want};
 use crate::simd::{self, Elem, Isa, Path, BF16, F16};
+use crate::stage;
 use crate::tensor::{check_target_shape, DType, IntView, View};
 use std::ops::Range;
 
@@ -65,57 +66,51 @@ impl CompareSums {
         self.sum_dp_4 += o.sum_dp_4;
         self.top1_agree += o.top1_agree;
     }
-
-    fn add(&mut self, r: &RowCompare) {
-        self.n += 1;
-        self.sum_kl += r.kl;
-        self.sum_kl_sq += r.kl * r.kl;
-        let d = r.nll_new - r.nll_base;
-        self.sum_dnll += d;
-        self.sum_dnll_sq += d * d;
-        self.sum_nll_base += r.nll_base;
-        self.sum_nll_base_sq += r.nll_base * r.nll_base;
-        self.sum_nll_new += r.nll_new;
-        self.sum_nll_new_sq += r.nll_new * r.nll_new;
-        self.sum_nll_cross += r.nll_base * r.nll_new;
-        let dp2 = r.dp * r.dp;
-        self.sum_dp += r.dp;
-        self.sum_dp_sq += dp2;
-        self.sum_dp_4 += dp2 * dp2;
-        self.top1_agree += r.same as u64;
-    }
 }
 
-/// Per-row outputs, one element per row of the dumps: ignored rows get NaN and `same = -1`.
+/// Per-row outputs, one element per row of the dumps (each optional): ignored rows get NaN
+/// and `same = -1`.
+#[derive(Default)]
 pub struct CompareOut<'a> {
-    pub kl: &'a mut [f64],
-    pub dp: &'a mut [f64],
-    pub nll_base: &'a mut [f64],
-    pub nll_new: &'a mut [f64],
+    pub kl: Option<&'a mut [f64]>,
+    pub dp: Option<&'a mut [f64]>,
+    pub nll_base: Option<&'a mut [f64]>,
+    pub nll_new: Option<&'a mut [f64]>,
     /// 1 if the argmaxes agree, 0 if not, -1 for an ignored row.
-    pub same: &'a mut [i8],
+    pub same: Option<&'a mut [i8]>,
+}
+
+/// `s` cut into `k` pieces of `per` elements (the last shorter), or `k` Nones.
+fn pieces<T>(s: Option<&mut [T]>, per: usize, k: usize) -> Vec<Option<&mut [T]>> {
+    match s {
+        Some(s) => s.chunks_mut(per).map(Some).collect(),
+        None => (0..k).map(|_| None).collect(),
+    }
 }
 
 impl<'a> CompareOut<'a> {
     fn len_ok(&self, n: usize) -> bool {
-        [
-            self.kl.len(),
-            self.dp.len(),
-            self.nll_base.len(),
-            self.nll_new.len(),
-            self.same.len(),
-        ]
-        .iter()
-        .all(|&l| l == n)
+        let f = |l: Option<usize>| l.is_none_or(|l| l == n);
+        f(self.kl.as_ref().map(|v| v.len()))
+            && f(self.dp.as_ref().map(|v| v.len()))
+            && f(self.nll_base.as_ref().map(|v| v.len()))
+            && f(self.nll_new.as_ref().map(|v| v.len()))
+            && f(self.same.as_ref().map(|v| v.len()))
     }
 
-    fn split(self, per: usize) -> Vec<CompareOut<'a>> {
-        self.kl
-            .chunks_mut(per)
-            .zip(self.dp.chunks_mut(per))
-            .zip(self.nll_base.chunks_mut(per))
-            .zip(self.nll_new.chunks_mut(per))
-            .zip(self.same.chunks_mut(per))
+    /// The outputs of rows k·per.. (k < ceil(n / per)) for each chunk of `per` rows.
+    fn split(self, per: usize, n: usize) -> Vec<CompareOut<'a>> {
+        let k = n.div_ceil(per);
+        let kl = pieces(self.kl, per, k);
+        let dp = pieces(self.dp, per, k);
+        let nb = pieces(self.nll_base, per, k);
+        let nn = pieces(self.nll_new, per, k);
+        let sm = pieces(self.same, per, k);
+        kl.into_iter()
+            .zip(dp)
+            .zip(nb)
+            .zip(nn)
+            .zip(sm)
             .map(|((((kl, dp), nll_base), nll_new), same)| CompareOut {
                 kl,
                 dp,
@@ -127,18 +122,154 @@ impl<'a> CompareOut<'a> {
     }
 
     fn put(&mut self, idx: usize, r: Option<&RowCompare>) {
-        if let Some(r) = r {
-            self.kl[idx] = r.kl;
-            self.dp[idx] = r.dp;
-            self.nll_base[idx] = r.nll_base;
-            self.nll_new[idx] = r.nll_new;
-            self.same[idx] = r.same as i8;
-        } else {
-            self.kl[idx] = f64::NAN;
-            self.dp[idx] = f64::NAN;
-            self.nll_base[idx] = f64::NAN;
-            self.nll_new[idx] = f64::NAN;
-            self.same[idx] = -1;
+        let nan = f64::NAN;
+        let (kl, dp, nb, nn, same) = r.map_or((nan, nan, nan, nan, -1), |r| {
+            (r.kl, r.dp, r.nll_base, r.nll_new, i8::from(r.same))
+        });
+        for (o, v) in [
+            (&mut self.kl, kl),
+            (&mut self.dp, dp),
+            (&mut self.nll_base, nb),
+            (&mut self.nll_new, nn),
+        ] {
+            if let Some(o) = o.as_deref_mut() {
+                o[idx] = v;
+            }
+        }
+        if let Some(o) = self.same.as_deref_mut() {
+            o[idx] = same;
+        }
+    }
+
+    /// Rows at..at + 16 of a clean group (see `compare_lanes::run`).
+    pub(crate) fn put16(
+        &mut self,
+        at: usize,
+        kl: &[f64; 16],
+        dp: &[f64; 16],
+        nb: &[f64; 16],
+        nn: &[f64; 16],
+        same: &[i8; 16],
+    ) {
+        for (o, v) in [
+            (&mut self.kl, kl),
+            (&mut self.dp, dp),
+            (&mut self.nll_base, nb),
+            (&mut self.nll_new, nn),
+        ] {
+            if let Some(o) = o.as_deref_mut() {
+                o[at..at + 16].copy_from_slice(v);
+            }
+        }
+        if let Some(o) = self.same.as_deref_mut() {
+            o[at..at + 16].copy_from_slice(same);
+        }
+    }
+}
+
+/// Number of float64 sums a row adds to (see [`terms`]).
+const NSUMS: usize = 12;
+
+/// What a row adds to each float64 sum of [`CompareSums`], in field order (KL, KL², ΔNLL,
+/// ΔNLL², NLL_base, NLL_base², NLL_new, NLL_new², NLL_base·NLL_new, Δp, Δp², Δp⁴).
+#[inline(always)]
+fn terms(kl: f64, dp: f64, nb: f64, nn: f64) -> [f64; NSUMS] {
+    let d = nn - nb;
+    let dp2 = dp * dp;
+    [
+        kl,
+        kl * kl,
+        d,
+        d * d,
+        nb,
+        nb * nb,
+        nn,
+        nn * nn,
+        nb * nn,
+        dp,
+        dp2,
+        dp2 * dp2,
+    ]
+}
+
+/// [`CompareSums`] of one chunk, lane by lane: the chunk's row k adds to lane k % 16 on every
+/// path (row by row, a group at a time, or the clean-run kernel's 16 lanes at once), and the
+/// lanes are folded in order at the end, so the bits do not depend on which path a row took
+/// (and so not on the layout or the target dtype).
+#[derive(Default)]
+pub(crate) struct LaneSums {
+    v: [[f64; 16]; NSUMS],
+    n: u64,
+    n_ignored: u64,
+    top1: u64,
+}
+
+impl LaneSums {
+    fn add(&mut self, l: usize, r: &RowCompare) {
+        let t = terms(r.kl, r.dp, r.nll_base, r.nll_new);
+        for (acc, v) in self.v.iter_mut().zip(t) {
+            acc[l] += v;
+        }
+        self.n += 1;
+        self.top1 += u64::from(r.same);
+    }
+
+    /// 16 scored rows (lanes 0..16), `same` 1 where the argmaxes agree.
+    #[inline(always)]
+    pub(crate) fn add16(
+        &mut self,
+        kl: &[f64; 16],
+        dp: &[f64; 16],
+        nb: &[f64; 16],
+        nn: &[f64; 16],
+        same: &[i8; 16],
+    ) {
+        // sum by sum over the lanes (each loop is one vector add per 8 lanes), the values of
+        // `terms` lane by lane
+        let mut t = [[0f64; 16]; NSUMS];
+        for l in 0..16 {
+            let d = nn[l] - nb[l];
+            let dp2 = dp[l] * dp[l];
+            t[0][l] = kl[l];
+            t[1][l] = kl[l] * kl[l];
+            t[2][l] = d;
+            t[3][l] = d * d;
+            t[4][l] = nb[l];
+            t[5][l] = nb[l] * nb[l];
+            t[6][l] = nn[l];
+            t[7][l] = nn[l] * nn[l];
+            t[8][l] = nb[l] * nn[l];
+            t[9][l] = dp[l];
+            t[10][l] = dp2;
+            t[11][l] = dp2 * dp2;
+        }
+        for (acc, v) in self.v.iter_mut().zip(&t) {
+            for l in 0..16 {
+                acc[l] += v[l];
+            }
+        }
+        self.n += 16;
+        self.top1 += same.iter().map(|&s| u64::from(s == 1)).sum::<u64>();
+    }
+
+    fn fold(&self) -> CompareSums {
+        let f = |k: usize| self.v[k].iter().fold(0.0, |a, &v| a + v);
+        CompareSums {
+            n: self.n,
+            n_ignored: self.n_ignored,
+            sum_kl: f(0),
+            sum_kl_sq: f(1),
+            sum_dnll: f(2),
+            sum_dnll_sq: f(3),
+            sum_nll_base: f(4),
+            sum_nll_base_sq: f(5),
+            sum_nll_new: f(6),
+            sum_nll_new_sq: f(7),
+            sum_nll_cross: f(8),
+            sum_dp: f(9),
+            sum_dp_sq: f(10),
+            sum_dp_4: f(11),
+            top1_agree: self.top1,
         }
     }
 }
@@ -201,17 +332,25 @@ unsafe fn kl_vec<I: Isa>(
 /// [`kl_vec`]'s terms given the shifted rows ya = max(FLOOR, xa - ma), yb likewise (the
 /// short-row lanes of `compare_lanes` take them from their tiles).
 #[inline(always)]
-pub(crate) unsafe fn kl_shifted<I: Isa>(
+unsafe fn kl_shifted<I: Isa>(ya: I::V, yb: I::V, c: I::V, g: I::V, acc: &mut I::V, inf: &mut I::V) {
+    kl_terms::<I>(ya, yb, I::exp_le0(ya), I::exp_le0(yb), c, g, acc, inf);
+}
+
+/// [`kl_shifted`] given also ea = exp(ya) and eb = exp(yb) (`exp_le0`; the lanes have them
+/// from the rows' sums).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn kl_terms<I: Isa>(
     ya: I::V,
     yb: I::V,
+    ea: I::V,
+    eb: I::V,
     c: I::V,
     g: I::V,
     acc: &mut I::V,
     inf: &mut I::V,
 ) {
     let (floor, zero) = (I::splat(FLOOR), I::splat(0.0));
-    let ea = I::exp_le0(ya);
-    let eb = I::exp_le0(yb);
     let r = I::add(I::sub(yb, ya), c);
     let h_small = I::mul(ea, series::<I>(r));
     // every lane in the series' range (two close models: most vectors): the same sum
@@ -726,12 +865,34 @@ pub fn compare_rows(
     let chunk = |r: Range<usize>, mut o: Option<CompareOut>| -> Result<CompareSums> {
         let (mut ra, mut rb) = (Rows::new(base), Rows::new(new));
         let mut bufs = Bufs::default();
-        let mut acc = CompareSums::default();
+        let mut acc = LaneSums::default();
         if lanes {
             let mut tiles = Tiles::default();
             let mut lc = lanes::LaneCompare::default();
+            let (mut sa, mut sb) = (stage::Scratch::default(), stage::Scratch::default());
+            // runs of clean groups in one kernel loop (`stage::compare_run`); after a group it
+            // stops at, the next try waits `backoff` rows, doubled while tries fail at once
+            // (runs of ignored rows) and reset by a try that gets anywhere
+            let (mut retry, mut backoff) = (r.start, 16);
             let mut i = r.start;
             while i < r.end {
+                if i >= retry && r.end - i >= 16 {
+                    let at = i - r.start;
+                    let (lp, o) = (kind == Kind::LogProbs, o.as_mut());
+                    let run = (&mut acc, o, at, &mut sa, &mut sb);
+                    let got =
+                        stage::compare_run_any(path, base, new, t, i..r.end, ignore_index, lp, run);
+                    i += got;
+                    backoff = if got == 0 {
+                        (2 * backoff).min(4096)
+                    } else {
+                        16
+                    };
+                    retry = i + backoff;
+                    if i >= r.end {
+                        break;
+                    }
+                }
                 let g = (r.end - i).min(16);
                 let mut ks = [None; 16];
                 let mut kf = [0f32; 16];
@@ -753,25 +914,21 @@ pub fn compare_rows(
                         row_logits(kind, path, base, new, &mut ra, &mut rb, &mut bufs, i + l, k)
                     } else {
                         RowCompare {
-                            kl: if lc.inf[l] > 0.0 {
-                                f64::INFINITY
-                            } else {
-                                (f64::from(lc.h[l]) / f64::from(lc.sa[l])).max(0.0)
-                            },
+                            kl: lanes::lane_kl(lc.h[l], lc.sa[l], lc.inf[l]),
                             dp: f64::from(lc.dp[l]),
                             nll_base: f64::from(lc.nll_a[l]),
                             nll_new: f64::from(lc.nll_b[l]),
                             same: lc.same[l] != 0.0,
                         }
                     };
-                    acc.add(&row);
+                    acc.add(idx % 16, &row);
                     if let Some(o) = o.as_mut() {
                         o.put(idx, Some(&row));
                     }
                 }
                 i += g;
             }
-            return Ok(acc);
+            return Ok(acc.fold());
         }
         for (idx, i) in r.enumerate() {
             let Some(k) = class_of(t, base, i, ignore_index)? else {
@@ -785,12 +942,12 @@ pub fn compare_rows(
                 Kind::Probs => row_probs(&ra, &rb, i, k),
                 _ => row_logits(kind, path, base, new, &mut ra, &mut rb, &mut bufs, i, k),
             };
-            acc.add(&row);
+            acc.add(idx % 16, &row);
             if let Some(o) = o.as_mut() {
                 o.put(idx, Some(&row));
             }
         }
-        Ok(acc)
+        Ok(acc.fold())
     };
     let n = base.rows();
     let per = parallel::chunk_rows(base.cols() * (base.dtype.size() + new.dtype.size()));
@@ -801,10 +958,10 @@ pub fn compare_rows(
                     "per-row outputs must have {n} elements"
                 )));
             }
-            let pieces: Vec<_> = o.split(per).into_iter().enumerate().collect();
+            let pieces: Vec<_> = o.split(per, n).into_iter().enumerate().collect();
             parallel::map_items(pieces, per, |(k, p)| {
-                let len = p.kl.len();
-                chunk(k * per..k * per + len, Some(p))
+                let r = k * per..((k + 1) * per).min(n);
+                chunk(r, Some(p))
             })
         }
         None => parallel::map_chunks(n, per, |r| chunk(r, None)),

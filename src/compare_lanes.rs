@@ -5,7 +5,8 @@
 //! flagged and left to the row path, so a row's numbers never depend on which rows share its
 //! group: whole, chunked and merged runs agree.
 
-use crate::compare::{kl_shifted, FLOOR};
+use crate::compare::{kl_terms, CompareOut, LaneSums, FLOOR};
+use crate::kernel::{self, Block};
 use crate::simd::{self, exp2c, Elem, Isa, Path};
 
 /// Longest row taken in lanes (the short-row bound of the other kernels).
@@ -26,32 +27,40 @@ pub(crate) struct LaneCompare {
     pub ok: [f32; 16],
 }
 
-/// Max, first argmax and target value of W rows (column j at `p + 16·j`).
+/// Loads the c columns of W rows at `p` (mode `M`, stride `st`: see `kernel::load_cols`) into
+/// `cols`; returns their max, first argmax and the target column's value.
 #[inline(always)]
-unsafe fn scan<I: Isa, E: Elem>(p: *const E, c: usize, vk: I::V) -> (I::V, I::V, I::V) {
-    let mut vm = I::splat(f32::NEG_INFINITY);
+unsafe fn scan<I: Isa, E: Elem, const M: u8>(
+    p: *const E,
+    st: usize,
+    c: usize,
+    vk: I::V,
+    cols: *mut I::V,
+) -> (I::V, I::V, I::V) {
+    let vm = kernel::load_cols::<I, E, M>(p, st, c, cols);
     let mut xt = I::splat(0.0);
     for j in 0..c {
-        let v = E::load::<I>(p.add(16 * j));
-        vm = I::max_ignore_nan(vm, v);
-        xt = I::blend_eq(vk, j as f32, xt, v);
+        xt = I::blend_eq(vk, j as f32, xt, cols.add(j).read());
     }
     // the first index holding the max: scanned from the end, the last hit is the first
     let mut arg = I::splat(0.0);
     for j in (0..c).rev() {
-        let d = I::sub(E::load::<I>(p.add(16 * j)), vm);
+        let d = I::sub(cols.add(j).read(), vm);
         arg = I::blend_eq(d, 0.0, arg, I::splat(j as f32));
     }
     (vm, arg, xt)
 }
 
-/// [`LaneCompare`] of 16 rows of each dump, staged column-major (column j of dump a at
-/// `a + 16·j`), lane l scored against class `kf[l]`; `log_probs` selects the NLL rule.
+/// [`LaneCompare`] of 16 rows of each dump, read in mode `M` (`kernel::{COLS, GATHER,
+/// TRANSPOSE}`: COLS = column j at `p + j·st`, else row l at `p + l·st`), lane l scored
+/// against class `kf[l]`; `log_probs` selects the NLL rule.
 #[inline(always)]
-#[allow(clippy::too_many_lines)]
-pub(crate) unsafe fn lanes<I: Isa, A: Elem, B: Elem>(
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
+pub(crate) unsafe fn lanes<I: Isa, A: Elem, B: Elem, const M: u8>(
     a: *const A,
+    sta: usize,
     b: *const B,
+    stb: usize,
     c: usize,
     kf: &[f32; 16],
     log_probs: bool,
@@ -60,21 +69,31 @@ pub(crate) unsafe fn lanes<I: Isa, A: Elem, B: Elem>(
     let mut ya = std::mem::MaybeUninit::<[I::V; MAX_C]>::uninit();
     let mut yb = std::mem::MaybeUninit::<[I::V; MAX_C]>::uninit();
     let (ya, yb) = (ya.as_mut_ptr() as *mut I::V, yb.as_mut_ptr() as *mut I::V);
+    let mut ea = std::mem::MaybeUninit::<[I::V; MAX_C]>::uninit();
+    let mut eb = std::mem::MaybeUninit::<[I::V; MAX_C]>::uninit();
+    let (ea, eb) = (ea.as_mut_ptr() as *mut I::V, eb.as_mut_ptr() as *mut I::V);
     let (zero, one, floor) = (I::splat(0.0), I::splat(1.0), I::splat(FLOOR));
     for g in (0..16).step_by(I::W) {
-        let (pa, pb) = (a.add(g), b.add(g));
+        let (pa, pb) = if M == kernel::COLS {
+            (a.add(g), b.add(g))
+        } else {
+            (a.add(g * sta), b.add(g * stb))
+        };
         let vk = I::load(kf.as_ptr().add(g));
-        let (ma, arg_a, xta) = scan::<I, A>(pa, c, vk);
-        let (mb, arg_b, xtb) = scan::<I, B>(pb, c, vk);
+        let (ma, arg_a, xta) = scan::<I, A, M>(pa, sta, c, vk, ya);
+        let (mb, arg_b, xtb) = scan::<I, B, M>(pb, stb, c, vk, yb);
         // shifted rows (clamped at FLOOR: -inf entries are probability 0) and their sums
         let (mut sa, mut sb) = (zero, zero);
         for j in 0..c {
-            let va = I::max_keep_nan(floor, I::sub(A::load::<I>(pa.add(16 * j)), ma));
-            let vb = I::max_keep_nan(floor, I::sub(B::load::<I>(pb.add(16 * j)), mb));
+            let va = I::max_keep_nan(floor, I::sub(ya.add(j).read(), ma));
+            let vb = I::max_keep_nan(floor, I::sub(yb.add(j).read(), mb));
+            let (xa, xb) = (I::exp_le0(va), I::exp_le0(vb));
             ya.add(j).write(va);
             yb.add(j).write(vb);
-            sa = I::add(sa, I::exp_le0(va));
-            sb = I::add(sb, I::exp_le0(vb));
+            ea.add(j).write(xa);
+            eb.add(j).write(xb);
+            sa = I::add(sa, xa);
+            sb = I::add(sb, xb);
         }
         let (lsa, lsb) = (
             I::ln_ge1(I::max_ignore_nan(one, sa)),
@@ -85,7 +104,9 @@ pub(crate) unsafe fn lanes<I: Isa, A: Elem, B: Elem>(
         let gg = I::exp2_sum(I::mul(cc, I::splat(exp2c::LOG2E)));
         let (mut h, mut inf) = (zero, zero);
         for j in 0..c {
-            kl_shifted::<I>(ya.add(j).read(), yb.add(j).read(), cc, gg, &mut h, &mut inf);
+            let (va, vb) = (ya.add(j).read(), yb.add(j).read());
+            let (xa, xb) = (ea.add(j).read(), eb.add(j).read());
+            kl_terms::<I>(va, vb, xa, xb, cc, gg, &mut h, &mut inf);
         }
         let (nll_a, nll_b) = if log_probs {
             (I::sub(zero, xta), I::sub(zero, xtb))
@@ -142,7 +163,7 @@ pub(crate) fn lanes_on<A: Elem, B: Elem>(
         lp: bool,
         o: &mut LaneCompare,
     ) {
-        lanes::<simd::avx2::Avx2, A, B>(a, b, c, kf, lp, o);
+        lanes::<simd::avx2::Avx2, A, B, { kernel::COLS }>(a, 16, b, 16, c, kf, lp, o);
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,popcnt")]
@@ -154,7 +175,7 @@ pub(crate) fn lanes_on<A: Elem, B: Elem>(
         lp: bool,
         o: &mut LaneCompare,
     ) {
-        lanes::<simd::avx512::Avx512, A, B>(a, b, c, kf, lp, o);
+        lanes::<simd::avx512::Avx512, A, B, { kernel::COLS }>(a, 16, b, 16, c, kf, lp, o);
     }
     #[cfg(target_arch = "aarch64")]
     #[target_feature(enable = "neon")]
@@ -166,7 +187,7 @@ pub(crate) fn lanes_on<A: Elem, B: Elem>(
         lp: bool,
         o: &mut LaneCompare,
     ) {
-        lanes::<simd::neon::Neon, A, B>(a, b, c, kf, lp, o);
+        lanes::<simd::neon::Neon, A, B, { kernel::COLS }>(a, 16, b, 16, c, kf, lp, o);
     }
     assert!(c <= MAX_C && a.len() >= 16 * c && b.len() >= 16 * c);
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -181,7 +202,142 @@ pub(crate) fn lanes_on<A: Elem, B: Elem>(
             Path::Avx2 => avx2::<A, B>(pa, pb, c, kf, log_probs, o),
             #[cfg(target_arch = "aarch64")]
             Path::Neon => neon::<A, B>(pa, pb, c, kf, log_probs, o),
-            _ => lanes::<simd::scalar::Scalar, A, B>(pa, pb, c, kf, log_probs, o),
+            _ => lanes::<simd::scalar::Scalar, A, B, { kernel::COLS }>(
+                pa, 16, pb, 16, c, kf, log_probs, o,
+            ),
+        }
+    }
+}
+
+/// The clean groups of a run of short rows of both dumps in one loop, 16 rows at a time:
+/// targets decoded in vectors, [`lanes`], the rows' values in float64 as the group path takes
+/// them, summed lane by lane ([`LaneSums::add16`]) and written to the per-row outputs from
+/// `at`. Stops at the end or at the first group that is not clean (a target ignored or out of
+/// range, a lane that is not ordinary), which the caller takes the group way. Returns the rows
+/// done (a multiple of 16).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run<I: Isa, A: Elem, B: Elem, const M: u8>(
+    a: Block<A>,
+    b: Block<B>,
+    t: &[i64],
+    ignore: i64,
+    log_probs: bool,
+    acc: &mut LaneSums,
+    out: Option<&mut CompareOut>,
+    at: usize,
+) -> usize {
+    let c = a.c;
+    if c == 0 || c > MAX_C || b.c != c || t.len() < a.n || b.n < a.n {
+        return 0;
+    }
+    let mut out = out;
+    let mut o = LaneCompare::default();
+    let (mut idx, mut kf) = ([0i32; 16], [0f32; 16]);
+    let mut done = 0;
+    'groups: while done + 16 <= a.n {
+        for g in (0..16).step_by(I::W) {
+            let (_, n, bad, k) = I::targets(t.as_ptr().add(done + g), c, 0, ignore, &mut idx);
+            if bad || n as usize != I::W {
+                break 'groups;
+            }
+            I::store(kf.as_mut_ptr().add(g), k);
+        }
+        let (pa, pb) = if M == kernel::COLS {
+            (a.p.add(done), b.p.add(done))
+        } else {
+            let (pa, pb) = (a.p.add(done * a.st), b.p.add(done * b.st));
+            kernel::short_prefetch::<I, A>(pa, a.st);
+            kernel::short_prefetch::<I, B>(pb, b.st);
+            (pa, pb)
+        };
+        lanes::<I, A, B, M>(pa, a.st, pb, b.st, c, &kf, log_probs, &mut o);
+        if o.ok.contains(&0.0) {
+            break;
+        }
+        let (mut kl, mut dp, mut na, mut nb) = ([0f64; 16], [0f64; 16], [0f64; 16], [0f64; 16]);
+        let mut same = [0i8; 16];
+        for l in 0..16 {
+            kl[l] = lane_kl(o.h[l], o.sa[l], o.inf[l]);
+            dp[l] = f64::from(o.dp[l]);
+            na[l] = f64::from(o.nll_a[l]);
+            nb[l] = f64::from(o.nll_b[l]);
+            same[l] = i8::from(o.same[l] != 0.0);
+        }
+        acc.add16(&kl, &dp, &na, &nb, &same);
+        if let Some(w) = out.as_deref_mut() {
+            w.put16(at + done, &kl, &dp, &na, &nb, &same);
+        }
+        done += 16;
+    }
+    done
+}
+
+/// A lane's KL from its sums (see [`LaneCompare`]): Σ e_a·f(r) / Σ e_a, +inf where the base
+/// has mass the new row lacks, never below 0.
+#[inline(always)]
+pub(crate) fn lane_kl(h: f32, sa: f32, inf: f32) -> f64 {
+    if inf > 0.0 {
+        f64::INFINITY
+    } else {
+        (f64::from(h) / f64::from(sa)).max(0.0)
+    }
+}
+
+/// [`run`] on the given path (not the scalar one: the caller keeps it on the row path).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_on<A: Elem, B: Elem, const M: u8>(
+    path: Path,
+    a: Block<A>,
+    b: Block<B>,
+    t: &[i64],
+    ignore: i64,
+    log_probs: bool,
+    acc: &mut LaneSums,
+    out: Option<&mut CompareOut>,
+    at: usize,
+) -> usize {
+    macro_rules! isa {
+        ($name:ident, $isa:ty, $feat:literal) => {
+            #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $name<A: Elem, B: Elem, const M: u8>(
+                a: Block<A>,
+                b: Block<B>,
+                t: &[i64],
+                ignore: i64,
+                lp: bool,
+                acc: &mut LaneSums,
+                out: Option<&mut CompareOut>,
+                at: usize,
+            ) -> usize {
+                run::<$isa, A, B, M>(a, b, t, ignore, lp, acc, out, at)
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    isa!(avx2, simd::avx2::Avx2, "avx2,fma,f16c,popcnt");
+    #[cfg(target_arch = "x86_64")]
+    isa!(
+        avx512,
+        simd::avx512::Avx512,
+        "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,popcnt"
+    );
+    #[cfg(target_arch = "aarch64")]
+    isa!(neon, simd::neon::Neon, "neon");
+    // SAFETY: the blocks address a.n (b.n) rows of c values each in their mode, alive for
+    // the call (the caller's views or this thread's tiles); a Path other than Scalar is only
+    // selected after `Path::available` (or `is_aarch64_feature_detected!`) confirmed the CPU
+    // has its features.
+    unsafe {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => avx512::<A, B, M>(a, b, t, ignore, log_probs, acc, out, at),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => avx2::<A, B, M>(a, b, t, ignore, log_probs, acc, out, at),
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => neon::<A, B, M>(a, b, t, ignore, log_probs, acc, out, at),
+            _ => 0,
         }
     }
 }

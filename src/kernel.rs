@@ -607,7 +607,7 @@ const SHORT_AHEAD: usize = 4096;
 /// targets), but one prefetch per line costs more than it gains at C = 32 (0.72 -> 0.56),
 /// measured (AVX-512).
 #[inline(always)]
-unsafe fn short_prefetch<I: Isa, E: Elem>(p: *const E, st: usize) {
+pub(crate) unsafe fn short_prefetch<I: Isa, E: Elem>(p: *const E, st: usize) {
     let bytes = I::W * st * std::mem::size_of::<E>();
     if st * std::mem::size_of::<E>() <= 32 {
         let p = p as *const u8;
@@ -982,7 +982,7 @@ pub(crate) unsafe fn softmax_pairs<I: Isa, E: Elem, const LOG: bool>(
 /// Loads the c columns of W short rows into `cols` (see `GATHER`, `COLS`, `TRANSPOSE`) and
 /// returns their lane-wise max (NaN ignored).
 #[inline(always)]
-unsafe fn load_cols<I: Isa, E: Elem, const M: u8>(
+pub(crate) unsafe fn load_cols<I: Isa, E: Elem, const M: u8>(
     p: *const E,
     st: usize,
     c: usize,

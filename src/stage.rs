@@ -402,3 +402,132 @@ pub(crate) fn softmax_short<E: Tile>(
     }
     done
 }
+
+/// The mode rows `i..` of short rows are read in place in (`kernel::COLS` for column-major,
+/// the scheme's mode for row-strided rows), or None when they must be staged.
+fn short_mode<E: Storage>(x: &View, i: usize, scheme: Short) -> Option<u8> {
+    if x.col_run::<E>(i).is_some() {
+        return Some(kernel::COLS);
+    }
+    x.row_run::<E>(i).map(|_| match scheme {
+        Short::Gather => kernel::GATHER,
+        Short::Transpose => kernel::TRANSPOSE,
+    })
+}
+
+/// The comparison's clean runs over both dumps' short rows `r` (see `compare_lanes::run`):
+/// the whole run in one call when both dumps are read in place in the same mode, with
+/// packed int64 targets; else a bounded tile at a time, each dump read in place or staged
+/// column-major (both staged when their dtypes or modes differ). `run` = (lane sums, per-row
+/// outputs, their index of row `r.start`, each dump's scratch). Returns the rows done (a
+/// multiple of 16).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn compare_run<A: Tile, B: Tile>(
+    path: Path,
+    a: &View,
+    b: &View,
+    t: &IntView,
+    r: Range<usize>,
+    ignore: i64,
+    log_probs: bool,
+    run: CompareRun<'_, '_>,
+) -> usize {
+    use crate::compare_lanes::run_on;
+    use kernel::{COLS, GATHER, TRANSPOSE};
+    let (acc, mut out, at, sa, sb) = run;
+    let c = a.cols();
+    let scheme = simd::short_scheme();
+    let n = r.len();
+    let mut done = 0;
+    while done + 16 <= n {
+        let i = r.start + done;
+        let (mode_a, mode_b) = (short_mode::<A>(a, i, scheme), short_mode::<B>(b, i, scheme));
+        let direct = A::DTYPE == B::DTYPE && mode_a.is_some() && mode_a == mode_b;
+        let m = if direct && t.packed_i64(i, n - done).is_some() {
+            n - done
+        } else {
+            SHORT_TILE.min(n - done)
+        };
+        let (xa, ta) = A::bufs(sa);
+        let xb = B::bufs(sb).0;
+        let ts = t.to_i64(i, m, ignore, ta);
+        let (pa, sta, mode) = if direct {
+            source(a, i, m, scheme, xa)
+        } else {
+            a.copy_cols(i, m, m, xa);
+            (xa.as_ptr(), m, COLS)
+        };
+        let (pb, stb, _) = if direct {
+            source(b, i, m, scheme, xb)
+        } else {
+            b.copy_cols(i, m, m, xb);
+            (xb.as_ptr(), m, COLS)
+        };
+        let (ba, bb) = (
+            Block {
+                p: pa,
+                st: sta,
+                n: m,
+                c,
+            },
+            Block {
+                p: pb,
+                st: stb,
+                n: m,
+                c,
+            },
+        );
+        let (o, k) = (out.as_deref_mut(), at + done);
+        let got = match mode {
+            COLS => run_on::<A, B, COLS>(path, ba, bb, ts, ignore, log_probs, acc, o, k),
+            TRANSPOSE => run_on::<A, B, TRANSPOSE>(path, ba, bb, ts, ignore, log_probs, acc, o, k),
+            _ => run_on::<A, B, GATHER>(path, ba, bb, ts, ignore, log_probs, acc, o, k),
+        };
+        done += got;
+        if got != m {
+            break;
+        }
+    }
+    done
+}
+
+/// The accumulator side of [`compare_run`]: lane sums, per-row outputs, the outputs' index of
+/// the run's first row, and each dump's scratch.
+pub(crate) type CompareRun<'a, 'o> = (
+    &'a mut crate::compare::LaneSums,
+    Option<&'a mut crate::compare::CompareOut<'o>>,
+    usize,
+    &'a mut Scratch,
+    &'a mut Scratch,
+);
+
+/// [`compare_run`] for the dumps' dtypes (neither float64).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn compare_run_any(
+    path: Path,
+    a: &View,
+    b: &View,
+    t: &IntView,
+    r: Range<usize>,
+    ignore: i64,
+    log_probs: bool,
+    run: CompareRun<'_, '_>,
+) -> usize {
+    use crate::tensor::DType;
+    macro_rules! second {
+        ($ta:ty) => {
+            match b.dtype {
+                DType::F32 => compare_run::<$ta, f32>(path, a, b, t, r, ignore, log_probs, run),
+                DType::F16 => compare_run::<$ta, F16>(path, a, b, t, r, ignore, log_probs, run),
+                DType::BF16 => compare_run::<$ta, BF16>(path, a, b, t, r, ignore, log_probs, run),
+                DType::F64 => 0,
+            }
+        };
+    }
+    match a.dtype {
+        DType::F32 => second!(f32),
+        DType::F16 => second!(F16),
+        DType::BF16 => second!(BF16),
+        DType::F64 => 0,
+    }
+}

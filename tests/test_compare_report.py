@@ -474,3 +474,36 @@ def test_exact_percentiles_match_numpy(make):
             if np.all(np.isfinite(s[max(i - 1, 0) : i + 2])):
                 np.testing.assert_allclose(got[name], np.percentile(s, 100 * q), rtol=1e-12)
     assert np.array_equal(v, before, equal_nan=True)
+
+
+@pytest.mark.parametrize("per_decade", [10, 1000])
+@pytest.mark.parametrize("signed", [False, True])
+def test_log_histogram_bins_match_the_log10_formula(per_decade, signed):
+    """The core's log-spaced histogram (LogHistogram.add) against NumPy's floor(log10(|v|/lo)
+    · per_decade) written here, with zeros, NaN, inf, values below lo and beyond hi."""
+    from fastnll._compare_stats import LogHistogram
+
+    g = np.random.default_rng(per_decade)
+    v = np.exp(g.normal(size=200_000) * 6 - 10)
+    if signed:
+        v *= np.where(g.random(v.size) < 0.5, -1, 1)
+    v[:6] = [0.0, -0.0, 1e-20, np.inf, -np.inf, 1e30]
+    v[6:9] = np.nan
+    h = LogHistogram(per_decade=per_decade, signed=signed, hi=1e5)
+    h.add(v[: v.size // 2])
+    h.add(v[v.size // 2 :])
+    nb, lo = h.nb, h.lo
+    w = v[~np.isnan(v)]
+    a = np.abs(w)
+    with np.errstate(divide="ignore"):
+        k = np.floor((np.log10(np.maximum(a, lo)) - np.log10(lo)) * per_decade)
+    k = np.minimum(k, nb).astype(np.int64)
+    k[a < lo] = -1
+    if signed:
+        z = nb + 1
+        idx = np.where(k < 0, z, np.where(w > 0, z + 1 + k, z - 1 - k))
+    else:
+        idx = k + 1
+    ref = np.bincount(idx, minlength=h.counts.size)
+    assert h.nan == 3
+    assert np.array_equal(h.counts, ref)

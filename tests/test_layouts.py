@@ -321,3 +321,91 @@ def test_nll_loss_same_bits_in_every_layout_and_target_dtype(c, tag):
     bad[k, t[k]] = 0.5
     with pytest.raises(ValueError, match=rf"position \({k}, {t[k]}\) is 0\.5"):
         fastnll.nll_loss(bad, t)
+
+
+def _compare_results(a, b, t, kind="logits"):
+    rep = fastnll.compare(a, b, t, kind=kind, per_row=True, check_kind=False)
+    out = {k: getattr(rep, k) for k in ("sum_kl", "sum_dnll", "rows", "ignored")}
+    out.update({f"kl_{k}": v for k, v in rep.kl_percentiles.items()})
+    out.update({f"dp_{k}": v for k, v in rep.dp_percentiles.items()})
+    for k in ("row_kl", "row_dp", "row_nll_base", "row_nll_new", "row_same_top1"):
+        out[k] = np.ascontiguousarray(getattr(rep, k))
+    for k in ("mean_kl", "kl_se", "mean_dp", "dp_rms", "top1_agreement", "ppl_ratio"):
+        out[k] = getattr(rep, k)
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["gather", "transpose"])
+@pytest.mark.parametrize("c", [2, 3, 10, 32, 33])
+@pytest.mark.parametrize("tag", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("kind", ["logits", "log_probs"])
+def test_compare_gives_the_same_bits_in_every_layout_and_target_dtype(scheme, c, tag, kind):
+    """compare's clean runs (short rows read in place or staged, targets widened) and its
+    group and row paths (ignored rows, a masked class, NaN and huge rows) give the same bits
+    whatever the layout of either dump and the target dtype; the per-row values match a
+    float64 reference."""
+    before = _core.short_scheme()
+    _core.set_short_scheme(scheme)
+    try:
+        n = 3001
+        x, _ = _data(n, c, DTYPES[tag], seed=c + 7)
+        g = np.random.default_rng(c)
+        # mostly clean groups of 16 (the run kernel's), several tiles of 256 rows
+        t = g.integers(0, c, n)
+        t[[1000, 2100]] = -100
+        y = (np.asarray(x, np.float64) + g.standard_normal(x.shape) * 0.3).astype(x.dtype)
+        y[200:260] = x[200:260]  # identical rows: KL 0
+        if kind == "log_probs":
+            # log-probabilities of the logits (the kernels renormalise them)
+            def lp(v):
+                v = np.asarray(v, np.float64)
+                m = np.nanmax(np.where(np.isinf(v), np.nan, v), axis=1, keepdims=True)
+                m = np.where(np.isnan(m), 0, m)
+                return (v - m - np.log(np.exp(v - m).sum(axis=1, keepdims=True))).astype(x.dtype)
+
+            with np.errstate(all="ignore"):
+                x, y = lp(x), lp(y)
+        t[400:450] = -100  # a run of ignored rows (the run kernel's backoff)
+        want = _compare_results(x, y, t, kind)
+        lx, ly = _layouts(x), _layouts(y)
+        for name in lx:
+            _same(want, _compare_results(lx[name], ly[name], t, kind), f"{tag} C={c} {name}")
+            _same(want, _compare_results(lx[name], y, t, kind), f"{tag} C={c} {name} / C order")
+        for tdt in (np.int32, np.int16):
+            tt = t.astype(tdt)
+            _same(want, _compare_results(x, y, tt, kind), f"{tag} C={c} targets {tdt.__name__}")
+        # every group with an ignored row (so none is clean: the group path): each other row's
+        # values are those of the run kernel, bit for bit
+        t2 = t.copy()
+        t2[5::16] = -100
+        grp = _compare_results(x, y, t2, kind)
+        keep = t2 != -100
+        for k in ("row_kl", "row_dp", "row_nll_base", "row_nll_new", "row_same_top1"):
+            assert np.array_equal(grp[k][keep], want[k][keep], equal_nan=True), k
+        # mixed dtypes: the new dump in float32 (both staged), against the same values
+        y32 = np.asarray(y, np.float32)
+        mixed = _compare_results(x, y32, t, kind)
+        _same(_compare_results(np.asarray(x, np.float32), y32, t, kind), mixed, "mixed dtypes")
+        # per-row values against float64 (ordinary rows: the renormalised rows' KL)
+        xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        ok = (t != -100) & np.isfinite(xs).all(1) & np.isfinite(ys).all(1)
+        ok &= np.abs(xs).max(1) < 1000
+        tk = np.where(ok, t, 0)
+
+        def logp(v):
+            m = v.max(1, keepdims=True)
+            return v - m - np.log(np.exp(v - m).sum(1, keepdims=True))
+
+        la, lb = logp(xs[ok]), logp(ys[ok])
+        kl = (np.exp(la) * (la - lb)).sum(1)
+        np.testing.assert_allclose(want["row_kl"][ok], kl, rtol=2e-4, atol=3e-7)
+        rows = np.arange(n)[ok]
+        if kind == "logits":
+            nb = -la[np.arange(ok.sum()), tk[ok]]
+            np.testing.assert_allclose(want["row_nll_base"][ok], nb, rtol=1e-5, atol=1e-5)
+        same = xs[ok].argmax(1) == ys[ok].argmax(1)
+        assert np.array_equal(want["row_same_top1"][rows] == 1, same)
+        assert np.all(want["row_same_top1"][t == -100] == -1)
+        assert np.all(want["row_kl"][200:260][ok[200:260]] == 0)
+    finally:
+        _core.set_short_scheme(before)

@@ -218,36 +218,13 @@ class LogHistogram:
         """Bound on the relative error of a percentile outside the zero and overflow bins."""
         return float(10 ** (0.5 / self.per_decade) - 1)
 
-    def _index(self, v: np.ndarray) -> np.ndarray:
-        a = np.abs(v)
-        zero = a < self.lo
-        # in place: floor(log10(max(a, lo) / lo) · per_decade), capped at nb (overflow)
-        np.maximum(a, self.lo, out=a)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.log10(a, out=a)
-        a -= math.log10(self.lo)
-        a *= self.per_decade
-        np.floor(a, out=a)
-        np.minimum(a, self.nb, out=a)
-        k: np.ndarray = a.astype(np.int64)
-        k[zero] = -1
-        if not self.signed:
-            out: np.ndarray = k + 1  # 0 = zero bin, 1..nb bins, nb + 1 overflow
-            return out
-        z = self.nb + 1  # zero bin
-        return np.where(k < 0, z, np.where(v > 0, z + 1 + k, z - 1 - k))
-
     def add(self, v: np.ndarray) -> None:
-        """Count the values of v (NaN counted apart), a block at a time (the index pass
-        takes a few temporaries of its block's size)."""
-        v = np.asarray(v, np.float64).reshape(-1)
-        for s in range(0, v.size, 1 << 18):
-            blk = v[s : s + (1 << 18)]
-            bad = np.isnan(blk)
-            self.nan += int(bad.sum())
-            blk = blk[~bad]
-            if blk.size:
-                self.counts += np.bincount(self._index(blk), minlength=self.counts.size)
+        """Count the values of v (NaN counted apart) in one pass of the core (on its threads,
+        no temporaries; a value on an edge lo·10^(k/per_decade) counts in the bin above)."""
+        v = np.require(np.asarray(v, np.float64).reshape(-1), requirements=["C", "A"])
+        counts, nan = _core.log_hist(v, self.lo, self.per_decade, self.nb, self.signed)
+        self.counts += counts.astype(np.int64, copy=False)
+        self.nan += int(nan)
 
     def merge(self, other: LogHistogram) -> LogHistogram:
         """Add another histogram of the same layout."""
@@ -370,6 +347,23 @@ class CompareAccumulator:
             for v in other._dp:
                 self.dp_hist.add(v)
         return self
+
+    def slot(self, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Views of the next ``rows`` held KL and Δp values, for the core to write a chunk's
+        per-row values into (NaN for an ignored row; the percentiles skip NaN), or None when
+        the values are not held in one buffer (then :meth:`add`)."""
+        if not self.exact or self._buf is None:
+            return None
+        a = self._n_buf
+        if a + rows > self._buf[0].size:
+            return None
+        return self._buf[0][a : a + rows], self._buf[1][a : a + rows]
+
+    def add_filled(self, r: dict[str, Any], rows: int) -> None:
+        """One chunk whose values the core wrote into :meth:`slot`'s views."""
+        for k in SUM_KEYS:
+            self.sums[k] += r[k]
+        self._n_buf += rows
 
     def add(self, r: dict[str, Any], kl: np.ndarray, dp: np.ndarray, same: np.ndarray) -> None:
         """One chunk: the core's sums and its per-row outputs (same = -1 marks ignored rows)."""

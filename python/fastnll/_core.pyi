@@ -19,6 +19,7 @@ __all__ = [
     "cross_entropy_soft",
     "eval_rows",
     "get_num_threads",
+    "log_hist",
     "logsumexp",
     "logsumexp_b",
     "nll_loss",
@@ -107,6 +108,13 @@ def order_stats(v: np.ndarray, ks: list[int]) -> list[float]:
     """Exact order statistics (0-based ranks) of a 1-d C-contiguous float64 array without NaN,
     which is only read."""
 
+def log_hist(
+    v: np.ndarray, lo: float, per_decade: int, nb: int, signed: bool
+) -> tuple[np.ndarray, int]:
+    """Counts (uint64) of a 1-d C-contiguous float64 array in a log-spaced histogram (nb bins
+    on edges lo·10^(k/per_decade), a zero and an overflow bin; mirrored when ``signed``) and
+    the number of NaN values."""
+
 def eval_rows(
     x: np.ndarray,
     tag: str,
@@ -145,7 +153,7 @@ def compare_rows(
 ) -> dict[str, Any]:
     """Sums of KL(base || new), Δp, both NLLs (and squares, cross product) and top-1
     agreement of two dump chunks; per-row float64 kl/dp/nll_base/nll_new and int8 same
-    (-1 = ignored) outputs, all or none."""
+    (-1 = ignored) outputs, each optional."""
 
 def simd_path() -> str: ...
 def set_simd_path(name: str) -> None: ...

@@ -700,6 +700,11 @@ def _compare_file_sink(d: Dump, out: AtomicOutput) -> CompareSink:
     return sink
 
 
+def _compare_outs(rows: int) -> list[np.ndarray]:
+    """A chunk's five per-row outputs: KL, Δp, both NLLs (float64) and same top-1 (int8)."""
+    return [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
+
+
 def _compare_chunks(
     core: Any,
     db: Dump,
@@ -714,7 +719,7 @@ def _compare_chunks(
     """One read of both dumps, chunk by chunk: the core's sums and per-row outputs."""
     b, t, c = db.x.shape
     row_bytes = c * (db.x.dtype.itemsize + dn.x.dtype.itemsize)
-    # per chunk: four float64 and one int8 output per row
+    # per chunk: four float64 and one int8 output per row (with a per-row sink)
     step = temp_chunk_bytes(chunk_bytes, row_bytes, 33)
     with Progress(b * t * row_bytes, "compare", enabled=progress) as bar:
         for b0, b1, t0, t1 in chunks(b, t, row_bytes, step):
@@ -722,12 +727,20 @@ def _compare_chunks(
             vb, tb, sb = _arrays.core_view(xb)
             vn, tn, sn = _arrays.core_view(dn.preds_block(b0, b1, t0, t1))
             rows, offset = (b1 - b0) * (t1 - t0), b0 * t + t0
-            outs = [np.empty(rows, np.float64) for _ in range(4)] + [np.empty(rows, np.int8)]
+            # without a per-row sink the core writes KL and Δp straight into the values the
+            # percentiles read (NaN for ignored rows); else all five outputs, then a copy
+            slot = acc.slot(rows) if sink is None else None
+            outs: list[np.ndarray] = [] if slot is not None else _compare_outs(rows)
             try:
-                r = core.compare_rows(vb, tb, sb, vn, tn, sn, ts, kind, ignore_index, lead, *outs)
+                r = core.compare_rows(
+                    vb, tb, sb, vn, tn, sn, ts, kind, ignore_index, lead, *(slot or outs)
+                )
             except (IndexError, ValueError) as exc:
                 reraise(exc, db, ts, b0, t0, ignore_index)
-            acc.add(r, outs[0], outs[1], outs[4])
+            if slot is not None:
+                acc.add_filled(r, rows)
+            else:
+                acc.add(r, outs[0], outs[1], outs[4])
             if sink is not None:
                 sink(offset, outs)
             bar.advance(rows * row_bytes)

@@ -295,6 +295,28 @@ fn order_stats(py: Python<'_>, v: &Arr, ks: Vec<usize>) -> PyResult<Vec<f64>> {
     run(py, move || crate::select::order_stats(&v, &ks))
 }
 
+/// Counts of a log-spaced histogram of a 1-d float64 array (see `select::log_hist`) and its
+/// number of NaN values.
+#[pyfunction]
+fn log_hist<'py>(
+    py: Python<'py>,
+    v: &Arr<'py>,
+    lo: f64,
+    per_decade: u32,
+    nb: usize,
+    signed: bool,
+) -> PyResult<(Bound<'py, numpy::PyArray1<u64>>, u64)> {
+    let v = arrays::f64_slice(v)?;
+    let b = crate::select::LogBins {
+        lo,
+        per_decade,
+        nb,
+        signed,
+    };
+    let (h, nan) = run(py, move || crate::select::log_hist(&v, b))?;
+    Ok((numpy::PyArray1::from_vec(py, h), nan))
+}
+
 /// Read-only SIMD sum of every element: the streaming roofline of the benchmarks.
 #[pyfunction]
 fn roofline_sum(py: Python<'_>, x: &Arr, tag: &str, swap: bool) -> PyResult<f64> {
@@ -405,30 +427,22 @@ fn compare_rows<'py>(
     let b = float_view(new, new_tag, new_swap)?;
     let t = int_view(target)?;
     let kind = Kind::parse(kind).map_err(to_py)?;
-    let mut guards = match (kl_out, dp_out, nll_base_out, nll_new_out, same_out) {
-        (Some(k), Some(d), Some(nb), Some(nn), Some(sm)) => Some((
-            rw::<f64>(k)?,
-            rw::<f64>(d)?,
-            rw::<f64>(nb)?,
-            rw::<f64>(nn)?,
-            rw::<i8>(sm)?,
-        )),
-        (None, None, None, None, None) => None,
-        _ => {
-            return Err(PyValueError::new_err(
-                "kl_out, dp_out, nll_base_out, nll_new_out and same_out go together",
-            ))
-        }
-    };
-    let out = match guards.as_mut() {
-        Some((k, d, nb, nn, sm)) => Some(crate::compare::CompareOut {
-            kl: contig(k)?,
-            dp: contig(d)?,
-            nll_base: contig(nb)?,
-            nll_new: contig(nn)?,
-            same: contig(sm)?,
-        }),
-        None => None,
+    // each per-row output is optional (the percentiles need KL and Δp only)
+    let f64_out = |o: Option<&Arr<'py>>| o.map(rw::<f64>).transpose();
+    let (mut gk, mut gd) = (f64_out(kl_out)?, f64_out(dp_out)?);
+    let (mut gb, mut gn) = (f64_out(nll_base_out)?, f64_out(nll_new_out)?);
+    let mut gs = same_out.map(rw::<i8>).transpose()?;
+    let any = gk.is_some() || gd.is_some() || gb.is_some() || gn.is_some() || gs.is_some();
+    let out = if any {
+        Some(crate::compare::CompareOut {
+            kl: gk.as_mut().map(contig).transpose()?,
+            dp: gd.as_mut().map(contig).transpose()?,
+            nll_base: gb.as_mut().map(contig).transpose()?,
+            nll_new: gn.as_mut().map(contig).transpose()?,
+            same: gs.as_mut().map(contig).transpose()?,
+        })
+    } else {
+        None
     };
     let s = run(py, move || {
         crate::compare::compare_rows(&a, &b, &t, kind, ignore_index, out)
@@ -533,6 +547,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(roofline_sum, m)?)?;
     m.add_function(wrap_pyfunction!(order_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(log_hist, m)?)?;
     m.add_function(wrap_pyfunction!(eval_rows, m)?)?;
     m.add_function(wrap_pyfunction!(compare_rows, m)?)?;
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
