@@ -1,6 +1,6 @@
 //! Timing of evaluate vs cross_entropy and logsumexp without Python, on 512 MiB float32
 //! arrays: `T=2 C=2,10,1000 cargo run --release --example evalbench` (T threads, default 1; C the
-//! class counts).
+//! class counts; KIND=log_probs or probs scores the rows' log_softmax / softmax instead).
 use fastnll::eval::evaluate;
 use fastnll::loss::cross_entropy;
 use fastnll::softmax::logsumexp;
@@ -51,11 +51,29 @@ fn main() {
                 (((u * 12.0) - 6.0) * 0.7) as f32
             };
         }
+        let kind = match std::env::var("KIND").as_deref() {
+            Ok("log_probs") => Kind::LogProbs,
+            Ok("probs") => Kind::Probs,
+            _ => Kind::Logits,
+        };
+        if kind != Kind::Logits {
+            for row in x.chunks_mut(c) {
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let s: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+                for v in row.iter_mut() {
+                    *v = if kind == Kind::Probs {
+                        (*v - m).exp() / s
+                    } else {
+                        *v - m - s.ln()
+                    };
+                }
+            }
+        }
         let t: Vec<i64> = (0..n).map(|i| ((i * 31) % c) as i64).collect();
         let v = View::from_slice(&x, n, c);
         let tv = IntView::from_slice(&t);
         let opt = EvalOptions {
-            kind: Kind::Logits,
+            kind,
             ignore_index: -100,
             top_k: vec![1, 5],
             n_bins: 15,

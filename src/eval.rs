@@ -116,7 +116,7 @@ fn probs_metrics(rw: &mut Rows, i: usize, k: usize) -> RowMetrics {
     let xt = rw.value(i, k);
     let ps = rw.probs(i, xt);
     RowMetrics {
-        nll: -xt.ln(),
+        nll: kernel::nll_of_prob(xt),
         rank: ps.gt,
         entropy: -ps.plogp,
         brier: ps.sq - 2.0 * xt + 1.0,
@@ -475,7 +475,7 @@ pub fn evaluate(
                     } else {
                         RowMetrics {
                             nll: if opt.kind == Kind::Probs {
-                                -(lane.nll[l] as f64).ln()
+                                -kernel::ln_f32(lane.nll[l])
                             } else {
                                 lane.nll[l] as f64
                             },
@@ -483,7 +483,7 @@ pub fn evaluate(
                             entropy: lane.ent[l] as f64,
                             brier: lane.brier[l] as f64,
                             conf: match opt.kind {
-                                Kind::LogProbs => (lane.conf[l] as f64).exp(),
+                                Kind::LogProbs => kernel::exp_f32_le0(lane.conf[l]),
                                 Kind::Probs => lane.conf[l] as f64,
                                 Kind::Logits => 1.0 / lane.conf[l] as f64,
                             },

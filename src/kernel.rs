@@ -1290,8 +1290,9 @@ unsafe fn lanes_to_metrics<I: Isa, E: Elem>(lane: &LaneMetrics, kind: u8, m: &mu
     // two loops, not one with a branch: if-converted, the branch would take the scalar
     // libm log of all 16 lanes for every kind (it was a fifth of evaluate's time at C = 2)
     if kind == PROBS {
+        // ordinary lanes hold positive normal p_t (see `probs_lanes`)
         for l in 0..16 {
-            m.nll[l] = -f64::from(lane.nll[l]).ln();
+            m.nll[l] = -ln_f32(lane.nll[l]);
         }
     } else {
         for l in 0..16 {
@@ -1304,8 +1305,9 @@ unsafe fn lanes_to_metrics<I: Isa, E: Elem>(lane: &LaneMetrics, kind: u8, m: &mu
         m.rank[l] = f64::from(lane.rank[l]);
     }
     if kind == LOG_PROBS {
+        // ordinary lanes: the row max is finite and <= 0 (see `eval_short`)
         for l in 0..16 {
-            m.conf[l] = f64::from(lane.conf[l]).exp();
+            m.conf[l] = exp_f32_le0(lane.conf[l]);
         }
     } else if kind == PROBS {
         for l in 0..16 {
@@ -1315,6 +1317,92 @@ unsafe fn lanes_to_metrics<I: Isa, E: Elem>(lane: &LaneMetrics, kind: u8, m: &mu
         for l in 0..16 {
             m.conf[l] = 1.0 / f64::from(lane.conf[l]);
         }
+    }
+}
+
+/// ln p in float64 for a positive normal float32 p (so every probability a float32, float16 or
+/// bfloat16 dump holds), without libm and without a table, so the 16-lane loops vectorise it:
+/// p = 2^e·m with m in [√½, √2), ln m = 2·atanh(z) = 2(z + z³/3 + ... + z²¹/21),
+/// z = (m - 1)/(m + 1) (|z| <= 0.1716: truncation below 1e-17 relative), and e·ln 2 in two
+/// parts. m - 1 and m + 1 are exact, so the result is within a few float64 ulps of ln p
+/// (and exact in relative terms near p = 1). Every path that takes a float32-exact
+/// probability's log uses it, so a row's NLL does not depend on the path.
+#[inline(always)]
+pub(crate) fn ln_f32(p: f32) -> f64 {
+    const LN2_HI: f64 = 0.693_147_180_369_123_8; // 32 significant bits: e·LN2_HI is exact
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let bits = p.to_bits() as i32;
+    // exponent and mantissa in [1, 2), then m in [√½, √2): m > √2 halves m and bumps e
+    let e0 = ((bits >> 23) & 0xff) - 127;
+    let m0 = f64::from(f32::from_bits(((bits & 0x007f_ffff) | 0x3f80_0000) as u32));
+    let big = m0 > std::f64::consts::SQRT_2;
+    let (m, e) = if big { (m0 * 0.5, e0 + 1) } else { (m0, e0) };
+    let z = (m - 1.0) / (m + 1.0);
+    let z2 = z * z;
+    let mut q = 2.0 / 21.0;
+    for k in (0..10).rev() {
+        q = q * z2 + 2.0 / f64::from(2 * k + 1);
+    }
+    let e = f64::from(e);
+    e * LN2_HI + (e * LN2_LO + z * q)
+}
+
+/// exp(x) in float64 for a finite float32 x <= 0 (a log-probability row's max: its
+/// confidence), without libm, so the 16-lane loops vectorise it: exp(x) = 2^n·exp(r),
+/// n = round(x/ln 2), r = x - n·ln 2 in two parts (|r| <= 0.347), exp(r) by its series to
+/// r^13/13! (truncation below 1e-17 relative), 2^n applied in two halves (so results down to
+/// the subnormals; 0 below -745.2). Within a few float64 ulps of exp(x).
+#[inline(always)]
+pub(crate) fn exp_f32_le0(x: f32) -> f64 {
+    // 1/k! for k = 1..=13
+    const C: [f64; 13] = [
+        1.0,
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+        1.0 / 40_320.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 6_227_020_800.0,
+    ];
+    const LN2_HI: f64 = 0.693_147_180_369_123_8;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let x = f64::from(x);
+    let n = (x * std::f64::consts::LOG2_E).round().clamp(-1100.0, 0.0);
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = C[12];
+    for &c in C[..12].iter().rev() {
+        p = p * r + c;
+    }
+    let e = p * r + 1.0;
+    let n = n as i64;
+    let (h1, h2) = (n / 2, n - n / 2);
+    let s1 = f64::from_bits(((h1 + 1023) as u64) << 52);
+    let s2 = f64::from_bits(((h2 + 1023) as u64) << 52);
+    // below -745.2 exp(x) rounds to 0 (and the clamp of n would leave r out of range)
+    if x < -745.2 {
+        0.0
+    } else {
+        e * s1 * s2
+    }
+}
+
+/// -ln p as `evaluate` scores a probability p read as float64: [`ln_f32`] where p is a
+/// positive normal float32 value (float32, float16 and bfloat16 dumps, and float64 ones that
+/// hold such values), libm's log otherwise.
+#[inline(always)]
+#[allow(clippy::float_cmp)] // whether p is a float32 value: exact on purpose
+pub(crate) fn nll_of_prob(p: f64) -> f64 {
+    let f = p as f32;
+    if f64::from(f) == p && f >= f32::MIN_POSITIVE && f.is_finite() {
+        -ln_f32(f)
+    } else {
+        -p.ln()
     }
 }
 

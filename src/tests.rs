@@ -705,3 +705,74 @@ fn first_eq_finds_the_first_equal_element_on_every_path() {
         }
     });
 }
+
+/// `kernel::ln_f32` (evaluate's log of a probability) against libm's float64 log: within 4
+/// ulps of the result over the positive normal float32 values, and exact where libm's is
+/// (powers of two, 1).
+#[test]
+fn ln_f32_matches_libm_within_a_few_ulps() {
+    use crate::kernel::{ln_f32, nll_of_prob};
+    let mut worst = 0f64;
+    let mut bits = f32::MIN_POSITIVE.to_bits();
+    while bits < f32::MAX.to_bits() {
+        let p = f32::from_bits(bits);
+        let want = f64::from(p).ln();
+        let got = ln_f32(p);
+        let ulp = if want == 0.0 {
+            f64::MIN_POSITIVE
+        } else {
+            f64::from_bits(want.abs().to_bits() + 1) - want.abs()
+        };
+        worst = worst.max((got - want).abs() / ulp);
+        bits += 9973; // ~213,000 values across every binade
+    }
+    // the values next to 1, where a table or a plain series would lose relative accuracy
+    for k in 1..2000u32 {
+        for p in [
+            f32::from_bits(1f32.to_bits() - k),
+            f32::from_bits(1f32.to_bits() + k),
+        ] {
+            let want = f64::from(p).ln();
+            let ulp = f64::from_bits(want.abs().to_bits() + 1) - want.abs();
+            worst = worst.max((ln_f32(p) - want).abs() / ulp);
+        }
+    }
+    assert!(worst <= 4.0, "ln_f32 is {worst} ulps off libm");
+    assert_eq!(ln_f32(1.0), 0.0);
+    assert_eq!(ln_f32(0.5), -std::f64::consts::LN_2);
+    // nll_of_prob: the same for float32-exact values, libm for the rest
+    assert_eq!(nll_of_prob(0.25), -ln_f32(0.25));
+    assert_eq!(nll_of_prob(0.1), -(0.1f64).ln());
+    assert_eq!(nll_of_prob(0.0), f64::INFINITY);
+    assert!(nll_of_prob(-0.5).is_nan());
+    assert_eq!(nll_of_prob(1e-40), -(1e-40f64).ln()); // subnormal as f32: libm
+}
+
+/// `kernel::exp_f32_le0` (evaluate's confidence of a log-probability row) against libm's
+/// float64 exp over float32 x <= 0, down to the subnormals and 0.
+#[test]
+fn exp_f32_le0_matches_libm_within_a_few_ulps() {
+    use crate::kernel::exp_f32_le0;
+    let mut worst = 0f64;
+    let mut bits = 0u32; // 0.0, then negative values of growing magnitude
+    while bits < (-800f32).to_bits() & 0x7fff_ffff {
+        let x = -f32::from_bits(bits);
+        let want = f64::from(x).exp();
+        let got = exp_f32_le0(x);
+        if want >= f64::MIN_POSITIVE {
+            let ulp = f64::from_bits(want.to_bits() + 1) - want;
+            worst = worst.max((got - want).abs() / ulp);
+        } else {
+            // subnormal results: within a few units of the smallest subnormal
+            assert!(
+                (got - want).abs() <= 4.0 * 5e-324,
+                "x = {x}: {got} vs {want}"
+            );
+        }
+        bits += 7919;
+    }
+    assert!(worst <= 4.0, "exp_f32_le0 is {worst} ulps off libm");
+    assert_eq!(exp_f32_le0(0.0), 1.0);
+    assert_eq!(exp_f32_le0(-1e30), 0.0);
+    assert_eq!(exp_f32_le0(-f32::MAX), 0.0);
+}
