@@ -48,22 +48,149 @@ pub fn order_stats(v: &[f64], ks: &[usize]) -> Result<Vec<f64>> {
             "rank {k} is out of range for {n} values"
         )));
     }
-    if let Some(i) = v.iter().position(|x| x.is_nan()) {
+    let (out, nan) = select_ranks(v, |_| ks.to_vec());
+    if nan > 0 {
+        let i = v.iter().position(|x| x.is_nan()).unwrap_or(0);
         return Err(Error::Value(format!(
             "order statistics of values holding NaN (at position {i})"
         )));
     }
-    let mut out = vec![f64::NAN; ks.len()];
-    let ranks: Vec<(usize, u64)> = ks.iter().map(|&k| k as u64).enumerate().collect();
-    if !ranks.is_empty() {
-        narrow(v, 0, 0, &ranks, (n / 32).max(4096), &mut out);
-    }
     Ok(out)
 }
 
+/// Quantiles of the non-NaN values of `v` by linear interpolation between order statistics
+/// (NumPy's default "linear" rule, llama.cpp's): for q in `qs`, h = q·(m - 1) over the m
+/// values that are not NaN, the value of rank floor(h) plus (h - floor(h)) times the step to
+/// the next rank. NaN values are skipped in every pass (no copy without them). Returns the
+/// quantiles (NaN for no values) and m.
+///
+/// # Errors
+/// A q outside [0, 1].
+pub fn quantiles(v: &[f64], qs: &[f64]) -> Result<(Vec<f64>, usize)> {
+    if let Some(q) = qs.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+        return Err(Error::Value(format!("quantile {q} is outside [0, 1]")));
+    }
+    let rank = |q: f64, m: usize| -> (usize, f64) {
+        let h = q * (m - 1) as f64;
+        let i = (h.floor() as usize).min(m - 1);
+        (i, h - i as f64)
+    };
+    let mut valid = 0;
+    let (at, _) = select_ranks(v, |m| {
+        valid = m;
+        if m == 0 {
+            return Vec::new();
+        }
+        let mut ks: Vec<usize> = qs
+            .iter()
+            .flat_map(|&q| {
+                let (i, _) = rank(q, m);
+                [i, (i + 1).min(m - 1)]
+            })
+            .collect();
+        ks.sort_unstable();
+        ks.dedup();
+        ks
+    });
+    if valid == 0 {
+        return Ok((vec![f64::NAN; qs.len()], 0));
+    }
+    // `at` follows the sorted distinct ranks the closure returned
+    let mut ks: Vec<usize> = qs
+        .iter()
+        .flat_map(|&q| {
+            let (i, _) = rank(q, valid);
+            [i, (i + 1).min(valid - 1)]
+        })
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let value = |k: usize| at[ks.binary_search(&k).unwrap_or(0)];
+    let out = qs
+        .iter()
+        .map(|&q| {
+            let (i, f) = rank(q, valid);
+            let a = value(i);
+            if f == 0.0 || i + 1 >= valid {
+                a
+            } else {
+                (1.0 - f) * a + f * value(i + 1)
+            }
+        })
+        .collect();
+    Ok((out, valid))
+}
+
+/// The values of the ranks (among the non-NaN values of `v`) that `ranks_of` returns given
+/// their number, in its order, and the number of NaN values.
+fn select_ranks(v: &[f64], ranks_of: impl FnOnce(usize) -> Vec<usize>) -> (Vec<f64>, usize) {
+    let first = count_pass(v, 0, 0);
+    let nan = first.nan as usize;
+    let ks = ranks_of(v.len() - nan);
+    let mut out = vec![f64::NAN; ks.len()];
+    let ranks: Vec<(usize, u64)> = ks.iter().map(|&k| k as u64).enumerate().collect();
+    if !ranks.is_empty() {
+        let small = ((v.len() - nan) / 32).max(4096);
+        narrow(v, 0, 0, &ranks, small, &mut out, Some(first));
+    }
+    (out, nan)
+}
+
+/// One counting pass: per chunk of the pool's split, the counts of the 16-bit digit after
+/// the `bits`-bit `prefix` of the keys of the non-NaN values holding that prefix, and the
+/// number of NaN values.
+struct Counts {
+    per: usize,
+    parts: Vec<Vec<u64>>,
+    hist: Vec<u64>,
+    nan: u64,
+}
+
+fn count_pass(v: &[f64], prefix: u64, bits: u32) -> Counts {
+    let shift = 64 - bits - BITS;
+    let inside = move |k: u64| bits == 0 || k >> (64 - bits) == prefix;
+    // one chunk per thread for the counts (a 512 KiB histogram each: per 1 MiB chunk they
+    // would add half the input)
+    let per = v
+        .len()
+        .div_ceil(parallel::num_threads().max(1))
+        .max(1 << 16);
+    let res = parallel::map_chunks(v.len(), per, |r| {
+        let mut h = vec![0u64; BUCKETS];
+        let mut nan = 0;
+        for &x in &v[r] {
+            let k = key(x);
+            if x.is_nan() {
+                nan += 1;
+            } else if inside(k) {
+                h[((k >> shift) as usize) & (BUCKETS - 1)] += 1;
+            }
+        }
+        (h, nan)
+    });
+    let mut hist = vec![0u64; BUCKETS];
+    let mut nan = 0;
+    let mut parts = Vec::with_capacity(res.len());
+    for (h, n) in res {
+        nan += n;
+        for (a, &b) in hist.iter_mut().zip(&h) {
+            *a += b;
+        }
+        parts.push(h);
+    }
+    Counts {
+        per,
+        parts,
+        hist,
+        nan,
+    }
+}
+
 /// Resolves `ranks` ((output slot, rank among the values whose key starts with the `bits`-bit
-/// `prefix`)) into `out`: one counting pass over the next 16 key bits, then the values of
-/// each small wanted bucket copied out and multi-selected; a large one narrowed again.
+/// `prefix`)) into `out`: one counting pass over the next 16 key bits (or `first`, already
+/// taken), then the values of each small wanted bucket copied out (on the pool, each chunk
+/// into its own exact range) and multi-selected (a bucket per task); a large one narrowed
+/// again.
 fn narrow(
     v: &[f64],
     prefix: u64,
@@ -71,37 +198,16 @@ fn narrow(
     ranks: &[(usize, u64)],
     small: usize,
     out: &mut [f64],
+    first: Option<Counts>,
 ) {
     let shift = 64 - bits - BITS;
     let inside = move |k: u64| bits == 0 || k >> (64 - bits) == prefix;
     let digit = move |k: u64| ((k >> shift) as usize) & (BUCKETS - 1);
-    // one chunk per thread for the counts (a 512 KiB histogram each: per 1 MiB chunk they
-    // would add half the input)
-    let per = v
-        .len()
-        .div_ceil(parallel::num_threads().max(1))
-        .max(1 << 16);
-    // bucket counts per chunk, merged
-    let parts = parallel::map_chunks(v.len(), per, |r| {
-        let mut h = vec![0u64; BUCKETS];
-        for &x in &v[r] {
-            let k = key(x);
-            if inside(k) {
-                h[digit(k)] += 1;
-            }
-        }
-        h
-    });
-    let mut hist = vec![0u64; BUCKETS];
-    for h in &parts {
-        for (a, &b) in hist.iter_mut().zip(h) {
-            *a += b;
-        }
-    }
-    drop(parts);
+    let counts = first.unwrap_or_else(|| count_pass(v, prefix, bits));
+    let hist = &counts.hist;
     let mut below = vec![0u64; BUCKETS];
     let mut acc = 0u64;
-    for (b, &c) in below.iter_mut().zip(&hist) {
+    for (b, &c) in below.iter_mut().zip(hist) {
         *b = acc;
         acc += c;
     }
@@ -124,7 +230,7 @@ fn narrow(
                 out[s] = from_key(full) + 0.0;
             }
         } else if hist[b] as usize > small {
-            narrow(v, full, bits + BITS, &here, small, out);
+            narrow(v, full, bits + BITS, &here, small, out, None);
         } else {
             collect.push(b);
         }
@@ -132,26 +238,45 @@ fn narrow(
     if collect.is_empty() {
         return;
     }
-    // the small wanted buckets' values, straight into buffers of their exact size (one
-    // thread: per-thread parts would hold them twice), then each bucket's ranks
+    // the small wanted buckets' values into buffers of their exact size: chunk c of the
+    // counting split writes bucket b's values from Σ_{c' < c} parts[c'][b] on
     let mut slot = vec![0u32; BUCKETS];
     for (s, &b) in collect.iter().enumerate() {
         slot[b] = s as u32 + 1;
     }
     let mut vals: Vec<Vec<f64>> = collect
         .iter()
-        .map(|&b| Vec::with_capacity(hist[b] as usize))
+        .map(|&b| vec![0.0; hist[b] as usize])
         .collect();
-    for &x in v {
-        let k = key(x);
-        if inside(k) {
-            let s = slot[digit(k)] as usize;
-            if s != 0 {
-                vals[s - 1].push(x);
-            }
+    let mut starts: Vec<Vec<usize>> = Vec::with_capacity(counts.parts.len());
+    let mut run = vec![0usize; collect.len()];
+    for part in &counts.parts {
+        starts.push(run.clone());
+        for (r, &b) in run.iter_mut().zip(&collect) {
+            *r += part[b] as usize;
         }
     }
-    for (vb, &b) in vals.iter_mut().zip(&collect) {
+    let dst = Dst(vals.iter_mut().map(Vec::as_mut_ptr).collect());
+    let per = counts.per;
+    parallel::map_chunks(v.len(), per, |r| {
+        let mut at = starts[r.start / per].clone();
+        for &x in &v[r] {
+            let k = key(x);
+            if x.is_nan() || !inside(k) {
+                continue;
+            }
+            let s = slot[digit(k)] as usize;
+            if s != 0 {
+                // SAFETY: chunk c writes bucket s - 1 at its own range [starts[c], starts[c]
+                // + its count), within the buffer of hist[b] values (the counting pass
+                // counted exactly these values, by the same split).
+                unsafe { dst.at(s - 1).add(at[s - 1]).write(x) };
+                at[s - 1] += 1;
+            }
+        }
+    });
+    let jobs: Vec<(Vec<f64>, usize)> = vals.into_iter().zip(collect.iter().copied()).collect();
+    let found = parallel::map_items(jobs, 1, |(mut vb, b)| {
         let mut local: Vec<usize> = ranks
             .iter()
             .filter(|&&(_, r)| find(r) == b)
@@ -160,7 +285,10 @@ fn narrow(
         local.sort_unstable();
         local.dedup();
         let mut got = Vec::new();
-        multiselect(vb, &local, 0, &mut got);
+        multiselect(&mut vb, &local, 0, &mut got);
+        (b, got)
+    });
+    for (b, got) in found {
         for &(s, r) in ranks.iter().filter(|&&(_, r)| find(r) == b) {
             let want = (r - below[b]) as usize;
             if let Some(&(_, x)) = got.iter().find(|&&(j, _)| j == want) {
@@ -169,6 +297,19 @@ fn narrow(
         }
     }
 }
+
+/// The collection buffers' pointers, shared by the pool's chunks (each writes its own range).
+struct Dst(Vec<*mut f64>);
+
+impl Dst {
+    fn at(&self, s: usize) -> *mut f64 {
+        self.0[s]
+    }
+}
+// SAFETY: the chunks write disjoint ranges of the buffers (see `narrow`), which outlive the
+// parallel pass.
+unsafe impl Sync for Dst {}
+unsafe impl Send for Dst {}
 
 /// The values of the sorted, distinct ranks `ranks` (relative to `offset`) of `v`, appended
 /// to `out` as (rank, value); `v` is reordered.

@@ -507,3 +507,41 @@ def test_log_histogram_bins_match_the_log10_formula(per_decade, signed):
     ref = np.bincount(idx, minlength=h.counts.size)
     assert h.nan == 3
     assert np.array_equal(h.counts, ref)
+
+
+@pytest.mark.parametrize("case", ["chi2", "ties", "inf", "all_nan", "one"])
+def test_core_quantiles_skip_nan_and_match_the_sorted_values(case):
+    """_core.quantiles (compare's exact percentiles): the linear rule on the sorted non-NaN
+    values, written here, bit for bit; NaN skipped without a copy; the input left as given."""
+    from fastnll import _core
+    from fastnll._compare_stats import DP_LEVELS
+
+    g = np.random.default_rng(3)
+    n = 300_001
+    v = {
+        "chi2": g.normal(size=n) ** 2 * 1e-3,
+        "ties": g.integers(0, 3, n).astype(np.float64),  # wide buckets: narrowed, not copied
+        "inf": np.where(g.random(n) < 0.01, np.inf, g.normal(size=n)),
+        "all_nan": np.full(n, np.nan),
+        "one": np.array([2.5]),
+    }[case]
+    if case not in ("all_nan", "one"):
+        v[::5] = np.nan
+    before = v.copy()
+    qs = [q for _, q in DP_LEVELS]
+    got, m = _core.quantiles(v, qs)
+    assert np.array_equal(v, before, equal_nan=True)
+    s = np.sort(v[~np.isnan(v)])
+    assert m == s.size
+    if m == 0:
+        assert all(np.isnan(got))
+        return
+    want = []
+    for q in qs:
+        h = q * (m - 1)
+        i = min(int(np.floor(h)), m - 1)
+        f = h - i
+        want.append(s[i] if f == 0 or i + 1 >= m else (1 - f) * s[i] + f * s[i + 1])
+    assert np.array_equal(np.array(got), np.array(want)), (got, want)
+    with pytest.raises(ValueError, match="outside"):
+        _core.quantiles(v, [1.5])

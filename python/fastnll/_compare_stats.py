@@ -176,25 +176,11 @@ def percentiles_sorted(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> 
 def exact_percentiles(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
     """Percentiles of the non-NaN values of v (linear interpolation between order statistics,
     NumPy's default), exact: the order statistics come from the core's radix pre-selection
-    (two reads of v, on the thread pool; see src/select.rs), which leaves v as given and takes
-    no copy of it."""
+    (two reads of v, on the thread pool, NaN skipped; see src/select.rs), which leaves v as
+    given and takes no copy of it."""
     v = np.require(np.asarray(v, np.float64).reshape(-1), requirements=["C", "A"])
-    nan = np.isnan(v)
-    if nan.any():
-        v = v[~nan]
-    n = v.size
-    if n == 0:
-        return {name: NAN for name, _ in levels}
-    ks = sorted({min(math.floor(q * (n - 1)) + d, n - 1) for _, q in levels for d in (0, 1)})
-    at = dict(zip(ks, _core.order_stats(v, ks)))
-    out: dict[str, float] = {}
-    for name, q in levels:
-        h = q * (n - 1)
-        i = min(math.floor(h), n - 1)
-        f = h - i
-        a = at[i]
-        out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * at[i + 1]
-    return out
+    vals, _ = _core.quantiles(v, [q for _, q in levels])
+    return {name: float(x) for (name, _), x in zip(levels, vals)}
 
 
 class LogHistogram:

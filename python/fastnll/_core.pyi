@@ -24,6 +24,7 @@ __all__ = [
     "logsumexp_b",
     "nll_loss",
     "order_stats",
+    "quantiles",
     "roofline_sum",
     "set_num_threads",
     "set_short_scheme",
@@ -114,6 +115,10 @@ def log_hist(
     """Counts (uint64) of a 1-d C-contiguous float64 array in a log-spaced histogram (nb bins
     on edges lo·10^(k/per_decade), a zero and an overflow bin; mirrored when ``signed``) and
     the number of NaN values."""
+
+def quantiles(v: np.ndarray, qs: list[float]) -> tuple[list[float], int]:
+    """Quantiles (linear between order statistics) of the non-NaN values of a 1-d C-contiguous
+    float64 array, which is only read, and the number of those values."""
 
 def eval_rows(
     x: np.ndarray,

@@ -295,6 +295,14 @@ fn order_stats(py: Python<'_>, v: &Arr, ks: Vec<usize>) -> PyResult<Vec<f64>> {
     run(py, move || crate::select::order_stats(&v, &ks))
 }
 
+/// Quantiles of the non-NaN values of a 1-d C-contiguous float64 array (linear interpolation
+/// between order statistics; see `select::quantiles`) and the number of those values.
+#[pyfunction]
+fn quantiles(py: Python<'_>, v: &Arr, qs: Vec<f64>) -> PyResult<(Vec<f64>, usize)> {
+    let v = arrays::f64_slice(v)?;
+    run(py, move || crate::select::quantiles(&v, &qs))
+}
+
 /// Counts of a log-spaced histogram of a 1-d float64 array (see `select::log_hist`) and its
 /// number of NaN values.
 #[pyfunction]
@@ -548,6 +556,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(roofline_sum, m)?)?;
     m.add_function(wrap_pyfunction!(order_stats, m)?)?;
     m.add_function(wrap_pyfunction!(log_hist, m)?)?;
+    m.add_function(wrap_pyfunction!(quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(eval_rows, m)?)?;
     m.add_function(wrap_pyfunction!(compare_rows, m)?)?;
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
