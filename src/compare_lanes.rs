@@ -6,7 +6,7 @@
 //! group: whole, chunked and merged runs agree.
 
 use crate::compare::{kl_terms, CompareOut, LaneSums, FLOOR};
-use crate::kernel::{self, Block};
+use crate::kernel::{self, Block, EVAL_TILE_GROUPS};
 use crate::simd::{self, exp2c, Elem, Isa, Path};
 
 /// Longest row taken in lanes (the short-row bound of the other kernels).
@@ -232,43 +232,63 @@ pub(crate) unsafe fn run<I: Isa, A: Elem, B: Elem, const M: u8>(
         return 0;
     }
     let mut out = out;
-    let mut o = LaneCompare::default();
+    // Two loops over a tile of up to EVAL_TILE_GROUPS groups, as `kernel::eval_run` does: the
+    // lanes of every group first (a long dependency chain in a short body, overlapped across
+    // groups), then their sums and outputs, group by group in order (the same bits).
+    let mut tile: [LaneCompare; EVAL_TILE_GROUPS] = std::array::from_fn(|_| LaneCompare::default());
     let (mut idx, mut kf) = ([0i32; 16], [0f32; 16]);
     let mut done = 0;
-    'groups: while done + 16 <= a.n {
-        for g in (0..16).step_by(I::W) {
-            let (_, n, bad, k) = I::targets(t.as_ptr().add(done + g), c, 0, ignore, &mut idx);
-            if bad || n as usize != I::W {
-                break 'groups;
+    loop {
+        let (mut ng, mut stop) = (0, false);
+        'groups: while ng < EVAL_TILE_GROUPS {
+            let base = done + 16 * ng;
+            if base + 16 > a.n {
+                stop = true;
+                break;
             }
-            I::store(kf.as_mut_ptr().add(g), k);
+            for g in (0..16).step_by(I::W) {
+                let (_, n, bad, k) = I::targets(t.as_ptr().add(base + g), c, 0, ignore, &mut idx);
+                if bad || n as usize != I::W {
+                    stop = true;
+                    break 'groups;
+                }
+                I::store(kf.as_mut_ptr().add(g), k);
+            }
+            let (pa, pb) = if M == kernel::COLS {
+                (a.p.add(base), b.p.add(base))
+            } else {
+                let (pa, pb) = (a.p.add(base * a.st), b.p.add(base * b.st));
+                kernel::short_prefetch::<I, A>(pa, a.st);
+                kernel::short_prefetch::<I, B>(pb, b.st);
+                (pa, pb)
+            };
+            let o = &mut tile[ng];
+            lanes::<I, A, B, M>(pa, a.st, pb, b.st, c, &kf, log_probs, o);
+            if o.ok.contains(&0.0) {
+                stop = true;
+                break;
+            }
+            ng += 1;
         }
-        let (pa, pb) = if M == kernel::COLS {
-            (a.p.add(done), b.p.add(done))
-        } else {
-            let (pa, pb) = (a.p.add(done * a.st), b.p.add(done * b.st));
-            kernel::short_prefetch::<I, A>(pa, a.st);
-            kernel::short_prefetch::<I, B>(pb, b.st);
-            (pa, pb)
-        };
-        lanes::<I, A, B, M>(pa, a.st, pb, b.st, c, &kf, log_probs, &mut o);
-        if o.ok.contains(&0.0) {
+        for (q, o) in tile.iter().enumerate().take(ng) {
+            let (mut kl, mut dp, mut na, mut nb) = ([0f64; 16], [0f64; 16], [0f64; 16], [0f64; 16]);
+            let mut same = [0i8; 16];
+            for l in 0..16 {
+                kl[l] = lane_kl(o.h[l], o.sa[l], o.inf[l]);
+                dp[l] = f64::from(o.dp[l]);
+                na[l] = f64::from(o.nll_a[l]);
+                nb[l] = f64::from(o.nll_b[l]);
+                same[l] = i8::from(o.same[l] != 0.0);
+            }
+            acc.add16(&kl, &dp, &na, &nb, &same);
+            if let Some(w) = out.as_deref_mut() {
+                w.put16(at + done + 16 * q, &kl, &dp, &na, &nb, &same);
+            }
+        }
+        done += 16 * ng;
+        if stop {
             break;
         }
-        let (mut kl, mut dp, mut na, mut nb) = ([0f64; 16], [0f64; 16], [0f64; 16], [0f64; 16]);
-        let mut same = [0i8; 16];
-        for l in 0..16 {
-            kl[l] = lane_kl(o.h[l], o.sa[l], o.inf[l]);
-            dp[l] = f64::from(o.dp[l]);
-            na[l] = f64::from(o.nll_a[l]);
-            nb[l] = f64::from(o.nll_b[l]);
-            same[l] = i8::from(o.same[l] != 0.0);
-        }
-        acc.add16(&kl, &dp, &na, &nb, &same);
-        if let Some(w) = out.as_deref_mut() {
-            w.put16(at + done, &kl, &dp, &na, &nb, &same);
-        }
-        done += 16;
     }
     done
 }

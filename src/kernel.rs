@@ -1107,7 +1107,8 @@ unsafe fn pair_lanes<I: Isa, E: Elem, const M: u8, const KIND: u8>(
             I::mul(pb, I::max_keep_nan(lo, b)),
         );
         let q = I::fma(pa, pa, I::mul(pb, pb));
-        let pt = I::exp_le0(xt);
+        // p_t is one of the two exponentials (the same function of the same value)
+        let pt = I::blend_eq(vk, 1.0, pa, pb);
         let chk = I::fma(I::add(plogp, q), zero, vm);
         okv = I::mul(
             I::ok_abs_below(chk, exp2c::BIG, one),
@@ -1372,18 +1373,25 @@ pub(crate) fn exp_f32_le0(x: f32) -> f64 {
     ];
     const LN2_HI: f64 = 0.693_147_180_369_123_8;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // 2^52: adding it to an integer-valued f64 in [0, 2^52) puts the integer in the low bits
+    const SHIFTER: f64 = 4_503_599_627_370_496.0;
     let x = f64::from(x);
-    let n = (x * std::f64::consts::LOG2_E).round().clamp(-1100.0, 0.0);
+    // (ties to even and no integer casts: both vectorise; a cast's NaN rule did not)
+    let n = (x * std::f64::consts::LOG2_E)
+        .round_ties_even()
+        .clamp(-1100.0, 0.0);
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let mut p = C[12];
     for &c in C[..12].iter().rev() {
         p = p * r + c;
     }
     let e = p * r + 1.0;
-    let n = n as i64;
-    let (h1, h2) = (n / 2, n - n / 2);
-    let s1 = f64::from_bits(((h1 + 1023) as u64) << 52);
-    let s2 = f64::from_bits(((h2 + 1023) as u64) << 52);
+    // n = h1 + h2 with h1 = trunc(n / 2): each 2^h in [2^-550, 1], a normal number; its
+    // exponent field h + 1023 taken from the low bits of h + 1023 + 2^52
+    let h1 = (n * 0.5).trunc();
+    let h2 = n - h1;
+    let s1 = f64::from_bits((h1 + (1023.0 + SHIFTER)).to_bits() << 52);
+    let s2 = f64::from_bits((h2 + (1023.0 + SHIFTER)).to_bits() << 52);
     // below -745.2 exp(x) rounds to 0 (and the clamp of n would leave r out of range)
     if x < -745.2 {
         0.0
@@ -1430,13 +1438,18 @@ unsafe fn accumulate16<I: Isa>(
     for (cnt, &kk) in topk.iter_mut().zip(top_k) {
         // ranks are integers below 2^53, exact in f64; kk rounds only beyond any rank
         let k = kk as f64;
-        *cnt += m.rank.iter().map(|&r| u64::from(r < k)).sum::<u64>();
+        // a mask and its popcount (a sum of 16 u64 flags compiled to 16 mask extractions)
+        let mut bits = 0u32;
+        for l in 0..16 {
+            bits |= u32::from(m.rank[l] < k) << l;
+        }
+        *cnt += u64::from(bits.count_ones());
     }
     let ways = hist.ways;
     let nb = hist.count.len() / ways;
     debug_assert!(ways.is_power_of_two() && hist.conf.len() == nb * ways);
     let (nbf, top) = (nb as f64, (nb - 1) as f64);
-    let (mut bin, mut fx) = ([0u32; 16], [0u64; 16]);
+    let (mut bin, mut fx, mut hit) = ([0u32; 16], [0u64; 16], [0u64; 16]);
     let mut nonfinite = 0;
     for l in 0..16 {
         // conf in (0, 1] for valid inputs; NaN fails `>=` and goes to 0, as does a
@@ -1460,13 +1473,16 @@ unsafe fn accumulate16<I: Isa>(
         if !finite {
             fx[l] = 0;
         }
+        // the way's copy: ways · nb <= 4 · 256 or nb <= 2^24 with one way, so it fits u32
+        bin[l] += ((l & (ways - 1)) * nb) as u32;
+        hit[l] = u64::from(m.rank[l] == 0.0);
     }
     for l in 0..16 {
-        let b = (l & (ways - 1)) * nb + bin[l] as usize;
-        // SAFETY: bin[l] <= nb - 1 (above), and the three slices hold ways · nb bins.
+        let b = bin[l] as usize;
+        // SAFETY: bin[l] < ways · nb (above), and the three slices hold ways · nb bins.
         *hist.conf.get_unchecked_mut(b) += u128::from(fx[l]);
         *hist.count.get_unchecked_mut(b) += 1;
-        *hist.correct.get_unchecked_mut(b) += u64::from(m.rank[l] == 0.0);
+        *hist.correct.get_unchecked_mut(b) += hit[l];
     }
     [nonfinite, nll_inf]
 }
@@ -1518,6 +1534,9 @@ pub(crate) struct EvalRun<'a, 'h> {
     pub out: Option<EvalOut<'a>>,
 }
 
+/// Groups of 16 rows per tile of the two-loop runs ([`eval_run`], `compare_lanes::run`).
+pub(crate) const EVAL_TILE_GROUPS: usize = 16;
+
 /// `evaluate`'s clean groups of short rows in one loop: 16 rows at a time, their targets
 /// decoded in vectors, their metrics taken in lanes ([`eval_short`]) and summed
 /// ([`lanes_to_metrics`], [`accumulate16`]): the same arithmetic, in the same order, as the
@@ -1533,44 +1552,70 @@ pub(crate) unsafe fn eval_run<I: Isa, E: Elem, const M: u8, const KIND: u8>(
     if c == 0 || c > LANES_MAX_C || a.t.len() < b.n {
         return 0;
     }
-    let mut lane = LaneMetrics::default();
+    // Two loops over a tile of up to EVAL_TILE_GROUPS groups: the lanes' metrics of every
+    // group first (a short body with a long dependency chain through exp, log and division, so
+    // the out-of-order window overlaps several groups), then the bookkeeping of every group
+    // (conversions, sums, the histogram's scatter). One loop doing both per group ran at
+    // about one instruction per cycle at C = 2: the window held one group. The sums are
+    // taken group by group in the same order, so the bits are those of the one-loop form.
+    let mut lanes = [LaneMetrics::default(); EVAL_TILE_GROUPS];
     let mut m = Metrics16::default();
     let (mut idx, mut kf) = ([0i32; 16], [0f32; 16]);
     let mut done = 0;
-    'groups: while done + 16 <= b.n {
-        for g in (0..16).step_by(I::W) {
-            let (_, n, bad, k) = I::targets(a.t.as_ptr().add(done + g), c, 0, a.ignore, &mut idx);
-            if bad || n as usize != I::W {
-                break 'groups;
+    loop {
+        let mut ng = 0;
+        let mut stop = false;
+        'groups: while ng < EVAL_TILE_GROUPS {
+            let base = done + 16 * ng;
+            if base + 16 > b.n {
+                stop = true;
+                break;
             }
-            I::store(kf.as_mut_ptr().add(g), k);
+            for g in (0..16).step_by(I::W) {
+                let (_, n, bad, k) =
+                    I::targets(a.t.as_ptr().add(base + g), c, 0, a.ignore, &mut idx);
+                if bad || n as usize != I::W {
+                    stop = true;
+                    break 'groups;
+                }
+                I::store(kf.as_mut_ptr().add(g), k);
+            }
+            let p = if M == COLS {
+                b.p.add(base)
+            } else {
+                b.p.add(base * st)
+            };
+            if M != COLS {
+                short_prefetch::<I, E>(p, st);
+            }
+            let lane = &mut lanes[ng];
+            eval_short::<I, E, M, KIND>(p, st, c, &kf, lane);
+            if lane.ok.contains(&0.0) {
+                stop = true;
+                break;
+            }
+            ng += 1;
         }
-        let p = if M == COLS {
-            b.p.add(done)
-        } else {
-            b.p.add(done * st)
-        };
-        if M != COLS {
-            short_prefetch::<I, E>(p, st);
+        for (q, lane) in lanes.iter().enumerate().take(ng) {
+            lanes_to_metrics::<I, E>(lane, KIND, &mut m);
+            let [nf, ni] = accumulate16::<I>(&m, a.top_k, a.lacc, a.topk, &mut a.hist);
+            a.counts[0] += nf;
+            a.counts[1] += ni;
+            if let Some((nll, rank, conf)) = a.out.as_mut() {
+                let at = done + 16 * q;
+                for l in 0..16 {
+                    nll[at + l] = m.nll[l];
+                    rank[at + l] = lane.rank[l] as i64;
+                }
+                if let Some(cf) = conf.as_deref_mut() {
+                    cf[at..at + 16].copy_from_slice(&m.conf);
+                }
+            }
         }
-        eval_short::<I, E, M, KIND>(p, st, c, &kf, &mut lane);
-        if lane.ok.contains(&0.0) {
+        done += 16 * ng;
+        if stop {
             break;
         }
-        lanes_to_metrics::<I, E>(&lane, KIND, &mut m);
-        let [nf, ni] = accumulate16::<I>(&m, a.top_k, a.lacc, a.topk, &mut a.hist);
-        a.counts[0] += nf;
-        a.counts[1] += ni;
-        if let Some((nll, rank, conf)) = a.out.as_mut() {
-            for l in 0..16 {
-                nll[done + l] = m.nll[l];
-                rank[done + l] = lane.rank[l] as i64;
-            }
-            if let Some(cf) = conf.as_deref_mut() {
-                cf[done..done + 16].copy_from_slice(&m.conf);
-            }
-        }
-        done += 16;
     }
     done
 }

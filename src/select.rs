@@ -353,6 +353,11 @@ impl LogBins {
 }
 
 /// [`log_hist`] of one chunk, given the edges and the log2 table.
+/// Copies of the bins in [`count_log_bins`] and the values whose bins are taken together.
+const WAYS: usize = 4;
+const BLK: usize = 64;
+
+#[inline(always)]
 fn count_log_bins(
     v: &[f64],
     b: LogBins,
@@ -368,31 +373,12 @@ fn count_log_bins(
     // estimate this close to a bin edge is settled on the edges table
     let near = 1e-5 * scale + 1e-9;
     let z = nb as i64 + 1;
-    let mut h = vec![0u64; b.len()];
+    let len = b.len();
+    // WAYS copies of the bins, value i adding to copy i % WAYS: values falling in one bin
+    // (most of them, for close models) do not wait on each other's increment
+    let mut hs = vec![0u64; WAYS * len];
     let mut nan = 0u64;
-    for &x in v {
-        let a = x.abs();
-        // k: -1 zero bin (and NaN, counted apart), 0..nb - 1 bins, nb overflow
-        let k = if a < lo || x.is_nan() {
-            -1
-        } else if a >= top {
-            nb as i64
-        } else {
-            // signed integer conversions (one instruction each, unlike u64 <-> f64)
-            let bits = a.to_bits();
-            let e = (((bits >> 52) & 0x7ff) as i64 - 1023) as f64;
-            let [t0, t1] = table[((bits >> 44) & 0xff) as usize];
-            let f = ((bits & ((1 << 44) - 1)) as i64) as f64 * (1.0 / (1u64 << 44) as f64);
-            let est = (e + t0 + t1 * f - l2lo) * scale;
-            let k0 = (est as i64).clamp(0, nb as i64 - 1);
-            let frac = est - k0 as f64;
-            if frac > near && frac < 1.0 - near {
-                k0
-            } else {
-                settle(a, k0 as usize, edges) as i64
-            }
-        };
-        nan += u64::from(x.is_nan());
+    let place = |x: f64, k: i64| -> usize {
         let idx = if !b.signed {
             k + 1
         } else if k < 0 {
@@ -402,9 +388,103 @@ fn count_log_bins(
         } else {
             z - 1 - k
         };
-        h[idx as usize] += u64::from(!x.is_nan());
+        idx as usize
+    };
+    // the bin of one value without branches (a flag where the estimate is too near an edge
+    // and must be settled on the edges table)
+    let bin = |x: f64| -> (usize, bool) {
+        let a = x.abs();
+        // signed integer conversions (one instruction each, unlike u64 <-> f64); the
+        // estimate is computed for every value (zero, inf and NaN give some number, replaced
+        // below)
+        let bits = a.to_bits();
+        let e = (((bits >> 52) & 0x7ff) as i64 - 1023) as f64;
+        let [t0, t1] = table[((bits >> 44) & 0xff) as usize];
+        let f = ((bits & ((1 << 44) - 1)) as i64) as f64 * (1.0 / (1u64 << 44) as f64);
+        let est = (e + t0 + t1 * f - l2lo) * scale;
+        // clamped to the bins (NaN to 0: `max` takes the number), then an exact conversion
+        // (a saturating `as` cast is several instructions and keeps the loop scalar)
+        let kf = est.max(0.0).min((nb - 1) as f64).trunc();
+        // SAFETY: kf is an integer in [0, nb - 1], nb <= 2^24
+        let k0 = unsafe { kf.to_int_unchecked::<i64>() };
+        let frac = est - kf;
+        let inside = a >= lo && a < top;
+        #[allow(clippy::needless_bitwise_bool)] // no branches in the loop, on purpose
+        let unsure = inside & !((frac > near) & (frac < 1.0 - near));
+        // k: -1 zero bin (and NaN, counted apart), 0..nb - 1 bins, nb overflow
+        let k = if inside {
+            k0
+        } else if a >= top {
+            nb as i64
+        } else {
+            -1
+        };
+        (place(x, k), unsure)
+    };
+    // blocks of values: their bins first (a loop without branches), then the rare settles,
+    // then the counts
+    let mut idx = [0usize; BLK];
+    let mut unsure = [false; BLK];
+    for blk in v.chunks(BLK) {
+        let mut any = false;
+        for (j, &x) in blk.iter().enumerate() {
+            (idx[j], unsure[j]) = bin(x);
+            any |= unsure[j];
+        }
+        if any {
+            for (j, &x) in blk.iter().enumerate() {
+                if unsure[j] {
+                    let k0 = if b.signed {
+                        idx[j].abs_diff(z as usize) - 1
+                    } else {
+                        idx[j] - 1
+                    };
+                    idx[j] = place(x, settle(x.abs(), k0, edges) as i64);
+                }
+            }
+        }
+        for (j, &x) in blk.iter().enumerate() {
+            nan += u64::from(x.is_nan());
+            hs[(j % WAYS) * len + idx[j]] += u64::from(!x.is_nan());
+        }
+    }
+    let mut h = hs[..len].to_vec();
+    for w in 1..WAYS {
+        for (t, c) in h.iter_mut().zip(&hs[w * len..(w + 1) * len]) {
+            *t += c;
+        }
     }
     (h, nan)
+}
+
+/// [`count_log_bins`] compiled for the SIMD path (the bin loop vectorises: f64 lanes and
+/// gathers of the table); the same arithmetic on every path.
+fn count_log_bins_on(
+    path: crate::simd::Path,
+    v: &[f64],
+    b: LogBins,
+    edges: &[f64],
+    table: &[[f64; 2]; 256],
+) -> (Vec<u64>, u64) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(v: &[f64], b: LogBins, e: &[f64], t: &[[f64; 2]; 256]) -> (Vec<u64>, u64) {
+        count_log_bins(v, b, e, t)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    unsafe fn avx512(v: &[f64], b: LogBins, e: &[f64], t: &[[f64; 2]; 256]) -> (Vec<u64>, u64) {
+        count_log_bins(v, b, e, t)
+    }
+    // SAFETY: a Path other than Scalar is only selected after `Path::available` confirmed
+    // the CPU has its features.
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        crate::simd::Path::Avx512 => unsafe { avx512(v, b, edges, table) },
+        #[cfg(target_arch = "x86_64")]
+        crate::simd::Path::Avx2 => unsafe { avx2(v, b, edges, table) },
+        _ => count_log_bins(v, b, edges, table),
+    }
 }
 
 /// The bin k (edges[k] <= a < edges[k + 1]) of lo <= a < the last edge, from a guess.
@@ -452,7 +532,9 @@ pub fn log_hist(v: &[f64], b: LogBins) -> Result<(Vec<u64>, u64)> {
         .len()
         .div_ceil(parallel::num_threads().max(1))
         .max(1 << 16);
-    let parts = parallel::map_chunks(v.len(), per, |r| count_log_bins(&v[r], b, &edges, &table));
+    let parts = parallel::map_chunks(v.len(), per, |r| {
+        count_log_bins_on(crate::simd::current(), &v[r], b, &edges, &table)
+    });
     let mut total = vec![0u64; b.len()];
     let mut nan = 0;
     for (h, n) in parts {
