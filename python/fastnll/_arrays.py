@@ -11,14 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ._bf16 import is_bf16
 from ._dlpack import from_dlpack, is_dlpack
-
-try:  # ml_dtypes is a dependency, but keep import errors readable
-    import ml_dtypes
-
-    _BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover
-    _BF16 = None
 
 ACCEPTED = "float32, float64, float16, bfloat16 (ml_dtypes)"
 
@@ -34,7 +28,7 @@ _TAGS = {
 def float_tag(dt: np.dtype) -> str | None:
     """Core tag of a floating dtype regardless of byte order, or None if unsupported."""
     native = dt.newbyteorder("=")
-    if _BF16 is not None and native == _BF16:
+    if is_bf16(native):
         return "bf16"
     return _TAGS.get(native)
 

@@ -22,12 +22,7 @@ from typing import Any, cast
 
 import numpy as np
 
-try:
-    import ml_dtypes
-
-    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    _BF16 = None
+from ._bf16 import bf16 as _bf16
 
 __all__ = ["device_name", "from_dlpack", "is_dlpack"]
 
@@ -186,7 +181,7 @@ def from_dlpack(x: Any, name: str = "input") -> np.ndarray:
     dl = _tensor_struct(capsule)
     bf16 = False
     if dl is not None and dl.dtype.code == _KDL_BFLOAT:
-        if dl.dtype.bits != 16 or dl.dtype.lanes != 1 or _BF16 is None:
+        if dl.dtype.bits != 16 or dl.dtype.lanes != 1 or _bf16() is None:
             raise TypeError(
                 f"{name} has an unsupported bfloat dtype "
                 f"({dl.dtype.bits} bits x {dl.dtype.lanes} lanes)"
@@ -202,6 +197,7 @@ def from_dlpack(x: Any, name: str = "input") -> np.ndarray:
             f"read in place through DLPack: {exc}; accepted dtypes: float32, "
             "float64, float16, bfloat16 (integers for class targets)"
         ) from None
-    view = arr.view(_BF16) if bf16 and _BF16 is not None else arr.view()
+    b16 = _bf16() if bf16 else None
+    view = arr.view(b16) if b16 is not None else arr.view()
     view.flags.writeable = False
     return view

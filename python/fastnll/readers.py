@@ -37,13 +37,7 @@ from typing import IO, Any, Union
 import numpy as np
 
 from . import _dlpack, _pt
-
-try:
-    import ml_dtypes
-
-    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover
-    _BF16 = None
+from ._bf16 import bf16 as _bf16
 
 __all__ = [
     "DumpError",
@@ -133,9 +127,10 @@ def parse_dtype(spec: str | np.dtype | type) -> np.dtype:
     if isinstance(spec, str):
         low = spec.strip().lower()
         if low in ("bfloat16", "bf16"):
-            if _BF16 is None:  # pragma: no cover
+            b16 = _bf16()
+            if b16 is None:  # pragma: no cover
                 raise ValueError("bfloat16 needs the ml_dtypes package")
-            return _BF16
+            return b16
         spec = _DTYPE_ALIASES.get(low, spec.strip())
     try:
         return np.dtype(spec)
@@ -259,8 +254,10 @@ def _bf16_from_void(arr: np.ndarray) -> np.ndarray:
     """NumPy records ml_dtypes' bfloat16 in .npy headers as opaque 2-byte void ('|V2'):
     read such arrays as bfloat16 (a view, no copy)."""
     dt = arr.dtype
-    if dt.kind == "V" and dt.names is None and dt.itemsize == 2 and _BF16 is not None:
-        return arr.view(_BF16)
+    if dt.kind == "V" and dt.names is None and dt.itemsize == 2:
+        b16 = _bf16()
+        if b16 is not None:
+            return arr.view(b16)
     return arr
 
 
@@ -369,9 +366,10 @@ def _st_entry(p: Path, name: str, info: Any, data: int) -> tuple[np.dtype, tuple
 
 def _st_dtype(p: Path, name: str, code: Any) -> np.dtype:
     if code == "BF16":
-        if _BF16 is None:  # pragma: no cover
+        b16 = _bf16()
+        if b16 is None:  # pragma: no cover
             raise DumpError(f"{p}: tensor {name!r} is BF16, which needs ml_dtypes")
-        return _BF16
+        return b16
     if code not in _ST_DTYPES:
         raise DumpError(f"{p}: tensor {name!r} has unsupported dtype {code}")
     return np.dtype(_ST_DTYPES[code])
