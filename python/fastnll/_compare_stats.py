@@ -157,22 +157,6 @@ def summary(s: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def percentiles_sorted(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
-    """llama.cpp's percentile rule on sorted finite-or-inf values (no NaN)."""
-    n = v.size
-    out: dict[str, float] = {}
-    for name, q in levels:
-        if n == 0:
-            out[name] = NAN
-            continue
-        h = q * (n - 1)
-        i = min(math.floor(h), n - 1)
-        f = h - i
-        a = float(v[i])
-        out[name] = a if f == 0 or i + 1 >= n else (1 - f) * a + f * float(v[i + 1])
-    return out
-
-
 def exact_percentiles(v: np.ndarray, levels: tuple[tuple[str, float], ...]) -> dict[str, float]:
     """Percentiles of the non-NaN values of v (linear interpolation between order statistics,
     NumPy's default), exact: the order statistics come from the core's radix pre-selection
