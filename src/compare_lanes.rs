@@ -6,7 +6,7 @@
 //! group: whole, chunked and merged runs agree.
 
 use crate::compare::{kl_terms, CompareOut, LaneSums, FLOOR};
-use crate::kernel::{self, Block, EVAL_TILE_GROUPS};
+use crate::kernel::{self, Block, RUN_TILE_GROUPS};
 use crate::simd::{self, exp2c, Elem, Isa, Path};
 
 /// Longest row taken in lanes (the short-row bound of the other kernels).
@@ -209,7 +209,8 @@ pub(crate) fn lanes_on<A: Elem, B: Elem>(
     }
 }
 
-/// The clean groups of a run of short rows of both dumps in one loop, 16 rows at a time:
+/// The clean groups of a run of short rows of both dumps in one run (two loops per tile of
+/// `kernel::RUN_TILE_GROUPS` groups, see the body), 16 rows at a time:
 /// targets decoded in vectors, [`lanes`], the rows' values in float64 as the group path takes
 /// them, summed lane by lane ([`LaneSums::add16`]) and written to the per-row outputs from
 /// `at`. Stops at the end or at the first group that is not clean (a target ignored or out of
@@ -232,15 +233,15 @@ pub(crate) unsafe fn run<I: Isa, A: Elem, B: Elem, const M: u8>(
         return 0;
     }
     let mut out = out;
-    // Two loops over a tile of up to EVAL_TILE_GROUPS groups, as `kernel::eval_run` does: the
+    // Two loops over a tile of up to RUN_TILE_GROUPS groups, as `kernel::eval_run` does: the
     // lanes of every group first (a long dependency chain in a short body, overlapped across
     // groups), then their sums and outputs, group by group in order (the same bits).
-    let mut tile: [LaneCompare; EVAL_TILE_GROUPS] = std::array::from_fn(|_| LaneCompare::default());
+    let mut tile: [LaneCompare; RUN_TILE_GROUPS] = std::array::from_fn(|_| LaneCompare::default());
     let (mut idx, mut kf) = ([0i32; 16], [0f32; 16]);
     let mut done = 0;
     loop {
         let (mut ng, mut stop) = (0, false);
-        'groups: while ng < EVAL_TILE_GROUPS {
+        'groups: while ng < RUN_TILE_GROUPS {
             let base = done + 16 * ng;
             if base + 16 > a.n {
                 stop = true;

@@ -1535,9 +1535,10 @@ pub(crate) struct EvalRun<'a, 'h> {
 }
 
 /// Groups of 16 rows per tile of the two-loop runs ([`eval_run`], `compare_lanes::run`).
-pub(crate) const EVAL_TILE_GROUPS: usize = 16;
+pub(crate) const RUN_TILE_GROUPS: usize = 16;
 
-/// `evaluate`'s clean groups of short rows in one loop: 16 rows at a time, their targets
+/// `evaluate`'s clean groups of short rows in one run (two loops per tile of
+/// [`RUN_TILE_GROUPS`] groups, see the body): 16 rows at a time, their targets
 /// decoded in vectors, their metrics taken in lanes ([`eval_short`]) and summed
 /// ([`lanes_to_metrics`], [`accumulate16`]): the same arithmetic, in the same order, as the
 /// caller's group by group path, without its per-group decode and calls. Stops at the end or
@@ -1552,20 +1553,20 @@ pub(crate) unsafe fn eval_run<I: Isa, E: Elem, const M: u8, const KIND: u8>(
     if c == 0 || c > LANES_MAX_C || a.t.len() < b.n {
         return 0;
     }
-    // Two loops over a tile of up to EVAL_TILE_GROUPS groups: the lanes' metrics of every
+    // Two loops over a tile of up to RUN_TILE_GROUPS groups: the lanes' metrics of every
     // group first (a short body with a long dependency chain through exp, log and division, so
     // the out-of-order window overlaps several groups), then the bookkeeping of every group
     // (conversions, sums, the histogram's scatter). One loop doing both per group ran at
     // about one instruction per cycle at C = 2: the window held one group. The sums are
     // taken group by group in the same order, so the bits are those of the one-loop form.
-    let mut lanes = [LaneMetrics::default(); EVAL_TILE_GROUPS];
+    let mut lanes = [LaneMetrics::default(); RUN_TILE_GROUPS];
     let mut m = Metrics16::default();
     let (mut idx, mut kf) = ([0i32; 16], [0f32; 16]);
     let mut done = 0;
     loop {
         let mut ng = 0;
         let mut stop = false;
-        'groups: while ng < EVAL_TILE_GROUPS {
+        'groups: while ng < RUN_TILE_GROUPS {
             let base = done + 16 * ng;
             if base + 16 > b.n {
                 stop = true;

@@ -352,11 +352,12 @@ impl LogBins {
     }
 }
 
-/// [`log_hist`] of one chunk, given the edges and the log2 table.
-/// Copies of the bins in [`count_log_bins`] and the values whose bins are taken together.
+/// Most copies of the bins in [`count_log_bins`] (value i adds to copy i % ways).
 const WAYS: usize = 4;
+/// Values whose bins [`count_log_bins`] takes together before their rare settles.
 const BLK: usize = 64;
 
+/// [`log_hist`] of one chunk, given the edges and the log2 table.
 #[inline(always)]
 fn count_log_bins(
     v: &[f64],
@@ -374,9 +375,15 @@ fn count_log_bins(
     let near = 1e-5 * scale + 1e-9;
     let z = nb as i64 + 1;
     let len = b.len();
-    // WAYS copies of the bins, value i adding to copy i % WAYS: values falling in one bin
-    // (most of them, for close models) do not wait on each other's increment
-    let mut hs = vec![0u64; WAYS * len];
+    // `ways` copies of the bins, value i adding to copy i % ways: values falling in one bin
+    // (most of them, for close models) do not wait on each other's increment; one copy when
+    // the bins are many or the values few (the copies' zeroing and merge would dominate)
+    let ways = if len <= 1 << 16 && v.len() >= 16 * len {
+        WAYS
+    } else {
+        1
+    };
+    let mut hs = vec![0u64; ways * len];
     let mut nan = 0u64;
     let place = |x: f64, k: i64| -> usize {
         let idx = if !b.signed {
@@ -445,11 +452,11 @@ fn count_log_bins(
         }
         for (j, &x) in blk.iter().enumerate() {
             nan += u64::from(x.is_nan());
-            hs[(j % WAYS) * len + idx[j]] += u64::from(!x.is_nan());
+            hs[(j % ways) * len + idx[j]] += u64::from(!x.is_nan());
         }
     }
     let mut h = hs[..len].to_vec();
-    for w in 1..WAYS {
+    for w in 1..ways {
         for (t, c) in h.iter_mut().zip(&hs[w * len..(w + 1) * len]) {
             *t += c;
         }
@@ -648,5 +655,10 @@ mod tests {
             assert_eq!(h[z - 1 - k], 1, "bin -{k}");
         }
         assert_eq!(h.iter().sum::<u64>() + nan, v.len() as u64);
+        // enough values for the copies of the bins (4 ways): the same counts, 20 times over
+        let many: Vec<f64> = (0..20).flat_map(|_| v.iter().copied()).collect();
+        let (h20, nan20) = log_hist(&many, b).unwrap();
+        assert_eq!(nan20, 20 * nan);
+        assert_eq!(h20, h.iter().map(|c| 20 * c).collect::<Vec<_>>());
     }
 }
