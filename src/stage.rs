@@ -15,8 +15,15 @@ use std::ops::Range;
 
 /// Bytes of logits per staged tile of rows that are not short: small enough for L2.
 const TILE_BYTES: usize = 64 << 10;
-/// Rows per tile of short rows (C <= LANES_MAX_C): at most 32 KiB of f32 column-major tile.
+/// Rows per tile of short rows (C <= LANES_MAX_C) that softmax stages: at most 32 KiB of f32
+/// column-major tile.
 const SHORT_TILE: usize = 256;
+/// Bytes of staged short rows (f32 column-major) per tile of the other operations.
+const SHORT_TILE_BYTES: usize = 32 << 10;
+/// Rows per tile when the rows are read in place and only the targets are widened: 32 KiB of
+/// int64 targets. (Tiles of the short rows' 256 cost cross_entropy at C = 2 half its speed
+/// with int32 or uint8 targets: a kernel call per 2 KiB of logits.)
+pub(crate) const TARGET_TILE: usize = 4096;
 
 /// This thread's staging memory for one call (reused tile after tile).
 #[derive(Default)]
@@ -49,9 +56,21 @@ tile_buf!(BF16, bf16);
 /// in every layout), about `TILE_BYTES` of input, at least 16 rows.
 fn tile_rows(c: usize, size: usize) -> usize {
     if c <= LANES_MAX_C {
-        return SHORT_TILE;
+        // 256 rows at C = 32, up to 4096 at C = 2
+        return ((SHORT_TILE_BYTES / (4 * c.max(1))) & !15).clamp(SHORT_TILE, TARGET_TILE);
     }
     ((TILE_BYTES / (c * size).max(1)) & !15).max(16)
+}
+
+/// Rows of the next call of a run with `left` rows left: all of them when the rows are read
+/// in place (`direct`) with packed int64 targets, [`TARGET_TILE`] when only the targets are
+/// widened, else a staged `tile`.
+fn run_rows(direct: bool, packed_targets: bool, tile: usize, left: usize) -> usize {
+    match (direct, packed_targets) {
+        (true, true) => left,
+        (true, false) => TARGET_TILE.min(left),
+        _ => tile.min(left),
+    }
 }
 
 /// Whether [`source`] reads rows from `i` on in place (no staging, so no tile bound needed).
@@ -130,11 +149,12 @@ pub(crate) fn ce<E: Tile>(
         let i = r.start + done;
         // read in place (logits and int64 targets): the whole run in one call, no per-tile
         // overhead (it cost C = 2 a third of its speed); staged: a bounded tile
-        let m = if in_place(x, i) && t.packed_i64(i, n - done).is_some() {
-            n - done
-        } else {
-            tile.min(n - done)
-        };
+        let m = run_rows(
+            in_place(x, i),
+            t.packed_i64(i, n - done).is_some(),
+            tile,
+            n - done,
+        );
         let ts = t.to_i64(i, m, ignore, tbuf);
         let mut args = CeArgs {
             t: ts,
@@ -270,11 +290,12 @@ pub(crate) fn eval_run<E: Tile>(
     let (mut done, mut counts) = (0, [0u64; 2]);
     while done + 16 <= n {
         let i = r.start + done;
-        let m = if in_place(x, i) && t.packed_i64(i, n - done).is_some() {
-            n - done
-        } else {
-            tile.min(n - done)
-        };
+        let m = run_rows(
+            in_place(x, i),
+            t.packed_i64(i, n - done).is_some(),
+            tile,
+            n - done,
+        );
         let ts = t.to_i64(i, m, ignore, tbuf);
         let (p, st, mode) = source(x, i, m, scheme, xbuf);
         let mut a = kernel::EvalRun {
@@ -443,11 +464,12 @@ pub(crate) fn compare_run<A: Tile, B: Tile>(
         let i = r.start + done;
         let (mode_a, mode_b) = (short_mode::<A>(a, i, scheme), short_mode::<B>(b, i, scheme));
         let direct = A::DTYPE == B::DTYPE && mode_a.is_some() && mode_a == mode_b;
-        let m = if direct && t.packed_i64(i, n - done).is_some() {
-            n - done
-        } else {
-            SHORT_TILE.min(n - done)
-        };
+        let m = run_rows(
+            direct,
+            t.packed_i64(i, n - done).is_some(),
+            tile_rows(c, 4),
+            n - done,
+        );
         let (xa, ta) = A::bufs(sa);
         let xb = B::bufs(sb).0;
         let ts = t.to_i64(i, m, ignore, ta);
