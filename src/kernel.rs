@@ -1349,12 +1349,19 @@ pub(crate) fn ln_f32(p: f32) -> f64 {
 }
 
 /// exp(x) in float64 for a finite float32 x <= 0 (a log-probability row's max: its
-/// confidence), without libm, so the 16-lane loops vectorise it: exp(x) = 2^n·exp(r),
+/// confidence): [`exp_le0_f64`].
+#[inline(always)]
+pub(crate) fn exp_f32_le0(x: f32) -> f64 {
+    exp_le0_f64(f64::from(x))
+}
+
+/// exp(x) in float64 for x <= 0 (-inf gives 0, NaN gives NaN), without libm, so the 16-lane
+/// loops (and [`exp_each_f64`]) vectorise it: exp(x) = 2^n·exp(r),
 /// n = round(x/ln 2), r = x - n·ln 2 in two parts (|r| <= 0.347), exp(r) by its series to
 /// r^13/13! (truncation below 1e-17 relative), 2^n applied in two halves (so results down to
 /// the subnormals; 0 below -745.2). Within a few float64 ulps of exp(x).
 #[inline(always)]
-pub(crate) fn exp_f32_le0(x: f32) -> f64 {
+pub(crate) fn exp_le0_f64(x: f64) -> f64 {
     // 1/k! for k = 1..=13
     const C: [f64; 13] = [
         1.0,
@@ -1375,17 +1382,20 @@ pub(crate) fn exp_f32_le0(x: f32) -> f64 {
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     // 2^52: adding it to an integer-valued f64 in [0, 2^52) puts the integer in the low bits
     const SHIFTER: f64 = 4_503_599_627_370_496.0;
-    let x = f64::from(x);
     // (ties to even and no integer casts: both vectorise; a cast's NaN rule did not)
     let n = (x * std::f64::consts::LOG2_E)
         .round_ties_even()
         .clamp(-1100.0, 0.0);
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = C[12];
-    for &c in C[..12].iter().rev() {
-        p = p * r + c;
-    }
-    let e = p * r + 1.0;
+    // e = Σ r^k / k! (k = 0..=13) by Estrin's scheme (pairs, then r², r⁴, r⁸): a chain of 4
+    // multiply-adds instead of Horner's 13, so one row's few exponentials do not wait on it
+    let (r2, a) = (r * r, |k: usize| C[k - 1]);
+    let (r4, q0) = (r2 * r2, 1.0 + r);
+    let (q1, q2, q3) = (a(2) + a(3) * r, a(4) + a(5) * r, a(6) + a(7) * r);
+    let (q4, q5, q6) = (a(8) + a(9) * r, a(10) + a(11) * r, a(12) + a(13) * r);
+    let (s0, s1, s2) = (q0 + q1 * r2, q2 + q3 * r2, q4 + q5 * r2);
+    let (u0, u1) = (s0 + s1 * r4, s2 + q6 * r4);
+    let e = u0 + u1 * (r4 * r4);
     // n = h1 + h2 with h1 = trunc(n / 2): each 2^h in [2^-550, 1], a normal number; its
     // exponent field h + 1023 taken from the low bits of h + 1023 + 2^52
     let h1 = (n * 0.5).trunc();
@@ -2204,19 +2214,90 @@ dispatch! {
     => widen_each
 }
 
-/// Scalar-f64 statistics for float64 rows (exact libm exp; speed is not the point of f64).
-pub(crate) fn stats_f64(x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
-    stats_iter(x.iter().copied(), xt, eval)
+/// Statistics of a float64 row (in float64: exp by [`exp_le0_f64`], a few ulps from libm,
+/// vectorised on `path` a chunk at a time; the sums in element order, so every path gives the
+/// same bits).
+pub(crate) fn stats_f64(path: Path, x: &[f64], xt: f64, eval: bool) -> (f64, Stats) {
+    stats_iter(x.iter().copied(), xt, eval, |m, st| {
+        for ch in x.chunks(F64_CHUNK) {
+            sums_f64(path, ch, m, xt, eval, st);
+        }
+    })
 }
 
 /// Rows whose max has magnitude >= 2^30, where the rounding of m·log2(e) in the sweep's
 /// shift would leave f32's range: the float64 statistics, read twice without a copy.
 #[cold]
 fn stats_huge<E: Elem>(x: &[E], xt: f32, eval: bool) -> Stats {
-    stats_iter(x.iter().map(|v| v.to_f32() as f64), xt as f64, eval).1
+    let xt = f64::from(xt);
+    let wide = |v: &E| f64::from(v.to_f32());
+    stats_iter(x.iter().map(wide), xt, eval, |m, st| {
+        let mut vs = [0f64; F64_CHUNK];
+        for ch in x.chunks(F64_CHUNK) {
+            for (d, v) in vs.iter_mut().zip(ch) {
+                *d = wide(v);
+            }
+            sums_f64(Path::Scalar, &vs[..ch.len()], m, xt, eval, st);
+        }
+    })
+    .1
 }
 
-fn stats_iter<It: Iterator<Item = f64> + Clone>(x: It, xt: f64, eval: bool) -> (f64, Stats) {
+/// Elements of a float64 row whose exponentials [`sums_f64`] takes together.
+const F64_CHUNK: usize = 16;
+
+/// Adds the elements `x` (at most [`F64_CHUNK`]) of a row with finite max `m` to `st`: their
+/// exponentials in one vector loop on `path` (no fused operations: the same bits on every
+/// path), then the sums in element order.
+fn sums_f64(path: Path, x: &[f64], m: f64, xt: f64, eval: bool, st: &mut Stats) {
+    #[inline(always)]
+    fn each(x: &[f64], m: f64, e: &mut [f64]) {
+        for (e, &v) in e.iter_mut().zip(x) {
+            *e = exp_le0_f64(v - m);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn avx512(x: &[f64], m: f64, e: &mut [f64]) {
+        each(x, m, e);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(x: &[f64], m: f64, e: &mut [f64]) {
+        each(x, m, e);
+    }
+    let mut es = [0f64; F64_CHUNK];
+    let e = &mut es[..x.len()];
+    match path {
+        // SAFETY: a Path other than Scalar is only selected after `Path::available` confirmed
+        // the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { avx512(x, m, e) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { avx2(x, m, e) },
+        _ => each(x, m, e),
+    }
+    for (&v, &e) in x.iter().zip(e.iter()) {
+        st.s += e;
+        if eval {
+            if e > 0.0 {
+                st.t += e * (v - m);
+            }
+            st.q += e * e;
+            st.gt += u64::from(v > xt);
+        }
+    }
+}
+
+/// The max and NaN flag of a row (`x`), the +inf rows' statistics, and for a finite max m
+/// `finite(m, stats)`.
+fn stats_iter<It: Iterator<Item = f64> + Clone>(
+    x: It,
+    xt: f64,
+    eval: bool,
+    finite: impl FnOnce(f64, &mut Stats),
+) -> (f64, Stats) {
     let mut m = f64::NEG_INFINITY;
     let mut nan = false;
     for v in x.clone() {
@@ -2231,7 +2312,7 @@ fn stats_iter<It: Iterator<Item = f64> + Clone>(x: It, xt: f64, eval: bool) -> (
     };
     if m == f64::INFINITY {
         // Rare: the +inf entries share the mass, as in `stats_nonfinite`.
-        for v in x.clone() {
+        for v in x {
             if v == f64::INFINITY {
                 st.s += 1.0;
                 st.q += 1.0;
@@ -2240,18 +2321,7 @@ fn stats_iter<It: Iterator<Item = f64> + Clone>(x: It, xt: f64, eval: bool) -> (
         }
     }
     if m.is_finite() {
-        for v in x {
-            let y = v - m;
-            let e = y.exp();
-            st.s += e;
-            if eval {
-                if e > 0.0 {
-                    st.t += e * y;
-                }
-                st.q += e * e;
-                st.gt += (v > xt) as u64;
-            }
-        }
+        finite(m, &mut st);
     }
     st.m = m as f32;
     (m, st)

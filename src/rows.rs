@@ -140,7 +140,7 @@ impl<'v, 'a> Rows<'v, 'a> {
                 RowStats { m: st.m as f64, st }
             }
             DType::F64 => {
-                let (m, st) = kernel::stats_f64(view.row(i, &mut self.s64), xt, want.eval);
+                let (m, st) = kernel::stats_f64(path, view.row(i, &mut self.s64), xt, want.eval);
                 RowStats { m, st }
             }
         }

@@ -776,3 +776,56 @@ fn exp_f32_le0_matches_libm_within_a_few_ulps() {
     assert_eq!(exp_f32_le0(-1e30), 0.0);
     assert_eq!(exp_f32_le0(-f32::MAX), 0.0);
 }
+
+/// Float64 rows' statistics (`kernel::stats_f64`: exp by `exp_le0_f64`, in vectors a chunk at
+/// a time) are the same bits on every path, whatever the row length (chunks and their tails),
+/// and agree with libm float64 sums; `exp_le0_f64` itself stays within a few ulps of libm on
+/// float64 (not only float32) arguments, with exp(-inf) = 0 and NaN kept.
+#[test]
+fn f64_row_stats_same_bits_on_every_path_and_match_libm() {
+    use crate::kernel::{exp_le0_f64, stats_f64};
+    let mut rng = Rng(41);
+    for c in [1usize, 2, 7, 15, 16, 17, 33, 40, 1000] {
+        let mut x: Vec<f64> = (0..c).map(|_| 6.0 * rng.normal()).collect();
+        if c > 7 {
+            x[3] = f64::NEG_INFINITY;
+        }
+        let xt = x[c / 2];
+        let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (mut s, mut t, mut q) = (0.0, 0.0, 0.0);
+        for &v in &x {
+            let e = (v - m).exp();
+            s += e;
+            if e > 0.0 {
+                t += e * (v - m);
+            }
+            q += e * e;
+        }
+        let gt = x.iter().filter(|&&v| v > xt).count() as u64;
+        let mut first = None;
+        on_each_path(|p| {
+            let (mm, st) = stats_f64(p, &x, xt, true);
+            let bits = (mm, st.s.to_bits(), st.t.to_bits(), st.q.to_bits(), st.gt);
+            assert_eq!(*first.get_or_insert(bits), bits, "{p:?} C={c}");
+            assert_eq!((mm, st.gt, st.nan), (m, gt, false), "{p:?} C={c}");
+            for (got, want) in [(st.s, s), (st.t, t), (st.q, q)] {
+                assert!(
+                    (got - want).abs() <= 1e-14 * want.abs().max(1.0),
+                    "{p:?} C={c}: {got} vs {want}"
+                );
+            }
+        });
+    }
+    let mut worst = 0f64;
+    for _ in 0..100_000 {
+        let x = -(rng.normal() * 200.0).abs();
+        let (got, want) = (exp_le0_f64(x), x.exp());
+        if want >= f64::MIN_POSITIVE {
+            let ulp = f64::from_bits(want.to_bits() + 1) - want;
+            worst = worst.max((got - want).abs() / ulp);
+        }
+    }
+    assert!(worst <= 4.0, "exp_le0_f64 is {worst} ulps off libm");
+    assert_eq!(exp_le0_f64(f64::NEG_INFINITY), 0.0);
+    assert!(exp_le0_f64(f64::NAN).is_nan());
+}
