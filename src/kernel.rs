@@ -2214,6 +2214,27 @@ dispatch! {
     => widen_each
 }
 
+/// `E::load_tail(x, n)` for n = 0..W, W lanes each, into `out` (at least W·W floats); returns
+/// W.
+#[cfg(test)]
+#[inline(always)]
+unsafe fn widen_tails_each<I: Isa, E: Elem>(x: &[E], out: &mut [f32]) -> usize {
+    assert!(x.len() >= I::W && out.len() >= I::W * I::W);
+    for n in 0..I::W {
+        I::store(
+            out.as_mut_ptr().add(n * I::W),
+            E::load_tail::<I>(x.as_ptr(), n),
+        );
+    }
+    I::W
+}
+
+#[cfg(test)]
+dispatch! {
+    pub(crate) fn widen_tails<E>(x: &[E], out: &mut [f32]) -> usize
+    => widen_tails_each
+}
+
 /// Statistics of a float64 row (in float64: exp by [`exp_le0_f64`], a few ulps from libm,
 /// vectorised on `path` a chunk at a time; the sums in element order, so every path gives the
 /// same bits).

@@ -236,6 +236,38 @@ fn half_types_widen_exactly() {
     });
 }
 
+/// A partial vector of float16 / bfloat16 values (`Elem::load_tail`, masked on AVX-512):
+/// the first n lanes widened exactly, the others -inf, for every n below the path's width.
+#[test]
+fn half_tails_widen_exactly_and_pad_with_minus_inf() {
+    let bits: Vec<u16> = (0..16u16).map(|k| 0x3c00 ^ (k * 0x0937)).collect();
+    let h: Vec<F16> = bits.iter().map(|&b| F16(b)).collect();
+    let bf: Vec<BF16> = bits.iter().map(|&b| BF16(b)).collect();
+    let check = |p: Path, bf16: bool, w: usize, out: &[f32]| {
+        for n in 0..w {
+            for l in 0..w {
+                let got = out[n * w + l];
+                let want = match (l < n, bf16) {
+                    (false, _) => f32::NEG_INFINITY,
+                    (true, false) => half::f16::from_bits(bits[l]).to_f32(),
+                    (true, true) => half::bf16::from_bits(bits[l]).to_f32(),
+                };
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{p:?} bf16={bf16} n={n} lane {l}: {got:e}, want {want:e}"
+                );
+            }
+        }
+    };
+    on_each_path(|p| {
+        let mut out = vec![0f32; 256];
+        let w = crate::kernel::widen_tails::<F16>(p, &h, &mut out);
+        check(p, false, w, &out);
+        let w = crate::kernel::widen_tails::<BF16>(p, &bf, &mut out);
+        check(p, true, w, &out);
+    });
+}
+
 #[test]
 fn every_half_bit_pattern_widens_exactly() {
     // all 65,536 float16 and bfloat16 values (zeros, subnormals, inf, NaN) through each path's

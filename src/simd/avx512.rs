@@ -35,6 +35,19 @@ impl Isa for Avx512 {
         _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
     }
     #[inline(always)]
+    unsafe fn load_tail_u16<const BF: bool>(p: *const u16, n: usize, fill: u16) -> __m512 {
+        let h = _mm256_mask_loadu_epi16(
+            _mm256_set1_epi16(fill as i16),
+            ((1u32 << n) - 1) as u16,
+            p as *const i16,
+        );
+        if BF {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            _mm512_cvtph_ps(h)
+        }
+    }
+    #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
         _mm512_mask_loadu_ps(
             _mm512_set1_ps(f32::NEG_INFINITY),

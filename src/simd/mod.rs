@@ -246,6 +246,22 @@ pub(crate) trait Isa: Copy {
     unsafe fn load_tail(p: *const f32, n: usize) -> Self::V;
     /// Stores the first n < W lanes at p (nothing past p + n is written).
     unsafe fn store_tail(p: *mut f32, v: Self::V, n: usize);
+    /// The first n < W 16-bit values from p (nothing past p + n is read), the other lanes
+    /// `fill`, widened as bfloat16 (`BF`) or float16. This default copies them through a
+    /// buffer; AVX-512 loads them masked (the buffer's narrow stores and wide load had made
+    /// the transposes of 16-bit rows of 10 classes 1.6x slower per row than float32's).
+    #[inline(always)]
+    unsafe fn load_tail_u16<const BF: bool>(p: *const u16, n: usize, fill: u16) -> Self::V {
+        let mut buf = [fill; 16];
+        for (k, b) in buf.iter_mut().enumerate().take(n) {
+            *b = *p.add(k);
+        }
+        if BF {
+            Self::load_bf16(buf.as_ptr())
+        } else {
+            Self::load_f16(buf.as_ptr())
+        }
+    }
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
@@ -462,6 +478,10 @@ impl Elem for F16 {
         I::load_f16(p as *const u16)
     }
     #[inline(always)]
+    unsafe fn load_tail<I: Isa>(p: *const F16, n: usize) -> I::V {
+        I::load_tail_u16::<false>(p as *const u16, n, Self::NEG_INF.0)
+    }
+    #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::from_bits(self.0).to_f32()
     }
@@ -473,6 +493,10 @@ impl Elem for BF16 {
     #[inline(always)]
     unsafe fn load<I: Isa>(p: *const BF16) -> I::V {
         I::load_bf16(p as *const u16)
+    }
+    #[inline(always)]
+    unsafe fn load_tail<I: Isa>(p: *const BF16, n: usize) -> I::V {
+        I::load_tail_u16::<true>(p as *const u16, n, Self::NEG_INF.0)
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
