@@ -2235,6 +2235,24 @@ dispatch! {
     => widen_tails_each
 }
 
+/// `E::load_pair(x)` (the two columns of W packed rows of two) into `out[..W]` and
+/// `out[W..2W]`; returns W.
+#[cfg(test)]
+#[inline(always)]
+unsafe fn widen_pairs_each<I: Isa, E: Elem>(x: &[E], out: &mut [f32]) -> usize {
+    assert!(x.len() >= 2 * I::W && out.len() >= 2 * I::W);
+    let (a, b) = E::load_pair::<I>(x.as_ptr());
+    I::store(out.as_mut_ptr(), a);
+    I::store(out.as_mut_ptr().add(I::W), b);
+    I::W
+}
+
+#[cfg(test)]
+dispatch! {
+    pub(crate) fn widen_pairs<E>(x: &[E], out: &mut [f32]) -> usize
+    => widen_pairs_each
+}
+
 /// Statistics of a float64 row (in float64: exp by [`exp_le0_f64`], a few ulps from libm,
 /// vectorised on `path` a chunk at a time; the sums in element order, so every path gives the
 /// same bits).

@@ -268,6 +268,35 @@ fn half_tails_widen_exactly_and_pad_with_minus_inf() {
     });
 }
 
+/// Packed rows of two float16 / bfloat16 values split into their two columns
+/// (`Elem::load_pair`: one wide load split on x86) widen exactly, every bit pattern, on every
+/// path.
+#[test]
+fn half_pairs_split_and_widen_exactly() {
+    let bits: Vec<u16> = (0..=u16::MAX).collect();
+    let h: Vec<F16> = bits.iter().map(|&b| F16(b)).collect();
+    let bf: Vec<BF16> = bits.iter().map(|&b| BF16(b)).collect();
+    let same =
+        |got: f32, want: f32| got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
+    on_each_path(|p| {
+        let mut out = [0f32; 32];
+        for i in (0..bits.len() - 32).step_by(32) {
+            let w = crate::kernel::widen_pairs::<F16>(p, &h[i..], &mut out);
+            for l in 0..2 * w {
+                let b = bits[i + 2 * (l % w) + l / w];
+                let want = half::f16::from_bits(b).to_f32();
+                assert!(same(out[l], want), "{p:?} f16 {b:#06x}: {}", out[l]);
+            }
+            let w = crate::kernel::widen_pairs::<BF16>(p, &bf[i..], &mut out);
+            for l in 0..2 * w {
+                let b = bits[i + 2 * (l % w) + l / w];
+                let want = half::bf16::from_bits(b).to_f32();
+                assert!(same(out[l], want), "{p:?} bf16 {b:#06x}: {}", out[l]);
+            }
+        }
+    });
+}
+
 #[test]
 fn every_half_bit_pattern_widens_exactly() {
     // all 65,536 float16 and bfloat16 values (zeros, subnormals, inf, NaN) through each path's

@@ -201,6 +201,29 @@ impl Isa for Avx2 {
         _mm256_i32gather_ps::<4>(p, _mm256_loadu_si256(idx.as_ptr() as *const __m256i))
     }
     #[inline(always)]
+    unsafe fn load_pair_u16<const BF: bool>(p: *const u16) -> (__m256, __m256) {
+        let w = _mm256_loadu_si256(p as *const __m256i);
+        if BF {
+            let hi = _mm256_set1_epi32(0xFFFF_0000_u32 as i32);
+            (
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w)),
+                _mm256_castsi256_ps(_mm256_and_si256(w, hi)),
+            )
+        } else {
+            // the low and high halves packed per 128-bit lane (lo 0-3, hi 0-3 | lo 4-7,
+            // hi 4-7), then the 64-bit quarters reordered: lo 0-7 | hi 0-7
+            let lo = _mm256_and_si256(w, _mm256_set1_epi32(0xFFFF));
+            let q = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi32(
+                lo,
+                _mm256_srli_epi32::<16>(w),
+            ));
+            (
+                _mm256_cvtph_ps(_mm256_castsi256_si128(q)),
+                _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(q)),
+            )
+        }
+    }
+    #[inline(always)]
     unsafe fn deinterleave2(p: *const f32) -> (__m256, __m256) {
         let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
         // per 128-bit half: rows (0, 1, 4, 5 | 2, 3, 6, 7); then the 64-bit pairs reordered

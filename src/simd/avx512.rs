@@ -48,6 +48,22 @@ impl Isa for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn load_pair_u16<const BF: bool>(p: *const u16) -> (__m512, __m512) {
+        let w = _mm512_loadu_si512(p as *const _);
+        if BF {
+            let hi = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+            (
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w)),
+                _mm512_castsi512_ps(_mm512_and_si512(w, hi)),
+            )
+        } else {
+            (
+                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w)),
+                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(w))),
+            )
+        }
+    }
+    #[inline(always)]
     unsafe fn load_tail(p: *const f32, n: usize) -> __m512 {
         _mm512_mask_loadu_ps(
             _mm512_set1_ps(f32::NEG_INFINITY),

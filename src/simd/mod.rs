@@ -262,6 +262,21 @@ pub(crate) trait Isa: Copy {
             Self::load_f16(buf.as_ptr())
         }
     }
+    /// The two columns of W packed rows of two 16-bit values at p (2·W values), widened as
+    /// bfloat16 (`BF`) or float16. This default copies each column through a buffer; the x86
+    /// paths split one wide load (value 2l is the low half of 32-bit lane l).
+    #[inline(always)]
+    unsafe fn load_pair_u16<const BF: bool>(p: *const u16) -> (Self::V, Self::V) {
+        let (mut a, mut b) = ([0u16; 16], [0u16; 16]);
+        for l in 0..Self::W {
+            (a[l], b[l]) = (*p.add(2 * l), *p.add(2 * l + 1));
+        }
+        if BF {
+            (Self::load_bf16(a.as_ptr()), Self::load_bf16(b.as_ptr()))
+        } else {
+            (Self::load_f16(a.as_ptr()), Self::load_f16(b.as_ptr()))
+        }
+    }
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
@@ -482,6 +497,10 @@ impl Elem for F16 {
         I::load_tail_u16::<false>(p as *const u16, n, Self::NEG_INF.0)
     }
     #[inline(always)]
+    unsafe fn load_pair<I: Isa>(p: *const F16) -> (I::V, I::V) {
+        I::load_pair_u16::<false>(p as *const u16)
+    }
+    #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::from_bits(self.0).to_f32()
     }
@@ -497,6 +516,10 @@ impl Elem for BF16 {
     #[inline(always)]
     unsafe fn load_tail<I: Isa>(p: *const BF16, n: usize) -> I::V {
         I::load_tail_u16::<true>(p as *const u16, n, Self::NEG_INF.0)
+    }
+    #[inline(always)]
+    unsafe fn load_pair<I: Isa>(p: *const BF16) -> (I::V, I::V) {
+        I::load_pair_u16::<true>(p as *const u16)
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
