@@ -1356,7 +1356,7 @@ pub(crate) fn exp_f32_le0(x: f32) -> f64 {
 }
 
 /// exp(x) in float64 for x <= 0 (-inf gives 0, NaN gives NaN), without libm, so the 16-lane
-/// loops (and [`exp_each_f64`]) vectorise it: exp(x) = 2^n·exp(r),
+/// loops (and [`sums_f64`]) vectorise it: exp(x) = 2^n·exp(r),
 /// n = round(x/ln 2), r = x - n·ln 2 in two parts (|r| <= 0.347), exp(r) by its series to
 /// r^13/13! (truncation below 1e-17 relative), 2^n applied in two halves (so results down to
 /// the subnormals; 0 below -745.2). Within a few float64 ulps of exp(x).

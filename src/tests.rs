@@ -280,7 +280,9 @@ fn half_pairs_split_and_widen_exactly() {
         |got: f32, want: f32| got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
     on_each_path(|p| {
         let mut out = [0f32; 32];
-        for i in (0..bits.len() - 32).step_by(32) {
+        // W, then every pattern in blocks of 2·W (65,536 is a multiple of every 2·W)
+        let w0 = crate::kernel::widen_pairs::<F16>(p, &h, &mut out);
+        for i in (0..bits.len()).step_by(2 * w0) {
             let w = crate::kernel::widen_pairs::<F16>(p, &h[i..], &mut out);
             for l in 0..2 * w {
                 let b = bits[i + 2 * (l % w) + l / w];

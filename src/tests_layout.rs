@@ -34,8 +34,8 @@ fn data(n: usize, c: usize, dtype: DType, seed: u64) -> Data {
         .collect();
     let mut t: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
     // rows the kernels leave to the row kernel, or must mask: spread over the blocks of the
-    // first 301 rows (the rows after them are clean runs, several tiles long)
-    for (k, i) in (5..n.min(301)).step_by(37).enumerate() {
+    // first 340 rows (the rows after them are clean runs, several tiles long)
+    for (k, i) in (5..n.min(340)).step_by(37).enumerate() {
         match k % 5 {
             0 => t[i] = IGNORE,
             1 => x[i * c + (t[i] as usize + 1) % c] = f32::NEG_INFINITY,
