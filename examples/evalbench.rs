@@ -1,6 +1,7 @@
 //! Timing of evaluate vs cross_entropy and logsumexp without Python, on 512 MiB float32
 //! arrays: `T=2 C=2,10,1000 cargo run --release --example evalbench` (T threads, default 1; C the
-//! class counts; KIND=log_probs or probs scores the rows' log_softmax / softmax instead).
+//! class counts; KIND=log_probs or probs scores the rows' log_softmax / softmax instead;
+//! DT=f64 runs the same values as float64, 512 MiB of them).
 use fastnll::eval::evaluate;
 use fastnll::loss::cross_entropy;
 use fastnll::softmax::logsumexp;
@@ -14,16 +15,20 @@ extern "C" {
 
 /// A zeroed Vec<f32> of n backed by transparent huge pages where the kernel allows (as NumPy's
 /// large arrays are), so timings match the Python benchmark's.
-fn huge_vec(n: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(n + 1024);
+fn huge_vec<T: Copy + Default>(n: usize) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n + 1024);
     let p = v.as_mut_ptr() as usize;
     let a = (p + 2 * 1024 * 1024 - 1) & !(2 * 1024 * 1024 - 1);
     // SAFETY: [a, a + len) lies inside the allocation; MADV_HUGEPAGE only changes paging.
     #[cfg(target_os = "linux")]
     unsafe {
-        madvise(a as *mut u8, (p + 4 * n).saturating_sub(a), 14)
+        madvise(
+            a as *mut u8,
+            (p + std::mem::size_of::<T>() * n).saturating_sub(a),
+            14,
+        )
     };
-    v.resize(n, 0.0);
+    v.resize(n, T::default());
     v
 }
 
@@ -39,9 +44,10 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     for c in cs {
-        let n = (512 << 20) / (4 * c);
+        let f64_input = std::env::var("DT").as_deref() == Ok("f64");
+        let n = (512 << 20) / (if f64_input { 8 } else { 4 } * c);
         let mut seed = 1u64;
-        let mut x = huge_vec(n * c);
+        let mut x: Vec<f32> = huge_vec(n * c);
         for v in &mut x {
             *v = {
                 seed = seed
@@ -70,7 +76,19 @@ fn main() {
             }
         }
         let t: Vec<i64> = (0..n).map(|i| ((i * 31) % c) as i64).collect();
-        let v = View::from_slice(&x, n, c);
+        let mut x64: Vec<f64> = Vec::new();
+        if f64_input {
+            x64 = huge_vec(n * c);
+            for (d, &v) in x64.iter_mut().zip(&x) {
+                *d = f64::from(v);
+            }
+        }
+        let v = if f64_input {
+            drop(std::mem::take(&mut x));
+            View::from_slice(&x64, n, c)
+        } else {
+            View::from_slice(&x, n, c)
+        };
         let tv = IntView::from_slice(&t);
         let opt = EvalOptions {
             kind,

@@ -2264,6 +2264,92 @@ pub(crate) fn stats_f64(path: Path, x: &[f64], xt: f64, eval: bool) -> (f64, Sta
     })
 }
 
+/// Rows per block of [`stats_f64_lanes`].
+pub(crate) const F64_LANES: usize = 16;
+/// The longest float64 rows [`stats_f64_lanes`] takes (longer ones amortise the row kernel's
+/// per-row cost over their elements).
+pub(crate) const F64_LANES_MAX_C: usize = 32;
+
+/// Float64 statistics of [`F64_LANES`] rows at once, row l in lane l: max `m`, exp-sum `s`
+/// and (with `eval`) Σ e·(x - m) `t` and Σ e² `q`, where a row's max is finite. The same
+/// operations in the same order as [`stats_f64`] (a row's sums in element order, no fused
+/// operations), so each lane holds that row's bits; a row with a NaN has a NaN `s`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct F64Lanes {
+    pub m: [f64; F64_LANES],
+    pub s: [f64; F64_LANES],
+    pub t: [f64; F64_LANES],
+    pub q: [f64; F64_LANES],
+}
+
+impl Default for F64Lanes {
+    fn default() -> Self {
+        F64Lanes {
+            m: [f64::NEG_INFINITY; F64_LANES],
+            s: [0.0; F64_LANES],
+            t: [0.0; F64_LANES],
+            q: [0.0; F64_LANES],
+        }
+    }
+}
+
+/// [`F64Lanes`] of the column-major block `cols` (column j of the 16 rows at
+/// `cols[16 j..16 j + 16]`, `c` = cols.len() / 16 <= [`F64_LANES_MAX_C`] columns), each
+/// column's lanes in one vector loop on `path`. Lanes whose max is not finite hold no
+/// statistics (the caller takes those rows to [`stats_f64`]).
+pub(crate) fn stats_f64_lanes(path: Path, cols: &[f64], eval: bool, o: &mut F64Lanes) {
+    #[inline(always)]
+    fn each(cols: &[f64], eval: bool, o: &mut F64Lanes) {
+        const L: usize = F64_LANES;
+        let mut m = [f64::NEG_INFINITY; L];
+        for col in cols.chunks_exact(L) {
+            for l in 0..L {
+                // `stats_iter`'s rule: NaN never replaces the max
+                m[l] = if col[l] > m[l] { col[l] } else { m[l] };
+            }
+        }
+        // a finite stand-in keeps the other lanes' loop in range
+        let mf: [f64; L] = std::array::from_fn(|l| if m[l].is_finite() { m[l] } else { 0.0 });
+        let (mut s, mut t, mut q) = ([0f64; L], [0f64; L], [0f64; L]);
+        for col in cols.chunks_exact(L) {
+            for l in 0..L {
+                let d = col[l] - mf[l];
+                let e = exp_le0_f64(d);
+                s[l] += e;
+                if eval {
+                    // adding +0 leaves t's bits (t is never -0), as skipping does in `sums_f64`
+                    t[l] += if e > 0.0 { e * d } else { 0.0 };
+                    q[l] += e * e;
+                }
+            }
+        }
+        *o = F64Lanes { m, s, t, q };
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn avx512(cols: &[f64], eval: bool, o: &mut F64Lanes) {
+        each(cols, eval, o);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(cols: &[f64], eval: bool, o: &mut F64Lanes) {
+        each(cols, eval, o);
+    }
+    debug_assert!(
+        cols.len().is_multiple_of(F64_LANES) && cols.len() <= F64_LANES * F64_LANES_MAX_C
+    );
+    match path {
+        // SAFETY: a Path other than Scalar is only selected after `Path::available` confirmed
+        // the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { avx512(cols, eval, o) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { avx2(cols, eval, o) },
+        _ => each(cols, eval, o),
+    }
+}
+
 /// Rows whose max has magnitude >= 2^30, where the rounding of m·log2(e) in the sweep's
 /// shift would leave f32's range: the float64 statistics, read twice without a copy.
 #[cold]

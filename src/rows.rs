@@ -70,6 +70,18 @@ pub struct Rows<'v, 'a> {
     s64: Vec<f64>,
     s16: Vec<F16>,
     sb16: Vec<BF16>,
+    lanes: F64Block,
+}
+
+/// The float64 statistics of the block of rows `at..at + n` (short rows: see
+/// [`kernel::stats_f64_lanes`]), computed when a row outside it is asked for, and its values
+/// column-major (for the rank counts, which need each row's target value).
+struct F64Block {
+    at: usize,
+    n: usize,
+    eval: bool,
+    cols: Vec<f64>,
+    st: kernel::F64Lanes,
 }
 
 fn typed_stats<E: simd::Elem>(path: Path, x: &[E], xt: f32, want: Want) -> Stats {
@@ -104,6 +116,13 @@ impl<'v, 'a> Rows<'v, 'a> {
             s64: Vec::new(),
             s16: Vec::new(),
             sb16: Vec::new(),
+            lanes: F64Block {
+                at: 0,
+                n: 0,
+                eval: false,
+                cols: Vec::new(),
+                st: kernel::F64Lanes::default(),
+            },
         }
     }
 
@@ -140,10 +159,86 @@ impl<'v, 'a> Rows<'v, 'a> {
                 RowStats { m: st.m as f64, st }
             }
             DType::F64 => {
+                if (1..=kernel::F64_LANES_MAX_C).contains(&view.cols()) {
+                    if let Some(rs) = self.stats_lanes(i, xt, want) {
+                        return rs;
+                    }
+                }
                 let (m, st) = kernel::stats_f64(path, view.row(i, &mut self.s64), xt, want.eval);
                 RowStats { m, st }
             }
         }
+    }
+
+    /// [`Rows::stats`] of a short float64 row from its block of 16 (computed, in vectors,
+    /// when row `i` is not in the last one): the same bits as `kernel::stats_f64`, or None for
+    /// a row whose max is not finite (which that kernel handles).
+    fn stats_lanes(&mut self, i: usize, xt: f64, want: Want) -> Option<RowStats> {
+        const L: usize = kernel::F64_LANES;
+        let (view, b) = (self.view, &mut self.lanes);
+        let c = view.cols();
+        if i < b.at || i >= b.at + b.n || (want.eval && !b.eval) {
+            let n = (view.rows() - i).min(L);
+            b.cols.clear();
+            b.cols.resize(L * c, 0.0);
+            let cols = &mut b.cols;
+            match view.row_run::<f64>(i) {
+                Some((p, st)) => {
+                    // the next block's lines, for the row after it (C = 32: 1.5x faster)
+                    #[cfg(target_arch = "x86_64")]
+                    for l in L..2 * L {
+                        let r = p.wrapping_add(l * st) as *const i8;
+                        for k in (0..8 * c).step_by(64) {
+                            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                            // SAFETY: a prefetch never faults, whatever the address.
+                            unsafe { _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(k)) };
+                        }
+                    }
+                    // column by column: the stores in order, each row's loads in order
+                    for (j, col) in cols.chunks_exact_mut(L).enumerate() {
+                        for (l, d) in col[..n].iter_mut().enumerate() {
+                            // SAFETY: rows i..i + n are rows of the view, `st` elements apart
+                            // from row i at p, each of c readable elements (`View::row_run`).
+                            *d = unsafe { p.add(l * st + j).read() };
+                        }
+                    }
+                }
+                None => {
+                    for l in 0..n {
+                        for j in 0..c {
+                            cols[j * L + l] = view.get::<f64>(i + l, j);
+                        }
+                    }
+                }
+            }
+            kernel::stats_f64_lanes(self.path, cols, want.eval, &mut b.st);
+            (b.at, b.n, b.eval) = (i, n, want.eval);
+        }
+        let l = i - b.at;
+        let m = b.st.m[l];
+        if !m.is_finite() {
+            return None;
+        }
+        let s = b.st.s[l];
+        let (t, q, gt) = if want.eval {
+            let gt = b.cols[l..].iter().step_by(L).filter(|&&v| v > xt).count();
+            (b.st.t[l], b.st.q[l], gt as u64)
+        } else {
+            (0.0, 0.0, 0)
+        };
+        // with a finite max, s is NaN exactly when the row holds a NaN
+        let nan = s.is_nan();
+        Some(RowStats {
+            m,
+            st: Stats {
+                m: m as f32,
+                s,
+                t,
+                q,
+                gt,
+                nan,
+            },
+        })
     }
 
     /// Writes log_softmax (`log`) or softmax of row `i` into `out` (f32 output, 16/32-bit input).

@@ -840,6 +840,88 @@ fn exp_f32_le0_matches_libm_within_a_few_ulps() {
     assert_eq!(exp_f32_le0(-f32::MAX), 0.0);
 }
 
+/// Short float64 rows' statistics from their blocks of 16 (`Rows::stats` through
+/// `kernel::stats_f64_lanes`) are the bits `kernel::stats_f64` gives row by row, on every path,
+/// in C order (rows read in place) and Fortran order (read element by element), with and
+/// without the metrics' sums, for rows asked in order, backwards and repeated; rows with a
+/// NaN, -inf, +inf, only -inf, huge or -0 values among them; C up to the blocks' bound and
+/// one past it; a partial last block.
+#[test]
+fn f64_short_rows_in_blocks_are_the_row_kernels_bits() {
+    use crate::kernel::{stats_f64, F64_LANES_MAX_C};
+    use crate::rows::{Rows, Want};
+    let mut rng = Rng(77);
+    let n = 16 * 3 + 5;
+    for c in [
+        1usize,
+        2,
+        3,
+        10,
+        16,
+        31,
+        F64_LANES_MAX_C,
+        F64_LANES_MAX_C + 1,
+    ] {
+        let mut x: Vec<f64> = (0..n * c).map(|_| 4.0 * rng.normal()).collect();
+        let specials = [
+            f64::NAN,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            1e300,
+            -1e300,
+            -0.0,
+            -800.0,
+        ];
+        for (k, &v) in specials.iter().enumerate() {
+            x[(3 + 5 * k) * c + k % c] = v;
+        }
+        for v in &mut x[20 * c..21 * c] {
+            *v = f64::NEG_INFINITY;
+        }
+        for v in &mut x[22 * c..23 * c] {
+            *v = 0.0;
+        }
+        x[22 * c] = -0.0;
+        let xt: Vec<f64> = (0..n).map(|i| x[i * c + (i * 7) % c]).collect();
+        let fortran: Vec<f64> = (0..n * c).map(|k| x[(k % n) * c + k / n]).collect();
+        let c_order = View::from_slice(&x, n, c);
+        // SAFETY: `fortran` holds n x c elements, column j at j·n.
+        let f_order = unsafe {
+            View::new(
+                fortran.as_ptr() as *const u8,
+                crate::tensor::DType::F64,
+                &[n, c],
+                &[8, 8 * n as isize],
+                false,
+            )
+        }
+        .unwrap();
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        on_each_path(|p| {
+            for view in [&c_order, &f_order] {
+                let mut rw = Rows::new(view);
+                let order: Vec<(usize, bool)> = (0..n)
+                    .map(|i| (i, i % 3 != 0))
+                    .chain((0..n).rev().map(|i| (i, true)))
+                    .chain((0..n).flat_map(|i| [(i, false), (i, true), (i, false)]))
+                    .collect();
+                for (i, eval) in order {
+                    let got = rw.stats(i, xt[i], Want { eval });
+                    let (m, st) = stats_f64(p, &x[i * c..(i + 1) * c], xt[i], eval);
+                    let ctx = format!("{p:?} C={c} row {i} eval {eval}");
+                    assert!(
+                        same(got.m, m) && same(got.st.m as f64, st.m as f64),
+                        "{ctx}"
+                    );
+                    assert!(same(got.st.s, st.s), "{ctx}: s {} vs {}", got.st.s, st.s);
+                    assert!(same(got.st.t, st.t) && same(got.st.q, st.q), "{ctx}");
+                    assert_eq!((got.st.gt, got.st.nan), (st.gt, st.nan), "{ctx}");
+                }
+            }
+        });
+    }
+}
+
 /// Float64 rows' statistics (`kernel::stats_f64`: exp by `exp_le0_f64`, in vectors a chunk at
 /// a time) are the same bits on every path, whatever the row length (chunks and their tails),
 /// and agree with libm float64 sums; `exp_le0_f64` itself stays within a few ulps of libm on
