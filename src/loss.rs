@@ -239,6 +239,9 @@ pub fn cross_entropy<O: Out>(
     let w32: Option<Vec<f32>> = opt.weight.map(|w| w.iter().map(|&v| v as f32).collect());
     let wt = w32.as_deref().zip(opt.weight);
     let fast = |r: Range<usize>, o: Option<&mut [O]>, s: &mut Scratch| -> Option<BlockSums> {
+        if x.dtype == DType::F64 && eps == 0.0 && (1..=kernel::F64_LANES_MAX_C).contains(&c) {
+            return Some(ce_f64_short(x, t, r, opt, o));
+        }
         if eps > 0.0 && eps < 1.0 && opt.weight.is_none() && o.is_none() {
             // without class weights the smoothed loss is the plain one plus ε·(x_t - mean x):
             // (1-ε)·(lse - x_t) + ε/C·Σ_c (lse - x_c) = (lse - x_t) + ε·(x_t - Σ_c x_c / C),
@@ -304,6 +307,53 @@ pub fn cross_entropy<O: Out>(
         ce_fast(x, t, r, opt.ignore_index, wt, o, s)
     };
     drive(x, chunk_per(x), out, row, fast)
+}
+
+/// Cross-entropy (no label smoothing) of short float64 rows `r`, 16 at a time from their
+/// vectorised statistics (`Rows::f64_block`), until the end or the first row with a target
+/// out of range or an inf/NaN (left to the row kernel, which reports or handles it). Each
+/// row's loss is the row kernel's arithmetic on the same statistics, w·((m - x_t) + ln s),
+/// so the losses are its bits; the sum runs in row order.
+fn ce_f64_short<O: Out>(
+    x: &View,
+    t: &IntView,
+    r: Range<usize>,
+    opt: &ClassOptions,
+    mut out: Option<&mut [O]>,
+) -> BlockSums {
+    const L: usize = kernel::F64_LANES;
+    let c = x.cols();
+    let mut rw = Rows::new(x);
+    let mut b = BlockSums::default();
+    let mut i = r.start;
+    while i < r.end {
+        let blk = rw.f64_block(i, false);
+        for l in 0..blk.n.min(r.end - i) {
+            let v = t.get(i + l);
+            let (loss, w) = if v == opt.ignore_index as i128 {
+                (0.0, 0.0)
+            } else if v < 0 || v >= c as i128 {
+                return b;
+            } else {
+                let k = v as usize;
+                let (m, s) = (blk.st.m[l], blk.st.s[l]);
+                // (s is NaN where the row holds a NaN)
+                if !(m.is_finite() && s.is_finite()) {
+                    return b;
+                }
+                let w = opt.weight.map_or(1.0, |w| w[k]);
+                (w * ((m - blk.cols[k * L + l]) + s.ln()), w)
+            };
+            if let Some(o) = out.as_deref_mut() {
+                o[i + l - r.start] = O::from_f64(loss);
+            }
+            b.sum += loss;
+            b.weight += w;
+            b.rows += 1;
+        }
+        i += L;
+    }
+    b
 }
 
 thread_local! {

@@ -76,12 +76,15 @@ pub struct Rows<'v, 'a> {
 /// The float64 statistics of the block of rows `at..at + n` (short rows: see
 /// [`kernel::stats_f64_lanes`]), computed when a row outside it is asked for, and its values
 /// column-major (for the rank counts, which need each row's target value).
-struct F64Block {
-    at: usize,
-    n: usize,
-    eval: bool,
-    cols: Vec<f64>,
-    st: kernel::F64Lanes,
+pub(crate) struct F64Block {
+    /// The first row and the number of rows (the last block may hold fewer than 16).
+    pub at: usize,
+    pub n: usize,
+    /// Whether `st` holds the metrics' sums.
+    pub eval: bool,
+    /// Element j of row at + l at `16 j + l` (lanes past n hold 0).
+    pub cols: Vec<f64>,
+    pub st: kernel::F64Lanes,
 }
 
 fn typed_stats<E: simd::Elem>(path: Path, x: &[E], xt: f32, want: Want) -> Stats {
@@ -170,14 +173,15 @@ impl<'v, 'a> Rows<'v, 'a> {
         }
     }
 
-    /// [`Rows::stats`] of a short float64 row from its block of 16 (computed, in vectors,
-    /// when row `i` is not in the last one): the same bits as `kernel::stats_f64`, or None for
-    /// a row whose max is not finite (which that kernel handles).
-    fn stats_lanes(&mut self, i: usize, xt: f64, want: Want) -> Option<RowStats> {
+    /// The block of (up to) 16 float64 rows holding row `i` (short rows: C in
+    /// 1..=[`kernel::F64_LANES_MAX_C`]), with the metrics' sums if `eval`: the last one if it
+    /// holds row i, else rows i.. read and their statistics computed in vectors.
+    pub(crate) fn f64_block(&mut self, i: usize, eval: bool) -> &F64Block {
         const L: usize = kernel::F64_LANES;
         let (view, b) = (self.view, &mut self.lanes);
         let c = view.cols();
-        if i < b.at || i >= b.at + b.n || (want.eval && !b.eval) {
+        debug_assert!(view.dtype == DType::F64 && (1..=kernel::F64_LANES_MAX_C).contains(&c));
+        if i < b.at || i >= b.at + b.n || (eval && !b.eval) {
             let n = (view.rows() - i).min(L);
             b.cols.clear();
             b.cols.resize(L * c, 0.0);
@@ -211,9 +215,18 @@ impl<'v, 'a> Rows<'v, 'a> {
                     }
                 }
             }
-            kernel::stats_f64_lanes(self.path, cols, want.eval, &mut b.st);
-            (b.at, b.n, b.eval) = (i, n, want.eval);
+            kernel::stats_f64_lanes(self.path, cols, eval, &mut b.st);
+            (b.at, b.n, b.eval) = (i, n, eval);
         }
+        b
+    }
+
+    /// [`Rows::stats`] of a short float64 row from its block of 16 (computed, in vectors,
+    /// when row `i` is not in the last one): the same bits as `kernel::stats_f64`, or None for
+    /// a row whose max is not finite (which that kernel handles).
+    fn stats_lanes(&mut self, i: usize, xt: f64, want: Want) -> Option<RowStats> {
+        const L: usize = kernel::F64_LANES;
+        let b = self.f64_block(i, want.eval);
         let l = i - b.at;
         let m = b.st.m[l];
         if !m.is_finite() {

@@ -241,7 +241,7 @@ fn ref_ce_sum(d: &Data) -> f64 {
 
 #[test]
 fn every_layout_and_target_dtype_gives_the_same_bits() {
-    let dtypes = [DType::F32, DType::F16, DType::BF16];
+    let dtypes = [DType::F32, DType::F16, DType::BF16, DType::F64];
     on_each_path(|p| {
         for &c in &[1usize, 2, 3, 5, 10, 16, 32, 33, 100, 1000] {
             // short rows: more than two of the widest tiles (stage::TARGET_TILE rows), so runs
