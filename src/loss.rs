@@ -328,6 +328,8 @@ fn ce_f64_short<O: Out>(
     let mut i = r.start;
     while i < r.end {
         let blk = rw.f64_block(i, false);
+        // (a fresh Rows, stepped by whole blocks: row i + l is lane l)
+        debug_assert_eq!(blk.at, i);
         for l in 0..blk.n.min(r.end - i) {
             let v = t.get(i + l);
             let (loss, w) = if v == opt.ignore_index as i128 {

@@ -923,20 +923,37 @@ fn f64_short_rows_in_blocks_are_the_row_kernels_bits() {
 }
 
 /// Cross-entropy of short float64 rows (their 16-row fast path, `loss::ce_f64_short`) on
-/// every path: each row's loss within 1e-13 of a libm float64 reference written here, with
-/// class weights, ignored rows (0), a masked -inf class, a -inf target (inf), a NaN row
-/// (NaN) and a +inf row (lse = inf: inf, or NaN for the +inf class), which the row kernel
-/// takes, a large offset; the sum and weight of the scored rows;
-/// a target out of range reported with its row.
+/// every path: each row's loss within 1e-13 of a libm float64 reference written here, and
+/// the same bits as the row kernel's arithmetic (`stats_f64`, `RowStats::minus`), with class
+/// weights (a zero and a negative one among them), ignored rows (0), an ignore_index that is
+/// a class, a masked -inf class, a -inf target (inf), a NaN row (NaN) and a +inf row
+/// (lse = inf: inf, or NaN for the +inf class), which the row kernel takes, a large offset;
+/// at C = 10 more than two parallel chunks, which end inside a block of 16; the sum and
+/// weight of the scored rows; a target out of range reported with its row.
 #[test]
 fn f64_short_rows_cross_entropy_matches_a_float64_reference() {
+    use crate::kernel::stats_f64;
+    use crate::rows::RowStats;
     let mut rng = Rng(5);
-    for c in [1usize, 2, 3, 10, 31, 32, 33] {
-        let n = 16 * 4 + 7;
+    let cases = [
+        (1usize, -100),
+        (2, -100),
+        (3, -100),
+        (3, 0),
+        (10, -100),
+        (31, -100),
+        (32, 5),
+    ];
+    for (c, ignore) in cases.into_iter().chain([(33, -100)]) {
+        let n = if c == 10 {
+            2 * crate::parallel::chunk_rows(80) + 37
+        } else {
+            16 * 4 + 7
+        };
         let mut x: Vec<f64> = (0..n * c).map(|_| 3.0 * rng.normal()).collect();
         let mut t: Vec<i64> = (0..n).map(|i| ((i * 5 + 1) % c) as i64).collect();
         for i in (0..n).step_by(9) {
-            t[i] = -100;
+            t[i] = ignore;
         }
         x[17 * c + (t[17] as usize + 1) % c] = f64::NEG_INFINITY; // masked class (or the target at C = 1)
         x[19 * c + t[19] as usize] = f64::NEG_INFINITY; // the target's logit
@@ -945,11 +962,15 @@ fn f64_short_rows_cross_entropy_matches_a_float64_reference() {
         for v in &mut x[40 * c..41 * c] {
             *v += 1e6;
         }
-        let weight: Vec<f64> = (0..c).map(|j| 0.5 + j as f64 / 8.0).collect();
+        let mut weight: Vec<f64> = (0..c).map(|j| 0.5 + j as f64 / 8.0).collect();
+        if c >= 3 {
+            (weight[1], weight[2]) = (0.0, -0.75);
+        }
         let v = View::from_slice(&x, n, c);
         let tv = IntView::from_slice(&t);
         let opt = ClassOptions {
             weight: Some(&weight),
+            ignore_index: ignore,
             ..ClassOptions::default()
         };
         on_each_path(|p| {
@@ -958,7 +979,7 @@ fn f64_short_rows_cross_entropy_matches_a_float64_reference() {
             let (mut sum, mut wsum) = (0.0, 0.0);
             for i in 0..n {
                 let ctx = format!("{p:?} C={c} row {i}");
-                if t[i] == -100 {
+                if t[i] == ignore {
                     assert_eq!(out[i], 0.0, "{ctx}");
                     continue;
                 }
@@ -976,6 +997,13 @@ fn f64_short_rows_cross_entropy_matches_a_float64_reference() {
                 } else {
                     m + row.iter().map(|r| (r - m).exp()).sum::<f64>().ln()
                 };
+                let (m_row, st) = stats_f64(p, row, row[k], false);
+                let kernel = weight[k] * RowStats { m: m_row, st }.minus(row[k]);
+                assert!(
+                    out[i].to_bits() == kernel.to_bits() || (out[i].is_nan() && kernel.is_nan()),
+                    "{ctx}: {} vs the row kernel's {kernel}",
+                    out[i]
+                );
                 let want = weight[k] * (lse - row[k]);
                 if want.is_nan() {
                     // C = 1 with a -inf logit: -inf - -inf
@@ -987,7 +1015,8 @@ fn f64_short_rows_cross_entropy_matches_a_float64_reference() {
                     assert!((out[i] - want).abs() <= tol, "{ctx}: {} vs {want}", out[i]);
                 }
             }
-            assert!((tot.weight - wsum).abs() <= 1e-12 * wsum, "{p:?} C={c}");
+            let scale: f64 = weight.iter().map(|w| w.abs()).sum::<f64>() * n as f64;
+            assert!((tot.weight - wsum).abs() <= 1e-14 * scale, "{p:?} C={c}");
             // (NaN rows make both sums NaN)
             let close = (tot.sum - sum).abs() <= 1e-12 * sum.abs();
             assert!(
