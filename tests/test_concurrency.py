@@ -78,6 +78,7 @@ def calls(d):
     """name -> zero-argument callable, every public function on several layouts."""
     F = fastnll
     lp = np.log(F.softmax(d["x"][:1000]).astype(np.float64) + 1e-30)
+    lps = F.log_softmax(d["short"])
     return {
         "ce_mean": lambda: F.cross_entropy(d["x"], d["t"]),
         "ce_none": lambda: F.cross_entropy(d["x"], d["t"], reduction="none"),
@@ -92,6 +93,9 @@ def calls(d):
         "ce_bf16": lambda: F.cross_entropy(d["xbf"], d["t"]),
         "ce_fortran": lambda: F.cross_entropy(d["xf"], d["t"][:500], reduction="none"),
         "nll": lambda: F.nll_loss(lp, d["t"][:1000]),
+        # 40 000 rows: ten chunks of 4096 rows (nll_loss chunks by rows, not row bytes)
+        "nll_chunks": lambda: F.nll_loss(lps, d["ts"], weight=d["w"][:13]),
+        "nll_chunks_none": lambda: F.nll_loss(lps, d["ts"], reduction="none"),
         "bce": lambda: F.binary_cross_entropy_with_logits(d["x"], d["y"]),
         "lse": lambda: F.logsumexp(d["x"]),
         "lse_short": lambda: F.logsumexp(d["short"]),
