@@ -441,13 +441,14 @@ pub fn nll_loss<O: Out>(
     check_target_shape(x, t.shape(), "target")?;
     opt.check(x.cols())?;
     let path = simd::current();
-    // One gathered element per row: chunk by rows, not by row bytes. A row's element is a
-    // cache miss, about as long as streaming a few hundred bytes: 4096 rows per chunk, so
-    // that two threads share a [33554, 1000] input evenly (16384 rows made 3 chunks, two of
-    // them on one thread).
+    // One gathered element per row: chunk by the bytes a row costs, not its length. Rows of
+    // at most 64 bytes are read whole (16384 rows per chunk); a longer row's element is a
+    // cache miss, which costs about as long as streaming 256 bytes: 4096 rows per chunk from
+    // 256-byte rows on, so two threads share a [33554, 1000] input evenly (at 16384 rows: 3
+    // chunks, two of them on one thread).
     drive(
         x,
-        parallel::chunk_rows(256),
+        parallel::chunk_rows((x.cols() * x.dtype.size()).clamp(64, 256)),
         out,
         |rw, i| {
             let Some(k) = class_of(t, x, i, opt.ignore_index)? else {

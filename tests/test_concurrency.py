@@ -79,6 +79,7 @@ def calls(d):
     F = fastnll
     lp = np.log(F.softmax(d["x"][:1000]).astype(np.float64) + 1e-30)
     lps = F.log_softmax(d["short"])
+    lpw = np.tile(F.log_softmax(d["x"]), (4, 1))  # 12 000 rows of 700 classes
     return {
         "ce_mean": lambda: F.cross_entropy(d["x"], d["t"]),
         "ce_none": lambda: F.cross_entropy(d["x"], d["t"], reduction="none"),
@@ -93,9 +94,11 @@ def calls(d):
         "ce_bf16": lambda: F.cross_entropy(d["xbf"], d["t"]),
         "ce_fortran": lambda: F.cross_entropy(d["xf"], d["t"][:500], reduction="none"),
         "nll": lambda: F.nll_loss(lp, d["t"][:1000]),
-        # 40 000 rows: ten chunks of 4096 rows (nll_loss chunks by rows, not row bytes)
+        # nll_loss chunks by rows (16384 rows of <= 64 bytes, 4096 of >= 256): 40 000 rows
+        # of 52 bytes are 3 chunks, 3000 rows of 2800 bytes 1 (inline), 12 000 such rows 3
         "nll_chunks": lambda: F.nll_loss(lps, d["ts"], weight=d["w"][:13]),
         "nll_chunks_none": lambda: F.nll_loss(lps, d["ts"], reduction="none"),
+        "nll_wide_chunks": lambda: F.nll_loss(lpw, np.tile(d["t"], 4)),
         "bce": lambda: F.binary_cross_entropy_with_logits(d["x"], d["y"]),
         "lse": lambda: F.logsumexp(d["x"]),
         "lse_short": lambda: F.logsumexp(d["short"]),
