@@ -549,6 +549,9 @@ fn strided_and_swapped_views_match_contiguous() {
 #[test]
 fn sums_do_not_depend_on_thread_count() {
     let _g = PATH_LOCK.lock().unwrap_or_else(PoisonError::into_inner); // no path switch meanwhile
+    let _t = crate::parallel::THREADS_LOCK
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let mut rng = Rng(9);
     let (n, c) = (20000, 10);
     let x: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();
