@@ -1,8 +1,9 @@
 //! Timing of evaluate vs cross_entropy and logsumexp without Python, on 512 MiB float32
 //! arrays: `T=2 C=2,10,1000 cargo run --release --example evalbench` (T threads, default 1; C the
 //! class counts; KIND=log_probs or probs scores the rows' log_softmax / softmax instead;
-//! DT=f64 runs the same values as float64, 512 MiB of them).
-use fastnll::eval::evaluate;
+//! DT=f64 runs the same values as float64, 512 MiB of them; CMP=1 also times `compare` of the
+//! array against a perturbed copy, against two cross_entropy calls).
+use fastnll::eval::{compare, evaluate};
 use fastnll::loss::cross_entropy;
 use fastnll::softmax::logsumexp;
 use fastnll::{ClassOptions, EvalOptions, IntView, Kind, View};
@@ -111,6 +112,29 @@ fn main() {
             best[2] = best[2].min(t0.elapsed().as_secs_f64());
         }
         println!("  logsumexp {:.1} ns/row", best[2] / n as f64 * 1e9);
+        if std::env::var("CMP").as_deref() == Ok("1") && !f64_input {
+            let mut y: Vec<f32> = huge_vec(n * c);
+            for (k, (d, &v)) in y.iter_mut().zip(&x).enumerate() {
+                *d = v + 0.05 * (((k * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0);
+            }
+            let w = View::from_slice(&y, n, c);
+            let (mut two, mut cmp) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                cross_entropy::<f32>(&v, &tv, &ClassOptions::default(), None).unwrap();
+                cross_entropy::<f32>(&w, &tv, &ClassOptions::default(), None).unwrap();
+                two = two.min(t0.elapsed().as_secs_f64());
+                let t0 = Instant::now();
+                compare(&v, &w, &tv, kind, -100).unwrap();
+                cmp = cmp.min(t0.elapsed().as_secs_f64());
+            }
+            println!(
+                "  compare {:.1} ns/row, two CE {:.1} ns/row, ratio {:.2}",
+                cmp / n as f64 * 1e9,
+                two / n as f64 * 1e9,
+                cmp / two
+            );
+        }
         println!(
             "C={c} threads={threads}: CE {:.1} ns/row, evaluate {:.1} ns/row, ratio {:.2}",
             best[0] / n as f64 * 1e9,
