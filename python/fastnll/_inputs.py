@@ -191,7 +191,11 @@ def _sample(d: Dump, ignore_index: int, budget: int) -> np.ndarray | None:
     total = b * t
     if total == 0:
         return None
-    cand = np.unique(np.linspace(0, total - 1, min(total, 1024)).astype(np.int64))
+    # 1024 evenly spaced rows (all rows of a smaller dump); a step >= 1 keeps them distinct
+    if total <= 1024:
+        cand = np.arange(total, dtype=np.int64)
+    else:
+        cand = np.linspace(0, total - 1, 1024).astype(np.int64)
     bi, ti = np.divmod(cand, t)
     keep = cand[np.asarray(d.targets_at(bi, ti)) != ignore_index]
     if keep.size == 0:
