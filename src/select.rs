@@ -630,13 +630,17 @@ mod tests {
         s.iter().map(|x| x + 0.0).collect()
     }
 
-    #[test]
-    fn order_stats_match_a_full_sort() {
-        let mut seed = 3u64;
-        let mut next = || {
+    /// Uniform values in [0, 1) from a seeded LCG.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f64 {
+        move || {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
+        }
+    }
+
+    #[test]
+    fn order_stats_match_a_full_sort() {
+        let mut next = uniform(3);
         let mut cases: Vec<Vec<f64>> = vec![
             vec![1.0],
             vec![0.0, -0.0, 0.0, -0.0],
@@ -695,11 +699,7 @@ mod tests {
     #[test]
     fn the_copy_and_the_radix_preselection_give_the_same_order_statistics() {
         use super::select_ranks_by;
-        let mut seed = 11u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = uniform(11);
         let mut cases: Vec<Vec<f64>> = vec![
             vec![f64::NAN, 0.5, -0.0, f64::NAN, 0.0, -2.0, f64::INFINITY],
             (0..50_000).map(|_| (next() * 30.0 - 25.0).exp()).collect(),
