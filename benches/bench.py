@@ -536,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     max_touch = max(k.touch_bytes(args.nbytes) for k in cells)
     roof = measure.Roofline(fastnll, args.threads, int(max_touch * 1.1))
     info["roofline_method"] = roof.method
+    # steady-state paging for every cell (see measure.warm_allocator): 4x the largest cell
+    info["allocator_warmup_s"] = measure.warm_allocator(4 * max_touch)
+    log(
+        f"allocator warmed: {4 * max_touch / 2**30:.1f} GiB touched in {info['allocator_warmup_s']:.1f} s"
+    )
     tmp = None
     dump_dir = args.dump_dir
     if any(k.is_file for k in cells) and dump_dir is None:

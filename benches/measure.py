@@ -48,6 +48,30 @@ def time_runs(fn: Callable[[], Any], repeat: int, budget: float | None = None) -
     }
 
 
+def warm_allocator(nbytes: int) -> float:
+    """Touches and frees ``nbytes`` (capped at a quarter of the available memory) once, before
+    any cell is timed; returns the seconds it took. On a Linux machine with transparent huge
+    pages on ``madvise`` (NumPy asks for them on large arrays), the first large allocations of
+    a process can stall on compaction: a fresh [33554, 1000] softmax output took 140-230 ms
+    where it takes 20 ms once the huge pages are free. Without this, whichever cells come
+    first (softmax, in the run order) pay it, fastnll's call and its references alike."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is not None:
+        nbytes = min(nbytes, avail // 4)
+    t0 = time.perf_counter()
+    if nbytes > 0:
+        a = np.ones(nbytes, dtype=np.uint8)
+        del a
+    return time.perf_counter() - t0
+
+
 def alternate(
     case: Callable[[], Any], roof: Callable[[], Any], repeat: int, scale: float = 1.0
 ) -> dict[str, Any]:
