@@ -576,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         f"fastnll {info['versions']['fastnll']} | {info['cpu_model']} (L3 {info['caches'].get('L3', '?')}) | "
         f"threads={args.threads} | simd={info['simd_path']} | numpy {info['versions']['numpy']} | "
         f"torch {info['versions']['torch']} | {args.mib:g} MiB per input | grid {args.grid} | "
-        f"median of {args.repeat} | roofline: {roof.method}"
+        f"median of {args.repeat} (up to {measure.MAX_RUNS} for calls under "
+        f"{measure.SHORT_CALL_S * 1e3:g} ms) | roofline: {roof.method}"
     )
     print_table(ordered)
     print(
