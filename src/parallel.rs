@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -214,53 +214,6 @@ fn section<T: Send>(chunks: usize, work: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-/// Held while [`shared`] runs an item: when the item unwinds, the counter is set to the end,
-/// so that no thread takes another item.
-struct StopOnUnwind<'a>(&'a AtomicUsize, usize);
-
-impl Drop for StopOnUnwind<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.store(self.1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Runs `f(0)`, ..., `f(n - 1)` with the calling thread taking items too (from one shared
-/// counter, beside up to threads - 1 pool workers); results in item order. For short
-/// sections: with `install` the calling thread only waits while the job wakes the workers one
-/// after the other (about 50 us each on this VM), which was a third or more of a [33554, 1000]
-/// `nll_loss` on two threads (median 265-390 us, against 250 us on one). A panicking item
-/// stops the others from taking more; the panic comes back once they are done.
-fn shared<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<T>>> = (0..n).map(|_| Mutex::new(None)).collect();
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= n {
-            break;
-        }
-        let _stop = StopOnUnwind(&next, n);
-        let v = f(i);
-        *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(v);
-    };
-    let helpers = num_threads().saturating_sub(1).min(n.saturating_sub(1));
-    pool().in_place_scope(|s| {
-        for _ in 0..helpers {
-            s.spawn(|_| work());
-        }
-        work();
-    });
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(PoisonError::into_inner)
-                .expect("every item of a section that did not panic ran")
-        })
-        .collect()
-}
-
 /// Runs `f` on the fastnll pool.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
@@ -351,9 +304,7 @@ pub fn map_items<I: Send, T: Send>(
     install(|| items.into_par_iter().map(&f).collect())
 }
 
-/// Applies `f` to every chunk in parallel (a section of fewer than [`WATCH_CHUNKS`] chunks
-/// with the calling thread taking chunks too, see [`shared`]); results come back in chunk
-/// order.
+/// Applies `f` to every chunk in parallel; results come back in chunk order.
 pub fn map_chunks<T: Send>(
     n: usize,
     per: usize,
@@ -362,18 +313,11 @@ pub fn map_chunks<T: Send>(
     let ranges = chunks(n, per);
     let tok = current_token();
     let _ = enter_chunk(&tok);
-    // (per = 1: rows of half a chunk or more; a single one is not serial: its class axis is
-    // split in parallel)
+    // (per = 1: rows of half a chunk or more; a single one splits its class axis on the pool)
     if (ranges.len() <= 1 && per > 1) || one_thread() {
         return inline_each(ranges, |r| {
             let _scope = enter_chunk(&tok);
             f(r)
-        });
-    }
-    if ranges.len() < WATCH_CHUNKS {
-        return shared(ranges.len(), |i| {
-            let _scope = enter_chunk(&tok);
-            f(ranges[i].clone())
         });
     }
     section(ranges.len(), || {
@@ -389,9 +333,6 @@ pub fn map_chunks<T: Send>(
 }
 
 /// Like [`map_chunks`], handing each chunk its slice of `out` (`width` elements per row).
-///
-/// # Panics
-/// Where `f` panics: a chunk's panic is resumed on the calling thread.
 pub fn map_chunks_out<T: Send, O: Send>(
     out: &mut [O],
     width: usize,
@@ -417,23 +358,7 @@ pub fn map_chunks_out<T: Send, O: Send>(
             f(k * per..(k * per + o.len() / width).min(n), o)
         });
     }
-    let nchunks = n.div_ceil(per.max(1));
-    if nchunks < WATCH_CHUNKS {
-        let parts: Vec<Mutex<Option<&mut [O]>>> = out
-            .chunks_mut(per * width)
-            .map(|o| Mutex::new(Some(o)))
-            .collect();
-        return shared(parts.len(), |k| {
-            let o = parts[k]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-                .expect("each chunk's output is taken once");
-            let _scope = enter_chunk(&tok);
-            f(k * per..(k * per + o.len() / width).min(n), o)
-        });
-    }
-    section(nchunks, || {
+    section(n.div_ceil(per.max(1)), || {
         out.par_chunks_mut(per * width)
             .enumerate()
             .map(|(k, o)| {
@@ -452,6 +377,7 @@ pub(crate) static THREADS_LOCK: Mutex<()> = Mutex::new(());
 #[cfg(test)]
 mod cancel_tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     fn threads_lock() -> std::sync::MutexGuard<'static, ()> {
         THREADS_LOCK.lock().unwrap_or_else(PoisonError::into_inner)
@@ -476,53 +402,13 @@ mod cancel_tests {
         assert!(!is_serial(), "the flag is reset after the section");
         let many = map_chunks(1000, 10, |_| is_serial());
         assert!(many.iter().all(|&s| !s), "pool chunks are not serial");
-        // one row of half a chunk or more is not serial (its class axis is split in parallel)
+        // one row of half a chunk or more stays on the pool (its class axis is split there)
         assert_eq!(map_chunks(1, 1, |_| is_serial()), vec![false]);
         let mut out = vec![0u8; 10];
         let r = map_chunks_out(&mut out, 1, 100, |_, _| std::thread::current().id());
         assert_eq!(r, vec![me]);
         assert_eq!(map_items(vec![0], 100, |_| is_serial()), vec![true]);
         assert_eq!(map_items(vec![0], 1, |_| is_serial()), vec![false]);
-    }
-
-    #[test]
-    fn a_short_section_runs_on_the_caller_and_the_pool_in_order() {
-        let _g = threads_lock();
-        let _t = Threads;
-        set_num_threads(2);
-        let me = std::thread::current().id();
-        // fewer chunks than WATCH_CHUNKS: the calling thread takes chunks too
-        let n = WATCH_CHUNKS - 1;
-        let got = map_chunks(10 * n, 10, |r| {
-            std::thread::sleep(Duration::from_millis(2));
-            (r.start, std::thread::current().id())
-        });
-        let starts: Vec<usize> = got.iter().map(|g| g.0).collect();
-        assert_eq!(starts, (0..n).map(|k| 10 * k).collect::<Vec<_>>());
-        assert!(got.iter().any(|g| g.1 == me), "the caller took no chunk");
-        let mut out = vec![0usize; 10 * n];
-        let r = map_chunks_out(&mut out, 1, 10, |rg, o| {
-            for (v, i) in o.iter_mut().zip(rg.clone()) {
-                *v = i;
-            }
-            rg.start
-        });
-        assert_eq!(r, (0..n).map(|k| 10 * k).collect::<Vec<_>>());
-        assert_eq!(out, (0..10 * n).collect::<Vec<_>>());
-        // a panicking chunk: the others stop taking chunks and the panic comes back
-        let ran = AtomicUsize::new(0);
-        let res = catch_unwind(AssertUnwindSafe(|| {
-            map_chunks(10 * n, 10, |r| {
-                ran.fetch_add(1, Ordering::Relaxed);
-                assert!(r.start != 0, "chunk 0 fails");
-                std::thread::sleep(Duration::from_millis(5));
-            })
-        }));
-        assert!(res.is_err());
-        assert!(
-            ran.load(Ordering::Relaxed) < n,
-            "chunks went on after the panic"
-        );
     }
 
     #[test]
