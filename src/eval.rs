@@ -289,8 +289,9 @@ pub fn evaluate(
         // (the row groups are summed there only for ordinary logits rows, ties counted for
         // the target: see `clean` below)
         // With one way (n_bins > 256) the groups add to acc's own bins: no second copy.
-        let grouped = f32_finish && opt.kind == Kind::Logits && !opt.ties_first;
-        let hb = if ways > 1 && (lanes || grouped) {
+        let group_sums = opt.kind == Kind::Logits && !opt.ties_first;
+        let grouped = f32_finish && group_sums;
+        let hb = if ways > 1 && (lanes || group_sums) {
             ways * opt.n_bins
         } else {
             0
@@ -503,28 +504,37 @@ pub fn evaluate(
                 let Some((_, xt)) = rows[l] else { continue };
                 st[l] = Some(rw.stats(i + l, xt, Want { eval: true }));
             }
-            // finishing: ordinary logits rows take ln s and exp(x_t - m) in SIMD (16/32-bit)
-            let fast = |rs: &RowStats| f32_finish && opt.kind == Kind::Logits && rs.finite();
+            // finishing: ordinary logits rows take ln s and exp(x_t - m) in SIMD (16/32-bit;
+            // float64 rows by libm, exact)
+            let ordinary = |rs: &RowStats| opt.kind == Kind::Logits && rs.finite();
+            let fast = |rs: &RowStats| f32_finish && ordinary(rs);
             let (mut ln_s, mut e_t) = ([1f32; BATCH], [0f32; BATCH]);
-            for l in 0..g {
-                if let (Some((_, xt)), Some(rs)) = (rows[l], st[l]) {
-                    if fast(&rs) {
-                        (ln_s[l], e_t[l]) = (rs.st.s as f32, (xt - rs.m) as f32);
+            if f32_finish {
+                for l in 0..g {
+                    if let (Some((_, xt)), Some(rs)) = (rows[l], st[l]) {
+                        if fast(&rs) {
+                            (ln_s[l], e_t[l]) = (rs.st.s as f32, (xt - rs.m) as f32);
+                        }
                     }
                 }
+                kernel::ln_exp16::<f32>(path, &mut ln_s, &mut e_t);
             }
-            kernel::ln_exp16::<f32>(path, &mut ln_s, &mut e_t);
             let clean = g == BATCH
-                && !opt.ties_first
-                && (0..BATCH).all(|l| rows[l].is_some() && st[l].as_ref().is_some_and(fast));
+                && group_sums
+                && (0..BATCH).all(|l| rows[l].is_some() && st[l].as_ref().is_some_and(ordinary));
             if clean {
                 // every row scored and ordinary: finished here, summed in one vector pass
+                // (the same per-row metrics as the row-by-row finishing below)
                 let mut m = kernel::Metrics16::default();
                 for l in 0..BATCH {
                     let (Some((_, xt)), Some(rs)) = (rows[l], st[l]) else {
                         unreachable!("a clean group")
                     };
-                    let rm = finish_logits(xt, &rs, ln_s[l] as f64, e_t[l] as f64);
+                    let rm = if f32_finish {
+                        finish_logits(xt, &rs, ln_s[l] as f64, e_t[l] as f64)
+                    } else {
+                        finish_logits(xt, &rs, rs.st.s.ln(), (xt - rs.m).exp())
+                    };
                     (m.nll[l], m.ent[l], m.brier[l], m.conf[l]) =
                         (rm.nll, rm.entropy, rm.brier, rm.conf);
                     m.rank[l] = rm.rank as f64;
