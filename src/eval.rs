@@ -202,6 +202,53 @@ impl PerRow<'_> {
     }
 }
 
+/// The metrics of a group of 16 scored short float64 logits rows `i..i + 16` (C in
+/// 1..=[`kernel::F64_LANES_MAX_C`]) straight from their block's vector statistics
+/// ([`Rows::f64_block`]): the rank counts in lanes, the finishing by libm in float64, the same
+/// bits as the row-by-row [`Rows::stats`] and [`finish_logits`]. False (and `m` partly
+/// written) when a row is not ordinary, for the caller's general path.
+fn f64_group(
+    rw: &mut Rows,
+    i: usize,
+    rows: &[Option<(usize, f64)>; BATCH],
+    m: &mut kernel::Metrics16,
+) -> bool {
+    const L: usize = kernel::F64_LANES;
+    let b = rw.f64_block(i, true);
+    if b.at != i || b.n != L {
+        return false;
+    }
+    let mut xt = [0f64; L];
+    for l in 0..L {
+        let Some((_, v)) = rows[l] else { return false };
+        xt[l] = v;
+        // with a finite max, s is NaN exactly when the row holds a NaN (see `stats_lanes`)
+        if !(b.st.m[l].is_finite() && b.st.s[l].is_finite()) {
+            return false;
+        }
+    }
+    let mut gt = [0u64; L];
+    for col in b.cols.chunks_exact(L) {
+        for l in 0..L {
+            gt[l] += u64::from(col[l] > xt[l]);
+        }
+    }
+    for l in 0..L {
+        let st = kernel::Stats {
+            m: b.st.m[l] as f32,
+            s: b.st.s[l],
+            t: b.st.t[l],
+            q: b.st.q[l],
+            gt: gt[l],
+            nan: false,
+        };
+        let mx = b.st.m[l];
+        (m.nll[l], m.ent[l], m.brier[l], m.conf[l], m.rank[l]) =
+            finish_logits_parts(xt[l], mx, &st, st.s.ln(), (xt[l] - mx).exp());
+    }
+    true
+}
+
 /// Adds one scored row's metrics to the sums (and its per-row outputs at `idx`).
 #[inline]
 fn add_row(
@@ -291,6 +338,8 @@ pub fn evaluate(
         // With one way (n_bins > 256) the groups add to acc's own bins: no second copy.
         let group_sums = opt.kind == Kind::Logits && !opt.ties_first;
         let grouped = f32_finish && group_sums;
+        // short float64 logits rows: whole groups from their block (`f64_group`)
+        let f64_groups = !f32_finish && group_sums && (1..=kernel::F64_LANES_MAX_C).contains(&c);
         let hb = if ways > 1 && (lanes || group_sums) {
             ways * opt.n_bins
         } else {
@@ -397,6 +446,37 @@ pub fn evaluate(
                     }
                     // the lanes pick the target value themselves
                     Some(k) => *slot = Some((k, if lanes { f64::NAN } else { rw.value(i + l, k) })),
+                }
+            }
+            // a clean group's metrics `m`: summed in one vector pass, its per-row outputs
+            // written, and on to the next group
+            macro_rules! sum_clean {
+                ($m:expr, $rank:expr) => {{
+                    let m = &$m;
+                    let mut hist = hist!();
+                    let [nf, ni] = kernel::eval_sums16::<f32>(
+                        path,
+                        m,
+                        &opt.top_k,
+                        &mut lacc,
+                        &mut acc.topk_correct,
+                        &mut hist,
+                    );
+                    (acc.conf_nonfinite, acc.nll_inf) = (acc.conf_nonfinite + nf, acc.nll_inf + ni);
+                    acc.n += BATCH as u64;
+                    if let Some(o) = o.as_mut() {
+                        for l in 0..BATCH {
+                            o.set(i + l - r.start, m.nll[l], $rank(l), m.conf[l]);
+                        }
+                    }
+                    i += g;
+                    continue;
+                }};
+            }
+            if f64_groups && g == BATCH {
+                let mut m = kernel::Metrics16::default();
+                if f64_group(&mut rw, i, &rows, &mut m) {
+                    sum_clean!(m, |l: usize| m.rank[l] as i64);
                 }
             }
             if opt.kind == Kind::Probs && !lanes {
@@ -539,24 +619,7 @@ pub fn evaluate(
                         (rm.nll, rm.entropy, rm.brier, rm.conf);
                     m.rank[l] = rm.rank as f64;
                 }
-                let mut hist = hist!();
-                let [nf, ni] = kernel::eval_sums16::<f32>(
-                    path,
-                    &m,
-                    &opt.top_k,
-                    &mut lacc,
-                    &mut acc.topk_correct,
-                    &mut hist,
-                );
-                (acc.conf_nonfinite, acc.nll_inf) = (acc.conf_nonfinite + nf, acc.nll_inf + ni);
-                acc.n += BATCH as u64;
-                if let Some(o) = o.as_mut() {
-                    for l in 0..BATCH {
-                        o.set(i + l - r.start, m.nll[l], m.rank[l] as i64, m.conf[l]);
-                    }
-                }
-                i += g;
-                continue;
+                sum_clean!(m, |l: usize| m.rank[l] as i64);
             }
             for l in 0..g {
                 let (Some((k, xt)), Some(rs)) = (rows[l], st[l]) else {

@@ -154,6 +154,45 @@ def test_clean_runs_match_reference_at_any_alignment(kind: str, c: int, dtype: s
     np.testing.assert_array_equal(bad.row_nll[keep], rep.row_nll[keep])
 
 
+@pytest.mark.parametrize("n_bins", [15, 300])
+@pytest.mark.parametrize("c", [2, 10, 32])
+def test_float64_short_row_groups_match_reference(c: int, n_bins: int) -> None:
+    # float64 logits, C <= 32: whole groups of 16 ordinary rows are scored from their block's
+    # vector statistics and summed together; the ragged end and the groups holding an ignored
+    # row, a -inf entry, a +inf logit or a NaN take the row path. Every sum in float64, so the
+    # report is held to 1e-12 of the float64 reference, every row's NLL too.
+    rng = np.random.default_rng(40 + c)
+    n = 16 * 20 + 5
+    x = make_preds(rng, (n, c), "logits", "float64") * 3.0
+    t = make_targets(rng, (n,), c, ignore_frac=0.0)
+    t[40] = -100
+    x[70, 0], t[70] = -np.inf, 1  # a -inf entry away from the target: an ordinary NLL
+    x[101, c - 1] = np.inf
+    x[150, 0] = np.nan
+    rep = evaluate(x, t, top_k=(1, 2, 5), n_bins=n_bins, per_row=True)
+    assert rep.rows == n - 1 and rep.ignored == 1
+    ok = np.ones(n, bool)
+    ok[[40, 101, 150]] = False
+    x64 = x[ok]
+    m = x64.max(axis=1)
+    lse = m + np.log(np.exp(x64 - m[:, None]).sum(axis=1))
+    nll = lse - x64[np.arange(len(x64)), t[ok]]
+    # (a row whose NLL is ~1e-6, ln s with s near 1, is held to its absolute rounding)
+    np.testing.assert_allclose(rep.row_nll[ok], nll, rtol=1e-12, atol=1e-14)
+    assert np.array_equal(rep.row_rank[ok], (x64 > x64[np.arange(len(x64)), t[ok]][:, None]).sum(1))
+    assert np.isnan(rep.row_nll[150]) and rep.row_rank[40] == -1
+    # the NaN row (NLL NaN) and the +inf row (NLL inf) poison the sums: the rest without them
+    keep = np.ones(n, bool)
+    keep[[101, 150]] = False
+    ref = reference_metrics(x[keep], t[keep], top_k=(1, 2, 5), n_bins=n_bins)
+    clean = evaluate(x[keep], t[keep], top_k=(1, 2, 5), n_bins=n_bins)
+    for key in ("mean_nll", "nll_se", "mean_entropy", "brier"):
+        assert getattr(clean, key) == pytest.approx(ref[key], rel=1e-12), key
+    assert clean.accuracy == ref["accuracy"] and clean.top_k_accuracy == ref["top_k_accuracy"]
+    assert [b.count for b in clean.bins] == [b[0] for b in ref["bins"]]
+    assert clean.ece == pytest.approx(ref["ece"], rel=1e-9, abs=1e-15)
+
+
 @pytest.mark.parametrize("n_bins", [7, 300])
 @pytest.mark.parametrize("c", [33, 200])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
