@@ -537,9 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     roof = measure.Roofline(fastnll, args.threads, int(max_touch * 1.1))
     info["roofline_method"] = roof.method
     # steady-state paging for every cell (see measure.warm_allocator): 4x the largest cell
-    info["allocator_warmup_s"] = measure.warm_allocator(4 * max_touch)
+    warmed, info["allocator_warmup_s"] = measure.warm_allocator(4 * max_touch)
+    info["allocator_warmup_bytes"] = warmed
     log(
-        f"allocator warmed: {4 * max_touch / 2**30:.1f} GiB touched in {info['allocator_warmup_s']:.1f} s"
+        f"allocator warmed: {warmed / 2**30:.1f} GiB touched (asked {4 * max_touch / 2**30:.1f},"
+        f" capped at a quarter of MemAvailable) in {info['allocator_warmup_s']:.1f} s"
     )
     tmp = None
     dump_dir = args.dump_dir

@@ -64,9 +64,9 @@ def time_runs(fn: Callable[[], Any], repeat: int, budget: float | None = None) -
     }
 
 
-def warm_allocator(nbytes: int) -> float:
+def warm_allocator(nbytes: int) -> tuple[int, float]:
     """Touches and frees ``nbytes`` (capped at a quarter of the available memory) once, before
-    any cell is timed; returns the seconds it took. On a Linux machine with transparent huge
+    any cell is timed; returns the bytes touched and the seconds it took. On a Linux machine with transparent huge
     pages on ``madvise`` (NumPy asks for them on large arrays), the first large allocations of
     a process can stall on compaction: a fresh [33554, 1000] softmax output took 140-230 ms
     where it takes 20 ms once the huge pages are free. Without this, whichever cells come
@@ -85,7 +85,7 @@ def warm_allocator(nbytes: int) -> float:
     if nbytes > 0:
         a = np.ones(nbytes, dtype=np.uint8)
         del a
-    return time.perf_counter() - t0
+    return nbytes, time.perf_counter() - t0
 
 
 def alternate(
