@@ -66,11 +66,12 @@ def time_runs(fn: Callable[[], Any], repeat: int, budget: float | None = None) -
 
 def warm_allocator(nbytes: int) -> tuple[int, float]:
     """Touches and frees ``nbytes`` (capped at a quarter of the available memory) once, before
-    any cell is timed; returns the bytes touched and the seconds it took. On a Linux machine with transparent huge
-    pages on ``madvise`` (NumPy asks for them on large arrays), the first large allocations of
-    a process can stall on compaction: a fresh [33554, 1000] softmax output took 140-230 ms
-    where it takes 20 ms once the huge pages are free. Without this, whichever cells come
-    first (softmax, in the run order) pay it, fastnll's call and its references alike."""
+    any cell is timed; returns the bytes touched and the seconds it took. On a Linux machine
+    with transparent huge pages on ``madvise`` (NumPy asks for them on large arrays), the first
+    large allocations of a process can stall on compaction: a fresh [33554, 1000] softmax
+    output took 140-230 ms where it takes 20 ms once the huge pages are free. Without this,
+    whichever cells come first (softmax, in the run order) pay it, fastnll's call and its
+    references alike."""
     avail = None
     try:
         with open("/proc/meminfo") as f:
