@@ -130,6 +130,27 @@ def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
         _core.set_short_scheme(before)
 
 
+@pytest.mark.parametrize("tag", ["f32", "bf16"])
+def test_long_rows_in_every_layout_give_the_same_bits(tag):
+    """Rows longer than 16 K float32 classes (a 32000-token vocabulary): chunks of at least 16
+    rows reach the long-row kernels from every layout (they had gone row by row, element by
+    element, in Fortran order), with the same bits as C order and a float64 reference's value."""
+    c, n = 20000, 40
+    x, t = _data(n, c, DTYPES[tag], seed=7)
+    want = _results(x, t)
+    for name, xv in _layouts(x).items():
+        _same(want, _results(xv, t), f"{tag} C={c} layout {name}")
+    x64 = np.asarray(x, np.float64)
+    keep = (t != -100) & np.isfinite(x64).all(axis=1)
+    nll, rank, _, _ = _ref_rows(x64[keep], t[keep])
+    np.testing.assert_allclose(want["ce_none"][keep], nll, rtol=2e-6, atol=0)
+    np.testing.assert_allclose(want["ev_rows"][keep], nll, rtol=2e-6, atol=0)
+    assert np.array_equal(want["ev_rank"][keep], rank)
+    m = x64[keep].max(axis=1)
+    lse = m + np.log(np.exp(x64[keep] - m[:, None]).sum(axis=1))
+    np.testing.assert_allclose(np.asarray(want["lse"], np.float64)[keep], lse, rtol=2e-6)
+
+
 def _ref_rows(x: np.ndarray, t: np.ndarray):
     """float64 reference: per-row NLL, rank (ties for the target), argmax rank, confidence."""
     x = np.asarray(x, np.float64)
