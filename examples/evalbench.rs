@@ -1,5 +1,5 @@
 //! Timing of evaluate vs cross_entropy and logsumexp without Python, on 512 MiB float32
-//! arrays: `T=2 C=2,10,1000 cargo run --release --example evalbench` (T threads, default 1; C the
+//! arrays (MIB=n for another size): `T=2 C=2,10,1000 cargo run --release --example evalbench` (T threads, default 1; C the
 //! class counts; KIND=log_probs or probs scores the rows' log_softmax / softmax instead;
 //! DT=f64 runs the same values as float64, 512 MiB of them; CMP=1 also times `compare` of the
 //! array against a perturbed copy, against two cross_entropy calls).
@@ -46,7 +46,11 @@ fn main() {
         .collect();
     for c in cs {
         let f64_input = std::env::var("DT").as_deref() == Ok("f64");
-        let n = (512 << 20) / (if f64_input { 8 } else { 4 } * c);
+        let mib: usize = std::env::var("MIB")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(512);
+        let n = (mib << 20) / (if f64_input { 8 } else { 4 } * c);
         let mut seed = 1u64;
         let mut x: Vec<f32> = huge_vec(n * c);
         for v in &mut x {
