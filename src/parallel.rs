@@ -219,18 +219,22 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
 }
 
-/// Rows per chunk for rows of `row_bytes`: about `CHUNK_BYTES`, and at least one group of
-/// 16 rows for rows of up to [`GROUP_ROW_BYTES`], since the long-row kernels take rows 16 at a
-/// time and leave a chunk of fewer to the row-by-row path (rows of 16 K float32 classes and
+/// Rows per chunk for rows of `row_bytes`: about `CHUNK_BYTES`, and at least one group
+/// ([`crate::kernel::GROUP`] rows) for rows of up to [`GROUP_ROW_BYTES`], since the long-row
+/// kernels take rows a group at a time and leave a chunk of fewer to the row-by-row path (rows of 16 K float32 classes and
 /// more in 1 MiB chunks had taken it, so every layout that is not read in place, Fortran
 /// order among them, gathered each row element by element: 20x slower than C order at
 /// C = 32000).
 pub fn chunk_rows(row_bytes: usize) -> usize {
-    let least = if row_bytes <= GROUP_ROW_BYTES { 16 } else { 1 };
+    let least = if row_bytes <= GROUP_ROW_BYTES {
+        crate::kernel::GROUP
+    } else {
+        1
+    };
     (CHUNK_BYTES / row_bytes.max(1)).max(least)
 }
 
-/// Longest row, in bytes, that [`chunk_rows`] gives chunks of at least 16 rows: a float32 row
+/// Longest row, in bytes, that [`chunk_rows`] gives chunks of at least a group of rows: a float32 row
 /// of `2·rows::SEGMENT` classes, the longest the kernels take whole (longer rows are split
 /// into segments on the pool).
 pub const GROUP_ROW_BYTES: usize = 2 * crate::rows::SEGMENT * 4;
