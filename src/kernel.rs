@@ -2198,17 +2198,22 @@ dispatch! {
     => exp2_each
 }
 
-/// `out[i] = x[i]` widened to f32 by the path's vector load (for its exactness test); the
-/// length is a multiple of 16.
-#[cfg(test)]
+/// `out[i] = x[i]` widened to f32 by the path's vector load (exact: its test compares it with
+/// the scalar conversions), the tail one by one.
 #[inline(always)]
 unsafe fn widen_each<I: Isa, E: Elem>(x: &[E], out: &mut [f32]) {
-    for i in (0..x.len() / I::W).map(|k| k * I::W) {
+    debug_assert_eq!(x.len(), out.len());
+    let n = x.len().min(out.len());
+    let mut i = 0;
+    while i + I::W <= n {
         I::store(out.as_mut_ptr().add(i), E::load::<I>(x.as_ptr().add(i)));
+        i += I::W;
+    }
+    for k in i..n {
+        out[k] = x[k].to_f32();
     }
 }
 
-#[cfg(test)]
 dispatch! {
     pub(crate) fn widen<E>(x: &[E], out: &mut [f32]) -> ()
     => widen_each

@@ -10,7 +10,7 @@ use crate::parallel;
 use crate::rows::{RowStats, Rows, Want, SEGMENT};
 use crate::simd::{self, Path, BF16, F16};
 use crate::stage::{self, Scratch};
-use crate::tensor::{check_target_shape, DType, IntView, View};
+use crate::tensor::{check_target_shape, DType, FlatScratch, IntView, View};
 use std::ops::Range;
 
 /// Above this a gathered value cannot be a log-probability (room for rounding only).
@@ -812,11 +812,16 @@ pub fn bce_with_logits<O: Out>(
 
 /// Elements per chunk of [`bce_vector`]: fixed (reproducible sums), about `CHUNK_BYTES` of f32.
 const BCE_CHUNK: usize = parallel::CHUNK_BYTES / 4;
+/// Elements per kernel call of [`bce_vector`] (64 KiB of f32 per staged input): a multiple of
+/// `kernel::BLOCK`, and `BCE_CHUNK` a multiple of it.
+const BCE_SEGMENT: usize = 4 * kernel::BLOCK;
+const _: () =
+    assert!(BCE_SEGMENT.is_multiple_of(kernel::BLOCK) && BCE_CHUNK.is_multiple_of(BCE_SEGMENT));
 
 /// Binary cross-entropy with logits of 16/32-bit logits on a SIMD path: the flat element range
 /// is cut into fixed chunks (a 1-d input is split across threads like any other); each chunk
-/// walks its rows' column runs, reading float32 rows in place and widening others into f32
-/// scratch, through one vector kernel.
+/// reads packed float32 in place and stages every other input (other dtypes, strided rows,
+/// column slices, Fortran order) into f32 scratch, then runs one vector kernel over it.
 fn bce_vector<O: Out>(
     x: &View,
     y: &View,
@@ -829,41 +834,53 @@ fn bce_vector<O: Out>(
     let path = simd::current();
     let pw32: Option<Vec<f32>> = pos_weight.map(|p| p.iter().map(|&v| v as f32).collect());
     let chunk = |r: Range<usize>, mut o: Option<&mut [f32]>| -> f64 {
-        let (mut bx, mut by, mut bw) = (Vec::new(), Vec::new(), Vec::new());
-        // packed inputs: the chunk's elements as one flat run (pos_weight laid out per element)
-        if let (Some(xs), Some(ys)) = (
-            x.flat_f32(r.start, r.end, &mut bx),
-            y.flat_f32(r.start, r.end, &mut by),
-        ) {
-            let ws = match weight {
-                Some(w) => match w.flat_f32(r.start, r.end, &mut bw) {
-                    Some(ws) => Some(ws),
-                    None => None,
-                },
-                None => None,
-            };
-            if weight.is_none() || ws.is_some() {
-                let pf: Option<Vec<f32>> = pw32
-                    .as_deref()
-                    .map(|p| (r.start..r.end).map(|e| p[e % c]).collect());
-                return kernel::bce_elems::<f32>(path, xs, ys, ws, pf.as_deref(), o);
-            }
-        }
-        let (mut bx, mut by, mut bw) = (Vec::new(), Vec::new(), Vec::new());
+        // Each input as flat runs of elements: packed and column-major inputs for the whole
+        // chunk (borrowed when packed float32, else widened or staged as whole rows), the
+        // others staged BCE_SEGMENT elements at a time (a tile that stays in L2). The kernel
+        // runs segment by segment; segments start at multiples of kernel::BLOCK from the
+        // chunk's start, where the kernel starts a new block of f32 lanes anyway, so every
+        // layout gives the bits of one call over the chunk (f64 sums of blocks, in order).
+        let (e0, i0) = (r.start, r.start / c.max(1));
+        let mut s = FlatScratch::default();
+        let (mut cx, mut cy, mut cw) = (Vec::new(), Vec::new(), Vec::new());
+        let whole = |v: &View| v.whole_chunks(i0);
+        let xc = whole(x).then(|| x.chunk_f32(e0, r.end, &mut s, &mut cx));
+        let yc = whole(y).then(|| y.chunk_f32(e0, r.end, &mut s, &mut cy));
+        let wc = weight.and_then(|w| whole(w).then(|| w.chunk_f32(e0, r.end, &mut s, &mut cw)));
+        let (mut sx, mut sy, mut sw, mut sp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut sum = 0.0;
-        let mut e = r.start;
-        while e < r.end {
-            let (i, j0) = (e / c, e % c);
-            let j1 = c.min(j0 + (r.end - e));
-            let xs = x.f32_run(i, j0, j1, &mut bx);
-            let ys = y.f32_run(i, j0, j1, &mut by);
-            let ws = weight.map(|w| w.f32_run(i, j0, j1, &mut bw));
-            let ps = pw32.as_deref().map(|p| &p[j0..j1]);
-            let os = o
-                .as_deref_mut()
-                .map(|o| &mut o[e - r.start..e - r.start + (j1 - j0)]);
+        let mut s0 = e0;
+        while s0 < r.end {
+            let s1 = r.end.min(s0 + BCE_SEGMENT);
+            let xs = if let Some(a) = xc {
+                &a[s0 - e0..s1 - e0]
+            } else {
+                x.stage_flat_f32(s0, s1, &mut s, &mut sx);
+                &sx[..]
+            };
+            let ys = if let Some(a) = yc {
+                &a[s0 - e0..s1 - e0]
+            } else {
+                y.stage_flat_f32(s0, s1, &mut s, &mut sy);
+                &sy[..]
+            };
+            let ws = match (weight, wc) {
+                (_, Some(a)) => Some(&a[s0 - e0..s1 - e0]),
+                (Some(w), None) => {
+                    w.stage_flat_f32(s0, s1, &mut s, &mut sw);
+                    Some(&sw[..])
+                }
+                (None, None) => None,
+            };
+            // pos_weight laid out per element
+            let ps = pw32.as_deref().map(|p| {
+                sp.clear();
+                sp.extend((s0..s1).map(|e| p[e % c]));
+                &sp[..]
+            });
+            let os = o.as_deref_mut().map(|o| &mut o[s0 - e0..s1 - e0]);
             sum += kernel::bce_elems::<f32>(path, xs, ys, ws, ps, os);
-            e += j1 - j0;
+            s0 = s1;
         }
         sum
     };

@@ -6,7 +6,7 @@
 //! one row (bounded memory, whatever the array's size).
 
 use crate::error::{Error, Result};
-use crate::simd::{BF16, F16};
+use crate::simd::{Elem, BF16, F16};
 use std::marker::PhantomData;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -415,6 +415,22 @@ impl<'a> View<'a> {
             // SAFETY: direct rows are contiguous, aligned and native; j1 <= cols.
             return unsafe { std::slice::from_raw_parts((base as *const f32).add(j0), j1 - j0) };
         }
+        if self.direct && matches!(self.dtype, DType::F16 | DType::BF16) {
+            // SAFETY: as above, for the 16-bit element type the dtype names.
+            unsafe {
+                match self.dtype {
+                    DType::F16 => widen_into(
+                        std::slice::from_raw_parts((base as *const F16).add(j0), j1 - j0),
+                        buf,
+                    ),
+                    _ => widen_into(
+                        std::slice::from_raw_parts((base as *const BF16).add(j0), j1 - j0),
+                        buf,
+                    ),
+                }
+            }
+            return buf;
+        }
         buf.clear();
         match self.dtype {
             DType::F32 => buf.extend((j0..j1).map(|j| self.at::<f32>(base, j))),
@@ -450,18 +466,135 @@ impl<'a> View<'a> {
                 buf
             }
             DType::F16 => {
-                let s = flat!(F16);
-                buf.clear();
-                buf.extend(s.iter().map(|v| half::f16::from_bits(v.0).to_f32()));
+                widen_into(flat!(F16), buf);
                 buf
             }
             DType::BF16 => {
-                let s = flat!(BF16);
-                buf.clear();
-                buf.extend(s.iter().map(|v| f32::from_bits(u32::from(v.0) << 16)));
+                widen_into(flat!(BF16), buf);
                 buf
             }
         })
+    }
+
+    /// Whether elementwise operations take flat elements from row `i` on a whole chunk at a
+    /// time ([`View::chunk_f32`]): packed rows (read in place, or widened in one pass) and
+    /// column-major rows (staged as whole rows); other layouts are staged in short segments.
+    pub(crate) fn whole_chunks(&self, i: usize) -> bool {
+        self.packed
+            || match self.dtype {
+                DType::F32 => self.col_run::<f32>(i).is_some(),
+                DType::F16 => self.col_run::<F16>(i).is_some(),
+                DType::BF16 => self.col_run::<BF16>(i).is_some(),
+                DType::F64 => false,
+            }
+    }
+
+    /// Flat elements `e0..e1` of a 16/32-bit view as f32: borrowed when the rows are packed
+    /// float32, else widened or staged into `buf` (see [`View::stage_flat_f32`]).
+    pub(crate) fn chunk_f32<'s>(
+        &'s self,
+        e0: usize,
+        e1: usize,
+        s: &mut FlatScratch,
+        buf: &'s mut Vec<f32>,
+    ) -> &'s [f32] {
+        if self.packed {
+            if let Some(f) = self.flat_f32(e0, e1, buf) {
+                return f;
+            }
+            unreachable!("packed rows are a flat run");
+        }
+        self.stage_flat_f32(e0, e1, s, buf);
+        buf
+    }
+
+    /// Flat elements `e0..e1` (row-major logical order, across rows) of a 16/32-bit view as
+    /// f32 in `buf`, whatever the layout: the chunk staging of elementwise operations, which
+    /// then run the kernel packed inputs take over the same elements (so every layout gives
+    /// the same bits). Column-major rows are staged through [`View::copy_rows`] (whole rows,
+    /// each column's run read once, prefetched); other rows are walked run by run.
+    pub(crate) fn stage_flat_f32(
+        &self,
+        e0: usize,
+        e1: usize,
+        s: &mut FlatScratch,
+        buf: &mut Vec<f32>,
+    ) {
+        buf.clear();
+        let c = self.cols();
+        if e1 <= e0 || c == 0 {
+            return;
+        }
+        let (i0, i1) = (e0 / c, e1.div_ceil(c));
+        let skip = e0 - i0 * c;
+        match self.dtype {
+            DType::F32 if self.col_run::<f32>(i0).is_some() => {
+                self.copy_rows::<f32>(i0, i1 - i0, buf);
+                buf.truncate(skip + (e1 - e0));
+                buf.drain(..skip);
+                return;
+            }
+            DType::F16 if self.col_run::<F16>(i0).is_some() => {
+                self.copy_rows::<F16>(i0, i1 - i0, &mut s.f16);
+                widen_into(&s.f16[skip..skip + (e1 - e0)], buf);
+                return;
+            }
+            DType::BF16 if self.col_run::<BF16>(i0).is_some() => {
+                self.copy_rows::<BF16>(i0, i1 - i0, &mut s.bf16);
+                widen_into(&s.bf16[skip..skip + (e1 - e0)], buf);
+                return;
+            }
+            _ => {}
+        }
+        // rows read in place a uniform stride apart (rows[::2], x[:, :C] of a wider array, a
+        // broadcast row): their runs packed by plain copies, then widened in one pass
+        match self.dtype {
+            DType::F32 if self.stage_row_runs::<f32>(e0, e1, buf) => return,
+            DType::F16 if self.stage_row_runs::<F16>(e0, e1, &mut s.f16) => {
+                widen_into(&s.f16, buf);
+                return;
+            }
+            DType::BF16 if self.stage_row_runs::<BF16>(e0, e1, &mut s.bf16) => {
+                widen_into(&s.bf16, buf);
+                return;
+            }
+            _ => {}
+        }
+        let mut e = e0;
+        while e < e1 {
+            let (i, j0) = (e / c, e % c);
+            let j1 = c.min(j0 + (e1 - e));
+            buf.extend_from_slice(self.f32_run(i, j0, j1, &mut s.run));
+            e += j1 - j0;
+        }
+    }
+
+    /// Flat elements `e0..e1` packed into `dst` by copies of row runs, when the rows can be
+    /// read in place ([`View::row_run`]); false (and `dst` untouched) otherwise.
+    fn stage_row_runs<T: Storage>(&self, e0: usize, e1: usize, dst: &mut Vec<T>) -> bool {
+        let c = self.cols();
+        let i0 = e0 / c;
+        let Some((p, st)) = self.row_run::<T>(i0) else {
+            return false;
+        };
+        let n = e1 - e0;
+        dst.clear();
+        dst.reserve(n);
+        let d = dst.as_mut_ptr();
+        let (mut q, mut j0, mut k) = (p, e0 % c, 0);
+        while k < n {
+            let len = (c - j0).min(n - k);
+            // SAFETY: `row_run` gave row i0's start and a stride that holds for every row
+            // after it; q walks rows i0.. (all exist: e0 + k < e1 <= rows·c), j0 + len <= c,
+            // and dst has room for n elements (reserved above).
+            unsafe { std::ptr::copy_nonoverlapping(q.add(j0), d.add(k), len) };
+            q = q.wrapping_add(st); // (past the last row after the last run: never read)
+            k += len;
+            j0 = 0;
+        }
+        // SAFETY: the loop wrote all n elements.
+        unsafe { dst.set_len(n) };
+        true
     }
 
     /// Row `i` as f64: borrowed for direct float64 rows, else widened (any layout, byte order
@@ -527,6 +660,21 @@ impl<'a> View<'a> {
         scratch.extend((0..c).map(|j| self.get::<T>(i, j)));
         scratch
     }
+}
+
+/// `buf` = `x` widened to f32 by the vector kernel of this CPU.
+fn widen_into<T: Elem>(x: &[T], buf: &mut Vec<f32>) {
+    buf.clear();
+    buf.resize(x.len(), 0.0);
+    crate::kernel::widen::<T>(crate::simd::current(), x, buf);
+}
+
+/// Reused buffers of [`View::stage_flat_f32`] (one per thread and call).
+#[derive(Default)]
+pub(crate) struct FlatScratch {
+    f16: Vec<F16>,
+    bf16: Vec<BF16>,
+    run: Vec<f32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -151,6 +151,59 @@ def test_long_rows_in_every_layout_give_the_same_bits(tag):
     np.testing.assert_allclose(np.asarray(want["lse"], np.float64)[keep], lse, rtol=2e-6)
 
 
+def _bce_ref(x, y, w, pw):
+    """float64 reference of binary_cross_entropy_with_logits per element (PyTorch's formula)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    lw = 1.0 if pw is None else 1.0 + (np.asarray(pw, np.float64) - 1.0) * y
+    sp = np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0.0)
+    loss = (1.0 - y) * x + lw * sp
+    return loss if w is None else loss * np.asarray(w, np.float64)
+
+
+@pytest.mark.parametrize(
+    "c, n", [(1, 300_000), (2, 140_000), (10, 30_000), (1000, 300), (32000, 12)]
+)
+@pytest.mark.parametrize("tag", ["f32", "bf16", "f16"])
+def test_bce_with_logits_same_bits_in_every_layout(c, n, tag):
+    """binary_cross_entropy_with_logits over more than one chunk (256 K elements): logits,
+    targets and weights in every layout give C order's bits (strided and Fortran inputs had
+    summed per row run, a different grouping, 1e-9 apart), and a float64 reference's value."""
+    g = np.random.default_rng(c)
+    dt = DTYPES[tag]
+    x = (g.standard_normal((n, c)) * 4).astype(dt)
+    y = g.random((n, c)).astype(dt)
+    y[::3] = np.round(y[::3])  # hard 0/1 labels beside soft ones
+    w = (g.random((n, c)) + 0.5).astype(dt)
+    pw = np.linspace(0.5, 3.0, c)
+
+    def res(xv, yv, wv):
+        return {
+            "mean": fastnll.binary_cross_entropy_with_logits(xv, yv),
+            "sum_w": fastnll.binary_cross_entropy_with_logits(
+                xv, yv, weight=wv, pos_weight=pw, reduction="sum"
+            ),
+            "none": fastnll.binary_cross_entropy_with_logits(xv, yv, reduction="none"),
+        }
+
+    want = res(x, y, w)
+    ref = _bce_ref(x, y, None, None)
+    np.testing.assert_allclose(np.asarray(want["none"], np.float64), ref, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(want["mean"], ref.mean(), rtol=1e-6)
+    np.testing.assert_allclose(want["sum_w"], _bce_ref(x, y, w, pw).sum(), rtol=1e-6)
+    ys, ws = _layouts(y), _layouts(w)
+    for name, xv in _layouts(x).items():
+        _same(want, res(xv, y, w), f"{tag} C={c} logits {name}")
+        _same(want, res(x, ys[name], ws[name]), f"{tag} C={c} targets and weights {name}")
+        _same(want, res(xv, ys[name], ws[name]), f"{tag} C={c} all {name}")
+    # a weight of one row, broadcast (a zero row stride) vs written out in full
+    w0 = np.ascontiguousarray(np.broadcast_to(w[0], x.shape))
+    _same(
+        {"s": fastnll.binary_cross_entropy_with_logits(x, y, weight=w[0], reduction="sum")},
+        {"s": fastnll.binary_cross_entropy_with_logits(x, y, weight=w0, reduction="sum")},
+        f"{tag} C={c} broadcast weight",
+    )
+
+
 def _ref_rows(x: np.ndarray, t: np.ndarray):
     """float64 reference: per-row NLL, rank (ties for the target), argmax rank, confidence."""
     x = np.asarray(x, np.float64)
