@@ -17,7 +17,7 @@ use crate::eval::Kind;
 use crate::kernel;
 use crate::loss::class_of;
 use crate::parallel;
-use crate::rows::{RowStats, Rows, Want};
+use crate::rows::{RowCache, RowStats, Rows, Want};
 use crate::simd::{self, Elem, Isa, Path, BF16, F16};
 use crate::stage;
 use crate::tensor::{check_target_shape, DType, IntView, View};
@@ -628,17 +628,17 @@ fn sweep_typed(
     macro_rules! second {
         ($xa:expr) => {
             match b.dtype {
-                DType::F32 => sweep_pair(path, $xa, b.row(i, &mut bufs.b32), ma, mb, c, g),
-                DType::F16 => sweep_pair(path, $xa, b.row(i, &mut bufs.b16), ma, mb, c, g),
-                DType::BF16 => sweep_pair(path, $xa, b.row(i, &mut bufs.bb16), ma, mb, c, g),
+                DType::F32 => sweep_pair(path, $xa, bufs.b32.row(b, i), ma, mb, c, g),
+                DType::F16 => sweep_pair(path, $xa, bufs.b16.row(b, i), ma, mb, c, g),
+                DType::BF16 => sweep_pair(path, $xa, bufs.bb16.row(b, i), ma, mb, c, g),
                 DType::F64 => unreachable!("float64 rows take the scalar path"),
             }
         };
     }
     match a.dtype {
-        DType::F32 => second!(a.row(i, &mut bufs.a32)),
-        DType::F16 => second!(a.row(i, &mut bufs.a16)),
-        DType::BF16 => second!(a.row(i, &mut bufs.ab16)),
+        DType::F32 => second!(bufs.a32.row(a, i)),
+        DType::F16 => second!(bufs.a16.row(a, i)),
+        DType::BF16 => second!(bufs.ab16.row(a, i)),
         DType::F64 => unreachable!("float64 rows take the scalar path"),
     }
 }
@@ -707,14 +707,15 @@ impl Tiles {
     }
 }
 
+/// Each dump's row memory for the sweep (tiles of column-major rows: see [`RowCache`]).
 #[derive(Default)]
 struct Bufs {
-    a32: Vec<f32>,
-    a16: Vec<F16>,
-    ab16: Vec<BF16>,
-    b32: Vec<f32>,
-    b16: Vec<F16>,
-    bb16: Vec<BF16>,
+    a32: RowCache<f32>,
+    a16: RowCache<F16>,
+    ab16: RowCache<BF16>,
+    b32: RowCache<f32>,
+    b16: RowCache<F16>,
+    bb16: RowCache<BF16>,
 }
 
 fn read(rw: &mut Rows, i: usize) -> RowRead {

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::kernel::{self, BlockSums};
 use crate::parallel;
-use crate::rows::{RowStats, Rows, Want, SEGMENT};
+use crate::rows::{RowCache, RowStats, Rows, Want, SEGMENT};
 use crate::simd::{self, Path, BF16, F16};
 use crate::stage::{self, Scratch};
 use crate::tensor::{check_target_shape, DType, FlatScratch, IntView, View};
@@ -101,9 +101,23 @@ fn drive<O: Out>(
     row: impl Fn(&mut Rows, usize) -> Result<(f64, f64)> + Sync + Send,
     fast: impl Fn(Range<usize>, Option<&mut [O]>, &mut Scratch) -> Option<BlockSums> + Sync + Send,
 ) -> Result<Total> {
+    drive2(view, None, per, out, |rw, _, i| row(rw, i), fast)
+}
+
+/// [`drive`] whose row kernel also reads the rows of a `second` view of the same shape (soft
+/// targets), through a [`Rows`] of its own (so column-major targets are tiled too).
+fn drive2<O: Out>(
+    view: &View,
+    second: Option<&View>,
+    per: usize,
+    out: Option<&mut [O]>,
+    row: impl Fn(&mut Rows, Option<&mut Rows>, usize) -> Result<(f64, f64)> + Sync + Send,
+    fast: impl Fn(Range<usize>, Option<&mut [O]>, &mut Scratch) -> Option<BlockSums> + Sync + Send,
+) -> Result<Total> {
     let rows = view.rows();
     let chunk = |r: Range<usize>, mut o: Option<&mut [O]>| -> Result<Total> {
         let mut rw = Rows::new(view);
+        let mut rw2 = second.map(Rows::new);
         let mut scratch = Scratch::default();
         let mut t = Total::default();
         let mut i = r.start;
@@ -123,7 +137,7 @@ fn drive<O: Out>(
             // The row kernel takes what the fast path left: one SIMD block's worth, or all.
             let stop = if use_fast { (i + 16).min(r.end) } else { r.end };
             while i < stop {
-                let (loss, w) = row(&mut rw, i)?;
+                let (loss, w) = row(&mut rw, rw2.as_mut(), i)?;
                 if let Some(o) = o.as_deref_mut() {
                     o[i - r.start] = O::from_f64(loss);
                 }
@@ -420,10 +434,10 @@ fn target_gap<E: simd::Elem + crate::tensor::Storage>(
             }
         }
     } else {
-        let mut buf: Vec<E> = Vec::new();
+        let mut rows = RowCache::<E>::default();
         for (l, &k) in ts.iter().enumerate() {
             if k != ignore {
-                add(x.row(start + l, &mut buf), k);
+                add(rows.row(x, start + l), k);
             }
         }
     }
@@ -628,16 +642,20 @@ pub fn cross_entropy_soft<O: Out>(
     let c = x.cols();
     opt.check(c)?;
     let eps = opt.label_smoothing;
-    drive(
+    drive2(
         x,
+        Some(y),
         chunk_per(x),
         out,
-        |rw, i| {
+        |rw, yr, i| {
             let (shift, ln_s) = rw.stats(i, 0.0, Want::default()).split();
             // the row and its targets widened to f64 once (typed loops), then summed
+            let Some(yr) = yr else {
+                return Err(Error::Value("soft targets: no target rows (a bug)".into()));
+            };
             SOFT_ROWS.with(|b| {
                 let (bx, by) = &mut *b.borrow_mut();
-                let (xs, ys) = (x.f64_run(i, bx), y.f64_run(i, by));
+                let (xs, ys) = (rw.f64_row(i, bx), yr.f64_row(i, by));
                 let (path, cf) = (simd::current(), c as f64);
                 let loss = kernel::soft_sum::<f32>(path, xs, ys, shift, ln_s, eps, cf, opt.weight);
                 Ok((loss, 1.0))

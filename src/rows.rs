@@ -6,7 +6,7 @@
 use crate::kernel::{self, Stats};
 use crate::parallel;
 use crate::simd::{self, Path, BF16, F16};
-use crate::tensor::{DType, View};
+use crate::tensor::{DType, Storage, View};
 use rayon::prelude::*;
 
 /// Rows longer than this are split into segments processed in parallel and merged in order
@@ -66,11 +66,58 @@ impl RowStats {
 pub struct Rows<'v, 'a> {
     pub view: &'v View<'a>,
     path: Path,
-    s32: Vec<f32>,
-    s64: Vec<f64>,
-    s16: Vec<F16>,
-    sb16: Vec<BF16>,
+    s32: RowCache<f32>,
+    s64: RowCache<f64>,
+    s16: RowCache<F16>,
+    sb16: RowCache<BF16>,
     lanes: F64Block,
+}
+
+/// Rows per staged tile of a column-major view (see [`RowCache::row`]).
+const COL_TILE_ROWS: usize = crate::kernel::GROUP;
+
+/// One element type's row memory: the scratch of a gathered row, and for column-major views
+/// (Fortran order, a transposed array) a tile of the next `COL_TILE_ROWS` rows packed by
+/// [`View::copy_rows`]. Gathering such a row alone reads one element per cache line (and per
+/// page once the column stride reaches 4 KiB), so each line came from memory once per row;
+/// the tile reads each column's run of rows once, prefetched, and the rows after it are
+/// served from it.
+pub(crate) struct RowCache<T> {
+    scratch: Vec<T>,
+    tile: Vec<T>,
+    /// Rows `at..at + n` are in `tile`.
+    at: usize,
+    n: usize,
+}
+
+impl<T> Default for RowCache<T> {
+    fn default() -> Self {
+        RowCache {
+            scratch: Vec::new(),
+            tile: Vec::new(),
+            at: 0,
+            n: 0,
+        }
+    }
+}
+
+impl<T: Storage> RowCache<T> {
+    /// Row `i` of `view`: borrowed in place when its elements are contiguous, from the tile
+    /// for column-major views, else gathered into the scratch.
+    #[inline]
+    pub(crate) fn row<'s>(&'s mut self, view: &'s View, i: usize) -> &'s [T] {
+        let c = view.cols();
+        if c > 1 && view.col_run::<T>(i).is_some() {
+            if !(self.at..self.at + self.n).contains(&i) {
+                let n = (view.rows() - i).min(COL_TILE_ROWS);
+                view.copy_rows::<T>(i, n, &mut self.tile);
+                (self.at, self.n) = (i, n);
+            }
+            let o = (i - self.at) * c;
+            return &self.tile[o..o + c];
+        }
+        view.row(i, &mut self.scratch)
+    }
 }
 
 /// The float64 statistics of the block of rows `at..at + n` (short rows: see
@@ -115,10 +162,10 @@ impl<'v, 'a> Rows<'v, 'a> {
         Rows {
             view,
             path: simd::current(),
-            s32: Vec::new(),
-            s64: Vec::new(),
-            s16: Vec::new(),
-            sb16: Vec::new(),
+            s32: RowCache::default(),
+            s64: RowCache::default(),
+            s16: RowCache::default(),
+            sb16: RowCache::default(),
             lanes: F64Block {
                 at: 0,
                 n: 0,
@@ -150,15 +197,15 @@ impl<'v, 'a> Rows<'v, 'a> {
         let (view, path) = (self.view, self.path);
         match view.dtype {
             DType::F32 => {
-                let st = typed_stats(path, view.row(i, &mut self.s32), xt as f32, want);
+                let st = typed_stats(path, self.s32.row(view, i), xt as f32, want);
                 RowStats { m: st.m as f64, st }
             }
             DType::F16 => {
-                let st = typed_stats(path, view.row(i, &mut self.s16), xt as f32, want);
+                let st = typed_stats(path, self.s16.row(view, i), xt as f32, want);
                 RowStats { m: st.m as f64, st }
             }
             DType::BF16 => {
-                let st = typed_stats(path, view.row(i, &mut self.sb16), xt as f32, want);
+                let st = typed_stats(path, self.sb16.row(view, i), xt as f32, want);
                 RowStats { m: st.m as f64, st }
             }
             DType::F64 => {
@@ -167,7 +214,7 @@ impl<'v, 'a> Rows<'v, 'a> {
                         return rs;
                     }
                 }
-                let (m, st) = kernel::stats_f64(path, view.row(i, &mut self.s64), xt, want.eval);
+                let (m, st) = kernel::stats_f64(path, self.s64.row(view, i), xt, want.eval);
                 RowStats { m, st }
             }
         }
@@ -269,7 +316,7 @@ impl<'v, 'a> Rows<'v, 'a> {
         let (m, ln_s) = (rs.m as f32, rs.st.s.ln() as f32);
         macro_rules! go {
             ($buf:ident) => {{
-                let x = view.row(i, &mut self.$buf);
+                let x = self.$buf.row(view, i);
                 if log {
                     kernel::row_write::<_, true>(path, x, m, ln_s, out)
                 } else {
@@ -288,7 +335,7 @@ impl<'v, 'a> Rows<'v, 'a> {
     /// Writes log_softmax or softmax of a float64 row.
     pub fn write_f64(&mut self, i: usize, log: bool, out: &mut [f64]) {
         let (shift, ln_s) = self.stats(i, 0.0, Want::default()).split();
-        let x = self.view.row(i, &mut self.s64);
+        let x = self.s64.row(self.view, i);
         for (o, &v) in out.iter_mut().zip(x) {
             let y = (v - shift) - ln_s;
             *o = if log { y } else { y.exp() };
@@ -314,10 +361,10 @@ impl<'v, 'a> Rows<'v, 'a> {
         // 16/32-bit rows: the vectorised float64 sum (a serial f64 chain was 4 cycles per
         // element: label smoothing ran at a quarter of cross_entropy's speed)
         match view.dtype {
-            DType::F32 => kernel::dev_sum(path, view.row(i, &mut self.s32), shift, weight),
-            DType::F64 => go(view.row(i, &mut self.s64), |v| v, shift, weight),
-            DType::F16 => kernel::dev_sum(path, view.row(i, &mut self.s16), shift, weight),
-            DType::BF16 => kernel::dev_sum(path, view.row(i, &mut self.sb16), shift, weight),
+            DType::F32 => kernel::dev_sum(path, self.s32.row(view, i), shift, weight),
+            DType::F64 => go(self.s64.row(view, i), |v| v, shift, weight),
+            DType::F16 => kernel::dev_sum(path, self.s16.row(view, i), shift, weight),
+            DType::BF16 => kernel::dev_sum(path, self.sb16.row(view, i), shift, weight),
         }
     }
 
@@ -326,15 +373,15 @@ impl<'v, 'a> Rows<'v, 'a> {
     pub(crate) fn probs(&mut self, i: usize, pt: f64) -> kernel::ProbStats {
         let (view, path) = (self.view, self.path);
         match view.dtype {
-            DType::F32 => kernel::probs_row(path, view.row(i, &mut self.s32), pt as f32),
-            DType::F16 => kernel::probs_row(path, view.row(i, &mut self.s16), pt as f32),
-            DType::BF16 => kernel::probs_row(path, view.row(i, &mut self.sb16), pt as f32),
+            DType::F32 => kernel::probs_row(path, self.s32.row(view, i), pt as f32),
+            DType::F16 => kernel::probs_row(path, self.s16.row(view, i), pt as f32),
+            DType::BF16 => kernel::probs_row(path, self.sb16.row(view, i), pt as f32),
             DType::F64 => {
                 let mut o = kernel::ProbStats {
                     pmax: f64::NEG_INFINITY,
                     ..Default::default()
                 };
-                for &p in view.row(i, &mut self.s64) {
+                for &p in self.s64.row(view, i) {
                     o.pmax = o.pmax.max(p);
                     o.sq += p * p;
                     if p > 0.0 {
@@ -357,30 +404,49 @@ impl<'v, 'a> Rows<'v, 'a> {
         }
         let view = self.view;
         match view.dtype {
-            DType::F32 => go(view.row(i, &mut self.s32), k),
-            DType::F64 => go(view.row(i, &mut self.s64), k),
+            DType::F32 => go(self.s32.row(view, i), k),
+            DType::F64 => go(self.s64.row(view, i), k),
             // equal bits are equal values for finite halves; -0 / +0 and NaN compared as f32
             DType::F16 => {
-                let r = view.row(i, &mut self.s16);
+                let r = self.s16.row(view, i);
                 let w: Vec<f32> = r[..=k].iter().map(|v| simd::Elem::to_f32(*v)).collect();
                 go(&w, k)
             }
             DType::BF16 => {
-                let r = view.row(i, &mut self.sb16);
+                let r = self.sb16.row(view, i);
                 let w: Vec<f32> = r[..=k].iter().map(|v| simd::Elem::to_f32(*v)).collect();
                 go(&w, k)
             }
         }
     }
 
+    /// Row `i` widened to f64 (borrowed for float64 rows read in place or from the tile).
+    pub fn f64_row<'s>(&'s mut self, i: usize, buf: &'s mut Vec<f64>) -> &'s [f64] {
+        fn widen<T: simd::Elem>(x: &[T], buf: &mut Vec<f64>) {
+            buf.clear();
+            buf.extend(x.iter().map(|v| f64::from(v.to_f32())));
+        }
+        let view = self.view;
+        if view.dtype == DType::F64 {
+            return self.s64.row(view, i);
+        }
+        match view.dtype {
+            DType::F32 => widen(self.s32.row(view, i), buf),
+            DType::F16 => widen(self.s16.row(view, i), buf),
+            DType::BF16 => widen(self.sb16.row(view, i), buf),
+            DType::F64 => unreachable!("returned above"),
+        }
+        buf
+    }
+
     /// Read-only sum of row `i` (the streaming roofline).
     pub fn sum(&mut self, i: usize) -> f64 {
         let (view, path) = (self.view, self.path);
         match view.dtype {
-            DType::F32 => kernel::row_sum(path, view.row(i, &mut self.s32)),
-            DType::F16 => kernel::row_sum(path, view.row(i, &mut self.s16)),
-            DType::BF16 => kernel::row_sum(path, view.row(i, &mut self.sb16)),
-            DType::F64 => view.row(i, &mut self.s64).iter().sum(),
+            DType::F32 => kernel::row_sum(path, self.s32.row(view, i)),
+            DType::F16 => kernel::row_sum(path, self.s16.row(view, i)),
+            DType::BF16 => kernel::row_sum(path, self.sb16.row(view, i)),
+            DType::F64 => self.s64.row(view, i).iter().sum(),
         }
     }
 }

@@ -204,6 +204,42 @@ def test_bce_with_logits_same_bits_in_every_layout(c, n, tag):
     )
 
 
+@pytest.mark.parametrize("c, n", [(1000, 150), (20000, 40)])
+@pytest.mark.parametrize("tag", ["f32", "bf16"])
+def test_long_rows_soft_targets_and_compare_in_every_layout(c, n, tag):
+    """The row paths of soft-target cross-entropy, label smoothing and compare read
+    column-major rows from 16-row tiles (they had gathered each row element by element): every
+    layout of logits and targets gives C order's bits and the float64 reference's value."""
+    x, t = _data(n, c, DTYPES[tag], seed=c + 1)
+    g = np.random.default_rng(c)
+    y = g.random((n, c)).astype(DTYPES[tag])
+    y = (np.asarray(y, np.float64) / np.asarray(y, np.float64).sum(axis=1, keepdims=True)).astype(
+        DTYPES[tag]
+    )
+    x2 = (np.asarray(x, np.float64) + g.normal(0, 0.1, x.shape)).astype(DTYPES[tag])
+
+    def res(xv, yv, bv):
+        out = {
+            "soft": fastnll.cross_entropy(xv, yv, reduction="none"),
+            "soft_ls": fastnll.cross_entropy(xv, yv, label_smoothing=0.1, reduction="sum"),
+            "smooth": fastnll.cross_entropy(xv, t, label_smoothing=0.1, reduction="none"),
+        }
+        out.update(_compare_results(xv, bv, t))
+        return out
+
+    want = res(x, y, x2)
+    ys, bs = _layouts(y), _layouts(x2)
+    for name, xv in _layouts(x).items():
+        _same(want, res(xv, ys[name], bs[name]), f"{tag} C={c} layout {name}")
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x64).all(axis=1)
+    m = x64[ok].max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(x64[ok] - m).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        want["soft"][ok], (y64[ok] * (lse - x64[ok])).sum(axis=1), rtol=2e-6, atol=0
+    )
+
+
 def _ref_rows(x: np.ndarray, t: np.ndarray):
     """float64 reference: per-row NLL, rank (ties for the target), argmax rank, confidence."""
     x = np.asarray(x, np.float64)
