@@ -243,7 +243,7 @@ fn ref_ce_sum(d: &Data) -> f64 {
 fn every_layout_and_target_dtype_gives_the_same_bits() {
     let dtypes = [DType::F32, DType::F16, DType::BF16, DType::F64];
     on_each_path(|p| {
-        for &c in &[1usize, 2, 3, 5, 10, 16, 32, 33, 100, 1000] {
+        for &c in &[1usize, 2, 3, 5, 10, 16, 24, 32, 33, 100, 1000] {
             // short rows: more than two of the widest tiles (stage::TARGET_TILE rows), so runs
             // read in place with widened targets and staged runs both cross tile boundaries
             let n = match c {

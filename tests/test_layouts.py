@@ -90,7 +90,7 @@ def _same(a, b, what):
 
 
 @pytest.mark.parametrize("scheme", ["gather", "transpose"])
-@pytest.mark.parametrize("c", [1, 2, 3, 10, 32, 33, 1000])
+@pytest.mark.parametrize("c", [1, 2, 3, 10, 24, 32, 33, 1000])
 @pytest.mark.parametrize("tag", ["f32", "bf16", "f16", "f64"])
 def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
     before = _core.short_scheme()
