@@ -17,7 +17,7 @@ use crate::eval::Kind;
 use crate::kernel;
 use crate::loss::class_of;
 use crate::parallel;
-use crate::rows::{RowCache, RowStats, Rows, Want};
+use crate::rows::{RowStats, Rows, Want};
 use crate::simd::{self, Elem, Isa, Path, BF16, F16};
 use crate::stage;
 use crate::tensor::{check_target_shape, DType, IntView, View};
@@ -616,29 +616,29 @@ fn sweep_pair<A: Elem, B: Elem>(
 #[allow(clippy::too_many_arguments)]
 fn sweep_typed(
     path: Path,
-    a: &View,
-    b: &View,
+    ra: &mut Rows,
+    rb: &mut Rows,
     i: usize,
-    bufs: &mut Bufs,
     ma: f32,
     mb: f32,
     c: f32,
     g: f32,
 ) -> ([f64; 2], bool) {
+    let (adt, bdt) = (ra.view.dtype, rb.view.dtype);
     macro_rules! second {
         ($xa:expr) => {
-            match b.dtype {
-                DType::F32 => sweep_pair(path, $xa, bufs.b32.row(b, i), ma, mb, c, g),
-                DType::F16 => sweep_pair(path, $xa, bufs.b16.row(b, i), ma, mb, c, g),
-                DType::BF16 => sweep_pair(path, $xa, bufs.bb16.row(b, i), ma, mb, c, g),
+            match bdt {
+                DType::F32 => sweep_pair(path, $xa, rb.row_f32(i), ma, mb, c, g),
+                DType::F16 => sweep_pair(path, $xa, rb.row_f16(i), ma, mb, c, g),
+                DType::BF16 => sweep_pair(path, $xa, rb.row_bf16(i), ma, mb, c, g),
                 DType::F64 => unreachable!("float64 rows take the scalar path"),
             }
         };
     }
-    match a.dtype {
-        DType::F32 => second!(bufs.a32.row(a, i)),
-        DType::F16 => second!(bufs.a16.row(a, i)),
-        DType::BF16 => second!(bufs.ab16.row(a, i)),
+    match adt {
+        DType::F32 => second!(ra.row_f32(i)),
+        DType::F16 => second!(ra.row_f16(i)),
+        DType::BF16 => second!(ra.row_bf16(i)),
         DType::F64 => unreachable!("float64 rows take the scalar path"),
     }
 }
@@ -707,17 +707,6 @@ impl Tiles {
     }
 }
 
-/// Each dump's row memory for the sweep (tiles of column-major rows: see [`RowCache`]).
-#[derive(Default)]
-struct Bufs {
-    a32: RowCache<f32>,
-    a16: RowCache<F16>,
-    ab16: RowCache<BF16>,
-    b32: RowCache<f32>,
-    b16: RowCache<F16>,
-    bb16: RowCache<BF16>,
-}
-
 fn read(rw: &mut Rows, i: usize) -> RowRead {
     let rs = rw.stats(i, 0.0, Want::default());
     let ln_s = if rs.finite() { rs.st.s.ln() } else { f64::NAN };
@@ -733,7 +722,6 @@ fn row_logits(
     b: &View,
     ra: &mut Rows,
     rb: &mut Rows,
-    bufs: &mut Bufs,
     i: usize,
     k: usize,
 ) -> RowCompare {
@@ -758,17 +746,8 @@ fn row_logits(
         // low-precision dump's rows are off 1 by rounding; see the module doc)
         let c = pa.ln_s - pb.ln_s;
         let g = c.exp() as f32;
-        let ([sum, inf], agree) = sweep_typed(
-            path,
-            a,
-            b,
-            i,
-            bufs,
-            pa.rs.m as f32,
-            pb.rs.m as f32,
-            c as f32,
-            g,
-        );
+        let ([sum, inf], agree) =
+            sweep_typed(path, ra, rb, i, pa.rs.m as f32, pb.rs.m as f32, c as f32, g);
         same = Some(agree);
         if inf > 0.0 {
             f64::INFINITY
@@ -865,7 +844,6 @@ pub fn compare_rows(
         && path != Path::Scalar;
     let chunk = |r: Range<usize>, mut o: Option<CompareOut>| -> Result<CompareSums> {
         let (mut ra, mut rb) = (Rows::new(base), Rows::new(new));
-        let mut bufs = Bufs::default();
         let mut acc = LaneSums::default();
         if lanes {
             let mut tiles = Tiles::default();
@@ -912,7 +890,7 @@ pub fn compare_rows(
                         continue;
                     };
                     let row = if lc.ok[l] == 0.0 {
-                        row_logits(kind, path, base, new, &mut ra, &mut rb, &mut bufs, i + l, k)
+                        row_logits(kind, path, base, new, &mut ra, &mut rb, i + l, k)
                     } else {
                         RowCompare {
                             kl: lanes::lane_kl(lc.h[l], lc.sa[l], lc.inf[l]),
@@ -941,7 +919,7 @@ pub fn compare_rows(
             };
             let row = match kind {
                 Kind::Probs => row_probs(&ra, &rb, i, k),
-                _ => row_logits(kind, path, base, new, &mut ra, &mut rb, &mut bufs, i, k),
+                _ => row_logits(kind, path, base, new, &mut ra, &mut rb, i, k),
             };
             acc.add(idx % 16, &row);
             if let Some(o) = o.as_mut() {
@@ -951,7 +929,17 @@ pub fn compare_rows(
         Ok(acc.fold())
     };
     let n = base.rows();
-    let per = parallel::chunk_rows(base.cols() * (base.dtype.size() + new.dtype.size()));
+    // (at least a group of rows while each dump's row is at most GROUP_ROW_BYTES: a pair of
+    // rows over 512 KiB had made chunks of one row, and the 16-row tiles of column-major
+    // dumps were staged for every row, Fortran order at C = 128256 900 ms against 17 in
+    // C order)
+    let each = base.cols() * base.dtype.size().max(new.dtype.size());
+    let least = if each <= parallel::GROUP_ROW_BYTES {
+        crate::kernel::GROUP
+    } else {
+        1
+    };
+    let per = parallel::chunk_rows(base.cols() * (base.dtype.size() + new.dtype.size())).max(least);
     let parts: Vec<Result<CompareSums>> = match out {
         Some(o) => {
             if !o.len_ok(n) {

@@ -420,6 +420,21 @@ impl<'v, 'a> Rows<'v, 'a> {
         }
     }
 
+    /// Row `i` of a float32 view as stored (in place, or from the column-major tile).
+    pub(crate) fn row_f32(&mut self, i: usize) -> &[f32] {
+        self.s32.row(self.view, i)
+    }
+
+    /// Row `i` of a float16 view as stored.
+    pub(crate) fn row_f16(&mut self, i: usize) -> &[F16] {
+        self.s16.row(self.view, i)
+    }
+
+    /// Row `i` of a bfloat16 view as stored.
+    pub(crate) fn row_bf16(&mut self, i: usize) -> &[BF16] {
+        self.sb16.row(self.view, i)
+    }
+
     /// Row `i` widened to f64 (borrowed for float64 rows read in place or from the tile).
     pub fn f64_row<'s>(&'s mut self, i: usize, buf: &'s mut Vec<f64>) -> &'s [f64] {
         fn widen<T: simd::Elem>(x: &[T], buf: &mut Vec<f64>) {

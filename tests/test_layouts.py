@@ -204,7 +204,7 @@ def test_bce_with_logits_same_bits_in_every_layout(c, n, tag):
     )
 
 
-@pytest.mark.parametrize("c, n", [(1000, 150), (20000, 40)])
+@pytest.mark.parametrize("c, n", [(1000, 150), (20000, 40), (70000, 20)])
 @pytest.mark.parametrize("tag", ["f32", "bf16"])
 def test_long_rows_soft_targets_and_compare_in_every_layout(c, n, tag):
     """The row paths of soft-target cross-entropy, label smoothing and compare read
