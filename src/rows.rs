@@ -109,7 +109,10 @@ impl<T: Storage> RowCache<T> {
         let c = view.cols();
         if c > 1 && view.col_run::<T>(i).is_some() {
             if !(self.at..self.at + self.n).contains(&i) {
-                let n = (view.rows() - i).min(COL_TILE_ROWS);
+                // (rows over GROUP_ROW_BYTES come in chunks of a row or two: a tile of 16
+                // would stage rows the chunk never reads)
+                let group = c * view.dtype.size() <= parallel::GROUP_ROW_BYTES;
+                let n = (view.rows() - i).min(if group { COL_TILE_ROWS } else { 1 });
                 view.copy_rows::<T>(i, n, &mut self.tile);
                 (self.at, self.n) = (i, n);
             }

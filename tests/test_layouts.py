@@ -130,12 +130,13 @@ def test_every_layout_and_target_dtype_gives_the_same_bits(scheme, c, tag):
         _core.set_short_scheme(before)
 
 
+@pytest.mark.parametrize("c, n", [(20000, 40), (140000, 20)])
 @pytest.mark.parametrize("tag", ["f32", "bf16"])
-def test_long_rows_in_every_layout_give_the_same_bits(tag):
+def test_long_rows_in_every_layout_give_the_same_bits(c, n, tag):
     """Rows longer than 16 K float32 classes (a 32000-token vocabulary): chunks of at least 16
     rows reach the long-row kernels from every layout (they had gone row by row, element by
-    element, in Fortran order), with the same bits as C order and a float64 reference's value."""
-    c, n = 20000, 40
+    element, in Fortran order), with the same bits as C order and a float64 reference's value.
+    Rows over 512 KiB (C = 140000) come a row per chunk, and column-major ones a row per tile."""
     x, t = _data(n, c, DTYPES[tag], seed=7)
     want = _results(x, t)
     for name, xv in _layouts(x).items():
@@ -204,7 +205,7 @@ def test_bce_with_logits_same_bits_in_every_layout(c, n, tag):
     )
 
 
-@pytest.mark.parametrize("c, n", [(1000, 150), (20000, 40), (70000, 20)])
+@pytest.mark.parametrize("c, n", [(1000, 150), (20000, 40), (70000, 20), (140000, 16)])
 @pytest.mark.parametrize("tag", ["f32", "bf16"])
 def test_long_rows_soft_targets_and_compare_in_every_layout(c, n, tag):
     """The row paths of soft-target cross-entropy, label smoothing and compare read
