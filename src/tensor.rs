@@ -527,19 +527,23 @@ impl<'a> View<'a> {
         }
         let (i0, i1) = (e0 / c, e1.div_ceil(c));
         let skip = e0 - i0 * c;
+        // whole rows only while a row is no longer than the run (at most two partial rows
+        // staged in excess); a longer column-major row (a transposed [N, 2] array is [2, N])
+        // is walked below, or every chunk would copy its whole row
+        let cols = c <= e1 - e0;
         match self.dtype {
-            DType::F32 if self.col_run::<f32>(i0).is_some() => {
+            DType::F32 if cols && self.col_run::<f32>(i0).is_some() => {
                 self.copy_rows::<f32>(i0, i1 - i0, buf);
                 buf.truncate(skip + (e1 - e0));
                 buf.drain(..skip);
                 return;
             }
-            DType::F16 if self.col_run::<F16>(i0).is_some() => {
+            DType::F16 if cols && self.col_run::<F16>(i0).is_some() => {
                 self.copy_rows::<F16>(i0, i1 - i0, &mut s.f16);
                 widen_into(&s.f16[skip..skip + (e1 - e0)], buf);
                 return;
             }
-            DType::BF16 if self.col_run::<BF16>(i0).is_some() => {
+            DType::BF16 if cols && self.col_run::<BF16>(i0).is_some() => {
                 self.copy_rows::<BF16>(i0, i1 - i0, &mut s.bf16);
                 widen_into(&s.bf16[skip..skip + (e1 - e0)], buf);
                 return;

@@ -162,7 +162,7 @@ def _bce_ref(x, y, w, pw):
 
 
 @pytest.mark.parametrize(
-    "c, n", [(1, 300_000), (2, 140_000), (10, 30_000), (1000, 300), (32000, 12)]
+    "c, n", [(1, 300_000), (2, 140_000), (10, 30_000), (1000, 300), (32000, 12), (150_000, 2)]
 )
 @pytest.mark.parametrize("tag", ["f32", "bf16", "f16"])
 def test_bce_with_logits_same_bits_in_every_layout(c, n, tag):
