@@ -184,9 +184,9 @@ impl Isa for Avx2 {
             for (l, v) in r.iter_mut().enumerate() {
                 let q = p.add(l * st + h);
                 // A whole-vector load wherever it stays inside the 8 rows (it ends at or
-                // before the end of the last row's c elements): on Zen 4 a masked load whose
-                // masked-off lanes cross a cache line is several times slower (C = 10:
-                // 665 -> 253 cycles per 16 rows). The lanes past w are never used.
+                // before the end of the last row's c elements), as on the AVX-512 path (there
+                // masked loads crossing a cache line made C = 10 3x slower on Zen 4; this
+                // path was not timed). The lanes past w are never used.
                 *v = if w == 8 || l * st + h + 8 <= 7 * st + c {
                     E::load::<Self>(q)
                 } else {

@@ -201,8 +201,8 @@ impl Isa for Avx512 {
                 let q = p.add(l * st + h);
                 // A whole-vector load wherever it stays inside the 16 rows (it ends at or
                 // before the end of the last row's c elements): on Zen 4 a masked load whose
-                // masked-off lanes cross a cache line is several times slower (C = 10:
-                // 665 -> 253 cycles per 16 rows). The lanes past w are never used.
+                // masked-off lanes cross a cache line is several times slower (C = 10, one
+                // thread: 665 -> 212 cycles per 16 rows). The lanes past w are never used.
                 *v = if w == 16 || l * st + h + 16 <= 15 * st + c {
                     E::load::<Self>(q)
                 } else {
